@@ -1,0 +1,108 @@
+"""Train a zoo model on cached backbone features and report validation and test metrics.
+
+    python train.py --preset crossan-tiva                 # embedded toy data, tiny backbones
+    python train.py --preset crossan-t --data amazon --data-root ../shared/data/amazon-scientific \
+        --backbone text=minilm
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from zoo.backbones import POOLINGS, SOURCES
+from zoo.cli import metrics_table, run_cli
+from zoo.data import DATA_KINDS, load_dataset
+from zoo.models.config import MODALITIES
+from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device,
+                          train_and_save)
+from zoo.registry import list_models, preset_config
+from zoo.training.trainer import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", required=True, choices=list_models(), metavar="NAME",
+                        help=f"model preset: {', '.join(list_models())}")
+    parser.add_argument("--data", default="toy", choices=DATA_KINDS)
+    parser.add_argument("--data-root", type=Path, help="data folder (toy: generated under the cache dir)")
+    parser.add_argument("--backbones", default="tiny", choices=SOURCES,
+                        help="tiny: random small models (tests, demo); pretrained: the paper's hub models")
+    parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR",
+                        help="per-modality backbone (hub id, local dir, or 'minilm' for text); repeatable")
+    parser.add_argument("--pooling", action="append", default=[], metavar="MODALITY=cls|mean")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--adapter-lr", type=float)
+    parser.add_argument("--patience", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--run-dir", type=Path, help="default: weights/<preset>-<data>-<time>")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any model or training config field, e.g. --set adapter_dim=256")
+    parser.add_argument("--no-mask-history", action="store_true",
+                        help="keep history items in the ranking (data with repeat consumption)")
+    parser.add_argument("--allow-missing-media", action="store_true",
+                        help="zero-fill the features of items whose cover or video is missing (counted)")
+    parser.add_argument("--json", action="store_true", help="print metrics.json on stdout")
+    return parser
+
+
+def split_overrides(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """Sort CLI values and --set pairs into the training config and model-config overrides."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_values = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                    "adapter_lr": args.adapter_lr, "patience": args.patience, "seed": args.seed}
+    train_values = {k: v for k, v in train_values.items() if v is not None}
+    if args.no_mask_history:
+        train_values["mask_history"] = False
+    model_values = {}
+    for key, text in parse_assignments(args.set, "--set").items():
+        (train_values if key in train_fields else model_values)[key] = parse_value(text)
+    preset_config(args.preset, **model_values)  # validates model field names and values early
+    return TrainConfig(**train_values), model_values
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    console = Console(stderr=True)
+    train_config, model_overrides = split_overrides(args)
+    for pair in (*args.backbone, *args.pooling):
+        modality = pair.partition("=")[0]
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r} in {pair!r}; use one of {MODALITIES}")
+    poolings = parse_assignments(args.pooling, "--pooling")
+    bad = {p for p in poolings.values() if p not in POOLINGS}
+    if bad:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {', '.join(sorted(bad))}")
+    settings = FeatureSettings(source=args.backbones, overrides=tuple(parse_assignments(args.backbone, "--backbone").items()),
+                               poolings=tuple(poolings.items()), cache_dir=args.cache_dir,
+                               allow_missing_media=args.allow_missing_media)
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+    dataset = load_dataset(args.data, args.data_root, args.cache_dir)
+    console.print(dataset.summary())
+    run_dir = args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _, metrics = train_and_save(args.preset, dataset, describe_data(args.data, dataset), settings, train_config,
+                                model_overrides, run_dir, device, console)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        Console().print(metrics_table(
+            f"{args.preset} on {dataset.name} (best epoch {metrics['best_epoch']}, "
+            f"{'masked' if train_config.mask_history else 'unmasked'} full ranking)",
+            [(f"{args.preset} valid", metrics["valid"]), (f"{args.preset} test", metrics["test"]),
+             ("popularity test", metrics["popularity"]["test"])]))
+    console.print(f"run saved to {run_dir} ({time.perf_counter() - started:.0f}s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,97 @@
+"""Per-layer pooled hidden states of a frozen backbone, one item batch at a time."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.backbones.loading import Backbone
+from zoo.data.dataset import SequenceDataset
+
+__all__ = ["kept_state_indices", "StateExtractor", "TEXT_MAX_TOKENS", "VIDEO_FRAMES", "CLIP_SECONDS"]
+
+TEXT_MAX_TOKENS = 30
+VIDEO_FRAMES = 16
+CLIP_SECONDS = 3.0
+
+
+def kept_state_indices(num_layers: int, side_layers: int) -> list[int]:
+    """Hidden-state indices kept by LayerDrop: `side_layers + 1` evenly spaced indices over
+    `0..num_layers` (index 0 is the embedding output), first and last included.
+
+    For 12 layers and 6 side layers: 0, 2, 4, 6, 8, 10, 12.
+    """
+    if side_layers < 1 or side_layers > num_layers:
+        raise ValueError(f"cannot keep {side_layers + 1} distinct states of a {num_layers}-layer backbone; "
+                         f"use 1..{num_layers} side layers")
+    return [round(i * num_layers / side_layers) for i in range(side_layers + 1)]
+
+
+class StateExtractor:
+    """Reads an item's raw content, runs the processor and the backbone, keeps pooled states.
+
+    Pooling `cls` takes position 0 of every kept hidden state (before any final LayerNorm or
+    head; for VideoMAE, which has no CLS token, that is its first tubelet token, as in the
+    reference implementation); `mean` averages the non-padding tokens.
+    """
+
+    def __init__(self, backbone: Backbone, side_layers: int) -> None:
+        self.backbone = backbone
+        self.modality = backbone.spec.modality
+        self.indices = kept_state_indices(backbone.num_layers, side_layers)
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        return len(self.indices), self.backbone.width
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Everything about input preparation that changes the features (cache metadata)."""
+        parameters: dict[str, Any] = {"kept_indices": self.indices}
+        if self.modality == "text":
+            parameters["max_tokens"] = TEXT_MAX_TOKENS
+        else:
+            parameters["processor"] = {k: v for k, v in self.backbone.processor.to_dict().items()
+                                       if isinstance(v, (int, float, str, bool, list, dict, type(None)))}
+        if self.modality in ("video", "audio"):
+            parameters.update(clip_seconds=CLIP_SECONDS, frames=VIDEO_FRAMES)
+        return parameters
+
+    def read_item(self, dataset: SequenceDataset, row: int) -> Any:
+        """Raw content of catalogue row `row` (raises `DataError` for unreadable media)."""
+        from zoo.data.media import read_audio, read_cover, read_video_frames
+
+        if self.modality == "text":
+            return dataset.titles[row]
+        if self.modality == "image":
+            return read_cover(dataset.cover_paths[row])
+        if self.modality == "video":
+            return read_video_frames(dataset.video_paths[row], num_frames=VIDEO_FRAMES, seconds=CLIP_SECONDS)
+        return read_audio(dataset.video_paths[row], sampling_rate=self.backbone.processor.sampling_rate,
+                          seconds=CLIP_SECONDS)
+
+    def _model_inputs(self, contents: list[Any]) -> dict[str, torch.Tensor]:
+        processor = self.backbone.processor
+        if self.modality == "text":
+            return dict(processor(contents, padding=True, truncation=True, max_length=TEXT_MAX_TOKENS,
+                                  return_tensors="pt"))
+        if self.modality == "image":
+            return {"pixel_values": processor(images=contents, return_tensors="pt")["pixel_values"]}
+        if self.modality == "video":
+            return {"pixel_values": processor(contents, return_tensors="pt")["pixel_values"]}
+        return {"input_values": processor([np.asarray(c, dtype=np.float32) for c in contents],
+                                          sampling_rate=processor.sampling_rate, return_tensors="pt")["input_values"]}
+
+    @torch.inference_mode()
+    def encode(self, contents: list[Any], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Kept pooled states `[B, num_states, width]` (float32) for a batch of raw contents."""
+        inputs = {k: v.to(device) for k, v in self._model_inputs(contents).items()}
+        hidden = self.backbone.model(**inputs, output_hidden_states=True).hidden_states
+        kept = torch.stack([hidden[i] for i in self.indices], dim=1)  # [B, S, tokens, W]
+        if self.backbone.spec.pooling == "cls":
+            return kept[:, :, 0].float()
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            return kept.mean(dim=2).float()
+        weights = mask[:, None, :, None].to(kept.dtype)
+        return ((kept * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1)).float()

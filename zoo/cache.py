@@ -1,0 +1,132 @@
+"""Feature cache: per-layer backbone states of every item, computed once, memory-mapped after.
+
+One safetensors file per (data set, modality, backbone): tensor `states`
+`[num_items, num_states, width]` in float16, rows in catalogue order, with metadata naming
+the backbone (id and weight hash), the kept indices, the preprocessing and the data set
+fingerprint. A file whose metadata differs from what is asked for is rebuilt. Files are
+written to a temporary name and renamed, so a crash never leaves a file that loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from zoo.backbones.extractor import StateExtractor
+from zoo.data.dataset import SequenceDataset
+from zoo.data.errors import DataError
+
+__all__ = ["FORMAT_VERSION", "cache_metadata", "cache_path", "open_states", "build_states", "check_media"]
+
+FORMAT_VERSION = "1"
+TENSOR_NAME = "states"
+
+
+def cache_metadata(dataset: SequenceDataset, extractor: StateExtractor) -> dict[str, str]:
+    """The metadata a valid cache file for this data set and extractor must carry."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": json.dumps(extractor.backbone.identity, sort_keys=True),
+        "kept_indices": json.dumps(extractor.indices),
+        "preprocessing": json.dumps(extractor.preprocessing(), sort_keys=True, default=str),
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "num_items": str(dataset.num_items),
+    }
+
+
+def cache_path(cache_dir: Path, metadata: dict[str, str], modality: str) -> Path:
+    """`<cache_dir>/features/<data set>/<modality>-<hash of the metadata>.safetensors`."""
+    key = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / "features" / metadata["dataset"] / f"{modality}-{key}.safetensors"
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        return json.loads(handle.read(length)), 8 + length
+
+
+def open_states(path: Path, expected: dict[str, str] | None = None) -> torch.Tensor | None:
+    """Memory-map the cached states `[N, S, W]` (float16); None when missing, unreadable or stale."""
+    if not path.is_file():
+        return None
+    try:
+        header, data_start = _read_header(path)
+        entry = header[TENSOR_NAME]
+        if entry["dtype"] != "F16":
+            return None
+        if expected is not None and header.get("__metadata__") != expected:
+            return None
+        begin, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        if end - begin != 2 * int(np.prod(shape)) or path.stat().st_size < data_start + end:
+            return None
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    # Copy-on-write map: pages are read lazily from disk and the file is never modified.
+    array = np.memmap(path, dtype=np.float16, mode="c", offset=data_start + begin, shape=shape)
+    return torch.from_numpy(array)
+
+
+def check_media(dataset: SequenceDataset, modality: str, allow_missing: bool) -> set[int]:
+    """Rows whose media file is missing; an error unless `allow_missing` (then zero-filled)."""
+    paths = {"image": dataset.cover_paths, "video": dataset.video_paths, "audio": dataset.video_paths}.get(modality)
+    if paths is None:
+        return set()
+    missing = {row for row, path in enumerate(paths) if not path.is_file()}
+    if missing and not allow_missing:
+        first = paths[min(missing)]
+        raise DataError(f"missing {modality} file ({len(missing)} of {len(paths)} items lack one; "
+                        f"--allow-missing-media zero-fills them)", first)
+    return missing
+
+
+def build_states(dataset: SequenceDataset, extractor: StateExtractor, path: Path, batch_size: int = 32,
+                 allow_missing_media: bool = False, device: torch.device | str = "cpu",
+                 on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Run the backbone over the whole catalogue, write the cache atomically, map it.
+
+    Missing media rows (when allowed) are zero-filled. `on_batch(n)` reports progress.
+    """
+    metadata = cache_metadata(dataset, extractor)
+    missing = check_media(dataset, extractor.modality, allow_missing_media)
+    num_states, width = extractor.output_shape
+    states = torch.zeros(dataset.num_items, num_states, width, dtype=torch.float16)
+    extractor.backbone.model.to(device)
+    for start in range(0, dataset.num_items, batch_size):
+        batch_rows = [r for r in range(start, min(start + batch_size, dataset.num_items)) if r not in missing]
+        if batch_rows:
+            encoded = extractor.encode([extractor.read_item(dataset, r) for r in batch_rows], device)
+            states[torch.tensor(batch_rows)] = encoded.to(torch.float16).cpu()
+        if on_batch is not None:
+            on_batch(min(batch_size, dataset.num_items - start))
+    if not torch.isfinite(states).all():
+        raise RuntimeError(f"the {extractor.modality} backbone produced non-finite features (float16 overflow?)")
+    write_states(path, states, metadata)
+    mapped = open_states(path, metadata)
+    assert mapped is not None, f"{path} was just written but does not load"
+    return mapped
+
+
+def write_states(path: Path, states: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Atomically write `states` with `metadata` (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    try:
+        save_file({TENSOR_NAME: states.contiguous()}, temporary, metadata=metadata)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

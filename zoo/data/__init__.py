@@ -1,0 +1,30 @@
+"""Data sets: readers for the supported layouts and the embedded toy generator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoo.data.dataset import MIN_INTERACTIONS, PAD, SequenceDataset
+from zoo.data.errors import DataError
+from zoo.data.readers import read_amazon, read_microlens
+
+__all__ = ["DATA_KINDS", "MIN_INTERACTIONS", "PAD", "DataError", "SequenceDataset", "load_dataset",
+           "read_amazon", "read_microlens"]
+
+DATA_KINDS = ("toy", "microlens", "amazon")
+
+
+def load_dataset(kind: str, root: Path | None, cache_dir: Path) -> SequenceDataset:
+    """Read data set `kind` from `root`; `toy` is generated (once) under `cache_dir/data/toy`."""
+    if kind == "toy":
+        from zoo.data.toy import generate_toy
+
+        if root is None:
+            root = Path(cache_dir) / "data" / "toy"
+        return read_microlens(generate_toy(root), name="toy")
+    if root is None:
+        raise ValueError(f"--data {kind} needs --data-root DIR")
+    if kind == "microlens":
+        return read_microlens(Path(root))
+    if kind == "amazon":
+        return read_amazon(Path(root))
+    raise ValueError(f"unknown data set kind {kind!r}; choose one of {DATA_KINDS}")

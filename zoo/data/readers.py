@@ -1,0 +1,63 @@
+"""Readers for the supported data layouts, all returning a `SequenceDataset`.
+
+- MicroLens: `<name>_pairs.tsv` (user TAB items), `<name>_title_en.csv` or
+  `<name>_titles.csv` (item,title), covers `<cover_dir>/<item>.jpg`, videos
+  `<video_dir>/<item>.mp4` (the audio modality is the video's soundtrack).
+- Amazon (the IISAN data sets): `users.tsv` (user TAB items) and `items.tsv` (item TAB title).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoo.data.dataset import SequenceDataset
+from zoo.data.errors import DataError
+from zoo.data.text_files import read_item_titles_csv, read_item_titles_tsv, read_user_sequences_tsv
+
+__all__ = ["read_microlens", "read_amazon", "microlens_name"]
+
+
+def _require_dir(root: Path) -> None:
+    if not root.is_dir():
+        raise DataError("data folder not found", root)
+
+
+def microlens_name(root: Path) -> str:
+    """The `<name>` prefix of the single `<name>_pairs.tsv` in `root`."""
+    _require_dir(root)
+    candidates = sorted(p.name[: -len("_pairs.tsv")] for p in root.glob("*_pairs.tsv"))
+    if len(candidates) != 1:
+        found = ", ".join(candidates) or "none"
+        raise DataError(f"expected exactly one <name>_pairs.tsv (found: {found}); pass the name explicitly", root)
+    return candidates[0]
+
+
+def read_microlens(root: Path, name: str | None = None, cover_dir: str = "covers",
+                   video_dir: str = "videos") -> SequenceDataset:
+    """Read a MicroLens-layout folder. Media folders that do not exist mean the data set
+    lacks that modality; individual missing files are caught when features are cached."""
+    root = Path(root)
+    name = name or microlens_name(root)
+    title_files = [root / f"{name}_title_en.csv", root / f"{name}_titles.csv"]
+    title_file = next((p for p in title_files if p.is_file()), None)
+    if title_file is None:
+        raise DataError(f"no title file ({title_files[0].name} or {title_files[1].name})", root)
+    item_ids, titles = read_item_titles_csv(title_file)
+    index = {item: i + 1 for i, item in enumerate(item_ids)}
+    user_ids, sequences, dropped = read_user_sequences_tsv(root / f"{name}_pairs.tsv", index)
+    covers, videos = root / cover_dir, root / video_dir
+    return SequenceDataset(
+        name=name, root=root, item_ids=item_ids, user_ids=user_ids, sequences=sequences, titles=titles,
+        cover_paths=[covers / f"{item}.jpg" for item in item_ids] if covers.is_dir() else None,
+        video_paths=[videos / f"{item}.mp4" for item in item_ids] if videos.is_dir() else None,
+        dropped_users=dropped)
+
+
+def read_amazon(root: Path) -> SequenceDataset:
+    """Read an Amazon-layout folder (text only)."""
+    root = Path(root)
+    _require_dir(root)
+    item_ids, titles = read_item_titles_tsv(root / "items.tsv")
+    index = {item: i + 1 for i, item in enumerate(item_ids)}
+    user_ids, sequences, dropped = read_user_sequences_tsv(root / "users.tsv", index)
+    return SequenceDataset(name=root.name, root=root, item_ids=item_ids, user_ids=user_ids,
+                           sequences=sequences, titles=titles, dropped_users=dropped)

@@ -1,0 +1,96 @@
+"""What every recommender in the zoo provides: item encoder, user encoder, scoring."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zoo.layers.adapter import HoulsbyAdapter
+from zoo.layers.sasrec import SASRec
+from zoo.models.config import RecommenderConfig, SideNetworkConfig
+
+__all__ = ["Recommender", "SideNetworkRecommender"]
+
+
+class Recommender(nn.Module):
+    """Item encoder (model specific) + SASRec user encoder; score = dot(user, item)."""
+
+    config: RecommenderConfig
+
+    def __init__(self, config: RecommenderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_encoder = SASRec(
+            dim=config.embedding_dim, max_len=config.max_seq_len, num_blocks=config.num_blocks,
+            num_heads=config.num_heads, ffn_dim=config.ffn_dim, dropout=config.dropout,
+            attention_dropout=config.attention_dropout)
+
+    @property
+    def item_input_names(self) -> tuple[str, ...]:
+        """Names of the tensors `encode_items` takes, in order (also the ONNX input names)."""
+        raise NotImplementedError
+
+    def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        """Item embeddings `[N, D]`."""
+        raise NotImplementedError
+
+    def encode_users(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """User embeddings `[B, D]` from `item_embeddings [B, T, D]`, `padding_mask [B, T]` (True = pad)."""
+        return self.user_encoder.user_vector(item_embeddings, padding_mask)
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the Houlsby adapters (their own optimiser group)."""
+        return [p for m in self.modules() if isinstance(m, HoulsbyAdapter) for p in m.parameters()]
+
+
+class SideNetworkRecommender(Recommender):
+    """Side towers over cached backbone states -> per-tower heads -> fusion -> item embedding.
+
+    Subclasses implement `tower_outputs`, the last side layer's output of every tower.
+    """
+
+    config: SideNetworkConfig
+
+    def __init__(self, config: SideNetworkConfig) -> None:
+        super().__init__(config)
+        from zoo.layers.fusion import make_fusion
+
+        width = config.resolved_side_width
+        self.side_width = width
+        # Backbones narrower or wider than the side width get a learned projection.
+        self.projections = nn.ModuleList(
+            nn.Identity() if w == width else nn.Linear(w, width) for w in config.backbone_widths)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.Linear(width, config.embedding_dim))
+            for _ in range(config.num_towers))
+        self.fusion = make_fusion(config.fusion, config.num_towers, config.embedding_dim, config.top_k)
+
+    @property
+    def item_input_names(self) -> tuple[str, ...]:
+        return tuple(f"states_{m}" for m in self.config.modalities)
+
+    def projected_states(self, item_inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Per modality `[S, N, W]`: backbone states moved to the side width, layer-major."""
+        if len(item_inputs) != len(self.config.modalities):
+            raise ValueError(f"expected {len(self.config.modalities)} state tensors "
+                             f"({', '.join(self.item_input_names)}), got {len(item_inputs)}")
+        projected = []
+        for modality, states, projection, width in zip(self.config.modalities, item_inputs, self.projections,
+                                                       self.config.backbone_widths):
+            if states.dim() != 3 or states.shape[1] != self.config.num_states or states.shape[2] != width:
+                raise ValueError(f"states_{modality} must be [N, {self.config.num_states}, {width}], "
+                                 f"got {list(states.shape)}")
+            projected.append(projection(states.transpose(0, 1)))
+        return projected
+
+    def tower_outputs(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Last-layer side outputs `[N, W]` per tower from layer-major states `[S, N, W]`."""
+        raise NotImplementedError
+
+    def tower_embeddings(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        """Per-tower item embeddings `[N, towers, D]` (before fusion)."""
+        dtype = self.heads[0][0].weight.dtype
+        outputs = self.tower_outputs(self.projected_states(tuple(s.to(dtype) for s in item_inputs)))
+        return torch.stack([head(z) for head, z in zip(self.heads, outputs)], dim=1)
+
+    def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        return self.fusion(self.tower_embeddings(*item_inputs))

@@ -1,0 +1,152 @@
+"""Configuration dataclasses: one per model family, frozen, JSON round-trippable."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from zoo.layers.activations import ACTIVATIONS
+from zoo.layers.fusion import FUSIONS
+from zoo.layers.mixer import BACKENDS
+
+__all__ = ["MODALITIES", "RecommenderConfig", "SideNetworkConfig", "CrossanConfig", "IISANConfig",
+           "SASRecIDConfig", "PAPER_BACKBONE_WIDTH", "PAPER_NUM_STATES"]
+
+MODALITIES = ("text", "image", "video", "audio")
+PAPER_BACKBONE_WIDTH = 768
+PAPER_NUM_STATES = 7
+
+
+@dataclass(frozen=True)
+class RecommenderConfig:
+    """Fields every recommender shares: the item-embedding size and the SASRec user encoder."""
+
+    architecture: ClassVar[str] = ""
+    embedding_dim: int = field(default=64, metadata={"help": "item and user embedding size"})
+    max_seq_len: int = field(default=10, metadata={"help": "items the user encoder sees"})
+    num_blocks: int = field(default=2, metadata={"help": "SASRec transformer blocks"})
+    num_heads: int = field(default=2, metadata={"help": "SASRec attention heads"})
+    ffn_dim: int = field(default=256, metadata={"help": "SASRec feed-forward width"})
+    dropout: float = field(default=0.1, metadata={"help": "SASRec hidden dropout"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "SASRec attention dropout"})
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_dim", "max_seq_len", "num_blocks", "num_heads", "ffn_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(f"embedding_dim {self.embedding_dim} is not divisible by num_heads {self.num_heads}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, tagged with the architecture name."""
+        values = dataclasses.asdict(self)
+        return {"architecture": self.architecture, **{k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in values.items()}}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RecommenderConfig":
+        """Inverse of `to_dict`; unknown keys are an error rather than silently dropped."""
+        values = {k: v for k, v in values.items() if k != "architecture"}
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class SideNetworkConfig(RecommenderConfig):
+    """Side-adapter towers over cached backbone states, then fusion, then SASRec."""
+
+    modalities: tuple[str, ...] = field(default=MODALITIES, metadata={"help": "towers, in order"})
+    backbone_widths: tuple[int, ...] = field(
+        default=(), metadata={"help": "hidden width of each modality's backbone; empty = 768 for each"})
+    num_states: int = field(default=PAPER_NUM_STATES, metadata={"help": "kept backbone states = side layers"})
+    side_width: int = field(default=0, metadata={
+        "help": "tower width W; 0 = the common backbone width when all agree, else 768"})
+    adapter_dim: int = field(default=512, metadata={"help": "adapter hidden dimension r"})
+    adapter_activation: str = field(default="relu", metadata={"help": "relu or gelu"})
+    fusion: str = field(default="momef", metadata={"help": "momef, concat, static-gated, dynamic-gated"})
+    top_k: int = field(default=2, metadata={"help": "modalities MOMEF keeps per item"})
+    mixer_backend: str = field(default="auto", metadata={"help": "auto, triton or torch"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.modalities:
+            raise ValueError("at least one modality is required")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be distinct names from {MODALITIES}, got {self.modalities}")
+        if not self.backbone_widths:
+            object.__setattr__(self, "backbone_widths", (PAPER_BACKBONE_WIDTH,) * len(self.modalities))
+        if len(self.backbone_widths) != len(self.modalities):
+            raise ValueError(f"{len(self.modalities)} modalities but {len(self.backbone_widths)} backbone widths")
+        if self.num_states < 1 or self.adapter_dim < 1 or self.side_width < 0:
+            raise ValueError("num_states and adapter_dim must be positive and side_width non-negative")
+        if self.adapter_activation not in ACTIVATIONS:
+            raise ValueError(f"adapter_activation must be one of {ACTIVATIONS}, got {self.adapter_activation!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.mixer_backend not in BACKENDS:
+            raise ValueError(f"mixer_backend must be one of {BACKENDS}, got {self.mixer_backend!r}")
+        if self.fusion == "momef" and not 1 <= self.top_k <= self.num_towers:
+            raise ValueError(f"top_k must lie in 1..{self.num_towers} for {self.num_towers} towers, got {self.top_k}")
+
+    @property
+    def num_towers(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def resolved_side_width(self) -> int:
+        """W: explicit, else the backbones' common width, else 768 (DESIGN 2.2)."""
+        if self.side_width:
+            return self.side_width
+        widths = set(self.backbone_widths)
+        return widths.pop() if len(widths) == 1 else PAPER_BACKBONE_WIDTH
+
+
+@dataclass(frozen=True)
+class CrossanConfig(SideNetworkConfig):
+    """CROSSAN (`cross_modal=True`) or INDSAN (independent towers, `cross_modal=False`)."""
+
+    architecture: ClassVar[str] = "crossan"
+    cross_modal: bool = field(default=True, metadata={
+        "help": "mix every modality's previous adapter output (CROSSAN) or only the tower's own (INDSAN)"})
+
+
+@dataclass(frozen=True)
+class IISANConfig(SideNetworkConfig):
+    """IISAN / IISAN-E: sigmoid-gated intra towers plus one inter tower over backbone states."""
+
+    architecture: ClassVar[str] = "iisan"
+    fusion: str = "concat"
+    gate_temperature: float = field(default=0.1, metadata={"help": "g = sigmoid(theta / temperature)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.modalities) < 2:
+            raise ValueError("IISAN needs at least two modalities (its inter tower mixes them)")
+        if self.gate_temperature <= 0:
+            raise ValueError(f"gate_temperature must be positive, got {self.gate_temperature}")
+
+    @property
+    def num_towers(self) -> int:
+        return len(self.modalities) + 1
+
+
+@dataclass(frozen=True)
+class SASRecIDConfig(RecommenderConfig):
+    """SASRec over learned item-ID embeddings: the ID baseline, same loss and protocol."""
+
+    architecture: ClassVar[str] = "sasrec-id"
+    num_items: int = field(default=0, metadata={"help": "catalogue size (set from the data set)"})
+    dropout: float = 0.5
+    attention_dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_items < 0:
+            raise ValueError(f"num_items must be non-negative, got {self.num_items}")

@@ -1,0 +1,95 @@
+"""Leave-one-out full-ranking evaluation of a recommender or the popularity baseline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from zoo.data.dataset import PAD, SequenceDataset
+from zoo.models.base import Recommender
+from zoo.training.features import ItemFeatures
+from zoo.training.metrics import metrics_from_ranks, target_ranks
+
+__all__ = ["EvaluationResult", "left_padded", "all_item_embeddings", "evaluate_model", "evaluate_popularity",
+           "rank_all_users"]
+
+
+@dataclass
+class EvaluationResult:
+    """Mean metrics plus every user's target rank (`inf` = miss because the target was masked)."""
+
+    split: str
+    metrics: dict[str, float]
+    ranks: torch.Tensor
+
+    def to_dict(self) -> dict[str, object]:
+        return {"split": self.split, "metrics": self.metrics}
+
+
+def left_padded(sequences: list[np.ndarray], length: int) -> torch.Tensor:
+    """The last `length` items of each sequence, left-padded with `PAD`, `[B, length]`."""
+    out = torch.full((len(sequences), length), PAD, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        tail = seq[-length:]
+        if len(tail):
+            out[i, length - len(tail):] = torch.as_tensor(tail)
+    return out
+
+
+@torch.no_grad()
+def all_item_embeddings(model: Recommender, features: ItemFeatures, batch_size: int = 2048) -> torch.Tensor:
+    """Embeddings of every catalogue item `[N, D]`, in row order."""
+    chunks = [model.encode_items(*features.gather(torch.arange(start, min(start + batch_size, features.num_items))))
+              for start in range(0, features.num_items, batch_size)]
+    return torch.cat(chunks).float()
+
+
+def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[list[int]], torch.Tensor],
+                   mask_history: bool = True, batch_size: int = 512) -> torch.Tensor:
+    """Ranks of every user's `split` target, scoring users in batches with `score_users`
+    (user indices -> `[B, num_items]` scores over catalogue rows)."""
+    ranks = []
+    for start in range(0, dataset.num_users, batch_size):
+        users = list(range(start, min(start + batch_size, dataset.num_users)))
+        scores = score_users(users).float()
+        targets = torch.tensor([dataset.target(u, split) - 1 for u in users], device=scores.device)
+        masked = None
+        if mask_history:
+            masked = torch.zeros_like(scores, dtype=torch.bool)
+            for i, user in enumerate(users):
+                masked[i, torch.as_tensor(dataset.history(user, split) - 1, device=scores.device)] = True
+        ranks.append(target_ranks(scores, targets, masked).cpu())
+    return torch.cat(ranks)
+
+
+@torch.no_grad()
+def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemFeatures, split: str,
+                   mask_history: bool = True, batch_size: int = 512) -> EvaluationResult:
+    """HR/NDCG@10/20 of `model` on `split` ("valid" or "test"), full ranking over all items."""
+    was_training = model.training
+    model.eval()
+    items = all_item_embeddings(model, features)
+    table = torch.cat([torch.zeros(1, items.shape[1], device=items.device), items])  # row 0 = padding
+    length = model.config.max_seq_len
+
+    def score_users(users: list[int]) -> torch.Tensor:
+        window = left_padded([dataset.history(u, split) for u in users], length).to(items.device)
+        user_vectors = model.encode_users(table[window], window == PAD).float()
+        return user_vectors @ items.t()
+
+    ranks = rank_all_users(dataset, split, score_users, mask_history, batch_size)
+    model.train(was_training)
+    return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
+
+
+def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool = True) -> EvaluationResult:
+    """Most-popular baseline: every user gets items ranked by training-prefix counts."""
+    counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
+
+    def score_users(users: list[int]) -> torch.Tensor:
+        return counts.expand(len(users), -1)
+
+    ranks = rank_all_users(dataset, split, score_users, mask_history)
+    return EvaluationResult(split, metrics_from_ranks(ranks), ranks)

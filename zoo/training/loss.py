@@ -1,0 +1,33 @@
+"""In-batch debiased softmax cross-entropy with same-user masking."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["in_batch_debiased_cross_entropy", "same_user_mask"]
+
+
+def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: torch.Tensor,
+                   row_target: torch.Tensor) -> torch.Tensor:
+    """Columns each row must not score: items of the row's own sequence other than its positive.
+
+    `window [B, L]` item indices (0 = padding), `candidates [U]` the batch's unique items,
+    `row_user [R]` the sequence of each prediction row, `row_target [R]` its positive item.
+    Returns `[R, U]` bool (True = masked). Another user's positive stays a negative.
+    """
+    in_sequence = (window.unsqueeze(-1) == candidates.view(1, 1, -1)).any(dim=1)  # [B, U]
+    return in_sequence[row_user] & (candidates.unsqueeze(0) != row_target.unsqueeze(1))
+
+
+def in_batch_debiased_cross_entropy(user_vectors: torch.Tensor, item_embeddings: torch.Tensor,
+                                    log_popularity: torch.Tensor, target_columns: torch.Tensor,
+                                    masked: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of `CE(U E^T - log p, target)` with `masked` columns set to -inf.
+
+    Shapes: `user_vectors [R, D]`, `item_embeddings [U, D]`, `log_popularity [U]`,
+    `target_columns [R]` (column of each row's positive), `masked [R, U]` bool. Subtracting
+    `log p(item)` corrects the in-batch sampling bias towards popular items.
+    """
+    logits = user_vectors @ item_embeddings.t() - log_popularity.unsqueeze(0)
+    logits = logits.float().masked_fill(masked, float("-inf"))
+    return F.cross_entropy(logits, target_columns)

@@ -1,0 +1,171 @@
+"""Training loop: in-batch debiased CE, Adam with parameter groups, early stopping on NDCG@10."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from zoo.data.dataset import PAD, SequenceDataset
+from zoo.models.base import Recommender
+from zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
+from zoo.training.features import ItemFeatures
+from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
+
+__all__ = ["TrainConfig", "Trainer", "TrainingOutcome", "training_windows"]
+
+SELECTION_METRIC = "NDCG@10"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and selection settings (model settings live in the model config)."""
+
+    epochs: int = field(default=30, metadata={"help": "maximum epochs"})
+    batch_size: int = field(default=64, metadata={"help": "users per step"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of non-adapter parameters"})
+    adapter_lr: float = field(default=0.0, metadata={"help": "adapter learning rate; 0 = same as lr"})
+    patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
+    seed: int = field(default=42, metadata={"help": "seed of initialisation, shuffling and dropout"})
+    mask_history: bool = field(default=True, metadata={"help": "remove history items from the ranking"})
+    eval_batch_size: int = field(default=512, metadata={"help": "users per evaluation batch"})
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_batch_size < 1:
+            raise ValueError("epochs, batch_size, patience and eval_batch_size must be positive")
+        for name in ("lr", "adapter_lr"):
+            value = getattr(self, name)
+            if value < 0 or value > 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if self.lr == 0:
+            raise ValueError("lr must be positive")
+
+
+@dataclass
+class TrainingOutcome:
+    best_epoch: int
+    valid: EvaluationResult
+    test: EvaluationResult
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+
+
+def training_windows(dataset: SequenceDataset, length: int) -> torch.Tensor:
+    """One window per user: the last `length` items of the training prefix, left-padded.
+
+    Each of the first `length - 1` positions predicts the next item. Users whose prefix has
+    a single item have nothing to predict and are skipped.
+    """
+    prefixes = [dataset.history(u, "train") for u in range(dataset.num_users)]
+    return left_padded([p for p in prefixes if len(p) >= 2], length)
+
+
+class Trainer:
+    """Trains `model` on cached item features; evaluates every epoch on the validation split."""
+
+    def __init__(self, model: Recommender, dataset: SequenceDataset, features: ItemFeatures, config: TrainConfig,
+                 device: torch.device | str = "cpu", console: Console | None = None) -> None:
+        self.model = model.to(device)
+        self.dataset = dataset
+        self.features = features
+        self.config = config
+        self.device = torch.device(device)
+        self.console = console or Console(stderr=True)
+        self.windows = training_windows(dataset, model.config.max_seq_len + 1)
+        counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
+        # Add-one smoothing keeps p(item) > 0 for items never seen in training.
+        probability = (counts + 1) / (counts[1:] + 1).sum()
+        self.log_popularity = probability.log().float().to(self.device)
+        self.optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=0.0)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Adapters and everything else, each with its own learning rate."""
+        adapter_ids = {id(p) for p in self.model.adapter_parameters()}
+        adapters = [p for p in self.model.parameters() if id(p) in adapter_ids and p.requires_grad]
+        rest = [p for p in self.model.parameters() if id(p) not in adapter_ids and p.requires_grad]
+        groups = [{"name": "rest", "params": rest, "lr": self.config.lr}]
+        if adapters:
+            groups.append({"name": "adapters", "params": adapters, "lr": self.config.adapter_lr or self.config.lr})
+        return groups
+
+    def loss(self, window: torch.Tensor) -> torch.Tensor:
+        """Loss of one batch of windows `[B, L + 1]` (item indices, 0 = padding)."""
+        window = window.to(self.device)
+        candidates = torch.unique(window[window != PAD])
+        item_embeddings = self.model.encode_items(*self.features.gather(candidates - 1))
+        table = torch.cat([item_embeddings.new_zeros(1, item_embeddings.shape[1]), item_embeddings])
+        columns = torch.searchsorted(candidates, window) + 1
+        columns = torch.where(window == PAD, torch.zeros_like(columns), columns)
+        inputs, targets = window[:, :-1], window[:, 1:]
+        padding = inputs == PAD
+        hidden = self.model.user_encoder(table[columns[:, :-1]], padding)
+        valid = ~padding & (targets != PAD)
+        row_user = valid.nonzero()[:, 0]
+        masked = same_user_mask(window, candidates, row_user, targets[valid])
+        return in_batch_debiased_cross_entropy(hidden[valid], item_embeddings, self.log_popularity[candidates],
+                                               columns[:, 1:][valid] - 1, masked)
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=self.console, transient=True)
+
+    def fit(self) -> TrainingOutcome:
+        """Train with early stopping; return the best-validation model's valid and test results."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        num_batches = -(-len(self.windows) // self.config.batch_size)
+        best_score, best_epoch, stale = -1.0, 0, 0
+        best_state: dict[str, torch.Tensor] = {}
+        history: list[dict[str, Any]] = []
+        for epoch in range(1, self.config.epochs + 1):
+            self.model.train()
+            started = time.perf_counter()
+            order = torch.randperm(len(self.windows), generator=generator)
+            total = 0.0
+            with self._progress() as progress:
+                task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=num_batches, loss=0.0)
+                for step in range(num_batches):
+                    batch = self.windows[order[step * self.config.batch_size:(step + 1) * self.config.batch_size]]
+                    loss = self.loss(batch)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    total += loss.item()
+                    progress.update(task, advance=1, loss=total / (step + 1))
+            train_seconds = time.perf_counter() - started
+            valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history,
+                                   self.config.eval_batch_size)
+            score = valid.metrics[SELECTION_METRIC]
+            improved = score > best_score
+            history.append({"epoch": epoch, "loss": total / num_batches, "train_seconds": train_seconds,
+                            "valid": valid.metrics})
+            self.console.print(f"epoch {epoch:3d}  loss {total / num_batches:.4f}  valid {SELECTION_METRIC} "
+                               f"{score:.4f}{'  *' if improved else ''}  ({train_seconds:.1f}s)")
+            if improved:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            else:
+                stale += 1
+                if stale >= self.config.patience:
+                    self.console.print(f"early stop: no {SELECTION_METRIC} gain for {stale} epochs")
+                    break
+        self.model.load_state_dict(best_state)
+        valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history)
+        test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history)
+        return TrainingOutcome(best_epoch, valid, test, history, best_state)
+
+
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy so a run is repeatable on the same machine."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
