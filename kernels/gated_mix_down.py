@@ -8,9 +8,12 @@ forward kernel reads every state tile once, mixes the K tiles in registers (fp32
 tile of the GEMM and writes x as a by-product instead of materialising it first.
 
 `triton.jit` decides between compiled and interpreted kernels from TRITON_INTERPRET when it
-wraps a function. The kernels are therefore wrapped on first use (`_kernels()`), not at import,
-so the interpreter still takes effect when this module was imported before the variable was
-set (as happens when pytest collects other test modules first).
+wraps a function, so a process that imported triton before setting the variable (pytest
+collecting a module that imports transformers, which imports torch._dynamo and so triton)
+still holds compiled versions of triton.language's own jit helpers (tl.zeros, tl.sum,
+tl.cdiv), which an interpreted kernel cannot call. Hence: the kernels are wrapped on first
+use (`_kernels()`), not at import, and use only builtins (tl.full, integer ceil-division,
+tl.reduce with Triton's add combiner), so they run interpreted whatever the import order.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from kernels.reference import ACTIVATIONS, StatesLike, gated_mix_down_reference,
 try:
     import triton
     import triton.language as tl
+
+    # tl.sum's combiner: tl.reduce with it is what tl.sum does, and the interpreter maps it to
+    # numpy's sum (see the module docstring for why tl.sum itself is avoided).
+    _add_combine = tl.standard._sum_combine
 except ImportError:  # Triton ships Linux wheels only; the reference path works everywhere.
     triton = None
     tl = None
@@ -67,7 +74,7 @@ def _gated_mix_down_fwd_kernel(
     """One [BLOCK_N, BLOCK_R] tile of h; programs with pid_r == 0 also write their rows of x."""
     # Programs that share a row block are adjacent, so their state reads hit L2.
     pid = tl.program_id(0)
-    num_r_blocks = tl.cdiv(rank, BLOCK_R)
+    num_r_blocks = (rank + BLOCK_R - 1) // BLOCK_R
     pid_n = pid // num_r_blocks
     pid_r = pid % num_r_blocks
 
@@ -81,23 +88,22 @@ def _gated_mix_down_fwd_kernel(
     x_row_mask = rows < tl.where(pid_r == 0, n_rows, 0)
     offs_k = tl.arange(0, BLOCK_K)
     gates = tl.load(gates_ptr + offs_k, mask=offs_k < NUM_STATES, other=0.0)
-    x_dtype = x_ptr.dtype.element_ty
 
-    acc = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
+    acc = tl.full((BLOCK_N, BLOCK_R), 0.0, tl.float32)
     for w_start in range(0, width, BLOCK_W):
         cols_w = w_start + tl.arange(0, BLOCK_W)
         w_mask = cols_w < width
         tile_mask = row_mask[:, None] & w_mask[None, :]
         state_ptrs = states_ptr + rows64[:, None] * stride_sn + cols_w[None, :] * stride_sw
-        mixed = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+        mixed = tl.full((BLOCK_N, BLOCK_W), 0.0, tl.float32)
         for k in tl.static_range(NUM_STATES):
-            gate = tl.sum(tl.where(offs_k == k, gates, 0.0), axis=0)
+            gate = tl.reduce(tl.where(offs_k == k, gates, 0.0), 0, _add_combine)
             tile = tl.load(state_ptrs, mask=tile_mask, other=0.0)
             mixed += gate * tile.to(tl.float32)
             state_ptrs += stride_sk  # pointer increments keep the k offset in 64 bits
         # Round to the storage dtype before the GEMM: the tensor cores take it and it makes
         # h the product of exactly the x that is returned.
-        a_tile = mixed.to(x_dtype)
+        a_tile = mixed.to(x_ptr.dtype.element_ty)
         x_ptrs = x_ptr + rows64[:, None] * stride_xn + cols_w[None, :] * stride_xw
         tl.store(x_ptrs, a_tile, mask=x_row_mask[:, None] & w_mask[None, :])
         w_ptrs = w_ptr + cols_w[:, None] * stride_wi + cols_r[None, :] * stride_wr
@@ -133,7 +139,7 @@ def _gated_mix_down_bwd_kernel(
     stored and each state tile is read once.
     """
     pid = tl.program_id(0)
-    num_w_blocks = tl.cdiv(width, BLOCK_W)
+    num_w_blocks = (width + BLOCK_W - 1) // BLOCK_W
     pid_n = pid // num_w_blocks
     pid_w = pid % num_w_blocks
 
@@ -144,7 +150,7 @@ def _gated_mix_down_bwd_kernel(
     w_mask = cols_w < width
     tile_mask = row_mask[:, None] & w_mask[None, :]
 
-    acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+    acc = tl.full((BLOCK_N, BLOCK_W), 0.0, tl.float32)
     for r_start in range(0, rank, BLOCK_R):
         cols_r = r_start + tl.arange(0, BLOCK_R)
         r_mask = cols_r < rank
@@ -164,10 +170,10 @@ def _gated_mix_down_bwd_kernel(
     grad_state_ptrs = grad_states_ptr + rows64[:, None] * stride_gsn + cols_w[None, :] * stride_gsw
     for k in tl.static_range(NUM_STATES):
         tile = tl.load(state_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        tl.store(partial_ptr + k * num_partials + pid, tl.sum(acc * tile))
+        tl.store(partial_ptr + k * num_partials + pid, tl.reduce(acc * tile, None, _add_combine))
         state_ptrs += stride_sk
         if STATES_NEED_GRAD:
-            gate = tl.sum(tl.where(offs_k == k, gates, 0.0), axis=0)
+            gate = tl.reduce(tl.where(offs_k == k, gates, 0.0), 0, _add_combine)
             grad_tile = (gate * acc).to(grad_states_ptr.dtype.element_ty)
             tl.store(grad_state_ptrs, grad_tile, mask=tile_mask)
             grad_state_ptrs += stride_gsk
@@ -186,7 +192,9 @@ def _interpreter_configs() -> list:
 
 def _cuda_forward_configs() -> list:
     """Forward tiles (BLOCK_N, BLOCK_R, BLOCK_W, warps, stages): wide BLOCK_R means fewer
-    programs re-read the same state rows, narrow BLOCK_N keeps the accumulator in registers."""
+    programs re-read the same state rows, narrow BLOCK_N keeps the accumulator in registers.
+    The two-stage tiles at the end fit shared memory for fp32 and large K, where the
+    autotuner drops the others as out of resources."""
     tiles = [
         (64, 128, 64, 4, 3),
         (64, 256, 32, 8, 3),
@@ -196,6 +204,8 @@ def _cuda_forward_configs() -> list:
         (32, 128, 64, 4, 4),
         (64, 64, 64, 4, 4),
         (128, 64, 64, 4, 3),
+        (64, 128, 32, 4, 2),
+        (32, 64, 32, 4, 2),
     ]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_R": br, "BLOCK_W": bw}, num_warps=warps, num_stages=stages)
@@ -212,6 +222,7 @@ def _cuda_backward_configs() -> list:
         (128, 64, 64, 4, 3),
         (32, 128, 64, 4, 4),
         (64, 256, 32, 8, 3),
+        (32, 64, 32, 4, 2),
     ]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_W": bw, "BLOCK_R": br}, num_warps=warps, num_stages=stages)
@@ -226,14 +237,18 @@ class _Kernels(NamedTuple):
 
 @functools.cache
 def _build_kernels(interpret: bool) -> _Kernels:
-    """Wrap the kernels for one mode. The tuning key leaves N out on purpose: N changes with
-    every training batch and re-tuning per batch would cost far more than it wins."""
+    """Wrap the kernels for one mode.
+
+    The tuning key leaves N out on purpose: N changes with every training batch and re-tuning
+    per batch would cost far more than it wins. K is in it because it sets the shared memory a
+    tile needs. The backward partial sums are zeroed before each tuning trial, since tiles of
+    different sizes write different slots.
+    """
     forward_configs = _interpreter_configs() if interpret else _cuda_forward_configs()
     backward_configs = _interpreter_configs() if interpret else _cuda_backward_configs()
-    forward = triton.autotune(configs=forward_configs, key=["width", "rank"])(
-        triton.jit(_gated_mix_down_fwd_kernel)
-    )
-    backward = triton.autotune(configs=backward_configs, key=["width", "rank"])(
+    key = ["width", "rank", "NUM_STATES"]
+    forward = triton.autotune(configs=forward_configs, key=key)(triton.jit(_gated_mix_down_fwd_kernel))
+    backward = triton.autotune(configs=backward_configs, key=key, reset_to_zero=["partial_ptr"])(
         triton.jit(_gated_mix_down_bwd_kernel)
     )
     return _Kernels(forward, backward)

@@ -49,14 +49,16 @@ DTYPE_TOLERANCES = [
 ]
 
 # (K, N, W, r): together every K in {2, 3, 5}, N in {1, 37, 513}, W in {48, 768} and
-# r in {8, 100, 512, 1024}, with r both below one tile and spanning many (the interpreter
-# tile is 32 x 64 x 64). Not the full product: the interpreter is slow.
+# r in {8, 100, 512, 1024}, with r both below one tile and spanning many, and one case with
+# many row blocks, W chunks and r blocks at once (the interpreter tile is 32 x 64 x 64).
+# Not the full product: the interpreter is slow.
 SHAPES = [
     (2, 37, 48, 8),
     (3, 1, 768, 1024),
     (5, 513, 48, 100),
     (2, 37, 768, 512),
     (5, 513, 48, 512),
+    (3, 513, 768, 100),
 ]
 
 

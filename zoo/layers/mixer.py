@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kernels import gated_mix_down
 from zoo.layers.adapter import HoulsbyAdapter
 
 __all__ = ["GatedCrossModalMixer", "SigmoidGatedMixer", "BACKENDS"]
@@ -49,8 +50,6 @@ class GatedCrossModalMixer(nn.Module):
 
     def mix_down(self, inputs: torch.Tensor, adapter: HoulsbyAdapter) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixed input `x [N, W]` and the adapter's activated bottleneck `h [N, r]`."""
-        from kernels import gated_mix_down
-
         self._check(inputs)
         return gated_mix_down(
             inputs,

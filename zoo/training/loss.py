@@ -29,5 +29,6 @@ def in_batch_debiased_cross_entropy(user_vectors: torch.Tensor, item_embeddings:
     `log p(item)` corrects the in-batch sampling bias towards popular items.
     """
     logits = user_vectors @ item_embeddings.t() - log_popularity.unsqueeze(0)
-    logits = logits.float().masked_fill(masked, float("-inf"))
+    # Half-precision logits (mixed precision) are upcast; float64 stays float64.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).masked_fill(masked, float("-inf"))
     return F.cross_entropy(logits, target_columns)
