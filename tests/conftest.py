@@ -1,9 +1,15 @@
 """Shared fixtures: one small toy data set and one feature cache per test session."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# Before anything imports triton (transformers does): the Triton interpreter, so the kernel
+# tests run on the CPU.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 SMALL_TOY = {"num_items": 128, "num_users": 800}
 

@@ -2,9 +2,10 @@
 reference against a naive loop and gradcheck, dispatch and input errors.
 
 Without a GPU the Triton kernels run in the Triton interpreter on CPU tensors. The variable
-must be set before the kernels are first used; the kernels module wraps its kernels at first
-use, so this works even when other test modules imported `kernels` earlier. Export
-TRITON_INTERPRET=0 on a CUDA machine to run the same comparisons compiled on the GPU.
+is set here, before the kernels are first used; the kernels module wraps its kernels at first
+use and calls no jit helpers of triton.language, so this holds even when modules collected
+earlier imported `kernels` or triton itself. Export TRITON_INTERPRET=0 on a CUDA machine to
+run the same comparisons compiled on the GPU.
 """
 
 import os
@@ -116,7 +117,7 @@ def outputs_and_grads(fn, inputs, grad_x, grad_h, **kwargs):
 def compare_with_reference(inputs, activation, atol, rtol, use_x=True, use_h=True, seed=1):
     """Triton path vs reference on x, h and every gradient, with the sqrt(n) rule for sums."""
     states, _, w_down, _ = inputs
-    k, n, width = states.shape
+    _, n, width = states.shape
     gen = torch.Generator().manual_seed(seed)
     grad_x = torch.randn(n, width, generator=gen).to(DEVICE, states.dtype) if use_x else None
     grad_h = torch.randn(n, w_down.shape[1], generator=gen).to(DEVICE, states.dtype) if use_h else None
@@ -203,6 +204,52 @@ def test_kernels_are_wrapped_for_the_current_mode():
     """The kernels follow TRITON_INTERPRET at first use, not at import of the module."""
     wrapped = kernel_module._kernels().forward.fn
     assert (type(wrapped).__name__ == "InterpretedFunction") == INTERPRET
+
+
+COMPILE_SCRIPT = """
+import importlib
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+module = importlib.import_module("kernels.gated_mix_down")
+for dt in ("fp16", "bf16", "fp32"):
+    for raw, pointers, constants in [
+        (module._gated_mix_down_fwd_kernel, ["*" + dt, "*fp32"] + ["*" + dt] * 4,
+         dict(NUM_STATES=5, BLOCK_K=8, ACTIVATION="gelu", BLOCK_N=64, BLOCK_R=64, BLOCK_W=32)),
+        (module._gated_mix_down_bwd_kernel, ["*" + dt] * 4 + ["*fp32", "*" + dt, "*fp32"],
+         dict(NUM_STATES=5, BLOCK_K=8, HAS_GRAD_X=True, STATES_NEED_GRAD=True,
+              BLOCK_N=64, BLOCK_W=64, BLOCK_R=32)),
+    ]:
+        fn = triton.jit(raw)
+        ptrs = iter(pointers)
+        signature = {name: "constexpr" if name in constants else next(ptrs) if name.endswith("_ptr") else "i32"
+                     for name in fn.arg_names}
+        triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "num_stages": 2})
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+def test_kernels_compile_for_cuda():
+    """The interpreter never runs Triton's compiler; compile both kernels for sm_90 (H100) in a
+    process without TRITON_INTERPRET, so compiled-only errors show on CPU-only machines too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("triton's bundled ptxas is missing")
+    root = Path(__file__).resolve().parents[1]
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"Triton compilation for sm_90 failed:\n{result.stderr[-4000:]}"
 
 
 # ------------------------------------------------------------------------------------------

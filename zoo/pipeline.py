@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zoo.backbones import BackboneSpec, StateExtractor, load_backbone
-from zoo.cache import build_states, cache_metadata, cache_path, open_states
+from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
 from zoo.data import SequenceDataset
 from zoo.models.base import Recommender
 from zoo.models.config import SASRecIDConfig, SideNetworkConfig
@@ -59,6 +59,8 @@ def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], sett
                      device: torch.device, console: Console) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Cached states per modality (built on first use) and a description of each backbone."""
     dataset.require_modalities(modalities)
+    for modality in modalities:  # fail on missing media before spending time on any backbone
+        check_media(dataset, modality, settings.allow_missing_media)
     states: dict[str, torch.Tensor] = {}
     described: dict[str, Any] = {}
     for modality in modalities:

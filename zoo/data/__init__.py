@@ -14,13 +14,19 @@ DATA_KINDS = ("toy", "microlens", "amazon")
 
 
 def load_dataset(kind: str, root: Path | None, cache_dir: Path) -> SequenceDataset:
-    """Read data set `kind` from `root`; `toy` is generated (once) under `cache_dir/data/toy`."""
+    """Read data set `kind` from `root`.
+
+    `toy` is generated with default parameters under `cache_dir/data/toy` (once), or into
+    `root` when that folder holds no finished toy set; a finished one is read as it is.
+    """
     if kind == "toy":
         from zoo.data.toy import generate_toy
 
         if root is None:
-            root = Path(cache_dir) / "data" / "toy"
-        return read_microlens(generate_toy(root), name="toy")
+            root = generate_toy(Path(cache_dir) / "data" / "toy")
+        elif not (Path(root) / ".complete").is_file():
+            generate_toy(root)
+        return read_microlens(Path(root), name="toy")
     if root is None:
         raise ValueError(f"--data {kind} needs --data-root DIR")
     if kind == "microlens":

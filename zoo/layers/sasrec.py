@@ -85,7 +85,10 @@ class SASRec(nn.Module):
         """Hidden states `[B, T, D]` for `item_embeddings [B, T, D]` and `padding_mask [B, T]`
         (True where padding); padded positions come out as zeros."""
         length = item_embeddings.shape[1]
-        torch._check(length <= self.max_len, lambda: f"sequence longer than max_len={self.max_len}")
+        # torch.jit.trace records `length` as a tensor, which torch._check rejects; the check
+        # exists for eager mode and torch.export, which reads it as a bound on T.
+        if not torch.jit.is_tracing():
+            torch._check(length <= self.max_len, lambda: f"sequence longer than max_len={self.max_len}")
         positions = self.position.weight[self.max_len - length:]
         keep = (~padding_mask).unsqueeze(-1).to(item_embeddings.dtype)
         x = self.input_dropout(self.input_norm(item_embeddings + positions)) * keep

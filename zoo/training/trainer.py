@@ -117,7 +117,19 @@ class Trainer:
                         console=self.console, transient=True)
 
     def fit(self) -> TrainingOutcome:
-        """Train with early stopping; return the best-validation model's valid and test results."""
+        """Train with early stopping; return the best-validation model's valid and test results.
+
+        Runs with deterministic kernels (the CPU scatter-adds in embedding-gather backward are
+        otherwise order-dependent), so the same seed gives the same metrics.
+        """
+        previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._fit()
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+    def _fit(self) -> TrainingOutcome:
         generator = torch.Generator().manual_seed(self.config.seed)
         num_batches = -(-len(self.windows) // self.config.batch_size)
         best_score, best_epoch, stale = -1.0, 0, 0

@@ -1,0 +1,39 @@
+"""Export a training run's encoders to ONNX and TorchScript and validate them against PyTorch.
+
+    python -m export --run weights/<run> [--out DIR] [--opset N]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from export.exporter import REPORT_FILE, export_run
+from export.spec import DEFAULT_OPSET
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="run directory written by train.py")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export, validate, print the tables; a failed check propagates as its ExportValidationError."""
+    args = build_parser().parse_args(argv)
+    console = Console()
+    with console.status(f"exporting and validating {args.run}"):
+        report = export_run(args.run, args.out, args.opset)
+    for table in report.tables():
+        console.print(table)
+    console.print(f"wrote {', '.join(sorted(p.name for p in report.out_dir.iterdir()))} to {report.out_dir} "
+                  f"(report: {REPORT_FILE})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

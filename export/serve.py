@@ -1,0 +1,71 @@
+"""Serve recommendations from an export folder with onnxruntime, no PyTorch model needed.
+
+    recommender = OnnxRecommender("weights/<run>/export")
+    recommender.recommend([["i0001", "i0017"], ["i0042"]], k=10)   # -> two lists of 10 item ids
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.item_table import TABLE_FILE, load_item_table
+from export.onnx_export import SPEC_METADATA_KEY
+from export.ranking import history_window, top_k_rows
+from export.spec import ExportSpec
+from export.validation import onnx_providers
+
+__all__ = ["UnknownItemError", "OnnxRecommender"]
+
+USER_ENCODER_FILE = "user_encoder.onnx"
+
+
+class UnknownItemError(ValueError):
+    """A history names item ids that the exported item table does not contain."""
+
+    def __init__(self, unknown: list[str], num_items: int) -> None:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        super().__init__(f"{len(unknown)} unknown item id(s): {shown} (the item table has {num_items} items; "
+                         f"embed new items with item_encoder.onnx and re-export the table)")
+        self.unknown = unknown
+
+
+class OnnxRecommender:
+    """Top-k item ids for users given by their item-id histories.
+
+    Loads `user_encoder.onnx` and `item_embeddings.safetensors` from an export folder. A
+    user's last `max_len` items (the limit the encoder was exported with) form the user
+    vector; every catalogue item is scored by dot product; items in the history are excluded.
+    """
+
+    def __init__(self, export_dir: str | Path, providers: Sequence[str] | None = None) -> None:
+        export_dir = Path(export_dir)
+        for name in (USER_ENCODER_FILE, TABLE_FILE):
+            if not (export_dir / name).is_file():
+                raise FileNotFoundError(f"{export_dir / name}: missing; write it with `python -m export --run <run>`")
+        self.session = ort.InferenceSession(str(export_dir / USER_ENCODER_FILE),
+                                            providers=list(providers or onnx_providers()))
+        self.spec = ExportSpec.from_json(self.session.get_modelmeta().custom_metadata_map[SPEC_METADATA_KEY])
+        self.max_len = self.spec.max_sizes["length"]
+        self.item_table, self.item_ids = load_item_table(export_dir / TABLE_FILE)
+        self._padded_table = np.concatenate([np.zeros_like(self.item_table[:1]), self.item_table])
+        self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[str]]:
+        """For each history (item ids, oldest first), the `k` best item ids not in it, best first."""
+        unknown = sorted({item for history in histories for item in history if item not in self._index})
+        if unknown:
+            raise UnknownItemError(unknown, len(self.item_ids))
+        empty = [i for i, history in enumerate(histories) if not history]
+        if empty:
+            raise ValueError(f"histories {empty} are empty; a user needs at least one item")
+        if k < 1:
+            raise ValueError(f"k must be positive, got {k}")
+        indices = [np.array([self._index[item] for item in history], dtype=np.int64) for history in histories]
+        window, padding_mask = history_window(indices, self.max_len)
+        embeddings_name, mask_name = self.spec.input_names
+        (user_vectors,) = self.session.run(list(self.spec.output_names), {
+            embeddings_name: self._padded_table[window.numpy()], mask_name: padding_mask.numpy()})
+        return [[self.item_ids[row] for row in rows] for rows in top_k_rows(user_vectors, self.item_table, indices, k)]

@@ -1,0 +1,79 @@
+"""Feature cache: round trip, staleness, crash safety; LayerDrop indices; state extraction."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.backbones import BackboneSpec, StateExtractor, kept_state_indices, load_backbone
+from zoo.cache import build_states, cache_metadata, cache_path, open_states, write_states
+from zoo.data import read_microlens
+
+
+def test_kept_indices_follow_layerdrop() -> None:
+    assert kept_state_indices(12, 6) == [0, 2, 4, 6, 8, 10, 12]
+    assert kept_state_indices(6, 6) == [0, 1, 2, 3, 4, 5, 6]
+    assert kept_state_indices(24, 6) == [0, 4, 8, 12, 16, 20, 24]
+    assert kept_state_indices(12, 3) == [0, 4, 8, 12]
+    with pytest.raises(ValueError, match="distinct states"):
+        kept_state_indices(4, 6)
+
+
+def test_write_and_memory_map_round_trip(tmp_path: Path) -> None:
+    states = torch.randn(10, 3, 8).half()
+    path = tmp_path / "states.safetensors"
+    write_states(path, states, {"a": "1"})
+    mapped = open_states(path, {"a": "1"})
+    assert mapped is not None and mapped.dtype == torch.float16
+    assert torch.equal(mapped, states)
+    assert open_states(path, {"a": "2"}) is None  # stale metadata
+    assert open_states(tmp_path / "absent.safetensors") is None
+    path.write_bytes(path.read_bytes()[:-7])  # a torn file never loads
+    assert open_states(path) is None
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "states.safetensors"
+    with pytest.raises(Exception):
+        write_states(path, torch.randn(2, 2, 2).half(), {"bad": 3})  # metadata values must be strings
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("modality", ["text", "image", "video", "audio"])
+def test_cached_states_equal_backbone_hidden_states(toy_root: Path, tmp_path: Path, modality: str) -> None:
+    """Row r of the cache is the CLS state at the kept layers of item r, as the backbone computes it."""
+    dataset = read_microlens(toy_root, name="toy")
+    extractor = StateExtractor(load_backbone(BackboneSpec(modality, "tiny")), side_layers=3)
+    metadata = cache_metadata(dataset, extractor)
+    path = cache_path(tmp_path, metadata, modality)
+    cached = build_states(dataset, extractor, path, batch_size=50)
+    assert cached.shape == (dataset.num_items, 4, extractor.backbone.width)
+    row = 37
+    inputs = extractor._model_inputs([extractor.read_item(dataset, row)])
+    with torch.no_grad():
+        hidden = extractor.backbone.model(**inputs, output_hidden_states=True).hidden_states
+    expected = torch.stack([hidden[i][0, 0] for i in (0, 2, 4, 6)])
+    torch.testing.assert_close(cached[row].float(), expected, atol=2e-2, rtol=2e-3)  # float16 storage
+    assert open_states(path, metadata) is not None
+    assert json.loads(metadata["kept_indices"]) == [0, 2, 4, 6]
+
+
+def test_stale_fingerprint_changes_the_cache_key(toy_root: Path) -> None:
+    dataset = read_microlens(toy_root, name="toy")
+    extractor = StateExtractor(load_backbone(BackboneSpec("text", "tiny")), side_layers=6)
+    before = cache_metadata(dataset, extractor)
+    dataset.titles[0] = dataset.titles[0] + " changed"
+    dataset._fingerprint = None
+    after = cache_metadata(dataset, extractor)
+    assert before["dataset_fingerprint"] != after["dataset_fingerprint"]
+    assert cache_path(Path("c"), before, "text") != cache_path(Path("c"), after, "text")
+
+
+def test_mean_pooling_ignores_padding_tokens() -> None:
+    extractor = StateExtractor(load_backbone(BackboneSpec("text", "tiny", pooling="mean")), side_layers=6)
+    alone = extractor.encode(["red fox"])
+    batched = extractor.encode(["red fox", "a much longer title with many more word pieces in it"])
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-4, rtol=1e-4)

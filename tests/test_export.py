@@ -1,0 +1,287 @@
+"""Tests for export/: every preset exports to ONNX and TorchScript and matches PyTorch, tampered
+exports raise their specific errors, and a toy-trained run goes through `python -m export`,
+the serving helper and the README example.
+
+Tolerance: max abs error <= 1e-4 in float32 (`export.spec.TOLERANCE`) at batch sizes 1, 3, 17
+and lengths 1, 4, 10, none of which is an export shape.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export import (ExportedModel, NameMismatchError, OnnxRecommender, RecommendationMismatchError,
+                    ShapeMismatchError, UnknownItemError, ValueMismatchError, export_model, validate_grid)
+from export.__main__ import main as export_main
+from export.item_table import TABLE_FILE, load_item_table
+from export.onnx_export import export_onnx
+from export.spec import TOLERANCE, item_encoder_spec
+from export.validation import (OnnxEncoder, TorchEncoder, check_agreement, item_cases, user_cases,
+                               validate_encoder)
+from export.wrappers import ItemEncoder
+from zoo.data.toy import generate_toy
+from zoo.models.base import Recommender
+from zoo.models.config import SASRecIDConfig
+from zoo.registry import create_model, list_models, preset_config
+from zoo.runs import open_run
+from zoo.training.evaluation import all_item_embeddings, left_padded
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_ITEMS = 50
+# Small enough to export quickly, big enough to keep every code path: two side layers (so towers
+# read each other's previous outputs), MOMEF with k < M, one SASRec block with two heads.
+TINY = {"num_states": 2, "adapter_dim": 8, "num_blocks": 1, "ffn_dim": 32}
+WIDTH = 16
+
+
+def tiny_model(name: str) -> Recommender:
+    """Preset `name` with tiny widths and fixed random weights."""
+    config = preset_config(name)
+    torch.manual_seed(0)
+    if isinstance(config, SASRecIDConfig):
+        return create_model(name, num_items=NUM_ITEMS, num_blocks=1, ffn_dim=32).eval()
+    return create_model(name, backbone_widths=(WIDTH,) * len(config.modalities), **TINY).eval()
+
+
+def random_item_inputs(model: Recommender, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random states `[B, S, W]` per modality, or random item rows `[B]` for the ID model."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(model.config, SASRecIDConfig):
+        return (torch.randint(0, NUM_ITEMS, (batch,), generator=generator),)
+    return tuple(torch.randn(batch, model.config.num_states, width, generator=generator)
+                 for width in model.config.backbone_widths)
+
+
+@pytest.fixture(scope="module")
+def exported_presets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Recommender, ExportedModel]]:
+    """Every tiny preset exported once per module, two at a time in worker processes (the
+    exporter is single-threaded Python); the models stay here for validation."""
+    root = tmp_path_factory.mktemp("presets")
+    models = {name: tiny_model(name) for name in list_models()}
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(export_model, model, root / name, random_item_inputs(model, 2))
+                   for name, model in models.items()}
+        return {name: (models[name], future.result()) for name, future in futures.items()}
+
+
+def grid_cases(model: Recommender) -> tuple[list, list]:
+    items = item_cases(lambda batch: random_item_inputs(model, batch, seed=batch))
+    users = user_cases(torch.randn(NUM_ITEMS, model.config.embedding_dim), model.config.max_seq_len)
+    return items, users
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_preset_exports_and_validates(name: str, exported_presets) -> None:
+    model, exported = exported_presets[name]
+    assert all(path.is_file() for path in exported.files())
+    assert exported.item_spec.input_names == model.item_input_names
+    results = validate_grid(model, exported, *grid_cases(model))
+    assert [(r.encoder, r.runtime) for r in results] == [
+        ("item_encoder", "onnxruntime CPU"), ("user_encoder", "onnxruntime CPU"),
+        ("item_encoder", "torchscript"), ("user_encoder", "torchscript")]
+    for result in results:
+        expected = ["B=1", "B=3", "B=17"] if result.encoder == "item_encoder" else [
+            f"B={b} T={t}" for t in (1, 4, 10) for b in (1, 3, 17)]
+        assert list(result.errors) == expected
+        assert result.max_abs_error <= TOLERANCE
+
+
+def test_momef_top_k_routing_survives_export(exported_presets) -> None:
+    """Items routed to different expert pairs get PyTorch's outputs from ONNX, and those
+    outputs are not what dense (all-expert) routing would give."""
+    model, exported = exported_presets["crossan-tiva"]
+    inputs = random_item_inputs(model, 64, seed=7)
+    with torch.no_grad():
+        weights = model.fusion.routing_weights(model.tower_embeddings(*inputs))
+        expected = model.encode_items(*inputs)
+        dense = copy.deepcopy(model)
+        dense.fusion.top_k = len(model.config.modalities)
+        dense_output = dense.encode_items(*inputs)
+    kept = weights > 0
+    assert (kept.sum(dim=1) == model.config.top_k).all()
+    assert len({tuple(row.tolist()) for row in kept}) >= 3, "routing should differ between items"
+    (actual,) = OnnxEncoder(exported.out_dir / "item_encoder.onnx", exported.item_spec)(*inputs)
+    assert np.abs(actual - expected.numpy()).max() <= TOLERANCE
+    assert np.abs(actual - dense_output.numpy()).max() > 100 * TOLERANCE
+
+
+def tampered(path: Path, out: Path, change: Callable[[onnx.ModelProto], None]) -> Path:
+    model = onnx.load(str(path))
+    change(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def test_perturbed_weight_raises_value_mismatch(exported_presets, tmp_path: Path) -> None:
+    model, exported = exported_presets["crossan-ti"]
+
+    def perturb(proto: onnx.ModelProto) -> None:
+        largest = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        values = onnx.numpy_helper.to_array(largest) + np.float32(1e-2)
+        largest.CopyFrom(onnx.numpy_helper.from_array(values, largest.name))
+
+    path = tampered(exported.out_dir / "item_encoder.onnx", tmp_path / "item.onnx", perturb)
+    items, _ = grid_cases(model)
+    reference, _ = exported.references(model)
+    with pytest.raises(ValueMismatchError, match="max abs error"):
+        validate_encoder(OnnxEncoder(path, exported.item_spec), reference, items)
+
+
+def test_tolerance_is_enforced(exported_presets) -> None:
+    """The same files pass at 1e-4 and fail at a tolerance of zero (errors are ~1e-6, not 0)."""
+    model, exported = exported_presets["crossan-ti"]
+    _, users = grid_cases(model)
+    _, reference = exported.references(model)
+    strict = dataclasses.replace(exported.user_spec, tolerance=0.0)
+    with pytest.raises(ValueMismatchError, match="tolerance 0"):
+        validate_encoder(OnnxEncoder(exported.out_dir / "user_encoder.onnx", strict), reference, users)
+
+
+def test_renamed_output_raises_name_mismatch(exported_presets, tmp_path: Path) -> None:
+    model, exported = exported_presets["crossan-ti"]
+
+    def rename(proto: onnx.ModelProto) -> None:
+        old = proto.graph.output[0].name
+        for node in proto.graph.node:
+            node.output[:] = ["embedding" if name == old else name for name in node.output]
+        proto.graph.output[0].name = "embedding"
+
+    path = tampered(exported.out_dir / "user_encoder.onnx", tmp_path / "user.onnx", rename)
+    _, users = grid_cases(model)
+    _, reference = exported.references(model)
+    with pytest.raises(NameMismatchError, match="output names"):
+        validate_encoder(OnnxEncoder(path, exported.user_spec), reference, users)
+
+
+def test_fixed_batch_axis_raises_shape_mismatch(exported_presets, tmp_path: Path) -> None:
+    model, exported = exported_presets["crossan-ti"]
+
+    def fix_batch(proto: onnx.ModelProto) -> None:
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+
+    path = tampered(exported.out_dir / "user_encoder.onnx", tmp_path / "user.onnx", fix_batch)
+    _, users = grid_cases(model)
+    _, reference = exported.references(model)
+    with pytest.raises(ShapeMismatchError, match="batch"):
+        validate_encoder(OnnxEncoder(path, exported.user_spec), reference, users)
+
+
+def test_size_one_example_is_refused(tmp_path: Path) -> None:
+    """A size-1 example would make the batch axis static, so export_onnx refuses it up front."""
+    model = tiny_model("sasrec-id")
+    with pytest.raises(ValueError, match="at least 2"):
+        export_onnx(ItemEncoder(model), item_encoder_spec(model), (torch.tensor([3]),), tmp_path / "item.onnx")
+
+
+def test_changed_ranking_raises_recommendation_mismatch() -> None:
+    reference = [np.arange(10), np.arange(10, 20)]
+    assert check_agreement(reference, [r.copy() for r in reference], "same").fraction == 1.0
+    swapped = [reference[0], reference[1][[1, 0, *range(2, 10)]]]
+    with pytest.raises(RecommendationMismatchError, match="1 of 2 users"):
+        check_agreement(reference, swapped, "swapped")
+
+
+# --- a toy-trained run, end to end -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """crossan-tiva trained for one epoch by train.py on a small toy data set (48 items, 64
+    users, MicroLens layout) with the tiny random backbones."""
+    root = tmp_path_factory.mktemp("toy-data")
+    data = generate_toy(root / "toy", num_items=48, num_users=64)
+    run_dir = root / "run"
+    subprocess.run([sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens",
+                    "--data-root", str(data), "--epochs", "1", "--run-dir", str(run_dir),
+                    "--cache-dir", str(root / "cache")],
+                   cwd=REPO, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def toy_export(toy_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("toy-export")
+    assert export_main(["--run", str(toy_run), "--out", str(out)]) == 0
+    return out
+
+
+def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> None:
+    names = {p.name for p in toy_export.iterdir()}
+    assert names == {"item_encoder.onnx", "user_encoder.onnx", "item_encoder.pt", "user_encoder.pt",
+                     TABLE_FILE, "validation.json"}
+    report = json.loads((toy_export / "validation.json").read_text())
+    assert report["preset"] == "crossan-tiva"
+    assert {g["runtime"] for g in report["max_abs_errors"]} == {"onnxruntime CPU", "torchscript"}
+    assert all(g["max_abs_error"] <= TOLERANCE for g in report["max_abs_errors"])
+    assert [(a["runtime"], a["num_users"], a["fraction"]) for a in report["top_k_agreement"]] == [
+        ("onnxruntime CPU", 64, 1.0), ("torchscript", 64, 1.0)]
+
+    run = open_run(toy_run)
+    table, item_ids = load_item_table(toy_export / TABLE_FILE)
+    assert item_ids == run.dataset.item_ids
+    reference = all_item_embeddings(run.model, run.features).numpy()
+    assert table.shape == reference.shape and np.abs(table - reference).max() <= TOLERANCE
+
+
+def pytorch_top10(run_dir: Path, users: list[int]) -> list[list[str]]:
+    """Top-10 item ids the way the evaluator ranks them, straight from the PyTorch model."""
+    run = open_run(run_dir)
+    items = all_item_embeddings(run.model, run.features)
+    table = torch.cat([torch.zeros(1, items.shape[1]), items])
+    histories = [run.dataset.history(u, "test") for u in users]
+    window = left_padded(histories, run.model.config.max_seq_len)
+    with torch.no_grad():
+        scores = run.model.encode_users(table[window], window == 0) @ items.T
+    for row, history in enumerate(histories):
+        scores[row, torch.as_tensor(history - 1)] = -torch.inf
+    return [[run.dataset.item_ids[i] for i in row] for row in scores.topk(10).indices.tolist()]
+
+
+def test_serving_helper_matches_pytorch(toy_run: Path, toy_export: Path) -> None:
+    run = open_run(toy_run)
+    users = list(range(20))
+    histories = [[run.dataset.item_ids[i - 1] for i in run.dataset.history(u, "test")] for u in users]
+    recommender = OnnxRecommender(toy_export)
+    recommended = recommender.recommend(histories, k=10)
+    assert recommended == pytorch_top10(toy_run, users)
+    assert all(not set(r) & set(h) for r, h in zip(recommended, histories))
+    with pytest.raises(UnknownItemError, match="no-such-item"):
+        recommender.recommend([[histories[0][0], "no-such-item"]])
+
+
+def readme_serving_snippet() -> str | None:
+    """The Python block of the README's "Serving with ONNX Runtime" section, if there is one."""
+    readme = REPO / "README.md"
+    if not readme.is_file():
+        return None
+    section = re.search(r"^## Serving with ONNX Runtime\n(.*?)(?=^## |\Z)", readme.read_text(), re.M | re.S)
+    block = section and re.search(r"```python\n(.*?)```", section.group(1), re.S)
+    return block.group(1) if block else None
+
+
+def test_readme_serving_example_runs(toy_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The README snippet, run as written from a folder where its export path exists."""
+    snippet = readme_serving_snippet()
+    if snippet is None:
+        pytest.skip("README.md has no 'Serving with ONNX Runtime' section with a python block")
+    export_dir = re.search(r"OnnxRecommender\(\"([^\"]+)\"\)", snippet).group(1)
+    (tmp_path / export_dir).parent.mkdir(parents=True)
+    (tmp_path / export_dir).symlink_to(toy_export, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {"__name__": "__readme__"})
+    printed = capsys.readouterr().out
+    assert re.search(r"i\d{4}", printed), printed
