@@ -61,7 +61,8 @@ class TorchEncoder:
 
 
 def onnx_providers() -> list[str]:
-    """The CPU provider, plus CUDA when onnxruntime-gpu can actually run it here."""
+    """Execution providers to use, preferred first: CUDA when onnxruntime-gpu is installed and
+    PyTorch sees a CUDA device (onnxruntime-gpu lists CUDA even on machines without one), then CPU."""
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
         providers.insert(0, "CUDAExecutionProvider")
@@ -75,11 +76,7 @@ class OnnxEncoder:
         options: dict[str, str] = {}
         if provider == "CUDAExecutionProvider":
             options["use_tf32"] = "0"  # TF32 matmuls would miss a 1e-4 float32 tolerance
-        session_options = ort.SessionOptions()
-        # Validation alternates PyTorch and onnxruntime; spinning onnxruntime threads would
-        # take the cores PyTorch needs in between.
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), session_options, providers=[(provider, options)])
+        self.session = ort.InferenceSession(str(path), providers=[(provider, options)])
         used = self.session.get_providers()[0]
         if used != provider:
             raise RuntimeError(f"onnxruntime fell back from {provider} to {used}")

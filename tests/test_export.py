@@ -10,13 +10,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import multiprocessing
-import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +27,7 @@ from export.__main__ import main as export_main
 from export.item_table import TABLE_FILE, load_item_table
 from export.onnx_export import export_onnx
 from export.spec import TOLERANCE, item_encoder_spec
-from export.validation import (OnnxEncoder, TorchEncoder, check_agreement, item_cases, user_cases,
-                               validate_encoder)
+from export.validation import OnnxEncoder, check_agreement, item_cases, user_cases, validate_encoder
 from export.wrappers import ItemEncoder
 from zoo.data.toy import generate_toy
 from zoo.models.base import Recommender
@@ -46,6 +42,16 @@ NUM_ITEMS = 50
 # read each other's previous outputs), MOMEF with k < M, one SASRec block with two heads.
 TINY = {"num_states": 2, "adapter_dim": 8, "num_blocks": 1, "ffn_dim": 32}
 WIDTH = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tensors here are tiny; with two intra-op threads on two shared cores, every op can
+    wait a scheduler slice for a descheduled worker (seen: 500x slower eager runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_model(name: str) -> Recommender:
@@ -67,15 +73,17 @@ def random_item_inputs(model: Recommender, batch: int, seed: int = 0) -> tuple[t
 
 
 @pytest.fixture(scope="module")
-def exported_presets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Recommender, ExportedModel]]:
-    """Every tiny preset exported once per module, two at a time in worker processes (the
-    exporter is single-threaded Python); the models stay here for validation."""
-    root = tmp_path_factory.mktemp("presets")
-    models = {name: tiny_model(name) for name in list_models()}
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(export_model, model, root / name, random_item_inputs(model, 2))
-                   for name, model in models.items()}
-        return {name: (models[name], future.result()) for name, future in futures.items()}
+def exported_presets(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Recommender, ExportedModel]]:
+    """`get(name)`: the tiny preset and its exported files, exported on first use (about 5 s)."""
+    cache: dict[str, tuple[Recommender, ExportedModel]] = {}
+
+    def get(name: str) -> tuple[Recommender, ExportedModel]:
+        if name not in cache:
+            model = tiny_model(name)
+            cache[name] = model, export_model(model, tmp_path_factory.mktemp(name), random_item_inputs(model, 2))
+        return cache[name]
+
+    return get
 
 
 def grid_cases(model: Recommender) -> tuple[list, list]:
@@ -86,13 +94,13 @@ def grid_cases(model: Recommender) -> tuple[list, list]:
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_preset_exports_and_validates(name: str, exported_presets) -> None:
-    model, exported = exported_presets[name]
+    model, exported = exported_presets(name)
     assert all(path.is_file() for path in exported.files())
     assert exported.item_spec.input_names == model.item_input_names
     results = validate_grid(model, exported, *grid_cases(model))
-    assert [(r.encoder, r.runtime) for r in results] == [
-        ("item_encoder", "onnxruntime CPU"), ("user_encoder", "onnxruntime CPU"),
-        ("item_encoder", "torchscript"), ("user_encoder", "torchscript")]
+    checked = {(r.encoder, r.runtime) for r in results}
+    assert {(encoder, runtime) for encoder in ("item_encoder", "user_encoder")
+            for runtime in ("onnxruntime CPU", "torchscript")} <= checked
     for result in results:
         expected = ["B=1", "B=3", "B=17"] if result.encoder == "item_encoder" else [
             f"B={b} T={t}" for t in (1, 4, 10) for b in (1, 3, 17)]
@@ -103,7 +111,7 @@ def test_every_preset_exports_and_validates(name: str, exported_presets) -> None
 def test_momef_top_k_routing_survives_export(exported_presets) -> None:
     """Items routed to different expert pairs get PyTorch's outputs from ONNX, and those
     outputs are not what dense (all-expert) routing would give."""
-    model, exported = exported_presets["crossan-tiva"]
+    model, exported = exported_presets("crossan-tiva")
     inputs = random_item_inputs(model, 64, seed=7)
     with torch.no_grad():
         weights = model.fusion.routing_weights(model.tower_embeddings(*inputs))
@@ -127,7 +135,7 @@ def tampered(path: Path, out: Path, change: Callable[[onnx.ModelProto], None]) -
 
 
 def test_perturbed_weight_raises_value_mismatch(exported_presets, tmp_path: Path) -> None:
-    model, exported = exported_presets["crossan-ti"]
+    model, exported = exported_presets("crossan-ti")
 
     def perturb(proto: onnx.ModelProto) -> None:
         largest = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
@@ -143,7 +151,7 @@ def test_perturbed_weight_raises_value_mismatch(exported_presets, tmp_path: Path
 
 def test_tolerance_is_enforced(exported_presets) -> None:
     """The same files pass at 1e-4 and fail at a tolerance of zero (errors are ~1e-6, not 0)."""
-    model, exported = exported_presets["crossan-ti"]
+    model, exported = exported_presets("crossan-ti")
     _, users = grid_cases(model)
     _, reference = exported.references(model)
     strict = dataclasses.replace(exported.user_spec, tolerance=0.0)
@@ -152,7 +160,7 @@ def test_tolerance_is_enforced(exported_presets) -> None:
 
 
 def test_renamed_output_raises_name_mismatch(exported_presets, tmp_path: Path) -> None:
-    model, exported = exported_presets["crossan-ti"]
+    model, exported = exported_presets("crossan-ti")
 
     def rename(proto: onnx.ModelProto) -> None:
         old = proto.graph.output[0].name
@@ -168,7 +176,7 @@ def test_renamed_output_raises_name_mismatch(exported_presets, tmp_path: Path) -
 
 
 def test_fixed_batch_axis_raises_shape_mismatch(exported_presets, tmp_path: Path) -> None:
-    model, exported = exported_presets["crossan-ti"]
+    model, exported = exported_presets("crossan-ti")
 
     def fix_batch(proto: onnx.ModelProto) -> None:
         proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
@@ -207,7 +215,7 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens",
                     "--data-root", str(data), "--epochs", "1", "--run-dir", str(run_dir),
                     "--cache-dir", str(root / "cache")],
-                   cwd=REPO, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                   cwd=REPO, check=True, capture_output=True)
     return run_dir
 
 
@@ -224,10 +232,10 @@ def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> No
                      TABLE_FILE, "validation.json"}
     report = json.loads((toy_export / "validation.json").read_text())
     assert report["preset"] == "crossan-tiva"
-    assert {g["runtime"] for g in report["max_abs_errors"]} == {"onnxruntime CPU", "torchscript"}
+    assert {"onnxruntime CPU", "torchscript"} <= {g["runtime"] for g in report["max_abs_errors"]}
     assert all(g["max_abs_error"] <= TOLERANCE for g in report["max_abs_errors"])
-    assert [(a["runtime"], a["num_users"], a["fraction"]) for a in report["top_k_agreement"]] == [
-        ("onnxruntime CPU", 64, 1.0), ("torchscript", 64, 1.0)]
+    agreement = {a["runtime"]: (a["num_users"], a["fraction"]) for a in report["top_k_agreement"]}
+    assert agreement["onnxruntime CPU"] == agreement["torchscript"] == (64, 1.0)
 
     run = open_run(toy_run)
     table, item_ids = load_item_table(toy_export / TABLE_FILE)

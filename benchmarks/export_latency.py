@@ -1,0 +1,134 @@
+"""User-encoder latency and item-encoder throughput: PyTorch eager vs onnxruntime on this CPU.
+
+    python benchmarks/export_latency.py --run weights/<run>      # a trained run
+    python benchmarks/export_latency.py --preset crossan-tiva    # random weights, preset sizes
+
+Both runtimes get the same number of intra-op threads (PyTorch's default) and the same inputs;
+every figure is the median of `--repeats` timed calls after a warm-up. Ratios are
+onnxruntime / PyTorch: below 1 for latency and above 1 for throughput mean onnxruntime is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from export.onnx_export import export_onnx
+from export.spec import item_encoder_spec, user_encoder_spec
+from export.wrappers import ItemEncoder, UserEncoder
+from zoo.models.base import Recommender
+from zoo.models.config import SASRecIDConfig
+from zoo.registry import create_model, list_models, load_model, preset_config
+
+USER_BATCHES = (1, 256)
+ITEM_BATCH = 256
+WARMUP = 5
+ID_CATALOGUE = 100_000
+
+
+def build_model(args: argparse.Namespace) -> tuple[Recommender, str]:
+    """The trained model of `--run`, else `--preset` with random weights."""
+    if args.run is not None:
+        return load_model(args.run), str(args.run)
+    overrides = {"num_items": ID_CATALOGUE} if isinstance(preset_config(args.preset), SASRecIDConfig) else {}
+    torch.manual_seed(0)
+    return create_model(args.preset, **overrides).eval(), f"{args.preset} (random weights)"
+
+
+def item_inputs(model: Recommender, batch: int) -> tuple[torch.Tensor, ...]:
+    """Random item inputs of `batch` items in the model's input layout."""
+    if isinstance(model.config, SASRecIDConfig):
+        return (torch.randint(0, model.config.num_items, (batch,)),)
+    return tuple(torch.randn(batch, model.config.num_states, width) for width in model.config.backbone_widths)
+
+
+def user_inputs(model: Recommender, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-length sequences (T = max_seq_len) with random left padding, at least one item each."""
+    length = model.config.max_seq_len
+    kept = torch.randint(1, length + 1, (batch,))
+    padding_mask = torch.arange(length) < (length - kept).unsqueeze(1)
+    return torch.randn(batch, length, model.config.embedding_dim), padding_mask
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    for _ in range(WARMUP):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare(module: torch.nn.Module, onnx_session: ort.InferenceSession, input_names: tuple[str, ...],
+            inputs: tuple[torch.Tensor, ...], repeats: int) -> tuple[float, float]:
+    """Median seconds per call of (PyTorch eager, onnxruntime) on the same inputs."""
+    feed = {name: tensor.numpy() for name, tensor in zip(input_names, inputs)}
+    with torch.inference_mode():
+        eager = median_seconds(lambda: module(*inputs), repeats)
+    return eager, median_seconds(lambda: onnx_session.run(None, feed), repeats)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", type=Path, help="run directory written by train.py")
+    source.add_argument("--preset", default="crossan-tiva", choices=list_models(), metavar="NAME",
+                        help="preset to build with random weights when --run is not given (default crossan-tiva)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per measurement")
+    args = parser.parse_args()
+
+    model, label = build_model(args)
+    threads = torch.get_num_threads()
+    items, users = ItemEncoder(model).eval(), UserEncoder(model).eval()
+    item_spec, user_spec = item_encoder_spec(model), user_encoder_spec(model)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        item_path = export_onnx(items, item_spec, item_inputs(model, 2), Path(tmp) / item_spec.onnx_file)
+        user_path = export_onnx(users, user_spec, user_inputs(model, 2), Path(tmp) / user_spec.onnx_file)
+        item_session, user_session = session(item_path, threads), session(user_path, threads)
+        for batch in USER_BATCHES:
+            eager, onnx = compare(users, user_session, user_spec.input_names, user_inputs(model, batch), args.repeats)
+            rows.append((f"user encoder latency, B={batch}",
+                         f"{eager * 1e3:.3f} ms", f"{onnx * 1e3:.3f} ms", onnx / eager))
+        eager, onnx = compare(items, item_session, item_spec.input_names, item_inputs(model, ITEM_BATCH), args.repeats)
+        rows.append((f"item encoder throughput, B={ITEM_BATCH}", f"{ITEM_BATCH / eager:,.0f} items/s",
+                     f"{ITEM_BATCH / onnx:,.0f} items/s", eager / onnx))
+
+    table = Table(title=f"{label}: PyTorch eager vs onnxruntime (CPU provider)",
+                  caption=f"{cpu_name()}; {threads} intra-op threads each; user sequences of "
+                          f"T={model.config.max_seq_len}; median of {args.repeats} calls; "
+                          f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+    for column in ("measurement", "PyTorch eager", "onnxruntime", "onnxruntime / PyTorch"):
+        table.add_column(column, justify="left" if column == "measurement" else "right")
+    for name, eager_text, onnx_text, ratio in rows:
+        table.add_row(name, eager_text, onnx_text, f"{ratio:.2f}")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
