@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"model preset: {', '.join(list_models())}")
     parser.add_argument("--data", default="toy", choices=DATA_KINDS)
     parser.add_argument("--data-root", type=Path, help="data folder (toy: generated under the cache dir)")
+    parser.add_argument("--cover-dir", default="covers", help="MicroLens cover folder, relative to --data-root")
+    parser.add_argument("--video-dir", default="videos", help="MicroLens video folder, relative to --data-root")
     parser.add_argument("--backbones", default="tiny", choices=SOURCES,
                         help="tiny: random small models (tests, demo); pretrained: the paper's hub models")
     parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR",
@@ -87,11 +89,12 @@ def main() -> int:
                                allow_missing_media=args.allow_missing_media)
     device = resolve_device(args.device)
     started = time.perf_counter()
-    dataset = load_dataset(args.data, args.data_root, args.cache_dir)
+    dataset = load_dataset(args.data, args.data_root, args.cache_dir, args.cover_dir, args.video_dir)
     console.print(dataset.summary())
     run_dir = args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _, metrics = train_and_save(args.preset, dataset, describe_data(args.data, dataset), settings, train_config,
-                                model_overrides, run_dir, device, console)
+    data_description = describe_data(args.data, dataset, args.cover_dir, args.video_dir)
+    _, metrics = train_and_save(args.preset, dataset, data_description, settings, train_config, model_overrides,
+                                run_dir, device, console)
     if args.json:
         print(json.dumps(metrics))
     else:

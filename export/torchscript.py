@@ -6,6 +6,10 @@ records tensor sizes symbolically, so batch and length stay dynamic; the Python-
 checks (`if states.shape[2] != width: raise ...`) are frozen as constants, which costs
 nothing because they only ever raise. Validation at shapes other than the trace shape
 confirms that nothing else was frozen.
+
+The traced module is then frozen (`torch.jit.freeze`): the wrappers hold the whole model, and
+freezing keeps only the parameters the traced graph uses (the user encoder shrinks from the
+size of the model to that of SASRec).
 """
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ __all__ = ["export_torchscript"]
 
 
 def export_torchscript(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:
-    """Trace `module` on `example_inputs` and save it to `path` (load with `torch.jit.load`)."""
+    """Trace `module` on `example_inputs`, freeze it and save it to `path` (load with `torch.jit.load`)."""
     module = module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(module, tuple(example_inputs), check_trace=False)
+    frozen = torch.jit.freeze(traced)
     path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(path))
+    frozen.save(str(path))
     return path

@@ -141,9 +141,12 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     return outcome, metrics
 
 
-def describe_data(kind: str, dataset: SequenceDataset) -> dict[str, Any]:
-    return {"kind": kind, "root": str(dataset.root), "name": dataset.name, "fingerprint": dataset.fingerprint(),
-            "num_users": dataset.num_users, "num_items": dataset.num_items}
+def describe_data(kind: str, dataset: SequenceDataset, cover_dir: str = "covers",
+                  video_dir: str = "videos") -> dict[str, Any]:
+    """What `config.json` records about the data: enough to reload it and notice changes."""
+    return {"kind": kind, "root": str(dataset.root.resolve()), "name": dataset.name,
+            "fingerprint": dataset.fingerprint(), "num_users": dataset.num_users, "num_items": dataset.num_items,
+            "cover_dir": cover_dir, "video_dir": video_dir}
 
 
 def parse_assignments(pairs: list[str], what: str) -> dict[str, str]:

@@ -34,7 +34,8 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     config = read_json(run_dir / "config.json")
     model = load_model(run_dir, device=str(device))
     data = config["data"]
-    dataset = load_dataset(data["kind"], Path(data["root"]), Path(".cache"))
+    dataset = load_dataset(data["kind"], Path(data["root"]), Path(".cache"), data.get("cover_dir", "covers"),
+                           data.get("video_dir", "videos"))
     if dataset.fingerprint() != data["fingerprint"]:
         raise ValueError(f"the data set at {data['root']} changed since {run_dir} was trained "
                          f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']})")

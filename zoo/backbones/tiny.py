@@ -6,6 +6,7 @@ with them say nothing about the method's quality on real data.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,21 +14,17 @@ import transformers
 from transformers import ASTConfig, ASTFeatureExtractor, AutoTokenizer, BertConfig, PreTrainedModel
 from transformers import ASTModel, BertModel, VideoMAEConfig, VideoMAEModel, ViTConfig, ViTModel
 
-__all__ = ["TINY_WIDTH", "TINY_LAYERS", "tiny_backbone"]
+__all__ = ["TINY_WIDTH", "TINY_LAYERS", "tiny_backbone", "save_tiny_backbone"]
 
 TINY_WIDTH = 64
 TINY_LAYERS = 6
 TINY_IMAGE_SIZE = 32
 TINY_AUDIO_FRAMES = 304  # about 3 s of 10 ms filterbank frames
 TINY_MEL_BINS = 64
-
 # A wider weight init than the usual 0.02: with random weights, 0.02 leaves attention almost
 # uniform and the pooled states nearly identical across items (BERT's CLS barely moves);
 # 0.1 keeps them well apart, so the toy task is learnable in a few epochs.
 TINY_INIT_RANGE = 0.1
-
-_SHARED = dict(hidden_size=TINY_WIDTH, num_hidden_layers=TINY_LAYERS, num_attention_heads=2,
-               intermediate_size=2 * TINY_WIDTH, initializer_range=TINY_INIT_RANGE)
 
 
 def _image_processor_class(name: str) -> type:
@@ -35,42 +32,56 @@ def _image_processor_class(name: str) -> type:
     return getattr(transformers, f"{name}Pil", getattr(transformers, name))
 
 
-def _text() -> tuple[type[PreTrainedModel], Any, Any]:
+def _text(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
     from zoo.backbones.loading import minilm_dir
 
     # The BERT uncased WordPiece vocabulary ships with the MiniLM package: no download needed.
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    return BertModel, BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **_SHARED), tokenizer
+    return BertModel, BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **shared), tokenizer
 
 
-def _image() -> tuple[type[PreTrainedModel], Any, Any]:
+def _image(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
     processor = _image_processor_class("ViTImageProcessor")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
-    return ViTModel, ViTConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, **_SHARED), processor
+    return ViTModel, ViTConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, **shared), processor
 
 
-def _video() -> tuple[type[PreTrainedModel], Any, Any]:
+def _video(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
     processor = _image_processor_class("VideoMAEImageProcessor")(
         size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
-    config = VideoMAEConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, num_frames=16, tubelet_size=2, **_SHARED)
+    config = VideoMAEConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, num_frames=16, tubelet_size=2, **shared)
     return VideoMAEModel, config, processor
 
 
-def _audio() -> tuple[type[PreTrainedModel], Any, Any]:
+def _audio(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
     processor = ASTFeatureExtractor(num_mel_bins=TINY_MEL_BINS, max_length=TINY_AUDIO_FRAMES)
     config = ASTConfig(num_mel_bins=TINY_MEL_BINS, max_length=TINY_AUDIO_FRAMES, frequency_stride=16,
-                       time_stride=16, **_SHARED)
+                       time_stride=16, **shared)
     return ASTModel, config, processor
 
 
 _BUILDERS = {"text": _text, "image": _image, "video": _video, "audio": _audio}
 
 
-def tiny_backbone(modality: str, seed: int) -> tuple[PreTrainedModel, Any]:
+def tiny_backbone(modality: str, seed: int, width: int = TINY_WIDTH, layers: int = TINY_LAYERS
+                  ) -> tuple[PreTrainedModel, Any]:
     """A seeded tiny backbone and its processor for `modality`."""
     if modality not in _BUILDERS:
         raise ValueError(f"no tiny backbone for modality {modality!r}; known: {', '.join(_BUILDERS)}")
-    model_cls, config, processor = _BUILDERS[modality]()
+    shared = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * width,
+                  initializer_range=TINY_INIT_RANGE)
+    model_cls, config, processor = _BUILDERS[modality](shared)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
     return model, processor
+
+
+def save_tiny_backbone(modality: str, directory: str | Path, seed: int = 0, width: int = TINY_WIDTH,
+                       layers: int = TINY_LAYERS) -> Path:
+    """Write a tiny backbone and its processor with `save_pretrained`: a local directory that
+    `--backbone MODALITY=DIR` loads like any hub model (useful for offline tests)."""
+    model, processor = tiny_backbone(modality, seed, width, layers)
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -13,7 +13,8 @@ __all__ = ["DATA_KINDS", "MIN_INTERACTIONS", "PAD", "DataError", "SequenceDatase
 DATA_KINDS = ("toy", "microlens", "amazon")
 
 
-def load_dataset(kind: str, root: Path | None, cache_dir: Path) -> SequenceDataset:
+def load_dataset(kind: str, root: Path | None, cache_dir: Path, cover_dir: str = "covers",
+                 video_dir: str = "videos") -> SequenceDataset:
     """Read data set `kind` from `root`.
 
     `toy` is generated with default parameters under `cache_dir/data/toy` (once), or into
@@ -30,7 +31,7 @@ def load_dataset(kind: str, root: Path | None, cache_dir: Path) -> SequenceDatas
     if root is None:
         raise ValueError(f"--data {kind} needs --data-root DIR")
     if kind == "microlens":
-        return read_microlens(Path(root))
+        return read_microlens(Path(root), cover_dir=cover_dir, video_dir=video_dir)
     if kind == "amazon":
         return read_amazon(Path(root))
     raise ValueError(f"unknown data set kind {kind!r}; choose one of {DATA_KINDS}")

@@ -1,6 +1,7 @@
 """Readers for the supported data layouts, all returning a `SequenceDataset`.
 
-- MicroLens: `<name>_pairs.tsv` (user TAB items), `<name>_title_en.csv` or
+- MicroLens: `<name>_pairs.tsv` (user TAB items) or `<name>_pairs.csv` (user,item,timestamp),
+  `<name>_title_en.csv` or
   `<name>_titles.csv` (item,title), covers `<cover_dir>/<item>.jpg`, videos
   `<video_dir>/<item>.mp4` (the audio modality is the video's soundtrack).
 - Amazon (the IISAN data sets): `users.tsv` (user TAB items) and `items.tsv` (item TAB title).
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from zoo.data.dataset import SequenceDataset
 from zoo.data.errors import DataError
-from zoo.data.text_files import read_item_titles_csv, read_item_titles_tsv, read_user_sequences_tsv
+from zoo.data.text_files import (read_item_titles_csv, read_item_titles_tsv, read_user_sequences_csv,
+                                 read_user_sequences_tsv)
 
 __all__ = ["read_microlens", "read_amazon", "microlens_name"]
 
@@ -21,13 +23,16 @@ def _require_dir(root: Path) -> None:
         raise DataError("data folder not found", root)
 
 
+PAIR_SUFFIXES = ("_pairs.tsv", "_pairs.csv")
+
+
 def microlens_name(root: Path) -> str:
-    """The `<name>` prefix of the single `<name>_pairs.tsv` in `root`."""
+    """The `<name>` prefix of the single `<name>_pairs.tsv` or `<name>_pairs.csv` in `root`."""
     _require_dir(root)
-    candidates = sorted(p.name[: -len("_pairs.tsv")] for p in root.glob("*_pairs.tsv"))
+    candidates = sorted({p.name[: -len(suffix)] for suffix in PAIR_SUFFIXES for p in root.glob(f"*{suffix}")})
     if len(candidates) != 1:
         found = ", ".join(candidates) or "none"
-        raise DataError(f"expected exactly one <name>_pairs.tsv (found: {found}); pass the name explicitly", root)
+        raise DataError(f"expected one <name>_pairs.tsv or <name>_pairs.csv (found names: {found})", root)
     return candidates[0]
 
 
@@ -43,7 +48,13 @@ def read_microlens(root: Path, name: str | None = None, cover_dir: str = "covers
         raise DataError(f"no title file ({title_files[0].name} or {title_files[1].name})", root)
     item_ids, titles = read_item_titles_csv(title_file)
     index = {item: i + 1 for i, item in enumerate(item_ids)}
-    user_ids, sequences, dropped = read_user_sequences_tsv(root / f"{name}_pairs.tsv", index)
+    tsv, csv_pairs = root / f"{name}_pairs.tsv", root / f"{name}_pairs.csv"
+    if tsv.is_file() and csv_pairs.is_file():
+        raise DataError(f"both {tsv.name} and {csv_pairs.name} exist; keep one", root)
+    if csv_pairs.is_file():
+        user_ids, sequences, dropped = read_user_sequences_csv(csv_pairs, index)
+    else:
+        user_ids, sequences, dropped = read_user_sequences_tsv(tsv, index)
     covers, videos = root / cover_dir, root / video_dir
     return SequenceDataset(
         name=name, root=root, item_ids=item_ids, user_ids=user_ids, sequences=sequences, titles=titles,

@@ -10,7 +10,8 @@ import numpy as np
 from zoo.data.dataset import MIN_INTERACTIONS
 from zoo.data.errors import DataError
 
-__all__ = ["read_text", "read_item_titles_csv", "read_item_titles_tsv", "read_user_sequences_tsv"]
+__all__ = ["read_text", "read_item_titles_csv", "read_item_titles_tsv", "read_user_sequences_tsv",
+           "read_user_sequences_csv"]
 
 
 def read_text(path: Path) -> str:
@@ -76,15 +77,23 @@ def read_item_titles_tsv(path: Path) -> tuple[list[str], list[str]]:
     return items, titles
 
 
+def _keep_long_enough(users: list[tuple[str, list[str]]], item_index: dict[str, int], path: Path
+                      ) -> tuple[list[str], list[np.ndarray], int]:
+    """Map item ids to indices and drop users with fewer than `MIN_INTERACTIONS` items."""
+    kept = [(user, items) for user, items in users if len(items) >= MIN_INTERACTIONS]
+    if not kept:
+        raise DataError(f"no user has {MIN_INTERACTIONS} or more interactions", path)
+    sequences = [np.array([item_index[i] for i in items], dtype=np.int64) for _, items in kept]
+    return [user for user, _ in kept], sequences, len(users) - len(kept)
+
+
 def read_user_sequences_tsv(path: Path, item_index: dict[str, int]) -> tuple[list[str], list[np.ndarray], int]:
     """`user<TAB>item item ...` lines -> (user ids, index sequences, users dropped as too short).
 
     Items are mapped through `item_index` (id -> 1-based index); an unknown id is an error.
     """
-    user_ids: list[str] = []
-    sequences: list[np.ndarray] = []
+    users: list[tuple[str, list[str]]] = []
     seen: set[str] = set()
-    dropped = 0
     for line, text in enumerate(read_text(path).splitlines(), start=1):
         if not text.strip():
             continue
@@ -101,11 +110,36 @@ def read_user_sequences_tsv(path: Path, item_index: dict[str, int]) -> tuple[lis
         unknown = [i for i in ids if i not in item_index]
         if unknown:
             raise DataError(f"unknown item id {unknown[0]!r} (not in the item file)", path, line)
-        if len(ids) < MIN_INTERACTIONS:
-            dropped += 1
+        users.append((user, ids))
+    return _keep_long_enough(users, item_index, path)
+
+
+def read_user_sequences_csv(path: Path, item_index: dict[str, int]) -> tuple[list[str], list[np.ndarray], int]:
+    """`user,item,timestamp` rows (header optional) -> per-user sequences in timestamp order.
+
+    Users keep their order of first appearance; equal timestamps keep file order.
+    """
+    by_user: dict[str, list[tuple[float, str]]] = {}
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not cell.strip() for cell in row):
             continue
-        user_ids.append(user)
-        sequences.append(np.array([item_index[i] for i in ids], dtype=np.int64))
-    if not sequences:
-        raise DataError(f"no user has {MIN_INTERACTIONS} or more interactions", path)
-    return user_ids, sequences, dropped
+        if line == 1 and [c.strip().lower() for c in row[:2]] == ["user", "item"]:
+            continue
+        if len(row) != 3:
+            raise DataError(f"expected 'user,item,timestamp', got {len(row)} field(s)", path, line)
+        user, item, stamp = (cell.strip() for cell in row)
+        if not user:
+            raise DataError("empty user id", path, line)
+        if item not in item_index:
+            raise DataError(f"unknown item id {item!r} (not in the item file)", path, line)
+        try:
+            time = float(stamp)
+        except ValueError:
+            raise DataError(f"timestamp {stamp!r} is not a number", path, line) from None
+        by_user.setdefault(user, []).append((time, item))
+    if not by_user:
+        raise DataError("no interactions", path)
+    users = [(user, [item for _, item in sorted(events, key=lambda e: e[0])]) for user, events in by_user.items()]
+    return _keep_long_enough(users, item_index, path)
