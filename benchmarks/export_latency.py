@@ -3,9 +3,10 @@
     python benchmarks/export_latency.py --run weights/<run>      # a trained run
     python benchmarks/export_latency.py --preset crossan-tiva    # random weights, preset sizes
 
-Both runtimes get the same number of intra-op threads (PyTorch's default) and the same inputs;
-every figure is the median of `--repeats` timed calls after a warm-up. Ratios are
-onnxruntime / PyTorch: below 1 for latency and above 1 for throughput mean onnxruntime is faster.
+Both runtimes get the same inputs and the same number of intra-op threads (`--threads`, default
+PyTorch's; on a CPU shared with other jobs, `--threads 1` gives steadier numbers). Every figure
+is the median of `--repeats` timed calls after a warm-up. Ratios are onnxruntime / PyTorch:
+below 1 for latency and above 1 for throughput mean onnxruntime is faster.
 """
 from __future__ import annotations
 
@@ -99,7 +100,10 @@ def main() -> int:
     source.add_argument("--preset", default="crossan-tiva", choices=list_models(), metavar="NAME",
                         help="preset to build with random weights when --run is not given (default crossan-tiva)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per measurement")
+    parser.add_argument("--threads", type=int, help="intra-op threads of both runtimes (default: PyTorch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     model, label = build_model(args)
     threads = torch.get_num_threads()
@@ -112,10 +116,10 @@ def main() -> int:
         item_session, user_session = session(item_path, threads), session(user_path, threads)
         for batch in USER_BATCHES:
             eager, onnx = compare(users, user_session, user_spec.input_names, user_inputs(model, batch), args.repeats)
-            rows.append((f"user encoder latency, B={batch}",
+            rows.append((f"user latency, B={batch}",
                          f"{eager * 1e3:.3f} ms", f"{onnx * 1e3:.3f} ms", onnx / eager))
         eager, onnx = compare(items, item_session, item_spec.input_names, item_inputs(model, ITEM_BATCH), args.repeats)
-        rows.append((f"item encoder throughput, B={ITEM_BATCH}", f"{ITEM_BATCH / eager:,.0f} items/s",
+        rows.append((f"item throughput, B={ITEM_BATCH}", f"{ITEM_BATCH / eager:,.0f} items/s",
                      f"{ITEM_BATCH / onnx:,.0f} items/s", eager / onnx))
 
     table = Table(title=f"{label}: PyTorch eager vs onnxruntime (CPU provider)",

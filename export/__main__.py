@@ -11,6 +11,7 @@ from rich.console import Console
 
 from export.exporter import REPORT_FILE, export_run
 from export.spec import DEFAULT_OPSET
+from zoo.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Export, validate, print the tables; a failed check propagates as its ExportValidationError."""
+    """Export, validate, print the tables. A failed check propagates as its ExportValidationError
+    with a traceback; `run_cli` turns only user errors (a missing run, a bad option) into one line."""
     args = build_parser().parse_args(argv)
     console = Console()
     with console.status(f"exporting and validating {args.run}"):
@@ -36,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

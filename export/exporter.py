@@ -125,7 +125,7 @@ class ExportReport:
         for grid in self.grids:
             errors.add_row(grid.encoder, grid.runtime, str(len(grid.errors)), f"{grid.max_abs_error:.2e}",
                            f"{grid.tolerance:.0e}")
-        agreement = Table(title="top-10 recommendations identical to PyTorch (test users, history masked)")
+        agreement = Table(title=f"top-{TOP_K} recommendations identical to PyTorch (test users, history masked)")
         for column in ("runtime", "users", "identical", "agreement"):
             agreement.add_column(column, justify="left" if column == "runtime" else "right")
         for result in self.agreements:

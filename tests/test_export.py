@@ -29,7 +29,6 @@ from export.onnx_export import export_onnx
 from export.spec import TOLERANCE, item_encoder_spec
 from export.validation import OnnxEncoder, check_agreement, item_cases, user_cases, validate_encoder
 from export.wrappers import ItemEncoder
-from zoo.data.toy import generate_toy
 from zoo.models.base import Recommender
 from zoo.models.config import SASRecIDConfig
 from zoo.registry import create_model, list_models, preset_config
@@ -154,9 +153,11 @@ def test_tolerance_is_enforced(exported_presets) -> None:
     model, exported = exported_presets("crossan-ti")
     _, users = grid_cases(model)
     _, reference = exported.references(model)
+    onnx_path = exported.out_dir / "user_encoder.onnx"
+    validate_encoder(OnnxEncoder(onnx_path, exported.user_spec), reference, users)
     strict = dataclasses.replace(exported.user_spec, tolerance=0.0)
     with pytest.raises(ValueMismatchError, match="tolerance 0"):
-        validate_encoder(OnnxEncoder(exported.out_dir / "user_encoder.onnx", strict), reference, users)
+        validate_encoder(OnnxEncoder(onnx_path, strict), reference, users)
 
 
 def test_renamed_output_raises_name_mismatch(exported_presets, tmp_path: Path) -> None:
@@ -206,16 +207,13 @@ def test_changed_ranking_raises_recommendation_mismatch() -> None:
 # --- a toy-trained run, end to end -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """crossan-tiva trained for one epoch by train.py on a small toy data set (48 items, 64
-    users, MicroLens layout) with the tiny random backbones."""
-    root = tmp_path_factory.mktemp("toy-data")
-    data = generate_toy(root / "toy", num_items=48, num_users=64)
-    run_dir = root / "run"
+def toy_run(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """crossan-tiva trained for one epoch by train.py on the session's small toy data set (read
+    as MicroLens) with the tiny random backbones, caching features in the session's cache."""
+    run_dir = tmp_path_factory.mktemp("toy-run") / "run"
     subprocess.run([sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens",
-                    "--data-root", str(data), "--epochs", "1", "--run-dir", str(run_dir),
-                    "--cache-dir", str(root / "cache")],
-                   cwd=REPO, check=True, capture_output=True)
+                    "--data-root", str(toy_root), "--epochs", "1", "--run-dir", str(run_dir),
+                    "--cache-dir", str(cache_dir)], cwd=REPO, check=True, capture_output=True)
     return run_dir
 
 
@@ -235,9 +233,9 @@ def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> No
     assert {"onnxruntime CPU", "torchscript"} <= {g["runtime"] for g in report["max_abs_errors"]}
     assert all(g["max_abs_error"] <= TOLERANCE for g in report["max_abs_errors"])
     agreement = {a["runtime"]: (a["num_users"], a["fraction"]) for a in report["top_k_agreement"]}
-    assert agreement["onnxruntime CPU"] == agreement["torchscript"] == (64, 1.0)
-
     run = open_run(toy_run)
+    assert agreement["onnxruntime CPU"] == agreement["torchscript"] == (run.dataset.num_users, 1.0)
+
     table, item_ids = load_item_table(toy_export / TABLE_FILE)
     assert item_ids == run.dataset.item_ids
     reference = all_item_embeddings(run.model, run.features).numpy()

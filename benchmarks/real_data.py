@@ -1,0 +1,121 @@
+"""Benchmark on a real data set: popularity, `sasrec-id` and `crossan-t` over a pretrained MiniLM.
+
+    python benchmarks/real_data.py --data-root ../shared/data/amazon-scientific [--json]
+
+Trains both models in one invocation under the same protocol (leave-one-out, full ranking,
+history masked, test at the best validation epoch), then prints a table of test metrics,
+seconds per training epoch, trainable parameters and each model's ratio to `sasrec-id`;
+then the same models under the unmasked protocol, on users whose test item never occurs in
+training (cold items), and a paired t-test of `crossan-t` against `sasrec-id` over users.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluate import cold_item_users, paired_t_test  # noqa: E402
+from zoo.cli import METRIC_NAMES, run_cli  # noqa: E402
+from zoo.data import DATA_KINDS, load_dataset  # noqa: E402
+from zoo.pipeline import FeatureSettings, describe_data, resolve_device, train_and_save  # noqa: E402
+from zoo.runs import open_run  # noqa: E402
+from zoo.training.evaluation import evaluate_model, evaluate_popularity  # noqa: E402
+from zoo.training.metrics import metrics_from_ranks  # noqa: E402
+from zoo.training.trainer import TrainConfig  # noqa: E402
+
+MODELS = {
+    "sasrec-id": {"backbone": None, "train": {"batch_size": 256}},
+    "crossan-t": {"backbone": "minilm", "train": {}},
+}
+REFERENCE = "sasrec-id"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="amazon", choices=DATA_KINDS)
+    parser.add_argument("--data-root", type=Path, help="data folder (required unless --data toy)")
+    parser.add_argument("--epochs", type=int, default=50, help="maximum epochs per model (early stopping applies)")
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--out", type=Path, help="folder for the runs (default weights/bench-<data>-<time>)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: model -> test metrics")
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    console = Console(stderr=True)
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.data, args.data_root, args.cache_dir)
+    console.print(dataset.summary())
+    out = args.out or Path("weights") / f"bench-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cold = cold_item_users(dataset, "test")
+    results: dict[str, dict] = {}
+    popularity = {mask: evaluate_popularity(dataset, "test", mask) for mask in (True, False)}
+    results["popularity"] = {"test": popularity[True].metrics, "test_unmasked": popularity[False].metrics,
+                             "test_cold": metrics_from_ranks(popularity[True].ranks[cold]),
+                             "seconds_per_epoch": 0.0, "trainable_parameters": 0}
+    ranks = {}
+    for name, recipe in MODELS.items():
+        settings = FeatureSettings(cache_dir=args.cache_dir, overrides=(("text", recipe["backbone"]),)
+                                   if recipe["backbone"] else ())
+        train = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **recipe["train"])
+        console.rule(name)
+        outcome, metrics = train_and_save(name, dataset, describe_data(args.data, dataset), settings, train, {},
+                                          out / name, device, console)
+        run = open_run(out / name, device)
+        unmasked = evaluate_model(run.model, run.dataset, run.features, "test", mask_history=False)
+        epochs = [h["train_seconds"] for h in outcome.history]
+        ranks[name] = outcome.test.ranks
+        results[name] = {"test": metrics["test"], "test_unmasked": unmasked.metrics,
+                         "test_cold": metrics_from_ranks(outcome.test.ranks[cold]),
+                         "best_epoch": metrics["best_epoch"], "seconds_per_epoch": sum(epochs) / len(epochs),
+                         "trainable_parameters": metrics["trainable_parameters"]}
+    test_vs_reference = paired_t_test(ranks["crossan-t"], ranks[REFERENCE])
+    report = {"data": describe_data(args.data, dataset), "cold_test_users": int(cold.sum()), "models": results,
+              "crossan-t_vs_sasrec-id": test_vs_reference}
+    if args.json:
+        print(json.dumps({name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]}
+                          for name, r in results.items()} | {"details": report}))
+        return 0
+    print_tables(results, report, dataset.name, int(cold.sum()))
+    return 0
+
+
+def print_tables(results: dict[str, dict], report: dict, name: str, cold_users: int) -> None:
+    console = Console()
+    reference = results[REFERENCE]["test"]
+    table = Table(title=f"{name}: test split, masked full ranking (ratios to {REFERENCE})")
+    ratios = ("HR@10", "NDCG@10")
+    for column in ("model", *METRIC_NAMES, "s/epoch", "trainable params", *(f"{m} ratio" for m in ratios)):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, result in results.items():
+        table.add_row(model, *(f"{result['test'][m]:.4f}" for m in METRIC_NAMES),
+                      f"{result['seconds_per_epoch']:.1f}", f"{result['trainable_parameters']:,}",
+                      *(f"{result['test'][m] / reference[m]:.2f}x" for m in ratios))
+    console.print(table)
+    for key, title in (("test_unmasked", "unmasked full ranking"),
+                       ("test_cold", f"masked, {cold_users} users whose test item never occurs in training")):
+        extra = Table(title=f"{name}: test split, {title}")
+        extra.add_column("model")
+        for m in METRIC_NAMES:
+            extra.add_column(m, justify="right")
+        for model, result in results.items():
+            extra.add_row(model, *(f"{result[key][m]:.4f}" for m in METRIC_NAMES))
+        console.print(extra)
+    for metric, values in report["crossan-t_vs_sasrec-id"].items():
+        console.print(f"crossan-t - sasrec-id {metric}: {values['mean_difference']:+.4f} "
+                      f"(paired t-test over users, p = {values['p_value']:.2g})")
+
+
+if __name__ == "__main__":
+    run_cli(main)
