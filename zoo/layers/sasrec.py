@@ -77,9 +77,12 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(
             _Block(dim, num_heads, ffn_dim, dropout, attention_dropout, eps) for _ in range(num_blocks)
         )
-        for parameter in self.parameters():
-            if parameter.dim() == 2:
-                nn.init.xavier_normal_(parameter)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_normal_(module.weight)
+        # Small positions, on the scale of item embeddings: a Xavier-sized position table
+        # (std ~0.16) would drown the item signal after the input LayerNorm and stall training.
+        nn.init.normal_(self.position.weight, std=0.02)
 
     def forward(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states `[B, T, D]` for `item_embeddings [B, T, D]` and `padding_mask [B, T]`
