@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from zoo.atomic import atomic_write
 from zoo.backbones.extractor import StateExtractor
 from zoo.data.dataset import SequenceDataset
 from zoo.data.errors import DataError
@@ -118,15 +117,5 @@ def build_states(dataset: SequenceDataset, extractor: StateExtractor, path: Path
 
 
 def write_states(path: Path, states: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Atomically write `states` with `metadata` (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
-        save_file({TENSOR_NAME: states.contiguous()}, temporary, metadata=metadata)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Atomically write `states` with `metadata`."""
+    atomic_write(path, lambda temporary: save_file({TENSOR_NAME: states.contiguous()}, temporary, metadata=metadata))

@@ -3,31 +3,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["atomic_write", "write_json", "read_json", "save_weights", "save_per_user"]
+from zoo.atomic import atomic_write
 
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(temporary_path)`, fsync, then rename over `path`: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+__all__ = ["write_json", "read_json", "save_weights", "save_per_user"]
 
 
 def write_json(path: Path, value: Any) -> None:
