@@ -30,10 +30,8 @@ from zoo.training.evaluation import evaluate_model, evaluate_popularity  # noqa:
 from zoo.training.metrics import metrics_from_ranks  # noqa: E402
 from zoo.training.trainer import TrainConfig  # noqa: E402
 
-MODELS = {
-    "sasrec-id": {"backbone": None, "train": {"batch_size": 256}},
-    "crossan-t": {"backbone": "minilm", "train": {}},
-}
+# Model -> its text backbone (None: the model embeds item ids).
+MODELS = {"sasrec-id": None, "crossan-t": "minilm"}
 REFERENCE = "sasrec-id"
 
 
@@ -65,10 +63,10 @@ def main() -> int:
                              "test_cold": metrics_from_ranks(popularity[True].ranks[cold]),
                              "seconds_per_epoch": 0.0, "trainable_parameters": 0}
     ranks = {}
-    for name, recipe in MODELS.items():
-        settings = FeatureSettings(cache_dir=args.cache_dir, overrides=(("text", recipe["backbone"]),)
-                                   if recipe["backbone"] else ())
-        train = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **recipe["train"])
+    for name, text_backbone in MODELS.items():
+        settings = FeatureSettings(cache_dir=args.cache_dir,
+                                   overrides=(("text", text_backbone),) if text_backbone else ())
+        train = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed)
         console.rule(name)
         outcome, metrics = train_and_save(name, dataset, describe_data(args.data, dataset), settings, train, {},
                                           out / name, device, console)

@@ -1,0 +1,27 @@
+"""The real-data benchmark script runs end to end (on the small toy set, one epoch per model)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs", "1",
+         "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert {"popularity", "sasrec-id", "crossan-t"} <= set(report)
+    for name in ("popularity", "sasrec-id", "crossan-t"):
+        assert set(report[name]) >= {"HR@10", "HR@20", "NDCG@10", "NDCG@20", "seconds_per_epoch"}
+        assert 0 <= report[name]["NDCG@10"] <= report[name]["HR@10"] <= 1
+    assert report["sasrec-id"]["seconds_per_epoch"] > 0
+    details = report["details"]
+    assert details["models"]["crossan-t"]["trainable_parameters"] > details["models"]["sasrec-id"]["trainable_parameters"]
+    p_value = details["crossan-t_vs_sasrec-id"]["NDCG@10"]["p_value"]
+    assert 0 <= p_value <= 1
