@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from rich.console import Console
 from rich.table import Table
 
 from zoo.data.errors import DataError

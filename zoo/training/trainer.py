@@ -4,10 +4,8 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -176,8 +174,3 @@ class Trainer:
 
 
 
-
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy so a run is repeatable on the same machine."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
