@@ -171,6 +171,3 @@ class Trainer:
         valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history)
         test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history)
         return TrainingOutcome(best_epoch, valid, test, history, best_state)
-
-
-
