@@ -18,6 +18,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(descriptor)
     try:
         write(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes the file private; results are meant to be shared
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
