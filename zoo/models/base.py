@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from zoo.layers.adapter import HoulsbyAdapter
+from zoo.layers.fusion import make_fusion
 from zoo.layers.sasrec import SASRec
 from zoo.models.config import RecommenderConfig, SideNetworkConfig
 
@@ -52,8 +53,6 @@ class SideNetworkRecommender(Recommender):
 
     def __init__(self, config: SideNetworkConfig) -> None:
         super().__init__(config)
-        from zoo.layers.fusion import make_fusion
-
         width = config.resolved_side_width
         self.side_width = width
         # Backbones narrower or wider than the side width get a learned projection.

@@ -132,6 +132,7 @@ class Trainer:
         num_batches = -(-len(self.windows) // self.config.batch_size)
         best_score, best_epoch, stale = -1.0, 0, 0
         best_state: dict[str, torch.Tensor] = {}
+        best_valid: EvaluationResult | None = None
         history: list[dict[str, Any]] = []
         for epoch in range(1, self.config.epochs + 1):
             self.model.train()
@@ -160,7 +161,7 @@ class Trainer:
             self.console.print(f"epoch {epoch:3d}  loss {total / num_batches:.4f}  valid {SELECTION_METRIC} "
                                f"{score:.4f}{'  *' if improved else ''}  ({train_seconds:.1f}s)")
             if improved:
-                best_score, best_epoch, stale = score, epoch, 0
+                best_score, best_epoch, stale, best_valid = score, epoch, 0, valid
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
             else:
                 stale += 1
@@ -168,6 +169,6 @@ class Trainer:
                     self.console.print(f"early stop: no {SELECTION_METRIC} gain for {stale} epochs")
                     break
         self.model.load_state_dict(best_state)
-        valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history)
-        test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history)
-        return TrainingOutcome(best_epoch, valid, test, history, best_state)
+        test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history,
+                              self.config.eval_batch_size)
+        return TrainingOutcome(best_epoch, best_valid, test, history, best_state)
