@@ -90,7 +90,8 @@ def main() -> int:
 
 
 def print_tables(results: dict[str, dict], report: dict, name: str, cold_users: int) -> None:
-    console = Console()
+    # Rich falls back to 80 columns when stdout is not a terminal, which would truncate the table.
+    console = Console(width=None if sys.stdout.isatty() else 150)
     reference = results[REFERENCE]["test"]
     table = Table(title=f"{name}: test split, masked full ranking (ratios to {REFERENCE})")
     ratios = ("HR@10", "NDCG@10")
