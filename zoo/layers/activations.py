@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from torch import nn
 
-ACTIVATIONS = ("relu", "gelu")
+from kernels import ACTIVATIONS  # the fused kernel's epilogues: adapters accept exactly these
+
+__all__ = ["ACTIVATIONS", "make_activation"]
 
 
 def make_activation(name: str) -> nn.Module:

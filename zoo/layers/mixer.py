@@ -4,12 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels import gated_mix_down
+from kernels import BACKENDS, gated_mix_down
 from zoo.layers.adapter import HoulsbyAdapter
 
 __all__ = ["GatedCrossModalMixer", "SigmoidGatedMixer", "BACKENDS"]
-
-BACKENDS = ("auto", "triton", "torch")
 
 
 class GatedCrossModalMixer(nn.Module):

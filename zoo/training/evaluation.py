@@ -24,9 +24,6 @@ class EvaluationResult:
     metrics: dict[str, float]
     ranks: torch.Tensor
 
-    def to_dict(self) -> dict[str, object]:
-        return {"split": self.split, "metrics": self.metrics}
-
 
 def left_padded(sequences: list[np.ndarray], length: int) -> torch.Tensor:
     """The last `length` items of each sequence, left-padded with `PAD`, `[B, length]`."""

@@ -11,18 +11,18 @@ class ItemFeatures:
 
     `states` maps modality -> `[N, S, W]` states (memory-mapped float16 or in memory); an
     empty mapping means the model embeds item ids (`sasrec-id`), so rows are returned as is.
-    States are moved to `device` once, as float32, when they fit (`preload`).
+    States are moved to `device` once, as float32.
     """
 
     def __init__(self, num_items: int, states: dict[str, torch.Tensor] | None = None,
-                 device: torch.device | str = "cpu", preload: bool = True) -> None:
+                 device: torch.device | str = "cpu") -> None:
         self.num_items = num_items
         self.device = torch.device(device)
         self.modalities = tuple(states or {})
         for modality, tensor in (states or {}).items():
             if tensor.shape[0] != num_items:
                 raise ValueError(f"{modality} states have {tensor.shape[0]} rows for {num_items} items")
-        self._states = [t.to(self.device, torch.float32) if preload else t for t in (states or {}).values()]
+        self._states = [t.to(self.device, torch.float32) for t in (states or {}).values()]
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         """`(num_states, width)` of each modality."""
@@ -32,5 +32,5 @@ class ItemFeatures:
         """Model inputs for catalogue `rows [U]` (0-based)."""
         if not self._states:
             return (rows.to(self.device),)
-        index = rows.to(self._states[0].device)
-        return tuple(t[index].to(self.device, torch.float32) for t in self._states)
+        index = rows.to(self.device)
+        return tuple(t[index] for t in self._states)
