@@ -112,7 +112,6 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
                    run_dir: Path, device: torch.device, console: Console) -> tuple[TrainingOutcome, dict[str, Any]]:
     """Everything `train.py` does after argument parsing; returns the outcome and metrics.json."""
-    torch.manual_seed(train_config.seed)
     modalities = model_modalities(preset, model_overrides)
     states, backbones = prepare_features(dataset, modalities, settings, device, console)
     features = ItemFeatures(dataset.num_items, states, device)
