@@ -51,6 +51,18 @@ def test_same_user_mask_keeps_positive_and_other_users_items() -> None:
     assert masked.tolist() == [[True, True, False, False, False], [False, True, False, True, False]]
 
 
+def test_same_user_mask_joins_windows_of_one_user() -> None:
+    window = torch.tensor([[1, 2, 3], [3, 4, 5], [6, 2, 7]])  # windows 0 and 1 belong to one user
+    candidates = torch.arange(1, 8)
+    row_user, row_target = torch.tensor([0, 1, 2]), torch.tensor([3, 5, 7])
+    masked = same_user_mask(window, candidates, row_user, row_target, window_users=torch.tensor([9, 9, 4]))
+    assert masked.tolist() == [[True, True, False, True, True, False, False],
+                               [True, True, True, True, False, False, False],
+                               [False, True, False, False, False, True, False]]
+    alone = same_user_mask(window, candidates, row_user, row_target)
+    assert alone[0].tolist() == [True, True, False, False, False, False, False]
+
+
 def test_ranks_hand_worked() -> None:
     scores = torch.tensor([[0.9, 0.5, 0.7, 0.1, 0.7],
                            [0.2, 0.3, 0.4, 0.5, 0.6],

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -15,7 +16,7 @@ from zoo.data import read_microlens
 from zoo.pipeline import FeatureSettings, describe_data, train_and_save
 from zoo.runs import open_run
 from zoo.training.evaluation import evaluate_model
-from zoo.training.trainer import TrainConfig
+from zoo.training.trainer import TrainConfig, training_windows
 
 PROJECT = Path(__file__).resolve().parents[1]
 QUICK = TrainConfig(epochs=4, patience=4, seed=7)
@@ -81,3 +82,36 @@ def test_evaluate_cli_prints_json(crossan_run: tuple[Path, dict]) -> None:
                             capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(result.stdout)
     assert report["metrics"] == pytest.approx(metrics["test"], abs=1e-6)
+
+
+def _dataset_of(prefix_lengths: list[int]):
+    from zoo.data.dataset import SequenceDataset
+    sequences, next_item = [], 1
+    for length in prefix_lengths:
+        sequences.append(np.arange(next_item, next_item + length + 2))  # + valid and test items
+        next_item += length + 2
+    return SequenceDataset(name="windows", root=Path("."), item_ids=[str(i) for i in range(1, next_item)],
+                           user_ids=[f"u{u}" for u in range(len(sequences))], sequences=sequences)
+
+
+@pytest.mark.parametrize("length", [3, 5, 11])
+def test_sliding_windows_predict_every_training_item_once(length: int) -> None:
+    dataset = _dataset_of([1, 2, 4, 5, 9, 23, 30])
+    windows, users = training_windows(dataset, length, sliding=True)
+    targets: dict[int, list[int]] = {}
+    for window, user in zip(windows.tolist(), users.tolist()):
+        items = [i for i in window if i]
+        assert items == window[len(window) - len(items):], "windows are left-padded"
+        assert len(items) >= 2
+        targets.setdefault(user, []).extend(items[1:])
+    for user in range(dataset.num_users):
+        prefix = dataset.history(user, "train").tolist()
+        assert sorted(targets.get(user, [])) == prefix[1:]
+
+
+def test_default_windows_are_one_per_user_and_keep_the_newest_items() -> None:
+    dataset = _dataset_of([1, 2, 4, 30])
+    windows, users = training_windows(dataset, 5)
+    assert users.tolist() == [1, 2, 3]
+    assert windows[2].tolist() == dataset.history(3, "train")[-5:].tolist()
+    assert windows[0].tolist() == [0, 0, 0, *dataset.history(1, "train").tolist()]

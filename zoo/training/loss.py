@@ -8,14 +8,21 @@ __all__ = ["in_batch_debiased_cross_entropy", "same_user_mask"]
 
 
 def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: torch.Tensor,
-                   row_target: torch.Tensor) -> torch.Tensor:
-    """Columns each row must not score: items of the row's own sequence other than its positive.
+                   row_target: torch.Tensor, window_users: torch.Tensor | None = None) -> torch.Tensor:
+    """Columns each row must not score: items of the row's own user other than its positive.
 
     `window [B, L]` item indices (0 = padding), `candidates [U]` the batch's unique items,
-    `row_user [R]` the sequence of each prediction row, `row_target [R]` its positive item.
-    Returns `[R, U]` bool (True = masked). Another user's positive stays a negative.
+    `row_user [R]` the window of each prediction row, `row_target [R]` its positive item,
+    `window_users [B]` the user of each window (default: every window its own user; windows
+    of one user share their items). Returns `[R, U]` bool (True = masked). Another user's
+    positive stays a negative.
     """
     in_sequence = (window.unsqueeze(-1) == candidates.view(1, 1, -1)).any(dim=1)  # [B, U]
+    if window_users is not None:
+        _, group = torch.unique(window_users, return_inverse=True)
+        in_user = in_sequence.new_zeros(int(group.max()) + 1, in_sequence.shape[1], dtype=torch.int32)
+        in_user.index_add_(0, group, in_sequence.int())
+        in_sequence = in_user[group] > 0
     return in_sequence[row_user] & (candidates.unsqueeze(0) != row_target.unsqueeze(1))
 
 

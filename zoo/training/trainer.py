@@ -32,6 +32,8 @@ class TrainConfig:
     patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
     seed: int = field(default=42, metadata={"help": "seed of initialisation, shuffling and dropout"})
     mask_history: bool = field(default=True, metadata={"help": "remove history items from the ranking"})
+    sliding_windows: bool = field(default=False, metadata={
+        "help": "also train on the earlier windows of histories longer than max_seq_len + 1"})
     eval_batch_size: int = field(default=512, metadata={"help": "users per evaluation batch"})
 
     def __post_init__(self) -> None:
@@ -43,6 +45,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
         if self.lr == 0:
             raise ValueError("lr must be positive")
+        for name in ("mask_history", "sliding_windows"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -54,14 +59,23 @@ class TrainingOutcome:
     best_state: dict[str, torch.Tensor]
 
 
-def training_windows(dataset: SequenceDataset, length: int) -> torch.Tensor:
-    """One window per user: the last `length` items of the training prefix, left-padded.
+def training_windows(dataset: SequenceDataset, length: int, sliding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training windows `[W, length]` (left-padded) and the user of each `[W]`.
 
-    Each of the first `length - 1` positions predicts the next item. Users whose prefix has
-    a single item have nothing to predict and are skipped.
+    By default one window per user: the last `length` items of the training prefix, each of
+    its first `length - 1` positions predicting the next item (DESIGN 2.4). With `sliding`,
+    longer prefixes are cut into consecutive windows that overlap by one item, so that every
+    item of the prefix but the first is a target exactly once. Users whose prefix has a
+    single item have nothing to predict and are skipped.
     """
-    prefixes = [dataset.history(u, "train") for u in range(dataset.num_users)]
-    return left_padded([p for p in prefixes if len(p) >= 2], length)
+    pieces, users = [], []
+    for user in range(dataset.num_users):
+        prefix = dataset.history(user, "train")
+        ends = range(len(prefix), 1, -(length - 1)) if sliding else [len(prefix)] if len(prefix) >= 2 else []
+        for end in ends:
+            pieces.append(prefix[max(0, end - length):end])
+            users.append(user)
+    return left_padded(pieces, length), torch.tensor(users, dtype=torch.long)
 
 
 class Trainer:
@@ -75,7 +89,8 @@ class Trainer:
         self.config = config
         self.device = torch.device(device)
         self.console = console or Console(stderr=True)
-        self.windows = training_windows(dataset, model.config.max_seq_len + 1)
+        self.windows, self.window_users = training_windows(dataset, model.config.max_seq_len + 1,
+                                                           config.sliding_windows)
         counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
         # Add-one smoothing keeps p(item) > 0 for items never seen in training.
         probability = (counts + 1) / (counts[1:] + 1).sum()
@@ -92,8 +107,12 @@ class Trainer:
             groups.append({"name": "adapters", "params": adapters, "lr": self.config.adapter_lr or self.config.lr})
         return groups
 
-    def loss(self, window: torch.Tensor) -> torch.Tensor:
-        """Loss of one batch of windows `[B, L + 1]` (item indices, 0 = padding)."""
+    def loss(self, window: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of one batch of windows `[B, L + 1]` (item indices, 0 = padding).
+
+        `users [B]` names each window's user (default: all distinct), so that items from the
+        user's other windows in the batch are not used as that user's negatives.
+        """
         window = window.to(self.device)
         candidates = torch.unique(window[window != PAD])
         item_embeddings = self.model.encode_items(*self.features.gather(candidates - 1))
@@ -105,7 +124,8 @@ class Trainer:
         hidden = self.model.user_encoder(table[columns[:, :-1]], padding)
         valid = ~padding & (targets != PAD)
         row_user = valid.nonzero()[:, 0]
-        masked = same_user_mask(window, candidates, row_user, targets[valid])
+        masked = same_user_mask(window, candidates, row_user, targets[valid],
+                                None if users is None else users.to(self.device))
         return in_batch_debiased_cross_entropy(hidden[valid], item_embeddings, self.log_popularity[candidates],
                                                columns[:, 1:][valid] - 1, masked)
 
@@ -142,8 +162,8 @@ class Trainer:
             with self._progress() as progress:
                 task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=num_batches, loss=0.0)
                 for step in range(num_batches):
-                    batch = self.windows[order[step * self.config.batch_size:(step + 1) * self.config.batch_size]]
-                    loss = self.loss(batch)
+                    rows = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
+                    loss = self.loss(self.windows[rows], self.window_users[rows])
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}")
                     self.optimizer.zero_grad(set_to_none=True)
