@@ -59,7 +59,8 @@ class TrainingOutcome:
     best_state: dict[str, torch.Tensor]
 
 
-def training_windows(dataset: SequenceDataset, length: int, sliding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def training_windows(dataset: SequenceDataset, length: int,
+                     sliding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Training windows `[W, length]` (left-padded) and the user of each `[W]`.
 
     By default one window per user: the last `length` items of the training prefix, each of
@@ -71,7 +72,10 @@ def training_windows(dataset: SequenceDataset, length: int, sliding: bool = Fals
     pieces, users = [], []
     for user in range(dataset.num_users):
         prefix = dataset.history(user, "train")
-        ends = range(len(prefix), 1, -(length - 1)) if sliding else [len(prefix)] if len(prefix) >= 2 else []
+        if sliding:
+            ends = range(len(prefix), 1, -(length - 1))
+        else:
+            ends = [len(prefix)] if len(prefix) >= 2 else []
         for end in ends:
             pieces.append(prefix[max(0, end - length):end])
             users.append(user)
