@@ -33,7 +33,6 @@ from zoo.training.metrics import metrics_from_ranks  # noqa: E402
 from zoo.training.trainer import TrainConfig  # noqa: E402
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     """How the benchmark trains one model: its text backbone and non-default training settings."""
@@ -72,6 +71,7 @@ def main() -> int:
     device = resolve_device(args.device)
     dataset = load_dataset(args.data, args.data_root, args.cache_dir)
     console.print(dataset.summary())
+    data_description = describe_data(args.data, dataset)
     out = args.out or Path("weights") / f"bench-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
     cold = cold_item_users(dataset, "test")
     results: dict[str, dict] = {}
@@ -85,8 +85,8 @@ def main() -> int:
                                    overrides=(("text", recipe.text_backbone),) if recipe.text_backbone else ())
         train = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **recipe.train)
         console.rule(name)
-        outcome, metrics = train_and_save(name, dataset, describe_data(args.data, dataset), settings, train, {},
-                                          out / name, device, console)
+        outcome, metrics = train_and_save(name, dataset, data_description, settings, train, {}, out / name, device,
+                                          console)
         run = open_run(out / name, device)
         unmasked = evaluate_model(run.model, run.dataset, run.features, "test", mask_history=False)
         epochs = [h["train_seconds"] for h in outcome.history]
@@ -96,7 +96,7 @@ def main() -> int:
                          "best_epoch": metrics["best_epoch"], "seconds_per_epoch": sum(epochs) / len(epochs),
                          "trainable_parameters": metrics["trainable_parameters"], "train_settings": recipe.train}
     test_vs_reference = paired_t_test(ranks["crossan-t"], ranks[REFERENCE])
-    report = {"data": describe_data(args.data, dataset), "cold_test_users": int(cold.sum()), "models": results,
+    report = {"data": data_description, "cold_test_users": int(cold.sum()), "models": results,
               "crossan-t_vs_sasrec-id": test_vs_reference}
     if args.json:
         print(json.dumps({name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]}

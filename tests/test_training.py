@@ -13,10 +13,12 @@ from rich.console import Console
 
 import zoo
 from zoo.data import read_microlens
+from zoo.data.dataset import SequenceDataset
 from zoo.pipeline import FeatureSettings, describe_data, train_and_save
 from zoo.runs import open_run
 from zoo.training.evaluation import evaluate_model
-from zoo.training.trainer import TrainConfig, training_windows
+from zoo.training.features import ItemFeatures
+from zoo.training.trainer import TrainConfig, Trainer, training_windows
 
 PROJECT = Path(__file__).resolve().parents[1]
 QUICK = TrainConfig(epochs=4, patience=4, seed=7)
@@ -72,7 +74,8 @@ def test_same_seed_gives_identical_metrics(crossan_run: tuple[Path, dict], toy_r
 
 def test_id_baseline_trains(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     metrics = train(toy_root, cache_dir, tmp_path / "id", "sasrec-id", overrides={})
-    assert metrics["trainable_parameters"] == sum(p.numel() for p in zoo.create_model("sasrec-id", num_items=128).parameters())
+    model = zoo.create_model("sasrec-id", num_items=128)
+    assert metrics["trainable_parameters"] == sum(p.numel() for p in model.parameters())
     assert metrics["test"]["NDCG@10"] > metrics["popularity"]["test"]["NDCG@10"]
 
 
@@ -84,8 +87,8 @@ def test_evaluate_cli_prints_json(crossan_run: tuple[Path, dict]) -> None:
     assert report["metrics"] == pytest.approx(metrics["test"], abs=1e-6)
 
 
-def _dataset_of(prefix_lengths: list[int]):
-    from zoo.data.dataset import SequenceDataset
+def _dataset_of(prefix_lengths: list[int]) -> SequenceDataset:
+    """Users whose training prefixes have the given lengths, every item distinct."""
     sequences, next_item = [], 1
     for length in prefix_lengths:
         sequences.append(np.arange(next_item, next_item + length + 2))  # + valid and test items
@@ -115,3 +118,21 @@ def test_default_windows_are_one_per_user_and_keep_the_newest_items() -> None:
     assert users.tolist() == [1, 2, 3]
     assert windows[2].tolist() == dataset.history(3, "train")[-5:].tolist()
     assert windows[0].tolist() == [0, 0, 0, *dataset.history(1, "train").tolist()]
+
+
+def test_trainer_groups_a_users_windows_only_when_sliding(toy_root: Path) -> None:
+    dataset = read_microlens(toy_root, name="toy")
+    features = ItemFeatures(dataset.num_items)
+    model = zoo.create_model("sasrec-id", num_items=dataset.num_items, max_seq_len=3, dropout=0.0,
+                             attention_dropout=0.0)
+    plain = Trainer(model, dataset, features, TrainConfig(), console=Console(quiet=True))
+    assert plain.window_users is None and len(plain.windows) == dataset.num_users
+    sliding = Trainer(model, dataset, features, TrainConfig(sliding_windows=True), console=Console(quiet=True))
+    windows, users = training_windows(dataset, 4, sliding=True)
+    assert torch.equal(sliding.windows, windows) and torch.equal(sliding.window_users, users)
+    batch = slice(0, 16)  # windows are in user order: this batch holds several windows per user
+    assert len(set(users[batch].tolist())) < 16
+    with torch.no_grad():
+        grouped = sliding.loss(sliding.windows[batch], sliding.window_users[batch])
+        separate = sliding.loss(sliding.windows[batch])
+    assert grouped < separate  # masking the user's other items removes negatives

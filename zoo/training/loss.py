@@ -19,10 +19,8 @@ def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: tor
     """
     in_sequence = (window.unsqueeze(-1) == candidates.view(1, 1, -1)).any(dim=1)  # [B, U]
     if window_users is not None:
-        _, group = torch.unique(window_users, return_inverse=True)
-        in_user = in_sequence.new_zeros(int(group.max()) + 1, in_sequence.shape[1], dtype=torch.int32)
-        in_user.index_add_(0, group, in_sequence.int())
-        in_sequence = in_user[group] > 0
+        same_user = (window_users.unsqueeze(0) == window_users.unsqueeze(1)).float()  # [B, B]
+        in_sequence = (same_user @ in_sequence.float()) > 0
     return in_sequence[row_user] & (candidates.unsqueeze(0) != row_target.unsqueeze(1))
 
 

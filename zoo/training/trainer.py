@@ -93,8 +93,9 @@ class Trainer:
         self.config = config
         self.device = torch.device(device)
         self.console = console or Console(stderr=True)
-        self.windows, self.window_users = training_windows(dataset, model.config.max_seq_len + 1,
-                                                           config.sliding_windows)
+        self.windows, window_users = training_windows(dataset, model.config.max_seq_len + 1, config.sliding_windows)
+        # Only sliding windows put several windows of one user in a batch.
+        self.window_users = window_users if config.sliding_windows else None
         counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
         # Add-one smoothing keeps p(item) > 0 for items never seen in training.
         probability = (counts + 1) / (counts[1:] + 1).sum()
@@ -167,7 +168,8 @@ class Trainer:
                 task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=num_batches, loss=0.0)
                 for step in range(num_batches):
                     rows = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
-                    loss = self.loss(self.windows[rows], self.window_users[rows])
+                    users = None if self.window_users is None else self.window_users[rows]
+                    loss = self.loss(self.windows[rows], users)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}")
                     self.optimizer.zero_grad(set_to_none=True)
