@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from zoo.backbones import POOLINGS, SOURCES
+from zoo.backbones import POOLINGS, SOURCES, TEXT_MAX_TOKENS
 from zoo.cli import metrics_table, run_cli
 from zoo.data import DATA_KINDS, load_dataset
 from zoo.models.config import MODALITIES
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR",
                         help="per-modality backbone (hub id, local dir, or 'minilm' for text); repeatable")
     parser.add_argument("--pooling", action="append", default=[], metavar="MODALITY=cls|mean")
+    parser.add_argument("--text-max-tokens", type=int, default=TEXT_MAX_TOKENS, metavar="N",
+                        help=f"cut titles at N tokens for the text backbone (default {TEXT_MAX_TOKENS}, as the paper)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
@@ -83,8 +85,10 @@ def main() -> int:
     bad = {p for p in poolings.values() if p not in POOLINGS}
     if bad:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {', '.join(sorted(bad))}")
-    settings = FeatureSettings(source=args.backbones, overrides=tuple(parse_assignments(args.backbone, "--backbone").items()),
-                               poolings=tuple(poolings.items()), cache_dir=args.cache_dir,
+    overrides = parse_assignments(args.backbone, "--backbone")
+    settings = FeatureSettings(source=args.backbones, overrides=tuple(overrides.items()),
+                               poolings=tuple(poolings.items()), text_max_tokens=args.text_max_tokens,
+                               cache_dir=args.cache_dir,
                                allow_missing_media=args.allow_missing_media)
     device = resolve_device(args.device)
     started = time.perf_counter()

@@ -35,10 +35,11 @@ from zoo.training.trainer import TrainConfig  # noqa: E402
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the benchmark trains one model: its text backbone and non-default training settings."""
+    """How the benchmark trains one model: its text backbone, title length and training settings."""
 
     text_backbone: str | None  # None: the model embeds item ids
     train: dict[str, Any] = field(default_factory=dict)
+    text_max_tokens: int = TEXT_MAX_TOKENS
 
 
 # Both models see every training prefix (sliding windows), as RecBole's SASRec does. crossan-t's
@@ -81,7 +82,7 @@ def main() -> int:
                              "seconds_per_epoch": 0.0, "trainable_parameters": 0}
     ranks = {}
     for name, recipe in MODELS.items():
-        settings = FeatureSettings(cache_dir=args.cache_dir,
+        settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=recipe.text_max_tokens,
                                    overrides=(("text", recipe.text_backbone),) if recipe.text_backbone else ())
         train = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **recipe.train)
         console.rule(name)

@@ -77,3 +77,21 @@ def test_mean_pooling_ignores_padding_tokens() -> None:
     alone = extractor.encode(["red fox"])
     batched = extractor.encode(["red fox", "a much longer title with many more word pieces in it"])
     torch.testing.assert_close(batched[0], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_text_max_tokens_cuts_long_titles_and_keys_the_cache(toy_root: Path) -> None:
+    backbone = load_backbone(BackboneSpec("text", "tiny", pooling="mean"))
+    short_cut, long_cut = StateExtractor(backbone, 6, text_max_tokens=4), StateExtractor(backbone, 6, 30)
+    long_title = "a much longer title with many more word pieces in it"
+    assert not torch.allclose(short_cut.encode([long_title]), long_cut.encode([long_title]))
+    torch.testing.assert_close(short_cut.encode(["red"]), long_cut.encode(["red"]))
+    dataset = read_microlens(toy_root, name="toy")
+    keyed = {cache_path(Path("c"), cache_metadata(dataset, e), "text") for e in (short_cut, long_cut)}
+    assert len(keyed) == 2
+    assert json.loads(cache_metadata(dataset, short_cut)["preprocessing"])["max_tokens"] == 4
+
+
+@pytest.mark.parametrize("tokens, message", [(0, "at least 1"), (65, "exceeds the text backbone's 64 positions")])
+def test_text_max_tokens_out_of_range_is_an_error(tokens: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StateExtractor(load_backbone(BackboneSpec("text", "tiny")), 6, text_max_tokens=tokens)

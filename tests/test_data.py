@@ -121,3 +121,11 @@ def test_reads_amazon_scientific() -> None:
     assert (dataset.num_users, dataset.num_items) == (12_076, 20_825)
     assert sum(len(s) for s in dataset.sequences) == 85_211
     assert dataset.modalities == ("text",)
+
+
+def test_amazon_titles_are_html_decoded(tmp_path: Path) -> None:
+    (tmp_path / "items.tsv").write_text("a\tNuts &amp; Bolts 5&quot; Kit\nb\tPlain\nc\tC&#39;s\n")
+    (tmp_path / "users.tsv").write_text("u1\ta b c\nu2\tb c a\n")
+    assert read_amazon(tmp_path).titles == ["Nuts & Bolts 5\" Kit", "Plain", "C's"]
+    real = read_amazon(AMAZON)
+    assert not any("&amp;" in title or "&quot;" in title for title in real.titles)

@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zoo.backbones import BackboneSpec, StateExtractor, load_backbone
+from zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec, StateExtractor, load_backbone
 from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
 from zoo.data import SequenceDataset
 from zoo.models.base import Recommender
@@ -34,6 +34,7 @@ class FeatureSettings:
     overrides: tuple[tuple[str, str], ...] = ()
     poolings: tuple[tuple[str, str], ...] = ()
     side_layers: int = 6
+    text_max_tokens: int = TEXT_MAX_TOKENS
     cache_dir: Path = Path(".cache")
     batch_size: int = 32
     allow_missing_media: bool = False
@@ -65,7 +66,7 @@ def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], sett
     described: dict[str, Any] = {}
     for modality in modalities:
         backbone = load_backbone(settings.spec(modality))
-        extractor = StateExtractor(backbone, settings.side_layers)
+        extractor = StateExtractor(backbone, settings.side_layers, settings.text_max_tokens)
         metadata = cache_metadata(dataset, extractor)
         path = cache_path(settings.cache_dir, metadata, modality)
         cached = open_states(path, metadata)
@@ -81,7 +82,8 @@ def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], sett
         else:
             console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
         states[modality] = cached
-        described[modality] = {**backbone.identity, "kept_indices": extractor.indices, "cache_file": str(path)}
+        described[modality] = {**backbone.identity, "preprocessing": extractor.preprocessing(),
+                               "kept_indices": extractor.indices, "cache_file": str(path)}
         del backbone, extractor
     return states, described
 

@@ -31,15 +31,25 @@ def kept_state_indices(num_layers: int, side_layers: int) -> list[int]:
 class StateExtractor:
     """Reads an item's raw content, runs the processor and the backbone, keeps pooled states.
 
-    Pooling `cls` takes position 0 of every kept hidden state (before any final LayerNorm or
-    head; for VideoMAE, which has no CLS token, that is its first tubelet token, as in the
-    reference implementation); `mean` averages the non-padding tokens.
+    Text is cut at `text_max_tokens` tokens (30 in the paper, which suits MicroLens titles;
+    longer product titles may want more). Pooling `cls` takes position 0 of every kept hidden
+    state (before any final LayerNorm or head; for VideoMAE, which has no CLS token, that is
+    its first tubelet token, as in the reference implementation); `mean` averages the
+    non-padding tokens.
     """
 
-    def __init__(self, backbone: Backbone, side_layers: int) -> None:
+    def __init__(self, backbone: Backbone, side_layers: int, text_max_tokens: int = TEXT_MAX_TOKENS) -> None:
+        if text_max_tokens < 1:
+            raise ValueError(f"text_max_tokens must be at least 1, got {text_max_tokens}")
         self.backbone = backbone
         self.modality = backbone.spec.modality
         self.indices = kept_state_indices(backbone.num_layers, side_layers)
+        self.text_max_tokens = text_max_tokens
+        if self.modality == "text":
+            positions = int(backbone.model.config.max_position_embeddings)
+            if text_max_tokens > positions:
+                raise ValueError(f"text_max_tokens {text_max_tokens} exceeds the text backbone's "
+                                 f"{positions} positions")
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -49,7 +59,7 @@ class StateExtractor:
         """Everything about input preparation that changes the features (cache metadata)."""
         parameters: dict[str, Any] = {"kept_indices": self.indices}
         if self.modality == "text":
-            parameters["max_tokens"] = TEXT_MAX_TOKENS
+            parameters["max_tokens"] = self.text_max_tokens
         else:
             parameters["processor"] = {k: v for k, v in self.backbone.processor.to_dict().items()
                                        if isinstance(v, (int, float, str, bool, list, dict, type(None)))}
@@ -73,7 +83,7 @@ class StateExtractor:
     def _model_inputs(self, contents: list[Any]) -> dict[str, torch.Tensor]:
         processor = self.backbone.processor
         if self.modality == "text":
-            return dict(processor(contents, padding=True, truncation=True, max_length=TEXT_MAX_TOKENS,
+            return dict(processor(contents, padding=True, truncation=True, max_length=self.text_max_tokens,
                                   return_tensors="pt"))
         if self.modality == "image":
             return {"pixel_values": processor(images=contents, return_tensors="pt")["pixel_values"]}

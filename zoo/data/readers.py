@@ -5,9 +5,12 @@
   `<name>_titles.csv` (item,title), covers `<cover_dir>/<item>.jpg`, videos
   `<video_dir>/<item>.mp4` (the audio modality is the video's soundtrack).
 - Amazon (the IISAN data sets): `users.tsv` (user TAB items) and `items.tsv` (item TAB title).
+  Amazon titles come HTML-escaped (`&amp;`, `&quot;`); the reader decodes them, so a text
+  backbone sees the characters rather than entity names that use up its token budget.
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from zoo.data.dataset import SequenceDataset
@@ -64,10 +67,11 @@ def read_microlens(root: Path, name: str | None = None, cover_dir: str = "covers
 
 
 def read_amazon(root: Path) -> SequenceDataset:
-    """Read an Amazon-layout folder (text only)."""
+    """Read an Amazon-layout folder (text only), decoding the HTML entities in titles."""
     root = Path(root)
     _require_dir(root)
-    item_ids, titles = read_item_titles_tsv(root / "items.tsv")
+    item_ids, escaped_titles = read_item_titles_tsv(root / "items.tsv")
+    titles = [html.unescape(title) for title in escaped_titles]
     index = {item: i + 1 for i, item in enumerate(item_ids)}
     user_ids, sequences, dropped = read_user_sequences_tsv(root / "users.tsv", index)
     return SequenceDataset(name=root.name, root=root, item_ids=item_ids, user_ids=user_ids,

@@ -201,7 +201,8 @@ def _sequences(
 def _title(combo: Combo, rng: np.random.Generator) -> str:
     """'<adjective> <topic word> <noun>' with the topic word from the topic's group."""
     words = TOPIC_WORDS[combo[0]]
-    return f"{ADJECTIVES[rng.integers(len(ADJECTIVES))]} {words[rng.integers(len(words))]} {NOUNS[rng.integers(len(NOUNS))]}"
+    adjective, topic = ADJECTIVES[rng.integers(len(ADJECTIVES))], words[rng.integers(len(words))]
+    return f"{adjective} {topic} {NOUNS[rng.integers(len(NOUNS))]}"
 
 
 def _cover(combo: Combo, rng: np.random.Generator) -> np.ndarray:
