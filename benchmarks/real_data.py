@@ -24,6 +24,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluate import cold_item_users, paired_t_test  # noqa: E402
+from zoo.backbones import TEXT_MAX_TOKENS  # noqa: E402
 from zoo.cli import METRIC_NAMES, run_cli  # noqa: E402
 from zoo.data import DATA_KINDS, load_dataset  # noqa: E402
 from zoo.pipeline import FeatureSettings, describe_data, resolve_device, train_and_save  # noqa: E402
@@ -43,11 +44,11 @@ class Recipe:
 
 
 # Both models see every training prefix (sliding windows), as RecBole's SASRec does. crossan-t's
-# learning rates were picked on validation NDCG@10 from a small sweep (README, "Measured results");
-# sasrec-id keeps RecBole's settings (lr 1e-3, dropout 0.5).
+# adapter learning rate and title length were picked on validation NDCG@10 (README, "Measured
+# results"); sasrec-id keeps RecBole's settings (lr 1e-3, dropout 0.5).
 MODELS = {
     "sasrec-id": Recipe(None, {"sliding_windows": True}),
-    "crossan-t": Recipe("minilm", {"sliding_windows": True, "adapter_lr": 1e-4}),
+    "crossan-t": Recipe("minilm", {"sliding_windows": True, "adapter_lr": 1e-4}, text_max_tokens=64),
 }
 REFERENCE = "sasrec-id"
 
@@ -95,7 +96,8 @@ def main() -> int:
         results[name] = {"test": metrics["test"], "test_unmasked": unmasked.metrics,
                          "test_cold": metrics_from_ranks(outcome.test.ranks[cold]),
                          "best_epoch": metrics["best_epoch"], "seconds_per_epoch": sum(epochs) / len(epochs),
-                         "trainable_parameters": metrics["trainable_parameters"], "train_settings": recipe.train}
+                         "trainable_parameters": metrics["trainable_parameters"], "train_settings": recipe.train,
+                         **({"text_max_tokens": recipe.text_max_tokens} if recipe.text_backbone else {})}
     test_vs_reference = paired_t_test(ranks["crossan-t"], ranks[REFERENCE])
     report = {"data": data_description, "cold_test_users": int(cold.sum()), "models": results,
               "crossan-t_vs_sasrec-id": test_vs_reference}
@@ -123,7 +125,8 @@ def print_tables(results: dict[str, dict], report: dict, name: str, cold_users: 
     for model, result in results.items():
         if result.get("train_settings"):
             settings = ", ".join(f"{k}={v}" for k, v in result["train_settings"].items())
-            console.print(f"{model} trained with {settings} (other settings: TrainConfig defaults)")
+            titles = f"; titles cut at {result['text_max_tokens']} tokens" if "text_max_tokens" in result else ""
+            console.print(f"{model} trained with {settings} (other settings: TrainConfig defaults){titles}")
     for key, title in (("test_unmasked", "unmasked full ranking"),
                        ("test_cold", f"masked, {cold_users} users whose test item never occurs in training")):
         extra = Table(title=f"{name}: test split, {title}")

@@ -22,6 +22,9 @@ def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: P
         assert 0 <= report[name]["NDCG@10"] <= report[name]["HR@10"] <= 1
     assert report["sasrec-id"]["seconds_per_epoch"] > 0
     details = report["details"]
-    assert details["models"]["crossan-t"]["trainable_parameters"] > details["models"]["sasrec-id"]["trainable_parameters"]
+    parameters = {name: details["models"][name]["trainable_parameters"] for name in ("crossan-t", "sasrec-id")}
+    assert parameters["crossan-t"] > parameters["sasrec-id"]
+    assert details["models"]["crossan-t"]["text_max_tokens"] == 64
+    assert "text_max_tokens" not in details["models"]["sasrec-id"]
     p_value = details["crossan-t_vs_sasrec-id"]["NDCG@10"]["p_value"]
     assert 0 <= p_value <= 1

@@ -112,7 +112,7 @@ def test_local_pretrained_directories_train_end_to_end(fixtures: dict[str, Path]
     command = [sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens", "--data-root",
                str(fixtures["csv"]), "--backbones", "pretrained", "--epochs", "2", "--cache-dir",
                str(tmp_path / "cache"), "--run-dir", str(run_dir), "--set", "side_width=32", "--set",
-               "adapter_dim=16", "--json"]
+               "adapter_dim=16", "--text-max-tokens", "12", "--json"]
     for modality, directory in dirs.items():
         command += ["--backbone", f"{modality}={directory}"]
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
@@ -125,3 +125,4 @@ def test_local_pretrained_directories_train_end_to_end(fixtures: dict[str, Path]
     assert backbones["image"]["kept_indices"] == [0, 2, 4, 6, 8, 10, 12]
     assert backbones["video"]["kept_indices"] == [0, 1, 3, 4, 5, 7, 8]
     assert {b["source"] for b in backbones.values()} == {"pretrained"}
+    assert backbones["text"]["preprocessing"]["max_tokens"] == 12
