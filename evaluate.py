@@ -52,7 +52,8 @@ def paired_t_test(first: torch.Tensor, second: torch.Tensor) -> dict[str, dict[s
     return out
 
 
-def evaluate_run(run_dir: Path, split: str, mask_history: bool, device: str) -> tuple[EvaluationResult, SequenceDataset]:
+def evaluate_run(run_dir: Path, split: str, mask_history: bool,
+                 device: str) -> tuple[EvaluationResult, SequenceDataset]:
     run = open_run(run_dir, device)
     return evaluate_model(run.model, run.dataset, run.features, split, mask_history), run.dataset
 

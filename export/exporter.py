@@ -85,7 +85,8 @@ def export_model(model: Recommender, out_dir: Path, item_example: tuple[torch.Te
     return exported
 
 
-def validate_grid(model: Recommender, exported: ExportedModel, items: list[Case], users: list[Case]) -> list[GridResult]:
+def validate_grid(model: Recommender, exported: ExportedModel, items: list[Case],
+                  users: list[Case]) -> list[GridResult]:
     """Every exported encoder in every runtime against PyTorch at the given cases."""
     reference_items, reference_users = exported.references(model)
     results = []

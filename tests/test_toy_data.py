@@ -60,7 +60,8 @@ def test_generation_is_deterministic(toy_root: Path, tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(read_cover(toy_root / "covers" / f"{item}.jpg")),
                               np.asarray(read_cover(again / "covers" / f"{item}.jpg")))
     other = generate_toy(tmp_path / "other", seed=4, **TINY)
-    assert (other / "toy_pairs.tsv").read_bytes() != (generate_toy(tmp_path / "tiny", seed=3, **TINY) / "toy_pairs.tsv").read_bytes()
+    seed_three = generate_toy(tmp_path / "tiny", seed=3, **TINY)
+    assert (other / "toy_pairs.tsv").read_bytes() != (seed_three / "toy_pairs.tsv").read_bytes()
 
 
 def test_generation_is_idempotent_and_regenerates_on_new_parameters(tmp_path: Path) -> None:
