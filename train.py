@@ -96,7 +96,7 @@ def main() -> int:
     console.print(dataset.summary())
     run_dir = args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
     data_description = describe_data(args.data, dataset, args.cover_dir, args.video_dir)
-    _, metrics = train_and_save(args.preset, dataset, data_description, settings, train_config, model_overrides,
+    _, metrics, _ = train_and_save(args.preset, dataset, data_description, settings, train_config, model_overrides,
                                 run_dir, device, console)
     if args.json:
         print(json.dumps(metrics))

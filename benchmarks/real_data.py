@@ -28,7 +28,6 @@ from zoo.backbones import TEXT_MAX_TOKENS  # noqa: E402
 from zoo.cli import METRIC_NAMES, run_cli  # noqa: E402
 from zoo.data import DATA_KINDS, load_dataset  # noqa: E402
 from zoo.pipeline import FeatureSettings, describe_data, resolve_device, train_and_save  # noqa: E402
-from zoo.runs import open_run  # noqa: E402
 from zoo.training.evaluation import evaluate_model, evaluate_popularity  # noqa: E402
 from zoo.training.metrics import metrics_from_ranks  # noqa: E402
 from zoo.training.trainer import TrainConfig  # noqa: E402
@@ -87,10 +86,9 @@ def main() -> int:
                                    overrides=(("text", recipe.text_backbone),) if recipe.text_backbone else ())
         train = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **recipe.train)
         console.rule(name)
-        outcome, metrics = train_and_save(name, dataset, data_description, settings, train, {}, out / name, device,
-                                          console)
-        run = open_run(out / name, device)
-        unmasked = evaluate_model(run.model, run.dataset, run.features, "test", mask_history=False)
+        outcome, metrics, run = train_and_save(name, dataset, data_description, settings, train, {}, out / name,
+                                               device, console)
+        unmasked = evaluate_model(run.model, dataset, run.features, "test", mask_history=False)
         epochs = [h["train_seconds"] for h in outcome.history]
         ranks[name] = outcome.test.ranks
         results[name] = {"test": metrics["test"], "test_unmasked": unmasked.metrics,

@@ -26,9 +26,9 @@ QUICK = TrainConfig(epochs=4, patience=4, seed=7)
 
 def train(toy_root: Path, cache_dir: Path, run_dir: Path, preset: str, overrides: dict | None = None) -> dict:
     dataset = read_microlens(toy_root, name="toy")
-    _, metrics = train_and_save(preset, dataset, describe_data("toy", dataset), FeatureSettings(cache_dir=cache_dir),
-                                QUICK, {"adapter_dim": 64} if overrides is None else overrides, run_dir,
-                                torch.device("cpu"), Console(quiet=True))
+    _, metrics, _ = train_and_save(preset, dataset, describe_data("toy", dataset), FeatureSettings(cache_dir=cache_dir),
+                                   QUICK, {"adapter_dim": 64} if overrides is None else overrides, run_dir,
+                                   torch.device("cpu"), Console(quiet=True))
     return metrics
 
 
@@ -62,6 +62,17 @@ def test_reloaded_run_reproduces_its_metrics(crossan_run: tuple[Path, dict]) -> 
     run = open_run(run_dir)
     result = evaluate_model(run.model, run.dataset, run.features, "test")
     assert result.metrics == pytest.approx(metrics["test"], abs=1e-6)
+
+
+def test_returned_run_holds_the_best_epoch_model(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    dataset = read_microlens(toy_root, name="toy")
+    outcome, metrics, run = train_and_save("sasrec-id", dataset, describe_data("toy", dataset),
+                                           FeatureSettings(cache_dir=cache_dir), QUICK, {}, tmp_path / "id",
+                                           torch.device("cpu"), Console(quiet=True))
+    assert run.config == json.loads((tmp_path / "id" / "config.json").read_text())
+    assert evaluate_model(run.model, dataset, run.features, "test").metrics == pytest.approx(metrics["test"], abs=1e-6)
+    for name, tensor in run.model.state_dict().items():
+        assert torch.equal(tensor, outcome.best_state[name]), name
 
 
 def test_same_seed_gives_identical_metrics(crossan_run: tuple[Path, dict], toy_root: Path, cache_dir: Path,

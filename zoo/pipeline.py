@@ -18,6 +18,7 @@ from zoo.data import SequenceDataset
 from zoo.models.base import Recommender
 from zoo.models.config import SASRecIDConfig, SideNetworkConfig
 from zoo.registry import build_model, preset_config
+from zoo.runs import Run
 from zoo.training.checkpoint import save_per_user, save_weights, write_json
 from zoo.training.evaluation import evaluate_popularity
 from zoo.training.features import ItemFeatures
@@ -112,8 +113,13 @@ def model_modalities(preset: str, overrides: dict[str, Any]) -> tuple[str, ...]:
 
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
-                   run_dir: Path, device: torch.device, console: Console) -> tuple[TrainingOutcome, dict[str, Any]]:
-    """Everything `train.py` does after argument parsing; returns the outcome and metrics.json."""
+                   run_dir: Path, device: torch.device,
+                   console: Console) -> tuple[TrainingOutcome, dict[str, Any], Run]:
+    """Everything `train.py` does after argument parsing.
+
+    Returns the outcome, metrics.json, and the run in memory (the model holds its best-epoch
+    weights), so callers that evaluate further need not reopen it from disk.
+    """
     modalities = model_modalities(preset, model_overrides)
     states, backbones = prepare_features(dataset, modalities, settings, device, console)
     features = ItemFeatures(dataset.num_items, states, device)
@@ -121,9 +127,9 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     model = configure_model(preset, dataset, features.shapes(), model_overrides)
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     console.print(f"{preset}: {num_trainable:,} trainable parameters")
-    write_json(run_dir / "config.json", {
-        "preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
-        "data": data_description, "features": {"side_layers": settings.side_layers, "backbones": backbones}})
+    config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
+              "data": data_description, "features": {"side_layers": settings.side_layers, "backbones": backbones}}
+    write_json(run_dir / "config.json", config)
     trainer = Trainer(model, dataset, features, train_config, device, console)
     started = time.perf_counter()
     outcome = trainer.fit()
@@ -139,7 +145,7 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     write_json(run_dir / "trainer_state.json", {"best_epoch": outcome.best_epoch, "history": outcome.history,
                                                 "finished": True})
     write_json(run_dir / "metrics.json", metrics)
-    return outcome, metrics
+    return outcome, metrics, Run(run_dir, config, model, dataset, features)
 
 
 def describe_data(kind: str, dataset: SequenceDataset, cover_dir: str = "covers",

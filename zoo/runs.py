@@ -19,6 +19,8 @@ __all__ = ["Run", "open_run"]
 
 @dataclass
 class Run:
+    """A trained run: its directory, config.json, best-epoch model, data set and item features."""
+
     directory: Path
     config: dict[str, Any]
     model: Recommender
