@@ -1,5 +1,24 @@
-"""What every recommender in the zoo provides: item encoder, user encoder, scoring."""
+"""What every recommender in the zoo provides: the contract training, evaluation, export and serving use.
+
+The trainer, the evaluator, the exporter and the serving helper call only the methods below;
+none of them looks inside a model or at its config class.
+
+- Item side: `item_input_names` and `encode_items(*item_inputs) -> [N, D]`. The item inputs are
+  whatever the item-feature store gathers for a set of catalogue rows: cached backbone states
+  per modality for the side networks, the rows themselves for `sasrec-id`. Models that run
+  their backbones inside the training step (full fine-tuning, Adapter, LoRA) fit the same
+  contract: their config names stored token ids and pixels as item features
+  (`RecommenderConfig.item_features`), the store gathers those, and `encode_items` runs the
+  backbones on them; nothing outside the model changes.
+- User side: `item_table` (embeddings with the padding row), `sequence_states` (the user
+  encoder's state at every position of a left-padded window, what training predicts the next
+  item from), `user_embeddings` (the state at the newest position) and `encode_users` (the same
+  from gathered embeddings and a padding mask: the exported user encoder's signature).
+- Scoring: `scores(user_embeddings, item_embeddings)` and `catalogue_embeddings(gather, n)`.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -7,9 +26,10 @@ from torch import nn
 from zoo.layers.adapter import HoulsbyAdapter
 from zoo.layers.fusion import make_fusion
 from zoo.layers.sasrec import SASRec
+from zoo.data.dataset import PAD
 from zoo.models.config import RecommenderConfig, SideNetworkConfig
 
-__all__ = ["Recommender", "SideNetworkRecommender"]
+__all__ = ["PAD", "Recommender", "SideNetworkRecommender"]
 
 
 class Recommender(nn.Module):
@@ -34,9 +54,42 @@ class Recommender(nn.Module):
         """Item embeddings `[N, D]`."""
         raise NotImplementedError
 
+    def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """Inputs of `num_items` made-up items in `encode_items`' layout (benchmarks, export examples)."""
+        raise NotImplementedError
+
     def encode_users(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """User embeddings `[B, D]` from `item_embeddings [B, T, D]`, `padding_mask [B, T]` (True = pad)."""
+        """User embeddings `[B, D]` from `item_embeddings [B, T, D]`, `padding_mask [B, T]` (True = pad).
+
+        Embeddings under the padding are ignored, whatever their values."""
         return self.user_encoder.user_vector(item_embeddings, padding_mask)
+
+    def item_table(self, item_embeddings: torch.Tensor) -> torch.Tensor:
+        """`[N + 1, D]`: a zero row for the padding index `PAD` = 0, then `item_embeddings [N, D]`,
+        so that a window of 1-based item indices gathers its embeddings directly."""
+        return torch.cat([item_embeddings.new_zeros(1, item_embeddings.shape[1]), item_embeddings])
+
+    def sequence_states(self, item_table: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """User-encoder states `[B, T, D]` at every position of `window [B, T]` (indices into
+        `item_table`, left-padded with `PAD`); position t sees the items up to t."""
+        return self.user_encoder(item_table[window], window == PAD)
+
+    def user_embeddings(self, item_table: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """User embeddings `[B, D]`: the state at the newest (last) position of `window [B, T]`."""
+        return self.encode_users(item_table[window], window == PAD)
+
+    def scores(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> torch.Tensor:
+        """Scores `[B, N]` of every item for every user (dot product)."""
+        return user_embeddings @ item_embeddings.t()
+
+    @torch.no_grad()
+    def catalogue_embeddings(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
+                             batch_size: int = 2048) -> torch.Tensor:
+        """Embeddings `[num_items, D]` (float32) of catalogue rows 0..num_items-1, whose inputs
+        `gather(rows)` returns, in batches of `batch_size` rows."""
+        chunks = [self.encode_items(*gather(torch.arange(start, min(start + batch_size, num_items)))).float()
+                  for start in range(0, num_items, batch_size)]
+        return torch.cat(chunks)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """Parameters of the Houlsby adapters (their own optimiser group)."""
@@ -66,6 +119,10 @@ class SideNetworkRecommender(Recommender):
     @property
     def item_input_names(self) -> tuple[str, ...]:
         return tuple(f"states_{m}" for m in self.config.modalities)
+
+    def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.randn(num_items, self.config.num_states, width, generator=generator)
+                     for width in self.config.backbone_widths)
 
     def projected_states(self, item_inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """Per modality `[S, N, W]`: backbone states moved to the side width, layer-major."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from zoo.layers.activations import ACTIVATIONS
@@ -39,6 +40,15 @@ class RecommenderConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+
+    def item_features(self) -> tuple[str, ...]:
+        """Modalities whose cached item features the model reads, in input order (empty: none)."""
+        return ()
+
+    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "RecommenderConfig":
+        """This config fitted to a data set: its catalogue size and the `(num_states, width)` of
+        each modality's cached features. The base config needs neither."""
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, tagged with the architecture name."""
@@ -99,6 +109,20 @@ class SideNetworkConfig(RecommenderConfig):
     def num_towers(self) -> int:
         return len(self.modalities)
 
+    def item_features(self) -> tuple[str, ...]:
+        return tuple(self.modalities)
+
+    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "SideNetworkConfig":
+        """Backbone widths and the number of kept states from the feature cache."""
+        missing = [m for m in self.modalities if m not in feature_shapes]
+        if missing:
+            raise ValueError(f"no cached features for modalities {', '.join(missing)}")
+        num_states = {feature_shapes[m][0] for m in self.modalities}
+        if len(num_states) != 1:
+            raise ValueError(f"modalities keep different numbers of states: {dict(feature_shapes)}")
+        return dataclasses.replace(self, backbone_widths=tuple(feature_shapes[m][1] for m in self.modalities),
+                                   num_states=num_states.pop())
+
     @property
     def resolved_side_width(self) -> int:
         """W: explicit, else the backbones' common width, else 768 (DESIGN 2.2)."""
@@ -150,3 +174,7 @@ class SASRecIDConfig(RecommenderConfig):
         super().__post_init__()
         if self.num_items < 0:
             raise ValueError(f"num_items must be non-negative, got {self.num_items}")
+
+    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "SASRecIDConfig":
+        """One embedding row per catalogue item."""
+        return dataclasses.replace(self, num_items=num_items)
