@@ -9,14 +9,15 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from zoo.cli import METRIC_NAMES, metrics_table, run_cli
+from zoo.cli import metrics_table, run_cli
 from zoo.data import DATA_KINDS, SequenceDataset, load_dataset
+from zoo.errors import ConfigError
 from zoo.runs import open_run
 from zoo.training.evaluation import EvaluationResult, evaluate_model, evaluate_popularity
-from zoo.training.metrics import metrics_from_ranks, per_user_metric
+from zoo.training.metrics import metrics_from_ranks
+from zoo.training.significance import cold_item_users, paired_t_test
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,23 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
-
-
-def cold_item_users(dataset: SequenceDataset, split: str) -> torch.Tensor:
-    """Users whose `split` target never occurs in any training prefix (a cold item)."""
-    seen = dataset.train_counts() > 0
-    return torch.tensor([not seen[dataset.target(u, split)] for u in range(dataset.num_users)])
-
-
-def paired_t_test(first: torch.Tensor, second: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Per metric: mean difference (first - second) and the two-sided paired t-test p-value."""
-    from scipy.stats import ttest_rel
-
-    out = {}
-    for name in METRIC_NAMES:
-        a, b = per_user_metric(first, name).numpy(), per_user_metric(second, name).numpy()
-        out[name] = {"mean_difference": float(a.mean() - b.mean()), "p_value": float(ttest_rel(a, b).pvalue)}
-    return out
 
 
 def evaluate_run(run_dir: Path, split: str, mask_history: bool,
@@ -80,7 +64,7 @@ def main() -> int:
     if args.compare is not None:
         other, other_dataset = evaluate_run(args.compare, args.split, mask, args.device)
         if other_dataset.user_ids != dataset.user_ids:
-            raise ValueError(f"{args.compare} was trained on different users; a paired test needs the same ones")
+            raise ConfigError(f"{args.compare} was trained on different users; a paired test needs the same ones")
         report["compare"] = {"run": args.compare.name, "metrics": other.metrics,
                              "paired_t_test": paired_t_test(result.ranks, other.ranks)}
         rows.append((args.compare.name, other.metrics))

@@ -17,6 +17,7 @@ from rich.console import Console
 from zoo.backbones import POOLINGS, SOURCES, TEXT_MAX_TOKENS
 from zoo.cli import metrics_table, run_cli
 from zoo.data import DATA_KINDS, load_dataset
+from zoo.errors import ConfigError
 from zoo.models.config import MODALITIES
 from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device,
                           train_and_save)
@@ -80,11 +81,11 @@ def main() -> int:
     for pair in (*args.backbone, *args.pooling):
         modality = pair.partition("=")[0]
         if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r} in {pair!r}; use one of {MODALITIES}")
+            raise ConfigError(f"unknown modality {modality!r} in {pair!r}; use one of {MODALITIES}")
     poolings = parse_assignments(args.pooling, "--pooling")
     bad = {p for p in poolings.values() if p not in POOLINGS}
     if bad:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {', '.join(sorted(bad))}")
+        raise ConfigError(f"pooling must be one of {POOLINGS}, got {', '.join(sorted(bad))}")
     overrides = parse_assignments(args.backbone, "--backbone")
     settings = FeatureSettings(source=args.backbones, overrides=tuple(overrides.items()),
                                poolings=tuple(poolings.items()), text_max_tokens=args.text_max_tokens,

@@ -27,29 +27,25 @@ from export.onnx_export import export_onnx
 from export.spec import item_encoder_spec, user_encoder_spec
 from export.wrappers import ItemEncoder, UserEncoder
 from zoo.models.base import Recommender
-from zoo.models.config import SASRecIDConfig
-from zoo.registry import create_model, list_models, load_model, preset_config
+from zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
+from zoo.registry import build_model, list_models, load_model, preset_config
 
 USER_BATCHES = (1, 256)
 ITEM_BATCH = 256
 WARMUP = 5
-ID_CATALOGUE = 100_000
+CATALOGUE = 100_000
 
 
-def build_model(args: argparse.Namespace) -> tuple[Recommender, str]:
-    """The trained model of `--run`, else `--preset` with random weights."""
+def benchmark_model(args: argparse.Namespace) -> tuple[Recommender, str]:
+    """The trained model of `--run`, else `--preset` with random weights, fitted to a catalogue of
+    `CATALOGUE` items whose cached features have the paper's shape (7 states, 768 wide)."""
     if args.run is not None:
         return load_model(args.run), str(args.run)
-    overrides = {"num_items": ID_CATALOGUE} if isinstance(preset_config(args.preset), SASRecIDConfig) else {}
+    config = preset_config(args.preset)
+    config = config.fit_to_data(CATALOGUE, {m: (PAPER_NUM_STATES, PAPER_BACKBONE_WIDTH)
+                                               for m in config.item_features()})
     torch.manual_seed(0)
-    return create_model(args.preset, **overrides).eval(), f"{args.preset} (random weights)"
-
-
-def item_inputs(model: Recommender, batch: int) -> tuple[torch.Tensor, ...]:
-    """Random item inputs of `batch` items in the model's input layout."""
-    if isinstance(model.config, SASRecIDConfig):
-        return (torch.randint(0, model.config.num_items, (batch,)),)
-    return tuple(torch.randn(batch, model.config.num_states, width) for width in model.config.backbone_widths)
+    return build_model(config).eval(), f"{args.preset} (random weights)"
 
 
 def user_inputs(model: Recommender, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,20 +101,21 @@ def main() -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    model, label = build_model(args)
+    model, label = benchmark_model(args)
     threads = torch.get_num_threads()
     items, users = ItemEncoder(model).eval(), UserEncoder(model).eval()
     item_spec, user_spec = item_encoder_spec(model), user_encoder_spec(model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        item_path = export_onnx(items, item_spec, item_inputs(model, 2), Path(tmp) / item_spec.onnx_file)
+        item_path = export_onnx(items, item_spec, model.random_item_inputs(2), Path(tmp) / item_spec.onnx_file)
         user_path = export_onnx(users, user_spec, user_inputs(model, 2), Path(tmp) / user_spec.onnx_file)
         item_session, user_session = session(item_path, threads), session(user_path, threads)
         for batch in USER_BATCHES:
             eager, onnx = compare(users, user_session, user_spec.input_names, user_inputs(model, batch), args.repeats)
             rows.append((f"user latency, B={batch}",
                          f"{eager * 1e3:.3f} ms", f"{onnx * 1e3:.3f} ms", onnx / eager))
-        eager, onnx = compare(items, item_session, item_spec.input_names, item_inputs(model, ITEM_BATCH), args.repeats)
+        eager, onnx = compare(items, item_session, item_spec.input_names, model.random_item_inputs(ITEM_BATCH),
+                              args.repeats)
         rows.append((f"item throughput, B={ITEM_BATCH}", f"{ITEM_BATCH / eager:,.0f} items/s",
                      f"{ITEM_BATCH / onnx:,.0f} items/s", eager / onnx))
 

@@ -1,16 +1,21 @@
-"""Benchmark the fused gated_mix_down against the eager reference and torch.compile(reference).
+"""Benchmark one side layer's fused gated_mix_down against the eager reference and torch.compile(reference).
 
-    python -m benchmarks.gated_mix_down [--n 704 45056] [--dtypes fp16 bf16] [--bandwidth-gbs 3350]
+    python -m benchmarks.gated_mix_down [--preset crossan-tiva] [--n 704 45056] [--dtypes fp16 bf16]
 
 (from the repository root; `python benchmarks/gated_mix_down.py` works once the project is
 installed with `pip install -e .`).
 
-Times forward and forward+backward side by side in one run (triton.testing.do_bench, median)
-at K=5, W=768, r=512 by default, and reports the fused path's achieved bandwidth. Byte models
-(minimal traffic, each tensor touched once):
-    forward:          read states K*N*W, w_down W*r, b_down r; write x N*W, h N*r
-    forward+backward: forward, plus read grad_x N*W, grad_h N*r, h N*r, x N*W, states K*N*W,
-                      w_down W*r; write grad_states K*N*W, grad_w W*r, grad_b r
+Times the layer as the model calls it: a preset's side network (default crossan-tiva: M = 4
+modalities, T = 4 towers, W = 768, r = 512) is built on the GPU, and its second side layer
+is timed with the model's own inputs: the layer's slice of the layer-major states batch, the
+previous layer's outputs, the gates' mixing matrix and pattern, and the stacked adapter down
+weights as stored. Forward and forward+backward side by side in one run
+(triton.testing.do_bench, median), with the fused path's achieved bandwidth. Byte model (what
+the fused path reads and writes by design; P = number of (tower, source) pairs in the pattern):
+    forward:          read sources P*N*W, w_down T*W*r, b_down T*r; write x T*N*W, h T*N*r
+    forward+backward: forward, plus read grad_x T*N*W, grad_h T*N*r, h T*N*r, x T*N*W,
+                      sources P*N*W, w_down T*W*r; write g T*N*W (fp32) and read it back, write
+                      grad_previous T*N*W, grad_w T*W*r, grad_b T*r
 Needs a CUDA GPU; on a machine without one it says so and exits with status 0.
 """
 
@@ -23,7 +28,9 @@ from pathlib import Path
 
 import torch
 
+import zoo
 from kernels import gated_mix_down, gated_mix_down_reference, triton_available
+from zoo.models.base import SideNetworkRecommender
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -63,33 +70,58 @@ def device_bandwidth_gbs(name: str) -> float | None:
     return None
 
 
-def traffic_bytes(k: int, n: int, width: int, rank: int, element_size: int, with_backward: bool) -> int:
+def traffic_bytes(pairs: int, towers: int, n: int, width: int, rank: int, element_size: int,
+                  with_backward: bool) -> int:
     """Bytes under the module docstring's byte model."""
-    forward = k * n * width + width * rank + rank + n * width + n * rank
+    forward = (pairs * n * width + towers * width * rank + towers * rank + towers * n * width
+               + towers * n * rank) * element_size
     if not with_backward:
-        return forward * element_size
-    backward = 2 * n * width + 2 * n * rank + 2 * k * n * width + 2 * width * rank + rank
-    return (forward + backward) * element_size
+        return forward
+    backward = (2 * towers * n * width + 2 * towers * n * rank + pairs * n * width + towers * width * rank
+                + towers * n * width + towers * width * rank + towers * rank) * element_size
+    return forward + backward + 2 * towers * n * width * 4  # g is fp32, written once and read once
 
 
-def bench_case(args: argparse.Namespace, n: int, dtype_name: str, compiled_reference) -> list[Row]:
+def layer_inputs(model: SideNetworkRecommender, n: int, dtype: torch.dtype, layer: int = 1) -> dict:
+    """The inputs the side network passes to gated_mix_down at `layer`, for n random items."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    items = tuple(torch.randn(n, model.config.num_states, w, device="cuda", generator=gen, dtype=dtype)
+                  for w in model.config.backbone_widths)
+    with torch.no_grad():
+        states = model.side_states(items)
+        mixing = model.side.gates.mixing()
+        # The previous layer's outputs, computed as the side network computes them.
+        first = model.side.layers[0]
+        x, hidden = gated_mix_down(states[0], None, mixing[0], first.down_weight, first.down_bias, first.activation,
+                                   "torch", model.side.gates.pattern)
+        previous = first.up_residual(x, hidden)
+    adapters = model.side.layers[layer]
+    return {"states": states[layer], "previous": previous.requires_grad_(),
+            "mixing": mixing[layer].clone().requires_grad_(),
+            "w_down": adapters.down_weight, "b_down": adapters.down_bias, "activation": adapters.activation,
+            "pattern": model.side.gates.pattern}
+
+
+def bench_case(args: argparse.Namespace, model: SideNetworkRecommender, n: int, dtype_name: str,
+               compiled_reference) -> list[Row]:
     """Time the three implementations at one N and dtype, forward and forward+backward."""
     from triton.testing import do_bench
 
     dtype = DTYPES[dtype_name]
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    states = torch.randn(args.k, n, args.width, device="cuda", generator=gen).to(dtype).requires_grad_()
-    logits = torch.randn(args.k, device="cuda", generator=gen).requires_grad_()
-    w_down = (0.01 * torch.randn(args.width, args.rank, device="cuda", generator=gen)).to(dtype).requires_grad_()
-    b_down = torch.zeros(args.rank, device="cuda", dtype=dtype, requires_grad=True)
-    grad_x = torch.randn(n, args.width, device="cuda", dtype=dtype, generator=gen)
-    grad_h = torch.randn(n, args.rank, device="cuda", dtype=dtype, generator=gen)
-    leaves = [states, logits, w_down, b_down]
+    model = model.to(dtype)
+    inputs = layer_inputs(model, n, dtype)
+    towers, width, rank = inputs["w_down"].shape
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    grad_x = torch.randn(towers, n, width, device="cuda", dtype=dtype, generator=gen)
+    grad_h = torch.randn(towers, n, rank, device="cuda", dtype=dtype, generator=gen)
+    leaves = [inputs["previous"], inputs["mixing"], inputs["w_down"], inputs["b_down"]]
+    positional = [inputs[k] for k in ("states", "previous", "mixing", "w_down", "b_down")]
+    options = {"activation": inputs["activation"], "pattern": inputs["pattern"]}
 
     implementations = {
-        "fused": lambda: gated_mix_down(states, logits, w_down, b_down, args.activation, backend="triton"),
-        "eager": lambda: gated_mix_down_reference(states, logits, w_down, b_down, args.activation),
-        "compiled": lambda: compiled_reference(states, logits, w_down, b_down, args.activation),
+        "fused": lambda: gated_mix_down(*positional, backend="triton", **options),
+        "eager": lambda: gated_mix_down_reference(*positional, **options),
+        "compiled": lambda: compiled_reference(*positional, **options),
     }
     with torch.no_grad():
         h_fused = implementations["fused"]()[1]
@@ -104,6 +136,7 @@ def bench_case(args: argparse.Namespace, n: int, dtype_name: str, compiled_refer
         return run
 
     rows = []
+    pairs = int(inputs["pattern"].sum())
     for mode in ("forward", "forward+backward"):
         times = {}
         for name, fn in implementations.items():
@@ -111,28 +144,14 @@ def bench_case(args: argparse.Namespace, n: int, dtype_name: str, compiled_refer
                 with torch.no_grad():
                     times[name] = do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
             else:
-                times[name] = do_bench(
-                    forward_backward(fn),
-                    warmup=args.warmup_ms,
-                    rep=args.rep_ms,
-                    grad_to_none=leaves,
-                    return_mode="median",
-                )
-        nbytes = traffic_bytes(args.k, n, args.width, args.rank, states.element_size(), mode != "forward")
+                times[name] = do_bench(forward_backward(fn), warmup=args.warmup_ms, rep=args.rep_ms,
+                                       grad_to_none=leaves, return_mode="median")
+        nbytes = traffic_bytes(pairs, towers, n, width, rank, positional[0].element_size(), mode != "forward")
         gbs = nbytes / (times["fused"] * 1e-3) / 1e9
-        rows.append(
-            Row(
-                n=n,
-                dtype=dtype_name,
-                mode=mode,
-                fused_ms=times["fused"],
-                eager_ms=times["eager"],
-                compiled_ms=times["compiled"],
-                fused_gbs=gbs,
-                peak_fraction=gbs / args.bandwidth_gbs if args.bandwidth_gbs else None,
-                max_abs_diff_h=max_abs_diff,
-            )
-        )
+        rows.append(Row(n=n, dtype=dtype_name, mode=mode, fused_ms=times["fused"], eager_ms=times["eager"],
+                        compiled_ms=times["compiled"], fused_gbs=gbs,
+                        peak_fraction=gbs / args.bandwidth_gbs if args.bandwidth_gbs else None,
+                        max_abs_diff_h=max_abs_diff))
     return rows
 
 
@@ -142,7 +161,7 @@ def print_table(rows: list[Row], device_name: str, bandwidth: float | None, args
 
     peak = f"{bandwidth:.0f} GB/s" if bandwidth else "unknown (pass --bandwidth-gbs)"
     table = Table(
-        title=f"gated_mix_down, K={args.k} W={args.width} r={args.rank} {args.activation} on {device_name} "
+        title=f"gated_mix_down, one {args.preset} side layer (r={args.adapter_dim or 'preset'}) on {device_name} "
         f"(peak {peak})"
     )
     for column in ("N", "dtype", "pass", "fused ms", "eager ms", "compiled ms", "eager/fused", "compiled/fused",
@@ -169,11 +188,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[64 * 11, 4096 * 11],
                         help="rows N (batch x sequence positions); default 704 and 45056")
-    parser.add_argument("--k", type=int, default=5, help="number of mixed inputs K")
-    parser.add_argument("--width", type=int, default=768, help="side width W")
-    parser.add_argument("--rank", type=int, default=512, help="adapter hidden size r")
+    parser.add_argument("--preset", default="crossan-tiva", choices=[
+        name for name in zoo.list_models() if zoo.preset_config(name).item_features()], help="side-network preset")
+    parser.add_argument("--adapter-dim", type=int, default=None, help="adapter hidden size r (default: the preset's)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp16", "bf16"])
-    parser.add_argument("--activation", choices=["relu", "gelu"], default="relu")
     parser.add_argument("--bandwidth-gbs", type=float, default=None,
                         help="peak memory bandwidth of the GPU in GB/s (default: looked up by device name)")
     parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
@@ -196,16 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         args.bandwidth_gbs = device_bandwidth_gbs(device_name)
 
     compiled_reference = torch.compile(gated_mix_down_reference, dynamic=False)
+    model = zoo.create_model(args.preset, adapter_dim=args.adapter_dim).cuda()
     rows = [
         row
         for n in args.n
         for dtype_name in args.dtypes
-        for row in bench_case(args, n, dtype_name, compiled_reference)
+        for row in bench_case(args, model, n, dtype_name, compiled_reference)
     ]
     print_table(rows, device_name, args.bandwidth_gbs, args)
     if args.json is not None:
-        payload = {"device": device_name, "peak_gbs": args.bandwidth_gbs, "k": args.k, "width": args.width,
-                   "rank": args.rank, "activation": args.activation, "rows": [asdict(row) for row in rows]}
+        payload = {"device": device_name, "peak_gbs": args.bandwidth_gbs, "preset": args.preset,
+                   "adapter_dim": model.config.adapter_dim, "rows": [asdict(row) for row in rows]}
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
 

@@ -21,16 +21,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluate import cold_item_users, paired_t_test  # noqa: E402
-from zoo.backbones import TEXT_MAX_TOKENS  # noqa: E402
-from zoo.cli import METRIC_NAMES, run_cli  # noqa: E402
-from zoo.data import DATA_KINDS, load_dataset  # noqa: E402
-from zoo.pipeline import FeatureSettings, describe_data, resolve_device, train_and_save  # noqa: E402
-from zoo.training.evaluation import evaluate_model, evaluate_popularity  # noqa: E402
-from zoo.training.metrics import metrics_from_ranks  # noqa: E402
-from zoo.training.trainer import TrainConfig  # noqa: E402
+from zoo.backbones import TEXT_MAX_TOKENS
+from zoo.cli import run_cli
+from zoo.data import DATA_KINDS, load_dataset
+from zoo.pipeline import FeatureSettings, describe_data, resolve_device, train_and_save
+from zoo.training.evaluation import evaluate_model, evaluate_popularity
+from zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
+from zoo.training.significance import cold_item_users, paired_t_test
+from zoo.training.trainer import TrainConfig
 
 
 @dataclass(frozen=True)

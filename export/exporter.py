@@ -64,20 +64,22 @@ class ExportedModel:
         return pairs
 
 
-def export_model(model: Recommender, out_dir: Path, item_example: tuple[torch.Tensor, ...],
-                 opset: int = DEFAULT_OPSET) -> ExportedModel:
+def export_model(model: Recommender, out_dir: Path, opset: int = DEFAULT_OPSET) -> ExportedModel:
     """Write `item_encoder.{onnx,pt}` and `user_encoder.{onnx,pt}` for `model` into `out_dir`.
 
-    `item_example` holds the inputs of `EXAMPLE_BATCH` items; the user encoder is exported
-    at batch `EXAMPLE_BATCH` and length `EXAMPLE_LENGTH` (capped at max_seq_len), sizes the
-    validation grid avoids.
+    Both are traced on made-up inputs (`model.random_item_inputs` for the item encoder): the
+    item encoder at batch `EXAMPLE_BATCH`, the user encoder at batch `EXAMPLE_BATCH` and length
+    `EXAMPLE_LENGTH` (capped at max_seq_len), sizes the validation grid avoids.
     """
     model = model.eval()
     exported = ExportedModel(Path(out_dir), item_encoder_spec(model, opset), user_encoder_spec(model, opset))
+    generator = torch.Generator().manual_seed(0)
+    item_example = model.random_item_inputs(EXAMPLE_BATCH, generator)
     length = min(EXAMPLE_LENGTH, model.config.max_seq_len)
     padding_mask = torch.zeros(EXAMPLE_BATCH, length, dtype=torch.bool)
     padding_mask[0, : length - 1] = True
-    user_example = (torch.randn(EXAMPLE_BATCH, length, model.config.embedding_dim), padding_mask)
+    user_example = (torch.randn(EXAMPLE_BATCH, length, model.config.embedding_dim, generator=generator),
+                    padding_mask)
     for module, spec, example in ((ItemEncoder(model), exported.item_spec, item_example),
                                   (UserEncoder(model), exported.user_spec, user_example)):
         export_onnx(module, spec, example, exported.out_dir / spec.onnx_file)
@@ -145,12 +147,12 @@ def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_
     run = open_run(run_dir)
     model, dataset, features = run.model.eval(), run.dataset, run.features
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
-    exported = export_model(model, out_dir, features.gather(torch.arange(EXAMPLE_BATCH)), opset)
+    exported = export_model(model, out_dir, opset)
     report = ExportReport(run_dir, out_dir, run.config["preset"], [exported.item_spec, exported.user_spec])
 
     generator = torch.Generator().manual_seed(0)
-    reference_items, reference_users = exported.references(model)
-    reference_table = catalogue_embeddings(reference_items, features.gather, dataset.num_items)
+    _, reference_users = exported.references(model)
+    reference_table = model.catalogue_embeddings(features.gather, dataset.num_items).cpu().numpy()
 
     def sample_items(batch: int) -> tuple[torch.Tensor, ...]:
         return features.gather(torch.randint(0, dataset.num_items, (batch,), generator=generator))

@@ -11,12 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.spec import ExportSpec
+from export.spec import SPEC_METADATA_KEY, ExportSpec
 
-__all__ = ["SPEC_METADATA_KEY", "export_onnx"]
-
-SPEC_METADATA_KEY = "crossan.export_spec"
-"""ONNX metadata entry holding the spec as JSON, so a served model knows its own limits."""
+__all__ = ["export_onnx"]
 
 
 def export_onnx(module: nn.Module, spec: ExportSpec, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:

@@ -1,31 +1,35 @@
 """Ranking shared by validation and serving: history windows in, top-k catalogue rows out.
 
 Item indices are 1-based (0 is padding, as in `zoo.data`); catalogue rows are 0-based.
+NumPy only, so that serving runs without PyTorch or the zoo.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from zoo.data.dataset import PAD
-from zoo.training.evaluation import left_padded
+__all__ = ["PAD", "history_window", "top_k_rows"]
 
-__all__ = ["history_window", "padded_table", "top_k_rows"]
-
-
-def history_window(histories: Sequence[np.ndarray], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last `length` item indices of each history, left-padded: `window [B, T]` and
-    `padding_mask [B, T]` (True where padding)."""
-    window = left_padded([np.asarray(h, dtype=np.int64) for h in histories], length)
-    return window, window == PAD
+# Equals zoo.data.PAD (a test checks it); importing zoo here would pull PyTorch into serving.
+PAD = 0
 
 
-def padded_table(item_table: np.ndarray) -> torch.Tensor:
-    """`[N + 1, D]` float32: a zero row for the padding index, then the catalogue rows."""
-    table = torch.from_numpy(np.ascontiguousarray(item_table, dtype=np.float32))
-    return torch.cat([torch.zeros(1, table.shape[1]), table])
+def history_window(histories: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last `length` items of each history (1-based item indices), left-padded:
+    catalogue `rows [B, T]` int64 and `padding_mask [B, T]` bool (True where padding).
+
+    Padded positions hold row 0: the user encoder ignores embeddings under the padding mask,
+    so gathering `item_table[rows]` needs no padding row.
+    """
+    rows = np.zeros((len(histories), length), dtype=np.int64)
+    padding_mask = np.ones((len(histories), length), dtype=bool)
+    for i, history in enumerate(histories):
+        tail = np.asarray(history, dtype=np.int64)[-length:]
+        if len(tail):
+            rows[i, length - len(tail):] = tail - 1
+            padding_mask[i, length - len(tail):] = False
+    return rows, padding_mask
 
 
 def top_k_rows(user_vectors: np.ndarray, item_table: np.ndarray, histories: Sequence[np.ndarray],

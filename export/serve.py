@@ -2,6 +2,9 @@
 
     recommender = OnnxRecommender("weights/<run>/export")
     recommender.recommend([["i0001", "i0017"], ["i0042"]], k=10)   # -> two lists of 10 item ids
+
+Imports only NumPy, onnxruntime and safetensors, never PyTorch or the zoo, so a serving
+process stays small (tests/test_serving_imports.py checks it).
 """
 from __future__ import annotations
 
@@ -12,14 +15,23 @@ import numpy as np
 import onnxruntime as ort
 
 from export.item_table import TABLE_FILE, load_item_table
-from export.onnx_export import SPEC_METADATA_KEY
 from export.ranking import history_window, top_k_rows
-from export.spec import ExportSpec
-from export.validation import onnx_providers
+from export.spec import SPEC_METADATA_KEY, ExportSpec
 
-__all__ = ["UnknownItemError", "OnnxRecommender"]
+__all__ = ["UnknownItemError", "OnnxRecommender", "serving_providers"]
 
 USER_ENCODER_FILE = "user_encoder.onnx"
+
+
+def serving_providers() -> list[str]:
+    """onnxruntime execution providers, preferred first: CUDA when onnxruntime lists it, then CPU.
+
+    onnxruntime-gpu lists CUDA even on machines without a GPU; a session then falls back to the
+    CPU provider, which is what serving wants (validation, which must not fall back, checks for a
+    device first).
+    """
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 class UnknownItemError(ValueError):
@@ -46,11 +58,10 @@ class OnnxRecommender:
             if not (export_dir / name).is_file():
                 raise FileNotFoundError(f"{export_dir / name}: missing; write it with `python -m export --run <run>`")
         self.session = ort.InferenceSession(str(export_dir / USER_ENCODER_FILE),
-                                            providers=list(providers or onnx_providers()))
+                                            providers=list(providers or serving_providers()))
         self.spec = ExportSpec.from_json(self.session.get_modelmeta().custom_metadata_map[SPEC_METADATA_KEY])
         self.max_len = self.spec.max_sizes["length"]
         self.item_table, self.item_ids = load_item_table(export_dir / TABLE_FILE)
-        self._padded_table = np.concatenate([np.zeros_like(self.item_table[:1]), self.item_table])
         self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[str]]:
@@ -64,8 +75,9 @@ class OnnxRecommender:
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
         indices = [np.array([self._index[item] for item in history], dtype=np.int64) for history in histories]
-        window, padding_mask = history_window(indices, self.max_len)
+        rows, padding_mask = history_window(indices, self.max_len)
         embeddings_name, mask_name = self.spec.input_names
         (user_vectors,) = self.session.run(list(self.spec.output_names), {
-            embeddings_name: self._padded_table[window.numpy()], mask_name: padding_mask.numpy()})
-        return [[self.item_ids[row] for row in rows] for rows in top_k_rows(user_vectors, self.item_table, indices, k)]
+            embeddings_name: self.item_table[rows], mask_name: padding_mask})
+        ranked = top_k_rows(user_vectors, self.item_table, indices, k)
+        return [[self.item_ids[row] for row in user_rows] for user_rows in ranked]

@@ -1,15 +1,23 @@
-"""Export specs: what each exported encoder must look like and how closely it must match."""
+"""Export specs: what each exported encoder must look like and how closely it must match.
+
+Torch-free: the serving helper reads the spec an ONNX file carries in its metadata.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zoo.models.base import Recommender
+# Serving reads specs without PyTorch, so the model type is for annotations only.
+if TYPE_CHECKING:
+    from zoo.models.base import Recommender
 
-__all__ = ["DEFAULT_OPSET", "TOLERANCE", "ExportSpec", "item_encoder_spec", "user_encoder_spec"]
+__all__ = ["DEFAULT_OPSET", "SPEC_METADATA_KEY", "TOLERANCE", "ExportSpec", "item_encoder_spec",
+           "user_encoder_spec"]
 
 DEFAULT_OPSET = 18
+SPEC_METADATA_KEY = "crossan.export_spec"
+"""ONNX metadata entry holding the spec as JSON, so a served model knows its own limits."""
 TOLERANCE = 1e-4
 """Largest absolute difference from PyTorch allowed in float32 outputs."""
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from export.errors import NameMismatchError, RecommendationMismatchError, ShapeMismatchError, ValueMismatchError
-from export.ranking import history_window, padded_table, top_k_rows
+from export.ranking import history_window, top_k_rows
 from export.spec import ExportSpec
 
 __all__ = ["VALIDATION_BATCH_SIZES", "VALIDATION_LENGTHS", "Case", "Encoder", "TorchEncoder", "OnnxEncoder",
@@ -180,8 +180,9 @@ def item_cases(sample_items: Callable[[int], tuple[torch.Tensor, ...]],
 def user_cases(item_table: torch.Tensor, max_len: int, seed: int = 0,
                batch_sizes: Sequence[int] = VALIDATION_BATCH_SIZES,
                lengths: Sequence[int] = VALIDATION_LENGTHS) -> list[Case]:
-    """User-encoder cases: sequences of rows of `item_table [N, D]`, left-padded with zero
-    embeddings to random lengths; the first sequence of each case is padded but for its last item.
+    """User-encoder cases: sequences of rows of `item_table [N, D]`, left-padded to random
+    lengths; the first sequence of each case is padded but for its last item. Padded positions
+    keep their rows' embeddings, as in serving: the encoder must ignore them under the mask.
 
     Lengths above `max_len` are dropped (the model has no positions for them).
     """
@@ -193,8 +194,7 @@ def user_cases(item_table: torch.Tensor, max_len: int, seed: int = 0,
             kept = torch.randint(1, length + 1, (batch,), generator=generator)
             kept[0] = 1
             padding_mask = torch.arange(length) < (length - kept).unsqueeze(1)
-            embeddings = item_table[rows].float().masked_fill(padding_mask.unsqueeze(-1), 0.0)
-            cases.append((f"B={batch} T={length}", (embeddings, padding_mask)))
+            cases.append((f"B={batch} T={length}", (item_table[rows].float(), padding_mask)))
     return cases
 
 
@@ -208,13 +208,14 @@ def catalogue_embeddings(item_encoder: Encoder, gather: Callable[[torch.Tensor],
 
 def recommend(user_encoder: Encoder, item_table: np.ndarray, histories: Sequence[np.ndarray], max_len: int,
               k: int = 10, batch_size: int = 512) -> list[np.ndarray]:
-    """Top-`k` catalogue rows per history (1-based item indices), history items excluded."""
-    table = padded_table(item_table)
+    """Top-`k` catalogue rows per history (1-based item indices), history items excluded; the
+    user encoder gets `item_table` rows and the padding mask, as in serving."""
+    table = np.ascontiguousarray(item_table, dtype=np.float32)
     ranked: list[np.ndarray] = []
     for start in range(0, len(histories), batch_size):
         batch = histories[start:start + batch_size]
-        window, padding_mask = history_window(batch, max_len)
-        (user_vectors,) = user_encoder(table[window], padding_mask)
+        rows, padding_mask = history_window(batch, max_len)
+        (user_vectors,) = user_encoder(torch.from_numpy(table[rows]), torch.from_numpy(padding_mask))
         ranked += top_k_rows(user_vectors, item_table, batch, k)
     return ranked
 

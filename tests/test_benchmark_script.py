@@ -1,4 +1,4 @@
-"""The real-data benchmark script runs end to end (on the small toy set, one epoch per model)."""
+"""The benchmark scripts run end to end (real data: on the small toy set, one epoch per model; side network: a few items)."""
 from __future__ import annotations
 
 import json
@@ -28,3 +28,14 @@ def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: P
     assert "text_max_tokens" not in details["models"]["sasrec-id"]
     p_value = details["crossan-t_vs_sasrec-id"]["NDCG@10"]["p_value"]
     assert 0 <= p_value <= 1
+
+
+def test_side_network_benchmark_prints_the_four_timings() -> None:
+    """The side-network benchmark's JSON has the documented keys (timings are not asserted)."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/side_network.py", "--items", "8", "--steps", "7", "--json"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report) == {"crossan-tiva", "crossan-tiva-per-tower", "iisan-e-tiva@512", "iisan-e-tiva@1024"}
+    assert all(set(entry) == {"ms_per_step"} and entry["ms_per_step"] > 0 for entry in report.values())

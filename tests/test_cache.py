@@ -1,15 +1,19 @@
-"""Feature cache: round trip, staleness, crash safety; LayerDrop indices; state extraction."""
+"""Feature cache: round trip, staleness, crash safety, damaged files; item features over it; LayerDrop indices;
+state extraction."""
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from zoo.backbones import BackboneSpec, StateExtractor, kept_state_indices, load_backbone
 from zoo.cache import build_states, cache_metadata, cache_path, open_states, write_states
 from zoo.data import read_microlens
+from zoo.features import ItemFeatures
 
 
 def test_kept_indices_follow_layerdrop() -> None:
@@ -35,11 +39,86 @@ def test_write_and_memory_map_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def _file_maps(path: Path) -> list[str]:
+    """This process's memory mappings of `path` (Linux `/proc/self/maps` lines)."""
+    return [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(path.resolve()))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs /proc/self/maps")
+def test_mapped_states_outlive_the_handle_and_never_write_the_file(tmp_path: Path) -> None:
+    states = torch.randn(64, 3, 8).half()
+    path = tmp_path / "states.safetensors"
+    write_states(path, states, {"a": "1"})
+    written = path.read_bytes()
+    mapped = open_states(path, {"a": "1"})
+    gc.collect()  # the safe_open handle is gone; the tensor keeps its own map
+    (line,) = _file_maps(path)
+    assert line.split()[1] == "rw-p"  # private: copy-on-write, never shared with the file
+    assert mapped.untyped_storage().nbytes() >= states.numel() * 2  # the file's data, not a copy of part of it
+    assert torch.equal(mapped, states)
+    mapped[5] = 42.0
+    assert (mapped[5] == 42.0).all() and torch.equal(mapped[6:], states[6:])
+    assert path.read_bytes() == written
+    assert torch.equal(open_states(path, {"a": "1"}), states)
+    del mapped
+    gc.collect()
+    assert _file_maps(path) == []
+
+
+@pytest.mark.parametrize("damage", ["torn data", "torn header", "empty", "header length only", "trailing bytes"])
+def test_damaged_files_do_not_load(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "states.safetensors"
+    write_states(path, torch.randn(10, 3, 8).half(), {"a": "1"})
+    data = path.read_bytes()
+    path.write_bytes({"torn data": data[:-2], "torn header": data[:20], "empty": b"", "header length only": data[:8],
+                      "trailing bytes": data + b"\0\0"}[damage])
+    assert open_states(path, {"a": "1"}) is None
+    assert open_states(path) is None
+
+
+def test_other_dtypes_and_tensor_names_do_not_load(tmp_path: Path) -> None:
+    path = tmp_path / "states.safetensors"
+    write_states(path, torch.randn(10, 3, 8), {"a": "1"})  # float32
+    assert open_states(path, {"a": "1"}) is None
+    save_file({"other": torch.randn(10, 3, 8).half()}, path, metadata={"a": "1"})
+    assert open_states(path, {"a": "1"}) is None
+    save_file({"states": torch.randn(10, 3, 8).half()}, path)  # no metadata at all
+    assert open_states(path, {"a": "1"}) is None
+    assert open_states(path) is not None
+
+
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "states.safetensors"
     with pytest.raises(Exception):
         write_states(path, torch.randn(2, 2, 2).half(), {"bad": 3})  # metadata values must be strings
     assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_item_features_gather_float32_batches_from_the_mapped_cache(tmp_path: Path) -> None:
+    states = torch.randn(10, 3, 8).half()
+    path = tmp_path / "states.safetensors"
+    write_states(path, states, {"a": "1"})
+    mapped = open_states(path)
+    features = ItemFeatures(10, {"text": mapped, "image": states[:, :2]})
+    assert features.modalities == ("text", "image") and features.shapes() == {"text": (3, 8), "image": (2, 8)}
+    rows = torch.tensor([7, 0, 7])
+    text, image = features.gather(rows)
+    assert text.dtype == image.dtype == torch.float32
+    assert torch.equal(text, states[rows].float()) and torch.equal(image, states[rows, :2].float())
+    mapped[7] = 1.0  # gather reads the map itself: nothing was converted up front
+    assert (features.gather(torch.tensor([7]))[0] == 1.0).all()
+
+
+def test_item_features_of_an_id_model_are_the_rows() -> None:
+    features = ItemFeatures(5)
+    rows = torch.tensor([4, 1])
+    (gathered,) = features.gather(rows)
+    assert torch.equal(gathered, rows) and features.shapes() == {} and features.modalities == ()
+
+
+def test_item_features_reject_states_of_another_catalogue() -> None:
+    with pytest.raises(ValueError, match=r"text states must be \[5, S, W\], got \[4, 3, 8\]"):
+        ItemFeatures(5, {"text": torch.zeros(4, 3, 8)})
 
 
 @pytest.mark.parametrize("modality", ["text", "image", "video", "audio"])

@@ -10,6 +10,7 @@ import pytest
 
 from zoo.data import DataError, read_amazon, read_microlens
 from zoo.data.dataset import MIN_INTERACTIONS
+from zoo.errors import ConfigError
 
 PROJECT = Path(__file__).resolve().parents[1]
 AMAZON = PROJECT.parent / "shared" / "data" / "amazon-scientific"
@@ -112,7 +113,7 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(microlens: Path, tm
 
 def test_asking_for_a_modality_the_data_lacks_is_an_error() -> None:
     dataset = read_amazon(AMAZON)
-    with pytest.raises(ValueError, match="has no image content"):
+    with pytest.raises(ConfigError, match="has no image content"):
         dataset.require_modalities(("text", "image"))
 
 

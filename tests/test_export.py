@@ -26,21 +26,22 @@ from export import (ExportedModel, NameMismatchError, OnnxRecommender, Recommend
 from export.__main__ import main as export_main
 from export.item_table import TABLE_FILE, load_item_table
 from export.onnx_export import export_onnx
+from export.ranking import history_window, top_k_rows
 from export.spec import TOLERANCE, item_encoder_spec
 from export.validation import OnnxEncoder, check_agreement, item_cases, user_cases, validate_encoder
 from export.wrappers import ItemEncoder
 from zoo.models.base import Recommender
-from zoo.models.config import SASRecIDConfig
-from zoo.registry import create_model, list_models, preset_config
+from zoo.registry import build_model, list_models, preset_config
 from zoo.runs import open_run
-from zoo.training.evaluation import all_item_embeddings, left_padded
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 50
 # Small enough to export quickly, big enough to keep every code path: two side layers (so towers
-# read each other's previous outputs), MOMEF with k < M, one SASRec block with two heads.
-TINY = {"num_states": 2, "adapter_dim": 8, "num_blocks": 1, "ffn_dim": 32}
+# read each other's previous outputs) over 16-wide features, MOMEF with k < M, one SASRec block
+# with two heads.
+NUM_STATES = 2
 WIDTH = 16
+USER_ENCODER = {"num_blocks": 1, "ffn_dim": 32}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,21 +55,19 @@ def one_torch_thread() -> Iterator[None]:
 
 
 def tiny_model(name: str) -> Recommender:
-    """Preset `name` with tiny widths and fixed random weights."""
-    config = preset_config(name)
+    """Preset `name` fitted to `NUM_ITEMS` items with tiny features, fixed random weights."""
+    config = preset_config(name, **USER_ENCODER)
+    shapes = {m: (NUM_STATES, WIDTH) for m in config.item_features()}
+    config = config.fit_to_data(NUM_ITEMS, shapes)
+    if shapes:  # a side network: small adapters keep the export fast
+        config = dataclasses.replace(config, adapter_dim=8)
     torch.manual_seed(0)
-    if isinstance(config, SASRecIDConfig):
-        return create_model(name, num_items=NUM_ITEMS, num_blocks=1, ffn_dim=32).eval()
-    return create_model(name, backbone_widths=(WIDTH,) * len(config.modalities), **TINY).eval()
+    return build_model(config).eval()
 
 
 def random_item_inputs(model: Recommender, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random states `[B, S, W]` per modality, or random item rows `[B]` for the ID model."""
-    generator = torch.Generator().manual_seed(seed)
-    if isinstance(model.config, SASRecIDConfig):
-        return (torch.randint(0, NUM_ITEMS, (batch,), generator=generator),)
-    return tuple(torch.randn(batch, model.config.num_states, width, generator=generator)
-                 for width in model.config.backbone_widths)
+    """The inputs of `batch` made-up items, the same for the same seed."""
+    return model.random_item_inputs(batch, torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,7 @@ def exported_presets(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
     def get(name: str) -> tuple[Recommender, ExportedModel]:
         if name not in cache:
             model = tiny_model(name)
-            cache[name] = model, export_model(model, tmp_path_factory.mktemp(name), random_item_inputs(model, 2))
+            cache[name] = model, export_model(model, tmp_path_factory.mktemp(name))
         return cache[name]
 
     return get
@@ -193,7 +192,37 @@ def test_size_one_example_is_refused(tmp_path: Path) -> None:
     """A size-1 example would make the batch axis static, so export_onnx refuses it up front."""
     model = tiny_model("sasrec-id")
     with pytest.raises(ValueError, match="at least 2"):
-        export_onnx(ItemEncoder(model), item_encoder_spec(model), (torch.tensor([3]),), tmp_path / "item.onnx")
+        export_onnx(ItemEncoder(model), item_encoder_spec(model), model.random_item_inputs(1), tmp_path / "item.onnx")
+
+
+def test_exported_user_encoder_ignores_padded_embeddings(exported_presets) -> None:
+    """Serving gathers any table row under the padding mask, so what lies there must not matter."""
+    model, exported = exported_presets("crossan-ti")
+    _, users = grid_cases(model)
+    encoder = OnnxEncoder(exported.out_dir / "user_encoder.onnx", exported.user_spec)
+    for label, (embeddings, padding_mask) in users:
+        assert padding_mask[0, :-1].all() and not padding_mask[:, -1].any(), label
+        (with_rows,) = encoder(embeddings, padding_mask)
+        (with_zeros,) = encoder(embeddings.masked_fill(padding_mask.unsqueeze(-1), 0.0), padding_mask)
+        (with_noise,) = encoder(embeddings + 100.0 * padding_mask.unsqueeze(-1), padding_mask)
+        np.testing.assert_array_equal(with_rows, with_zeros, err_msg=label)
+        np.testing.assert_array_equal(with_rows, with_noise, err_msg=label)
+
+
+def test_history_window_left_pads_catalogue_rows() -> None:
+    """1-based item indices in, 0-based catalogue rows out; padded positions point at row 0."""
+    rows, padding_mask = history_window([np.array([3, 5, 7, 9]), np.array([2]), np.array([4, 1])], 3)
+    np.testing.assert_array_equal(rows, [[4, 6, 8], [0, 0, 1], [0, 3, 0]])
+    np.testing.assert_array_equal(padding_mask, [[False, False, False], [True, True, False], [True, False, False]])
+    assert rows.dtype == np.int64 and padding_mask.dtype == np.bool_
+
+
+def test_top_k_rows_excludes_history_and_breaks_ties_by_row() -> None:
+    table = np.array([[1.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 1.0], [3.0, 0.0]], dtype=np.float32)
+    users = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    ranked = top_k_rows(users, table, [np.array([5]), np.array([1, 2, 3, 5])], k=3)
+    np.testing.assert_array_equal(ranked[0], [1, 2, 0])  # row 4 (item 5) seen; rows 1 and 2 tie
+    np.testing.assert_array_equal(ranked[1], [3])  # only one unseen row is left
 
 
 def test_changed_ranking_raises_recommendation_mismatch() -> None:
@@ -238,19 +267,23 @@ def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> No
 
     table, item_ids = load_item_table(toy_export / TABLE_FILE)
     assert item_ids == run.dataset.item_ids
-    reference = all_item_embeddings(run.model, run.features).numpy()
+    reference = run.model.catalogue_embeddings(run.features.gather, run.dataset.num_items).numpy()
     assert table.shape == reference.shape and np.abs(table - reference).max() <= TOLERANCE
 
 
 def pytorch_top10(run_dir: Path, users: list[int]) -> list[list[str]]:
-    """Top-10 item ids the way the evaluator ranks them, straight from the PyTorch model."""
+    """Top-10 item ids the way the evaluator ranks them, straight from the PyTorch model's
+    contract (zero-padded item table, 1-based windows), independent of export.ranking."""
     run = open_run(run_dir)
-    items = all_item_embeddings(run.model, run.features)
-    table = torch.cat([torch.zeros(1, items.shape[1]), items])
+    model, max_len = run.model, run.model.config.max_seq_len
+    items = model.catalogue_embeddings(run.features.gather, run.dataset.num_items)
     histories = [run.dataset.history(u, "test") for u in users]
-    window = left_padded(histories, run.model.config.max_seq_len)
+    window = torch.zeros(len(users), max_len, dtype=torch.long)
+    for row, history in enumerate(histories):
+        tail = torch.as_tensor(history[-max_len:])
+        window[row, max_len - len(tail):] = tail
     with torch.no_grad():
-        scores = run.model.encode_users(table[window], window == 0) @ items.T
+        scores = model.scores(model.user_embeddings(model.item_table(items), window), items)
     for row, history in enumerate(histories):
         scores[row, torch.as_tensor(history - 1)] = -torch.inf
     return [[run.dataset.item_ids[i] for i in row] for row in scores.topk(10).indices.tolist()]

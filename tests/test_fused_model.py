@@ -14,7 +14,7 @@ from rich.console import Console
 import zoo
 from kernels import triton_available
 from zoo.data import read_microlens
-from zoo.training.features import ItemFeatures
+from zoo.features import ItemFeatures
 from zoo.training.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
 
 import zoo
-from zoo.models.config import SideNetworkConfig
+from kernels import triton_available
 from zoo.registry import config_from_dict
 
 
@@ -24,19 +25,21 @@ def test_trainable_parameters_match_paper(name: str, overrides: dict, expected: 
     assert trainable(zoo.create_model(name, **overrides)) == expected
 
 
-def small_model(name: str) -> zoo.models.Recommender:
-    config = zoo.preset_config(name)
-    if isinstance(config, SideNetworkConfig):
-        widths = tuple(12 + 4 * i for i in range(len(config.modalities)))  # differing widths -> projections
-        return zoo.create_model(name, backbone_widths=widths, num_states=3, adapter_dim=8, side_width=16)
-    return zoo.create_model(name, num_items=30)
+SIDE_PRESETS = [name for name in zoo.list_models() if zoo.preset_config(name).item_features()]
+
+
+def small_model(name: str, **overrides) -> zoo.models.Recommender:
+    """The preset fitted to 30 items and 3 states of differing widths (so projections are used)."""
+    config = zoo.preset_config(name, **overrides)
+    shapes = {m: (3, 12 + 4 * i) for i, m in enumerate(config.item_features())}
+    config = config.fit_to_data(30, shapes)
+    if shapes:
+        config = dataclasses.replace(config, adapter_dim=8, side_width=16)
+    return zoo.build_model(config)
 
 
 def item_inputs(model: zoo.models.Recommender, n: int) -> tuple[torch.Tensor, ...]:
-    config = model.config
-    if isinstance(config, SideNetworkConfig):
-        return tuple(torch.randn(n, config.num_states, w) for w in config.backbone_widths)
-    return (torch.arange(n) % config.num_items,)
+    return model.random_item_inputs(n, torch.Generator().manual_seed(n))
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
@@ -94,6 +97,73 @@ def test_gate_parameter_counts() -> None:
     assert gates(zoo.create_model("crossan-tiva")) == 140
     assert gates(zoo.create_model("iisan-e-tiva")) == 56
     assert gates(zoo.create_model("iisan-ti")) == 21
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter moved off its initial value (gates unsaturated: IISAN divides theta by 0.1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            std = 0.05 if name.endswith("theta") else 0.5 if name.endswith("logits") else 0.1
+            parameter.add_(std * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def outputs_and_gradients(model, method: str, inputs: tuple[torch.Tensor, ...]
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    outputs = getattr(model, method)(model.side_states(inputs))
+    (outputs * outputs.sin()).float().sum().backward()
+    return outputs.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+# float32: the batched layer sums in another order than the per-tower reference.
+BATCHED_TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", SIDE_PRESETS)
+def test_batched_side_network_matches_per_tower_reference(name: str) -> None:
+    """Forward and every gradient (gate logits, adapter weights and biases, projections) of the
+    batched side layer against the per-tower formulation, on the same parameters."""
+    model = perturbed(small_model(name).train())
+    inputs = item_inputs(model, 9)
+    outputs, grads = outputs_and_gradients(model, "tower_outputs", inputs)
+    reference, reference_grads = outputs_and_gradients(model, "per_tower_outputs", inputs)
+    assert outputs.shape == (model.config.num_towers, 9, 16)
+    torch.testing.assert_close(outputs, reference, **BATCHED_TOLERANCE)
+    assert grads.keys() == reference_grads.keys() and any("gates" in n for n in grads)
+    for key, reference_grad in reference_grads.items():
+        torch.testing.assert_close(grads[key], reference_grad, **BATCHED_TOLERANCE, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.skipif(not triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, dict(atol=1e-5, rtol=1e-5)),
+                                                  (torch.float16, dict(atol=2e-2, rtol=2e-2))], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", ["crossan-tiva", "indsan-ti", "iisan-e-tiva"])
+def test_triton_side_network_matches_per_tower_reference(name: str, dtype: torch.dtype, tolerance: dict) -> None:
+    """The fused kernel path (Triton interpreter) against the per-tower reference; in fp16 the
+    reference runs in fp16 too, so the tolerance covers two different fp16 roundings."""
+    model = perturbed(small_model(name, mixer_backend="triton")).to(dtype)
+    inputs = item_inputs(model, 9)
+    outputs, grads = outputs_and_gradients(model, "tower_outputs", inputs)
+    reference, reference_grads = outputs_and_gradients(model, "per_tower_outputs", inputs)
+    torch.testing.assert_close(outputs, reference, **tolerance)
+    for key, reference_grad in reference_grads.items():
+        torch.testing.assert_close(grads[key], reference_grad, **tolerance, msg=lambda m: f"{key}: {m}")
+
+
+def test_gate_table_reads_every_tower_layer_and_input() -> None:
+    model = perturbed(small_model("iisan-e-tiva"))
+    mixing, towers, sources = model.gate_table()
+    assert mixing.shape == (3, 5, 9) and towers == ("text", "image", "video", "audio", "inter")
+    assert sources[:4] == ("state:text", "state:image", "state:video", "state:audio") and sources[8] == "output:inter"
+    intra = torch.sigmoid(model.side.gates.mixers["intra"].theta / 0.1)  # [L, M]
+    torch.testing.assert_close(mixing[:, 1, 1], intra[:, 1])
+    torch.testing.assert_close(mixing[:, 1, 5], 1 - intra[:, 1])
+    torch.testing.assert_close(mixing[:, 4, 8], torch.ones(3))
+    torch.testing.assert_close(mixing[:, 4, :4].sum(-1), torch.ones(3))
+    assert not mixing.requires_grad
 
 
 def test_optimizer_step_changes_only_trainable_parameters() -> None:

@@ -16,6 +16,7 @@ from zoo.data import toy
 from zoo.data.errors import DataError
 from zoo.data.media import read_audio, read_cover, read_video_frames
 from zoo.data.toy import TOY_ATTRIBUTES, generate_toy, toy_item_attributes, toy_next_attributes
+from zoo.errors import UserError
 
 SMALL = {"num_items": 40, "num_users": 50}
 TINY = {"num_items": 16, "num_users": 10}
@@ -199,6 +200,7 @@ def test_data_error_format() -> None:
     assert str(DataError("plain")) == "plain"
     error = pickle.loads(pickle.dumps(DataError("bad row", "x.tsv", 3)))
     assert str(error) == "x.tsv:3: bad row" and error.line == 3
+    assert isinstance(error, UserError)  # the command line prints it as one line
 
 
 def test_missing_and_corrupt_media_raise_data_error(tmp_path: Path) -> None:

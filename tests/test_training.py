@@ -14,10 +14,10 @@ from rich.console import Console
 import zoo
 from zoo.data import read_microlens
 from zoo.data.dataset import SequenceDataset
+from zoo.features import ItemFeatures
 from zoo.pipeline import FeatureSettings, describe_data, train_and_save
 from zoo.runs import open_run
-from zoo.training.evaluation import evaluate_model
-from zoo.training.features import ItemFeatures
+from zoo.training.evaluation import evaluate_model, evaluate_popularity
 from zoo.training.trainer import TrainConfig, Trainer, training_windows
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -81,6 +81,18 @@ def test_same_seed_gives_identical_metrics(crossan_run: tuple[Path, dict], toy_r
     second = train(toy_root, cache_dir, tmp_path / "again", "crossan-tiva")
     assert second["test"] == first["test"] and second["valid"] == first["valid"]
     assert second["best_epoch"] == first["best_epoch"]
+
+
+def test_evaluation_ranks_by_the_models_scores(toy_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose scores ignore the user and are the training counts ranks like the popularity baseline."""
+    dataset = read_microlens(toy_root, name="toy")
+    model = zoo.create_model("sasrec-id", num_items=dataset.num_items)
+    counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
+    monkeypatch.setattr(model, "scores", lambda users, items: counts.expand(len(users), -1))
+    for split in ("valid", "test"):
+        result = evaluate_model(model, dataset, ItemFeatures(dataset.num_items), split)
+        popularity = evaluate_popularity(dataset, split)
+        assert torch.equal(result.ranks, popularity.ranks) and result.metrics == popularity.metrics
 
 
 def test_id_baseline_trains(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:

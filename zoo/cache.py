@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from zoo.atomic import atomic_write
@@ -48,32 +47,24 @@ def cache_path(cache_dir: Path, metadata: dict[str, str], modality: str) -> Path
     return Path(cache_dir) / "features" / metadata["dataset"] / f"{modality}-{key}.safetensors"
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], int]:
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        return json.loads(handle.read(length)), 8 + length
-
-
 def open_states(path: Path, expected: dict[str, str] | None = None) -> torch.Tensor | None:
-    """Memory-map the cached states `[N, S, W]` (float16); None when missing, unreadable or stale."""
+    """Memory-map the cached states `[N, S, W]` (float16); None when missing, unreadable, truncated,
+    of another dtype or stale (metadata other than `expected`)."""
     if not path.is_file():
         return None
     try:
-        header, data_start = _read_header(path)
-        entry = header[TENSOR_NAME]
-        if entry["dtype"] != "F16":
-            return None
-        if expected is not None and header.get("__metadata__") != expected:
-            return None
-        begin, end = entry["data_offsets"]
-        shape = tuple(entry["shape"])
-        if end - begin != 2 * int(np.prod(shape)) or path.stat().st_size < data_start + end:
-            return None
-    except (OSError, ValueError, KeyError, struct.error):
+        # safe_open rejects a header that does not cover the file exactly (torn or padded files)
+        # and tensor offsets that disagree with their dtype and shape.
+        with safe_open(path, framework="pt") as handle:
+            if expected is not None and handle.metadata() != expected:
+                return None
+            if handle.get_slice(TENSOR_NAME).get_dtype() != "F16":
+                return None
+            # A private (copy-on-write) map of the file that outlives the handle: pages are read
+            # lazily, and writes to the tensor stay in this process, never reaching the file.
+            return handle.get_tensor(TENSOR_NAME)
+    except (OSError, SafetensorError):
         return None
-    # Copy-on-write map: pages are read lazily from disk and the file is never modified.
-    array = np.memmap(path, dtype=np.float16, mode="c", offset=data_start + begin, shape=shape)
-    return torch.from_numpy(array)
 
 
 def check_media(dataset: SequenceDataset, modality: str, allow_missing: bool) -> set[int]:

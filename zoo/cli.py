@@ -6,24 +6,23 @@ from typing import Callable
 
 from rich.table import Table
 
-from zoo.data.errors import DataError
-from zoo.training.metrics import CUTOFFS
+from zoo.errors import UserError
+from zoo.training.metrics import METRIC_NAMES
 
 __all__ = ["METRIC_NAMES", "metrics_table", "run_cli"]
 
-METRIC_NAMES = tuple(f"{kind}@{k}" for kind in ("HR", "NDCG") for k in CUTOFFS)
-
-# Errors a user can fix (bad input, bad option, missing file); anything else is a bug and
-# keeps its traceback.
-USER_ERRORS = (DataError, ValueError, FileNotFoundError)
-
 
 def run_cli(main: Callable[[], int]) -> None:
-    """Run `main`; user errors print one line on stderr and exit with status 2."""
+    """Run `main`; a `UserError` prints one line on stderr and exits with status 2.
+
+    Any other exception is a bug and keeps its traceback (a plain `ValueError` included).
+    """
     try:
         sys.exit(main())
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+    except UserError as error:
+        # One line even if a message slipped in a newline (e.g. from a wrapped library error).
+        message = " ".join(str(error).splitlines())
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,13 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec, StateExtractor, load_backbone
 from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
 from zoo.data import SequenceDataset
+from zoo.errors import ConfigError
+from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
-from zoo.models.config import SASRecIDConfig, SideNetworkConfig
 from zoo.registry import build_model, preset_config
 from zoo.runs import Run
 from zoo.training.checkpoint import save_per_user, save_weights, write_json
 from zoo.training.evaluation import evaluate_popularity
-from zoo.training.features import ItemFeatures
 from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome
 
 __all__ = ["FeatureSettings", "prepare_features", "configure_model", "train_and_save", "resolve_device"]
@@ -51,9 +51,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
 
 
@@ -91,24 +91,8 @@ def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], sett
 
 def configure_model(preset: str, dataset: SequenceDataset, feature_shapes: dict[str, tuple[int, int]],
                     overrides: dict[str, Any]) -> Recommender:
-    """Build the preset's model for this data set's catalogue and cached feature shapes."""
-    base = preset_config(preset, **overrides)
-    if isinstance(base, SASRecIDConfig):
-        config = dataclasses.replace(base, num_items=dataset.num_items)
-    elif isinstance(base, SideNetworkConfig):
-        num_states = {s for s, _ in feature_shapes.values()}
-        if len(num_states) != 1:
-            raise ValueError(f"modalities keep different numbers of states: {feature_shapes}")
-        config = dataclasses.replace(base, backbone_widths=tuple(feature_shapes[m][1] for m in base.modalities),
-                                     num_states=num_states.pop())
-    else:
-        raise TypeError(f"no data wiring for {type(base).__name__}")
-    return build_model(config)
-
-
-def model_modalities(preset: str, overrides: dict[str, Any]) -> tuple[str, ...]:
-    config = preset_config(preset, **overrides)
-    return tuple(config.modalities) if isinstance(config, SideNetworkConfig) else ()
+    """Build the preset's model fitted to this data set's catalogue and cached feature shapes."""
+    return build_model(preset_config(preset, **overrides).fit_to_data(dataset.num_items, feature_shapes))
 
 
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
@@ -120,7 +104,7 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     Returns the outcome, metrics.json, and the run in memory (the model holds its best-epoch
     weights), so callers that evaluate further need not reopen it from disk.
     """
-    modalities = model_modalities(preset, model_overrides)
+    modalities = preset_config(preset, **model_overrides).item_features()
     states, backbones = prepare_features(dataset, modalities, settings, device, console)
     features = ItemFeatures(dataset.num_items, states, device)
     torch.manual_seed(train_config.seed)
@@ -162,7 +146,7 @@ def parse_assignments(pairs: list[str], what: str) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
-            raise ValueError(f"{what} expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{what} expects KEY=VALUE, got {pair!r}")
         parsed[key.strip()] = value.strip()
     return parsed
 

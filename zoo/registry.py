@@ -1,59 +1,86 @@
-"""Registry: architecture names -> (config class, model class); presets -> built models."""
+"""Registry: architecture names -> (config class, model class), preset names -> config fields.
+
+A model file registers its architecture and presets with `@register_model` on its model
+class (timm-style); `zoo.models` imports every model file in its folder, so a new
+architecture is one new file there.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zoo.models.base import Recommender
-from zoo.models.config import CrossanConfig, IISANConfig, RecommenderConfig, SASRecIDConfig
-from zoo.models.crossan import Crossan
-from zoo.models.iisan import IISAN
-from zoo.models.presets import PRESETS
-from zoo.models.sasrec_id import SASRecID
+from zoo.errors import ConfigError, MissingFileError
 
-__all__ = ["ARCHITECTURES", "create_model", "list_models", "preset_config", "config_from_dict",
+if TYPE_CHECKING:  # zoo.models imports this module to register itself
+    from zoo.models.base import Recommender
+    from zoo.models.config import RecommenderConfig
+
+__all__ = ["register_model", "architectures", "create_model", "list_models", "preset_config", "config_from_dict",
            "build_model", "load_model"]
 
-ARCHITECTURES: dict[str, tuple[type[RecommenderConfig], type[Recommender]]] = {
-    CrossanConfig.architecture: (CrossanConfig, Crossan),
-    IISANConfig.architecture: (IISANConfig, IISAN),
-    SASRecIDConfig.architecture: (SASRecIDConfig, SASRecID),
-}
+_ARCHITECTURES: dict[str, tuple[type[RecommenderConfig], type[Recommender]]] = {}
+_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def register_model(config_class: type[RecommenderConfig], presets: Mapping[str, Mapping[str, Any]]
+                   ) -> Callable[[type[Recommender]], type[Recommender]]:
+    """Class decorator: register the model class under `config_class.architecture`, with its
+    presets (name -> config fields the preset sets; the rest keep the config defaults)."""
+
+    def register(model_class: type[Recommender]) -> type[Recommender]:
+        name = config_class.architecture
+        if not name or name in _ARCHITECTURES:
+            raise ValueError(f"architecture name {name!r} is empty or registered twice")
+        clashes = sorted(set(presets) & set(_PRESETS))
+        if clashes:
+            raise ValueError(f"presets registered twice: {', '.join(clashes)}")
+        _ARCHITECTURES[name] = (config_class, model_class)
+        for preset, fields in presets.items():
+            _PRESETS[preset] = (name, dict(fields))
+        return model_class
+
+    return register
+
+
+def architectures() -> dict[str, tuple[type[RecommenderConfig], type[Recommender]]]:
+    """Registered architectures: name -> (config class, model class)."""
+    return dict(_ARCHITECTURES)
 
 
 def list_models() -> list[str]:
     """Names of every registered preset, sorted."""
-    return sorted(PRESETS)
+    return sorted(_PRESETS)
 
 
 def preset_config(name: str, **overrides: Any) -> RecommenderConfig:
     """The config of preset `name` with `overrides` applied (None values are ignored)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    fields = dict(PRESETS[name])
-    config_cls, _ = ARCHITECTURES[fields.pop("architecture")]
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    architecture, fields = _PRESETS[name]
+    config_cls = _ARCHITECTURES[architecture][0]
+    fields = {**fields, **{k: v for k, v in overrides.items() if v is not None}}
     valid = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(fields) - valid)
     if unknown:
-        raise ValueError(f"{name}: unknown config field(s) {', '.join(unknown)}; "
-                         f"{config_cls.__name__} has {', '.join(sorted(valid))}")
+        raise ConfigError(f"{name}: unknown config field(s) {', '.join(unknown)}; "
+                          f"{config_cls.__name__} has {', '.join(sorted(valid))}")
     return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def config_from_dict(values: dict[str, Any]) -> RecommenderConfig:
     """Rebuild a config saved with `to_dict` (dispatching on its `architecture`)."""
     architecture = values.get("architecture")
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[architecture][0].from_dict(values)
+    if architecture not in _ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {architecture!r}; known: {', '.join(_ARCHITECTURES)}")
+    return _ARCHITECTURES[architecture][0].from_dict(values)
 
 
 def build_model(config: RecommenderConfig) -> Recommender:
     """Instantiate the model class registered for `config`'s architecture."""
-    return ARCHITECTURES[config.architecture][1](config)
+    return _ARCHITECTURES[config.architecture][1](config)
 
 
 def create_model(name: str, **overrides: Any) -> Recommender:
@@ -73,7 +100,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> Recommender:
     weights_path = run_dir / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; is {run_dir} a finished training run?")
+            raise MissingFileError(f"{path}: missing; is {run_dir} a finished training run?")
     model = build_model(config_from_dict(json.loads(config_path.read_text())["model"]))
     model.load_state_dict(load_file(weights_path, device=device), strict=True)
     return model.to(device).eval()

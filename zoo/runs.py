@@ -8,11 +8,12 @@ from typing import Any
 import torch
 
 from zoo.cache import open_states
-from zoo.data import SequenceDataset, load_dataset
+from zoo.data import DataError, SequenceDataset, load_dataset
+from zoo.errors import MissingFileError
+from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
 from zoo.registry import load_model
 from zoo.training.checkpoint import read_json
-from zoo.training.features import ItemFeatures
 
 __all__ = ["Run", "open_run"]
 
@@ -32,21 +33,21 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     """Load a run directory written by `train.py`; the data set must still be where it was."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
+        raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
     config = read_json(run_dir / "config.json")
     model = load_model(run_dir, device=str(device))
     data = config["data"]
     dataset = load_dataset(data["kind"], Path(data["root"]), Path(".cache"), data.get("cover_dir", "covers"),
                            data.get("video_dir", "videos"))
     if dataset.fingerprint() != data["fingerprint"]:
-        raise ValueError(f"the data set at {data['root']} changed since {run_dir} was trained "
-                         f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']})")
+        raise DataError(f"the data set at {data['root']} changed since {run_dir} was trained "
+                        f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']})")
     states = {}
     for modality, backbone in config["features"]["backbones"].items():
         cache_file = Path(backbone["cache_file"])
         tensor = open_states(cache_file)
         if tensor is None:
-            raise FileNotFoundError(f"{cache_file}: cached {modality} states are missing or unreadable; "
-                                    f"rerun train.py with the same options to rebuild them")
+            raise MissingFileError(f"{cache_file}: cached {modality} states are missing or unreadable; "
+                                   f"rerun train.py with the same options to rebuild them")
         states[modality] = tensor
     return Run(run_dir, config, model, dataset, ItemFeatures(dataset.num_items, states, device))

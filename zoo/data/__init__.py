@@ -6,6 +6,7 @@ from pathlib import Path
 from zoo.data.dataset import MIN_INTERACTIONS, PAD, SequenceDataset
 from zoo.data.errors import DataError
 from zoo.data.readers import read_amazon, read_microlens
+from zoo.errors import ConfigError
 
 __all__ = ["DATA_KINDS", "MIN_INTERACTIONS", "PAD", "DataError", "SequenceDataset", "load_dataset",
            "read_amazon", "read_microlens"]
@@ -29,9 +30,9 @@ def load_dataset(kind: str, root: Path | None, cache_dir: Path, cover_dir: str =
             generate_toy(root)
         return read_microlens(Path(root), name="toy")
     if root is None:
-        raise ValueError(f"--data {kind} needs --data-root DIR")
+        raise ConfigError(f"--data {kind} needs --data-root DIR")
     if kind == "microlens":
         return read_microlens(Path(root), cover_dir=cover_dir, video_dir=video_dir)
     if kind == "amazon":
         return read_amazon(Path(root))
-    raise ValueError(f"unknown data set kind {kind!r}; choose one of {DATA_KINDS}")
+    raise ConfigError(f"unknown data set kind {kind!r}; choose one of {DATA_KINDS}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.errors import ConfigError
+
 __all__ = ["SequenceDataset", "PAD", "MIN_INTERACTIONS"]
 
 PAD = 0
@@ -59,8 +61,8 @@ class SequenceDataset:
         """Raise a clear error when a model asks for content this data set lacks."""
         missing = [m for m in modalities if m not in self.modalities]
         if missing:
-            raise ValueError(f"data set {self.name!r} at {self.root} has no {', '.join(missing)} content "
-                             f"(it provides: {', '.join(self.modalities) or 'nothing'})")
+            raise ConfigError(f"data set {self.name!r} at {self.root} has no {', '.join(missing)} content "
+                              f"(it provides: {', '.join(self.modalities) or 'nothing'})")
 
     def history(self, user: int, split: str) -> np.ndarray:
         """Items the user had before the `split` target (`train` = the training prefix)."""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zoo.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Bad or missing input data; `str()` is ``"<path>:<line>: <message>"``.
 
     The path and line parts are left out when unknown. The arguments are kept in

@@ -1,4 +1,8 @@
-"""One side-network layer: a gated mix of K inputs feeding a Houlsby adapter."""
+"""One tower's side layer written out on its own: a gated mix of K stacked inputs feeding a Houlsby adapter.
+
+This is the per-tower formulation the batched side network (`zoo.layers.side_network`) is
+tested and benchmarked against; it is also the readable definition of what one tower does.
+"""
 from __future__ import annotations
 
 import torch
@@ -11,7 +15,7 @@ __all__ = ["GatedAdapterLayer"]
 
 
 class GatedAdapterLayer(nn.Module):
-    """`Z = A(x)` with `x = mixer(inputs)`; mix and down-projection run fused."""
+    """`Z = A(mixer(inputs))`."""
 
     def __init__(self, mixer: GatedCrossModalMixer, adapter: HoulsbyAdapter) -> None:
         super().__init__()
@@ -20,5 +24,4 @@ class GatedAdapterLayer(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs [K, N, W] -> [N, W]`."""
-        x, hidden = self.mixer.mix_down(inputs, self.adapter)
-        return self.adapter.up_residual(x, hidden)
+        return self.adapter(self.mixer(inputs))

@@ -23,9 +23,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from zoo.layers.adapter import HoulsbyAdapter
+from zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
 from zoo.layers.fusion import make_fusion
+from zoo.layers.head import TowerHead
 from zoo.layers.sasrec import SASRec
+from zoo.layers.side_network import SideGates, SideNetwork
 from zoo.data.dataset import PAD
 from zoo.models.config import RecommenderConfig, SideNetworkConfig
 
@@ -93,13 +95,15 @@ class Recommender(nn.Module):
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """Parameters of the Houlsby adapters (their own optimiser group)."""
-        return [p for m in self.modules() if isinstance(m, HoulsbyAdapter) for p in m.parameters()]
+        return [p for m in self.modules() if isinstance(m, (HoulsbyAdapter, TowerAdapters)) for p in m.parameters()]
 
 
 class SideNetworkRecommender(Recommender):
     """Side towers over cached backbone states -> per-tower heads -> fusion -> item embedding.
 
-    Subclasses implement `tower_outputs`, the last side layer's output of every tower.
+    The side network is `zoo.layers.side_network.SideNetwork`; subclasses say how its gates are
+    wired (`make_gates`) and write the same network out one tower at a time
+    (`per_tower_outputs`, the slow reference the batched layer is tested against).
     """
 
     config: SideNetworkConfig
@@ -111,10 +115,15 @@ class SideNetworkRecommender(Recommender):
         # Backbones narrower or wider than the side width get a learned projection.
         self.projections = nn.ModuleList(
             nn.Identity() if w == width else nn.Linear(w, width) for w in config.backbone_widths)
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, width), nn.Linear(width, config.embedding_dim))
-            for _ in range(config.num_towers))
+        self.side = SideNetwork(self.make_gates(config), width, config.adapter_dim, config.adapter_activation,
+                                config.mixer_backend)
+        self.heads = nn.ModuleList(TowerHead(width, config.embedding_dim) for _ in range(config.num_towers))
         self.fusion = make_fusion(config.fusion, config.num_towers, config.embedding_dim, config.top_k)
+
+    @staticmethod
+    def make_gates(config: SideNetworkConfig) -> SideGates:
+        """The gates of every side layer: which sources feed which tower, through which mixer."""
+        raise NotImplementedError
 
     @property
     def item_input_names(self) -> tuple[str, ...]:
@@ -124,29 +133,44 @@ class SideNetworkRecommender(Recommender):
         return tuple(torch.randn(num_items, self.config.num_states, width, generator=generator)
                      for width in self.config.backbone_widths)
 
-    def projected_states(self, item_inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        """Per modality `[S, N, W]`: backbone states moved to the side width, layer-major."""
+    def side_states(self, item_inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Layer-major states `[L, M, N, W]` at the side width from per-modality inputs `[N, L, W_m]`:
+        one copy of the batch, after which every side layer reads its states in place."""
         if len(item_inputs) != len(self.config.modalities):
             raise ValueError(f"expected {len(self.config.modalities)} state tensors "
                              f"({', '.join(self.item_input_names)}), got {len(item_inputs)}")
+        dtype = self.heads[0].hidden.weight.dtype
         projected = []
         for modality, states, projection, width in zip(self.config.modalities, item_inputs, self.projections,
                                                        self.config.backbone_widths):
             if states.dim() != 3 or states.shape[1] != self.config.num_states or states.shape[2] != width:
                 raise ValueError(f"states_{modality} must be [N, {self.config.num_states}, {width}], "
                                  f"got {list(states.shape)}")
-            projected.append(projection(states.transpose(0, 1)))
-        return projected
+            projected.append(projection(states.to(dtype)).transpose(0, 1))
+        return torch.stack(projected, dim=1)
 
-    def tower_outputs(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Last-layer side outputs `[N, W]` per tower from layer-major states `[S, N, W]`."""
+    def tower_outputs(self, states: torch.Tensor) -> torch.Tensor:
+        """Last-layer side outputs `[T, N, W]` of every tower from layer-major states `[L, M, N, W]`."""
+        return self.side(states)
+
+    def per_tower_outputs(self, states: torch.Tensor) -> torch.Tensor:
+        """The same as `tower_outputs`, one tower at a time with stacked inputs and the standalone
+        mixer and adapter modules, on this model's parameters. Slow: for tests and benchmarks."""
         raise NotImplementedError
 
     def tower_embeddings(self, *item_inputs: torch.Tensor) -> torch.Tensor:
-        """Per-tower item embeddings `[N, towers, D]` (before fusion)."""
-        dtype = self.heads[0][0].weight.dtype
-        outputs = self.tower_outputs(self.projected_states(tuple(s.to(dtype) for s in item_inputs)))
+        """Per-tower item embeddings `[N, T, D]` (before fusion)."""
+        return self.head_embeddings(self.tower_outputs(self.side_states(item_inputs)))
+
+    def head_embeddings(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per-tower item embeddings `[N, T, D]` from the towers' last side outputs `[T, N, W]`."""
         return torch.stack([head(z) for head, z in zip(self.heads, outputs)], dim=1)
 
     def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         return self.fusion(self.tower_embeddings(*item_inputs))
+
+    def gate_table(self) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
+        """Gate values for analyses: mixing matrices `[L, T, M + T]` (float32, detached), tower
+        names and source names (`state:<modality>`, then `output:<tower>`)."""
+        gates = self.side.gates
+        return gates.mixing().detach(), gates.tower_names, gates.source_names()

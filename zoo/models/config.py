@@ -1,17 +1,19 @@
-"""Configuration dataclasses: one per model family, frozen, JSON round-trippable."""
+"""Configuration bases shared by the model files: frozen dataclasses, JSON round-trippable.
+
+Each model file defines its own config subclass next to its model."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from kernels import BACKENDS
+from zoo.errors import ConfigError
 from zoo.layers.activations import ACTIVATIONS
 from zoo.layers.fusion import FUSIONS
-from zoo.layers.mixer import BACKENDS
 
-__all__ = ["MODALITIES", "RecommenderConfig", "SideNetworkConfig", "CrossanConfig", "IISANConfig",
-           "SASRecIDConfig", "PAPER_BACKBONE_WIDTH", "PAPER_NUM_STATES"]
+__all__ = ["MODALITIES", "RecommenderConfig", "SideNetworkConfig", "PAPER_BACKBONE_WIDTH", "PAPER_NUM_STATES"]
 
 MODALITIES = ("text", "image", "video", "audio")
 PAPER_BACKBONE_WIDTH = 768
@@ -34,12 +36,12 @@ class RecommenderConfig:
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "max_seq_len", "num_blocks", "num_heads", "ffn_dim"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.embedding_dim % self.num_heads:
-            raise ValueError(f"embedding_dim {self.embedding_dim} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(f"embedding_dim {self.embedding_dim} is not divisible by num_heads {self.num_heads}")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
     def item_features(self) -> tuple[str, ...]:
         """Modalities whose cached item features the model reads, in input order (empty: none)."""
@@ -63,7 +65,7 @@ class RecommenderConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+            raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
@@ -86,24 +88,24 @@ class SideNetworkConfig(RecommenderConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.modalities:
-            raise ValueError("at least one modality is required")
+            raise ConfigError("at least one modality is required")
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities must be distinct names from {MODALITIES}, got {self.modalities}")
+            raise ConfigError(f"modalities must be distinct names from {MODALITIES}, got {self.modalities}")
         if not self.backbone_widths:
             object.__setattr__(self, "backbone_widths", (PAPER_BACKBONE_WIDTH,) * len(self.modalities))
         if len(self.backbone_widths) != len(self.modalities):
-            raise ValueError(f"{len(self.modalities)} modalities but {len(self.backbone_widths)} backbone widths")
+            raise ConfigError(f"{len(self.modalities)} modalities but {len(self.backbone_widths)} backbone widths")
         if self.num_states < 1 or self.adapter_dim < 1 or self.side_width < 0:
-            raise ValueError("num_states and adapter_dim must be positive and side_width non-negative")
+            raise ConfigError("num_states and adapter_dim must be positive and side_width non-negative")
         if self.adapter_activation not in ACTIVATIONS:
-            raise ValueError(f"adapter_activation must be one of {ACTIVATIONS}, got {self.adapter_activation!r}")
+            raise ConfigError(f"adapter_activation must be one of {ACTIVATIONS}, got {self.adapter_activation!r}")
         if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.mixer_backend not in BACKENDS:
-            raise ValueError(f"mixer_backend must be one of {BACKENDS}, got {self.mixer_backend!r}")
+            raise ConfigError(f"mixer_backend must be one of {BACKENDS}, got {self.mixer_backend!r}")
         if self.fusion == "momef" and not 1 <= self.top_k <= self.num_towers:
-            raise ValueError(f"top_k must lie in 1..{self.num_towers} for {self.num_towers} towers, got {self.top_k}")
+            raise ConfigError(f"top_k must lie in 1..{self.num_towers} for {self.num_towers} towers, got {self.top_k}")
 
     @property
     def num_towers(self) -> int:
@@ -116,10 +118,10 @@ class SideNetworkConfig(RecommenderConfig):
         """Backbone widths and the number of kept states from the feature cache."""
         missing = [m for m in self.modalities if m not in feature_shapes]
         if missing:
-            raise ValueError(f"no cached features for modalities {', '.join(missing)}")
+            raise ConfigError(f"no cached features for modalities {', '.join(missing)}")
         num_states = {feature_shapes[m][0] for m in self.modalities}
         if len(num_states) != 1:
-            raise ValueError(f"modalities keep different numbers of states: {dict(feature_shapes)}")
+            raise ConfigError(f"modalities keep different numbers of states: {dict(feature_shapes)}")
         return dataclasses.replace(self, backbone_widths=tuple(feature_shapes[m][1] for m in self.modalities),
                                    num_states=num_states.pop())
 
@@ -130,51 +132,3 @@ class SideNetworkConfig(RecommenderConfig):
             return self.side_width
         widths = set(self.backbone_widths)
         return widths.pop() if len(widths) == 1 else PAPER_BACKBONE_WIDTH
-
-
-@dataclass(frozen=True)
-class CrossanConfig(SideNetworkConfig):
-    """CROSSAN (`cross_modal=True`) or INDSAN (independent towers, `cross_modal=False`)."""
-
-    architecture: ClassVar[str] = "crossan"
-    cross_modal: bool = field(default=True, metadata={
-        "help": "mix every modality's previous adapter output (CROSSAN) or only the tower's own (INDSAN)"})
-
-
-@dataclass(frozen=True)
-class IISANConfig(SideNetworkConfig):
-    """IISAN / IISAN-E: sigmoid-gated intra towers plus one inter tower over backbone states."""
-
-    architecture: ClassVar[str] = "iisan"
-    fusion: str = "concat"
-    gate_temperature: float = field(default=0.1, metadata={"help": "g = sigmoid(theta / temperature)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if len(self.modalities) < 2:
-            raise ValueError("IISAN needs at least two modalities (its inter tower mixes them)")
-        if self.gate_temperature <= 0:
-            raise ValueError(f"gate_temperature must be positive, got {self.gate_temperature}")
-
-    @property
-    def num_towers(self) -> int:
-        return len(self.modalities) + 1
-
-
-@dataclass(frozen=True)
-class SASRecIDConfig(RecommenderConfig):
-    """SASRec over learned item-ID embeddings: the ID baseline, same loss and protocol."""
-
-    architecture: ClassVar[str] = "sasrec-id"
-    num_items: int = field(default=0, metadata={"help": "catalogue size (set from the data set)"})
-    dropout: float = 0.5
-    attention_dropout: float = 0.5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_items < 0:
-            raise ValueError(f"num_items must be non-negative, got {self.num_items}")
-
-    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "SASRecIDConfig":
-        """One embedding row per catalogue item."""
-        return dataclasses.replace(self, num_items=num_items)

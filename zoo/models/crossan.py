@@ -1,18 +1,47 @@
 """CROSSAN (cross-modal side adapter network) and INDSAN (independent side adapters)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
-from torch import nn
+from torch.func import functional_call
 
 from zoo.layers.adapter import HoulsbyAdapter
 from zoo.layers.mixer import GatedCrossModalMixer
 from zoo.layers.side_layer import GatedAdapterLayer
+from zoo.layers.side_network import GateGroup, SideGates
 from zoo.models.base import SideNetworkRecommender
-from zoo.models.config import CrossanConfig
+from zoo.models.config import MODALITIES, SideNetworkConfig
+from zoo.registry import register_model
 
-__all__ = ["Crossan"]
+__all__ = ["Crossan", "CrossanConfig"]
 
 
+@dataclass(frozen=True)
+class CrossanConfig(SideNetworkConfig):
+    """CROSSAN (`cross_modal=True`) or INDSAN (independent towers, `cross_modal=False`)."""
+
+    architecture: ClassVar[str] = "crossan"
+    cross_modal: bool = field(default=True, metadata={
+        "help": "mix every modality's previous adapter output (CROSSAN) or only the tower's own (INDSAN)"})
+
+
+_TIVA = MODALITIES
+
+
+@register_model(CrossanConfig, presets={
+    "crossan-tiva": {"modalities": _TIVA, "top_k": 2},
+    "crossan-tiva-concat": {"modalities": _TIVA, "fusion": "concat"},
+    "crossan-tiva-sgated": {"modalities": _TIVA, "fusion": "static-gated"},
+    "crossan-tiva-dgated": {"modalities": _TIVA, "fusion": "dynamic-gated"},
+    "crossan-tia": {"modalities": ("text", "image", "audio"), "top_k": 2},
+    "crossan-tiv": {"modalities": ("text", "image", "video"), "top_k": 2},
+    "crossan-ti": {"modalities": ("text", "image"), "top_k": 2},
+    "crossan-t": {"modalities": ("text",), "top_k": 1},
+    "indsan-tiva": {"modalities": _TIVA, "cross_modal": False, "top_k": 2},
+    "indsan-ti": {"modalities": ("text", "image"), "cross_modal": False, "top_k": 2},
+})
 class Crossan(SideNetworkRecommender):
     """One adapter tower per modality, one adapter per kept backbone state.
 
@@ -23,22 +52,32 @@ class Crossan(SideNetworkRecommender):
 
     config: CrossanConfig
 
-    def __init__(self, config: CrossanConfig) -> None:
-        super().__init__(config)
-        num_inputs = 1 + (config.num_towers if config.cross_modal else 1)
-        self.towers = nn.ModuleList(
-            nn.ModuleList(
-                GatedAdapterLayer(GatedCrossModalMixer(num_inputs, backend=config.mixer_backend),
-                                  HoulsbyAdapter(self.side_width, config.adapter_dim, config.adapter_activation))
-                for _ in range(config.num_states))
-            for _ in config.modalities)
+    @staticmethod
+    def make_gates(config: CrossanConfig) -> SideGates:
+        """One softmax per tower and layer over `[S^m, Z^1..Z^M]` (CROSSAN) or `[S^m, Z^m]` (INDSAN)."""
+        towers = range(config.num_towers)
+        num_modalities = len(config.modalities)
+        if config.cross_modal:
+            columns = tuple((m, *(num_modalities + k for k in towers)) for m in towers)
+        else:
+            columns = tuple((m, num_modalities + m) for m in towers)
+        mixer = GatedCrossModalMixer(len(columns[0]), gate_shape=(config.num_states, config.num_towers))
+        return SideGates(config.modalities, config.modalities, config.num_states,
+                         [GateGroup("cross_modal", mixer, tuple(towers), columns)])
 
-    def tower_outputs(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
-        previous = [torch.zeros_like(s[0]) for s in states]
-        for layer in range(self.config.num_states):
+    def per_tower_outputs(self, states: torch.Tensor) -> torch.Tensor:
+        logits = self.side.gates.mixers["cross_modal"].logits
+        with torch.device("meta"):  # parameterless templates: functional_call supplies the weights
+            layer = GatedAdapterLayer(GatedCrossModalMixer(logits.shape[-1]),
+                                      HoulsbyAdapter(self.side_width, self.config.adapter_dim,
+                                                     self.config.adapter_activation))
+        previous = [torch.zeros_like(states[0, 0]) for _ in self.config.modalities]
+        for index, adapters in enumerate(self.side.layers):
             current = []
-            for m, tower in enumerate(self.towers):
+            for m in range(len(previous)):
                 mixed_from = previous if self.config.cross_modal else [previous[m]]
-                current.append(tower[layer](torch.stack([states[m][layer], *mixed_from])))
+                weights = {"mixer.logits": logits[index, m],
+                           **{f"adapter.{k}": v for k, v in adapters.tower_parameters(m).items()}}
+                current.append(functional_call(layer, weights, (torch.stack([states[index, m], *mixed_from]),)))
             previous = current
-        return previous
+        return torch.stack(previous)

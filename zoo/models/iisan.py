@@ -1,18 +1,48 @@
 """IISAN (two modalities) and IISAN-E (N modalities), the predecessor method."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+import torch
+from torch.func import functional_call
+
+from zoo.errors import ConfigError
 from zoo.layers.adapter import HoulsbyAdapter
 from zoo.layers.mixer import GatedCrossModalMixer, SigmoidGatedMixer
 from zoo.layers.side_layer import GatedAdapterLayer
+from zoo.layers.side_network import GateGroup, SideGates
 from zoo.models.base import SideNetworkRecommender
-from zoo.models.config import IISANConfig
+from zoo.models.config import MODALITIES, SideNetworkConfig
+from zoo.registry import register_model
 
-__all__ = ["IISAN"]
+__all__ = ["IISAN", "IISANConfig"]
 
 
+@dataclass(frozen=True)
+class IISANConfig(SideNetworkConfig):
+    """IISAN / IISAN-E: sigmoid-gated intra towers plus one inter tower over backbone states."""
+
+    architecture: ClassVar[str] = "iisan"
+    fusion: str = "concat"
+    gate_temperature: float = field(default=0.1, metadata={"help": "g = sigmoid(theta / temperature)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.modalities) < 2:
+            raise ConfigError("IISAN needs at least two modalities (its inter tower mixes them)")
+        if self.gate_temperature <= 0:
+            raise ConfigError(f"gate_temperature must be positive, got {self.gate_temperature}")
+
+    @property
+    def num_towers(self) -> int:
+        return len(self.modalities) + 1
+
+
+@register_model(IISANConfig, presets={
+    "iisan-ti": {"modalities": ("text", "image")},
+    "iisan-e-tiva": {"modalities": MODALITIES, "adapter_dim": 1024},
+})
 class IISAN(SideNetworkRecommender):
     """Intra towers `Z^m_l = A(g S^m_l + (1 - g) Z^m_{l-1})`, `g = sigmoid(theta_l / 0.1)`,
     and one inter tower `Z^mm_l = A(Z^mm_{l-1} + mix_l(S^1_l, ..., S^M_l))` over backbone
@@ -22,30 +52,42 @@ class IISAN(SideNetworkRecommender):
 
     config: IISANConfig
 
-    def __init__(self, config: IISANConfig) -> None:
-        super().__init__(config)
+    @staticmethod
+    def make_gates(config: IISANConfig) -> SideGates:
+        """Intra gates over `[S^m, Z^m]`, the inter gate over every `S^m`, plus the inter tower's
+        own previous output with weight one."""
+        num_modalities, layers = len(config.modalities), config.num_states
+        inter_tower = num_modalities
+        intra = GateGroup("intra", SigmoidGatedMixer(config.gate_temperature, gate_shape=(layers, num_modalities)),
+                          tuple(range(num_modalities)),
+                          tuple((m, num_modalities + m) for m in range(num_modalities)))
+        inter_mixer = (SigmoidGatedMixer(config.gate_temperature, gate_shape=(layers, 1)) if num_modalities == 2
+                       else GatedCrossModalMixer(num_modalities, gate_shape=(layers, 1)))
+        inter = GateGroup("inter", inter_mixer, (inter_tower,), (tuple(range(num_modalities)),))
+        return SideGates(config.modalities, (*config.modalities, "inter"), layers, [intra, inter],
+                         fixed=[(inter_tower, num_modalities + inter_tower, 1.0)])
 
-        def adapter() -> HoulsbyAdapter:
-            return HoulsbyAdapter(self.side_width, config.adapter_dim, config.adapter_activation)
+    def per_tower_outputs(self, states: torch.Tensor) -> torch.Tensor:
+        mixers = self.side.gates.mixers
+        num_modalities = len(self.config.modalities)
+        with torch.device("meta"):  # parameterless templates: functional_call supplies the weights
+            def adapter() -> HoulsbyAdapter:
+                return HoulsbyAdapter(self.side_width, self.config.adapter_dim, self.config.adapter_activation)
 
-        def intra_mixer() -> SigmoidGatedMixer:
-            return SigmoidGatedMixer(config.gate_temperature, backend=config.mixer_backend)
-
-        self.intra_towers = nn.ModuleList(
-            nn.ModuleList(GatedAdapterLayer(intra_mixer(), adapter()) for _ in range(config.num_states))
-            for _ in config.modalities)
-        two = len(config.modalities) == 2
-        self.inter_mixers = nn.ModuleList(
-            intra_mixer() if two else GatedCrossModalMixer(len(config.modalities), backend=config.mixer_backend)
-            for _ in range(config.num_states))
-        self.inter_adapters = nn.ModuleList(adapter() for _ in range(config.num_states))
-
-    def tower_outputs(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
-        intra = [torch.zeros_like(s[0]) for s in states]
-        inter = torch.zeros_like(states[0][0])
-        for layer in range(self.config.num_states):
-            intra = [tower[layer](torch.stack([states[m][layer], intra[m]]))
-                     for m, tower in enumerate(self.intra_towers)]
-            mixed_states = self.inter_mixers[layer](torch.stack([s[layer] for s in states]))
-            inter = self.inter_adapters[layer](inter + mixed_states)
-        return [*intra, inter]
+            intra_layer = GatedAdapterLayer(SigmoidGatedMixer(self.config.gate_temperature), adapter())
+            inter_mixer = (SigmoidGatedMixer(self.config.gate_temperature) if num_modalities == 2
+                           else GatedCrossModalMixer(num_modalities))
+            inter_adapter = adapter()
+        intra = [torch.zeros_like(states[0, 0]) for _ in range(num_modalities)]
+        inter = torch.zeros_like(states[0, 0])
+        for index, adapters in enumerate(self.side.layers):
+            intra = [functional_call(intra_layer,
+                                     {"mixer.theta": mixers["intra"].theta[index, m],
+                                      **{f"adapter.{k}": v for k, v in adapters.tower_parameters(m).items()}},
+                                     (torch.stack([states[index, m], intra[m]]),))
+                     for m in range(num_modalities)]
+            gate_name = "theta" if num_modalities == 2 else "logits"
+            mixed_states = functional_call(inter_mixer, {gate_name: getattr(mixers["inter"], gate_name)[index, 0]},
+                                           (states[index],))
+            inter = functional_call(inter_adapter, adapters.tower_parameters(num_modalities), (inter + mixed_states,))
+        return torch.stack([*intra, inter])

@@ -1,15 +1,42 @@
 """SASRec over learned item-ID embeddings (the ID baseline)."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 from torch import nn
 
+from zoo.errors import ConfigError
 from zoo.models.base import Recommender
-from zoo.models.config import SASRecIDConfig
+from zoo.models.config import RecommenderConfig
+from zoo.registry import register_model
 
-__all__ = ["SASRecID"]
+__all__ = ["SASRecID", "SASRecIDConfig"]
 
 
+@dataclass(frozen=True)
+class SASRecIDConfig(RecommenderConfig):
+    """SASRec over learned item-ID embeddings: the ID baseline, same loss and protocol."""
+
+    architecture: ClassVar[str] = "sasrec-id"
+    num_items: int = field(default=0, metadata={"help": "catalogue size (set from the data set)"})
+    dropout: float = 0.5
+    attention_dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_items < 0:
+            raise ConfigError(f"num_items must be non-negative, got {self.num_items}")
+
+    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "SASRecIDConfig":
+        """One embedding row per catalogue item."""
+        return dataclasses.replace(self, num_items=num_items)
+
+
+@register_model(SASRecIDConfig, presets={"sasrec-id": {}})
 class SASRecID(Recommender):
     """Item embedding = a learned row per item id (rows are item indices 0..num_items-1)."""
 
@@ -18,7 +45,7 @@ class SASRecID(Recommender):
     def __init__(self, config: SASRecIDConfig) -> None:
         super().__init__(config)
         if config.num_items < 1:
-            raise ValueError("sasrec-id needs num_items (the catalogue size) to build its embedding table")
+            raise ConfigError("sasrec-id needs num_items (the catalogue size) to build its embedding table")
         self.item_embedding = nn.Embedding(config.num_items, config.embedding_dim)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
 

@@ -1,10 +1,10 @@
 """Loss, metrics, evaluation and the training loop."""
 from zoo.training.evaluation import EvaluationResult, evaluate_model, evaluate_popularity
-from zoo.training.features import ItemFeatures
 from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
-from zoo.training.metrics import metrics_from_ranks, per_user_metric, target_ranks
+from zoo.training.metrics import METRIC_NAMES, metrics_from_ranks, per_user_metric, target_ranks
+from zoo.training.significance import cold_item_users, paired_t_test
 from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome
 
-__all__ = ["EvaluationResult", "ItemFeatures", "TrainConfig", "Trainer", "TrainingOutcome", "evaluate_model",
+__all__ = ["EvaluationResult", "TrainConfig", "Trainer", "TrainingOutcome", "evaluate_model",
            "evaluate_popularity", "in_batch_debiased_cross_entropy", "metrics_from_ranks", "per_user_metric",
-           "same_user_mask", "target_ranks"]
+           "same_user_mask", "target_ranks", "METRIC_NAMES", "cold_item_users", "paired_t_test"]

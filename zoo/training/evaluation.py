@@ -8,12 +8,11 @@ import numpy as np
 import torch
 
 from zoo.data.dataset import PAD, SequenceDataset
+from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
-from zoo.training.features import ItemFeatures
 from zoo.training.metrics import metrics_from_ranks, target_ranks
 
-__all__ = ["EvaluationResult", "left_padded", "all_item_embeddings", "evaluate_model", "evaluate_popularity",
-           "rank_all_users"]
+__all__ = ["EvaluationResult", "left_padded", "evaluate_model", "evaluate_popularity", "rank_all_users"]
 
 
 @dataclass
@@ -33,14 +32,6 @@ def left_padded(sequences: list[np.ndarray], length: int) -> torch.Tensor:
         if len(tail):
             out[i, length - len(tail):] = torch.as_tensor(tail)
     return out
-
-
-@torch.no_grad()
-def all_item_embeddings(model: Recommender, features: ItemFeatures, batch_size: int = 2048) -> torch.Tensor:
-    """Embeddings of every catalogue item `[N, D]`, in row order."""
-    chunks = [model.encode_items(*features.gather(torch.arange(start, min(start + batch_size, features.num_items))))
-              for start in range(0, features.num_items, batch_size)]
-    return torch.cat(chunks).float()
 
 
 def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[list[int]], torch.Tensor],
@@ -67,14 +58,13 @@ def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemF
     """HR/NDCG@10/20 of `model` on `split` ("valid" or "test"), full ranking over all items."""
     was_training = model.training
     model.eval()
-    items = all_item_embeddings(model, features)
-    table = torch.cat([torch.zeros(1, items.shape[1], device=items.device), items])  # row 0 = padding
+    items = model.catalogue_embeddings(features.gather, features.num_items)
+    table = model.item_table(items)
     length = model.config.max_seq_len
 
     def score_users(users: list[int]) -> torch.Tensor:
         window = left_padded([dataset.history(u, split) for u in users], length).to(items.device)
-        user_vectors = model.encode_users(table[window], window == PAD).float()
-        return user_vectors @ items.t()
+        return model.scores(model.user_embeddings(table, window).float(), items)
 
     ranks = rank_all_users(dataset, split, score_users, mask_history, batch_size)
     model.train(was_training)

@@ -24,16 +24,16 @@ def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: tor
     return in_sequence[row_user] & (candidates.unsqueeze(0) != row_target.unsqueeze(1))
 
 
-def in_batch_debiased_cross_entropy(user_vectors: torch.Tensor, item_embeddings: torch.Tensor,
-                                    log_popularity: torch.Tensor, target_columns: torch.Tensor,
-                                    masked: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of `CE(U E^T - log p, target)` with `masked` columns set to -inf.
+def in_batch_debiased_cross_entropy(scores: torch.Tensor, log_popularity: torch.Tensor,
+                                    target_columns: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of `CE(scores - log p, target)` with `masked` columns set to -inf.
 
-    Shapes: `user_vectors [R, D]`, `item_embeddings [U, D]`, `log_popularity [U]`,
-    `target_columns [R]` (column of each row's positive), `masked [R, U]` bool. Subtracting
-    `log p(item)` corrects the in-batch sampling bias towards popular items.
+    Shapes: `scores [R, U]` (the model's score of each in-batch candidate for each prediction
+    row, `model.scores`), `log_popularity [U]`, `target_columns [R]` (column of each row's
+    positive), `masked [R, U]` bool. Subtracting `log p(item)` corrects the in-batch sampling
+    bias towards popular items.
     """
-    logits = user_vectors @ item_embeddings.t() - log_popularity.unsqueeze(0)
+    logits = scores - log_popularity.unsqueeze(0)
     # Half-precision logits (mixed precision) are upcast; float64 stays float64.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).masked_fill(masked, float("-inf"))
     return F.cross_entropy(logits, target_columns)

@@ -5,9 +5,11 @@ import math
 
 import torch
 
-__all__ = ["CUTOFFS", "target_ranks", "metrics_from_ranks", "per_user_metric"]
+__all__ = ["CUTOFFS", "METRIC_NAMES", "target_ranks", "metrics_from_ranks", "per_user_metric"]
 
 CUTOFFS = (10, 20)
+METRIC_NAMES = tuple(f"{kind}@{k}" for kind in ("HR", "NDCG") for k in CUTOFFS)
+"""The reported metrics, in table order: HR at every cutoff, then NDCG."""
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:

@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zoo.data.dataset import PAD, SequenceDataset
+from zoo.errors import ConfigError
+from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
 from zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
-from zoo.training.features import ItemFeatures
 from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
 
 __all__ = ["TrainConfig", "Trainer", "TrainingOutcome", "training_windows"]
@@ -38,16 +39,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size, patience and eval_batch_size must be positive")
+            raise ConfigError("epochs, batch_size, patience and eval_batch_size must be positive")
         for name in ("lr", "adapter_lr"):
             value = getattr(self, name)
             if value < 0 or value > 1:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+                raise ConfigError(f"{name} must lie in [0, 1], got {value}")
         if self.lr == 0:
-            raise ValueError("lr must be positive")
+            raise ConfigError("lr must be positive")
         for name in ("mask_history", "sliding_windows"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -121,18 +122,18 @@ class Trainer:
         window = window.to(self.device)
         candidates = torch.unique(window[window != PAD])
         item_embeddings = self.model.encode_items(*self.features.gather(candidates - 1))
-        table = torch.cat([item_embeddings.new_zeros(1, item_embeddings.shape[1]), item_embeddings])
+        # Only the batch's items are encoded, so the window is re-indexed into their table:
+        # item candidates[c] becomes c + 1, padding stays PAD.
         columns = torch.searchsorted(candidates, window) + 1
-        columns = torch.where(window == PAD, torch.zeros_like(columns), columns)
-        inputs, targets = window[:, :-1], window[:, 1:]
-        padding = inputs == PAD
-        hidden = self.model.user_encoder(table[columns[:, :-1]], padding)
-        valid = ~padding & (targets != PAD)
+        columns = torch.where(window == PAD, torch.full_like(columns, PAD), columns)
+        states = self.model.sequence_states(self.model.item_table(item_embeddings), columns[:, :-1])
+        targets = window[:, 1:]
+        valid = (window[:, :-1] != PAD) & (targets != PAD)
         row_user = valid.nonzero()[:, 0]
         masked = same_user_mask(window, candidates, row_user, targets[valid],
                                 None if users is None else users.to(self.device))
-        return in_batch_debiased_cross_entropy(hidden[valid], item_embeddings, self.log_popularity[candidates],
-                                               columns[:, 1:][valid] - 1, masked)
+        return in_batch_debiased_cross_entropy(self.model.scores(states[valid], item_embeddings),
+                                               self.log_popularity[candidates], columns[:, 1:][valid] - 1, masked)
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

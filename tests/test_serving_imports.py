@@ -1,0 +1,63 @@
+"""The serving seam stays torch-free: `export.serve` and `from export import OnnxRecommender` load
+NumPy, onnxruntime and safetensors only, while the export side still resolves on first access.
+
+Each import check runs in a fresh interpreter, since this test process has PyTorch loaded already.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from export.ranking import PAD as RANKING_PAD
+from zoo.data import PAD
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING_ONLY = ("torch", "transformers", "triton", "rich")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter from the repository root."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_serving_imports_load_no_training_packages() -> None:
+    code = (
+        "import sys\n"
+        "import export.serve\n"
+        "from export import OnnxRecommender\n"
+        f"loaded = sorted(name for name in {TRAINING_ONLY!r} if name in sys.modules)\n"
+        "print(','.join(loaded))\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.strip()
+    assert loaded == "", f"serving imports loaded {loaded}"
+
+
+def test_export_side_names_resolve_lazily() -> None:
+    code = (
+        "import sys\n"
+        "import export\n"
+        "assert 'torch' not in sys.modules, 'import export loaded torch'\n"
+        "resolved = export.export_run\n"
+        "assert 'torch' in sys.modules\n"
+        "from export.exporter import export_run\n"
+        "assert resolved is export_run\n"
+        "assert callable(export.ItemEncoder) and 'ItemEncoder' in dir(export)\n"
+        "print('ok')\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_unknown_attribute_still_raises() -> None:
+    result = run_python("import export\nexport.no_such_name\n")
+    assert result.returncode != 0
+    assert "AttributeError: module 'export' has no attribute 'no_such_name'" in result.stderr
+
+
+def test_ranking_padding_index_is_the_data_sets() -> None:
+    """export.ranking defines PAD itself to stay torch-free; it must stay equal to zoo.data.PAD."""
+    assert RANKING_PAD == PAD == 0

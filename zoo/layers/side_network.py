@@ -1,0 +1,129 @@
+"""The batched side network: every tower of a side layer in one operation.
+
+With M modalities, T towers and L side layers, layer l's sources are the M backbone states
+`S_l [M, N, W]` and the towers' previous outputs `Z_{l-1} [T, N, W]` (`Z_{-1} = 0`). Each
+tower's adapter input is a gated sum of sources, so one mixing matrix `G_l [T, M + T]` holds
+the whole layer's gates:
+
+    x = G_l[:, :M] S_l + G_l[:, M:] Z_{l-1}          [T, N, W]
+    Z_l = x + W_up act(W_down x + b_down) + b_up       (T adapters with stacked weights)
+
+`kernels.gated_mix_down` computes x and the adapters' bottleneck for all towers at once (one
+Triton launch per layer on CUDA; two matrix products over the flattened sources and one
+batched matrix product on CPU), reading each source where it lives.
+
+Which architecture this is depends only on the gates: `SideGates` assembles the mixing
+matrices from mixers (`GatedCrossModalMixer`, `SigmoidGatedMixer`) holding the gates of every
+layer, each mixer feeding some towers from some sources. CROSSAN, INDSAN, IISAN and IISAN-E
+each describe their wiring in their model file.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kernels import BACKENDS, gated_mix_down
+from zoo.layers.adapter import TowerAdapters
+from zoo.layers.mixer import GatedCrossModalMixer
+
+__all__ = ["GateGroup", "SideGates", "SideNetwork"]
+
+
+@dataclass(frozen=True)
+class GateGroup:
+    """Towers fed by one mixer: tower `towers[i]` gets `sum_k w[l, i, k] source[columns[i][k]]`,
+    where `w = mixer.gate_weights()` is `[L, len(towers), K]` and sources are numbered
+    `0..M-1` (backbone states) then `M..M+T-1` (previous tower outputs)."""
+
+    name: str
+    mixer: GatedCrossModalMixer
+    towers: tuple[int, ...]
+    columns: tuple[tuple[int, ...], ...]
+
+
+class SideGates(nn.Module):
+    """Mixing matrices `[L, T, M + T]` of every side layer, from gate groups plus fixed entries.
+
+    `fixed` entries `(tower, source, value)` are constants (IISAN's inter tower adds its own
+    previous output with weight one). `pattern [T, M + T]` marks the sources each tower reads;
+    the fused kernel loads nothing else.
+    """
+
+    def __init__(self, modalities: Sequence[str], tower_names: Sequence[str], num_layers: int,
+                 groups: Sequence[GateGroup], fixed: Sequence[tuple[int, int, float]] = ()) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.tower_names = tuple(tower_names)
+        self.num_layers = num_layers
+        self.num_modalities = len(self.modalities)
+        self.num_towers = num_towers = len(self.tower_names)
+        num_sources = self.num_modalities + num_towers
+        self.mixers = nn.ModuleDict({group.name: group.mixer for group in groups})
+        self._wiring: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        pattern = torch.zeros(num_towers, num_sources, dtype=torch.bool)
+        fixed_weights = torch.zeros(num_towers, num_sources)
+        for group in groups:
+            columns = torch.tensor(group.columns, dtype=torch.long)
+            expected = (num_layers, len(group.towers), group.mixer.num_inputs)
+            if columns.shape != expected[1:] or group.mixer.gate_shape != expected[:2]:
+                raise ValueError(f"gate group {group.name!r}: mixer gates {group.mixer.gate_shape} x "
+                                 f"{group.mixer.num_inputs} inputs do not match {len(group.towers)} towers with "
+                                 f"columns {tuple(columns.shape)} over {num_layers} layers")
+            if columns.min() < 0 or columns.max() >= num_sources:
+                raise ValueError(f"gate group {group.name!r}: source columns must lie in 0..{num_sources - 1}")
+            towers = torch.tensor(group.towers, dtype=torch.long)
+            pattern[towers.unsqueeze(1), columns] = True
+            self._wiring.append((group.name, towers, columns))
+        for tower, source, value in fixed:
+            pattern[tower, source] = True
+            fixed_weights[tower, source] = value
+        if not pattern.any(dim=1).all():
+            raise ValueError("every tower needs at least one source")
+        self.register_buffer("pattern", pattern, persistent=False)
+        self.register_buffer("fixed_weights", fixed_weights, persistent=False)
+
+    def source_names(self) -> tuple[str, ...]:
+        """Column labels of the mixing matrices: `state:<modality>`, then `output:<tower>`."""
+        return (*(f"state:{m}" for m in self.modalities), *(f"output:{t}" for t in self.tower_names))
+
+    def mixing(self) -> torch.Tensor:
+        """The mixing matrices `[L, T, M + T]` in float32 (differentiable in the gate parameters)."""
+        num_sources = self.pattern.shape[1]
+        mixing = self.fixed_weights.float().expand(self.num_layers, -1, -1)
+        for name, towers, columns in self._wiring:
+            weights = self.mixers[name].gate_weights()  # [L, R, K]
+            block = weights.new_zeros(self.num_layers, len(towers), num_sources)
+            block = block.scatter(-1, columns.to(weights.device).expand(self.num_layers, -1, -1), weights)
+            mixing = mixing.index_add(1, towers.to(weights.device), block)
+        return mixing
+
+
+class SideNetwork(nn.Module):
+    """L side layers over T towers; `forward(states [L, M, N, W]) -> Z_{L-1} [T, N, W]`."""
+
+    def __init__(self, gates: SideGates, width: int, adapter_dim: int, activation: str = "relu",
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown mixer backend {backend!r}; choose one of {BACKENDS}")
+        self.gates = gates
+        self.backend = backend
+        self.layers = nn.ModuleList(TowerAdapters(gates.num_towers, width, adapter_dim, activation)
+                                    for _ in range(gates.num_layers))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Last side layer's outputs `[T, N, W]` from layer-major backbone states `[L, M, N, W]`."""
+        expected = (len(self.layers), self.gates.num_modalities)
+        if states.dim() != 4 or tuple(states.shape[:2]) != expected:
+            raise ValueError(f"side network states must be [L, M, N, W] with L, M = {expected}, "
+                             f"got {tuple(states.shape)}")
+        mixing = self.gates.mixing()
+        previous = None
+        for layer, adapters in enumerate(self.layers):
+            x, hidden = gated_mix_down(states[layer], previous, mixing[layer], adapters.down_weight,
+                                       adapters.down_bias, adapters.activation, self.backend, self.gates.pattern)
+            previous = adapters.up_residual(x, hidden)
+        return previous

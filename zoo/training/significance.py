@@ -1,0 +1,42 @@
+"""Is one model better than another, and on which users: paired tests and cold-item users.
+
+Both models rank the same users' targets, so their per-user metrics are paired samples; a
+paired t-test on them is the comparison the README reports.
+"""
+from __future__ import annotations
+
+import torch
+
+from zoo.data.dataset import SequenceDataset
+from zoo.training.metrics import METRIC_NAMES, per_user_metric
+
+__all__ = ["cold_item_users", "paired_t_test"]
+
+
+def cold_item_users(dataset: SequenceDataset, split: str) -> torch.Tensor:
+    """Bool `[num_users]`: users whose `split` target never occurs in any training prefix.
+
+    Their target is a cold item, which an id-embedding model cannot have learned.
+    """
+    seen = dataset.train_counts() > 0
+    return torch.tensor([not seen[dataset.target(user, split)] for user in range(dataset.num_users)],
+                        dtype=torch.bool)
+
+
+def paired_t_test(first: torch.Tensor, second: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per metric of `METRIC_NAMES`: the mean difference (first - second) of the per-user values
+    and the two-sided paired t-test p-value, from two models' target ranks `[num_users]`.
+
+    When every user's difference is the same (identical models, say) the t statistic is 0/0 or
+    ±inf, and scipy's p-value is NaN or 0 accordingly.
+    """
+    # scipy.stats takes seconds to import and only comparisons need it.
+    from scipy.stats import ttest_rel
+
+    results = {}
+    for name in METRIC_NAMES:
+        first_values = per_user_metric(first, name).numpy()
+        second_values = per_user_metric(second, name).numpy()
+        results[name] = {"mean_difference": float(first_values.mean() - second_values.mean()),
+                         "p_value": float(ttest_rel(first_values, second_values).pvalue)}
+    return results
