@@ -1,6 +1,7 @@
 """Train a zoo model on cached backbone features and report validation and test metrics.
 
     python train.py --preset crossan-tiva                 # embedded toy data, tiny backbones
+    python train.py --resume weights/<run>                # continue a killed run
     python train.py --preset crossan-t --data amazon --data-root ../shared/data/amazon-scientific \
         --backbone text=minilm
 """
@@ -19,16 +20,21 @@ from zoo.cli import metrics_table, run_cli
 from zoo.data import DATA_KINDS, load_dataset
 from zoo.errors import ConfigError
 from zoo.models.config import MODALITIES
-from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device,
+from zoo.errors import ConfigError
+from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device, resume_run,
                           train_and_save)
+from zoo.training.checkpoint import read_json
 from zoo.registry import list_models, preset_config
 from zoo.training.trainer import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", required=True, choices=list_models(), metavar="NAME",
-                        help=f"model preset: {', '.join(list_models())}")
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--preset", choices=list_models(), metavar="NAME",
+                       help=f"model preset: {', '.join(list_models())}")
+    start.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue a killed run from its last checkpoint; everything comes from RUN_DIR")
     parser.add_argument("--data", default="toy", choices=DATA_KINDS)
     parser.add_argument("--data-root", type=Path, help="data folder (toy: generated under the cache dir)")
     parser.add_argument("--cover-dir", default="covers", help="MicroLens cover folder, relative to --data-root")
@@ -74,9 +80,56 @@ def split_overrides(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     return TrainConfig(**train_values), model_values
 
 
+def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Options set on the command line next to --resume, as `config.json` keys (`train.epochs`, ...)."""
+    given = {}
+    for key in ("epochs", "batch_size", "lr", "adapter_lr", "patience", "seed"):
+        if getattr(args, key) is not None:
+            given[f"train.{key}"] = getattr(args, key)
+    if args.no_mask_history:
+        given["train.mask_history"] = False
+    for key, text in parse_assignments(args.set, "--set").items():
+        given[f"{'train' if key in {f.name for f in dataclasses.fields(TrainConfig)} else 'model'}.{key}"] = \
+            parse_value(text)
+    for option, key in (("data", "data.kind"), ("text_max_tokens", "feature_settings.text_max_tokens"),
+                        ("backbones", "feature_settings.source"),
+                        ("allow_missing_media", "feature_settings.allow_missing_media")):
+        if getattr(args, option) != parser.get_default(option):
+            given[key] = getattr(args, option)
+    if args.data_root is not None:
+        given["data.root"] = str(args.data_root.resolve())
+    for option in ("backbone", "pooling", "run_dir"):
+        if getattr(args, option) not in (None, []):
+            raise ConfigError(f"--resume takes the run's own settings; --{option.replace('_', '-')} cannot change them")
+    return given
+
+
+def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, console: Console) -> int:
+    """`--resume RUN_DIR`: continue a killed run (or say that it finished)."""
+    _, metrics, _ = resume_run(args.resume, resolve_device(args.device), console, given_options(parser, args))
+    report(args, metrics, args.resume)
+    return 0
+
+
+def report(args: argparse.Namespace, metrics: dict, run_dir: Path) -> None:
+    """metrics.json on stdout (--json) or the metrics table."""
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    preset = read_json(run_dir / "config.json")["preset"]
+    Console().print(metrics_table(
+        f"{preset} (best epoch {metrics['best_epoch']}, {'masked' if metrics['mask_history'] else 'unmasked'} "
+        f"full ranking)",
+        [(f"{preset} valid", metrics["valid"]), (f"{preset} test", metrics["test"]),
+         ("popularity test", metrics["popularity"]["test"])]))
+
+
 def main() -> int:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
     console = Console(stderr=True)
+    if args.resume is not None:
+        return resume(parser, args, console)
     train_config, model_overrides = split_overrides(args)
     for pair in (*args.backbone, *args.pooling):
         modality = pair.partition("=")[0]
@@ -98,15 +151,8 @@ def main() -> int:
     run_dir = args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
     data_description = describe_data(args.data, dataset, args.cover_dir, args.video_dir)
     _, metrics, _ = train_and_save(args.preset, dataset, data_description, settings, train_config, model_overrides,
-                                run_dir, device, console)
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        Console().print(metrics_table(
-            f"{args.preset} on {dataset.name} (best epoch {metrics['best_epoch']}, "
-            f"{'masked' if train_config.mask_history else 'unmasked'} full ranking)",
-            [(f"{args.preset} valid", metrics["valid"]), (f"{args.preset} test", metrics["test"]),
-             ("popularity test", metrics["popularity"]["test"])]))
+                                   run_dir, device, console)
+    report(args, metrics, run_dir)
     console.print(f"run saved to {run_dir} ({time.perf_counter() - started:.0f}s in all)")
     return 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -14,17 +15,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec, StateExtractor, load_backbone
 from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
-from zoo.data import SequenceDataset
-from zoo.errors import ConfigError
+from zoo.data import SequenceDataset, load_dataset
+from zoo.errors import ConfigError, MissingFileError
 from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
-from zoo.registry import build_model, preset_config
+from zoo.registry import build_model, config_from_dict, preset_config
 from zoo.runs import Run
-from zoo.training.checkpoint import save_per_user, save_weights, write_json
+from zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
 from zoo.training.evaluation import evaluate_popularity
 from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome
 
-__all__ = ["FeatureSettings", "prepare_features", "configure_model", "train_and_save", "resolve_device"]
+__all__ = ["FeatureSettings", "prepare_features", "configure_model", "train_and_save", "resume_run",
+           "resolve_device", "code_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,27 @@ class FeatureSettings:
     def spec(self, modality: str) -> BackboneSpec:
         return BackboneSpec.resolve(modality, self.source, dict(self.overrides).get(modality),
                                     dict(self.poolings).get(modality), self.backbone_seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (recorded in `config.json`, read back by `--resume`)."""
+        values = dataclasses.asdict(self)
+        return {**values, "overrides": [list(p) for p in self.overrides], "poolings": [list(p) for p in self.poolings],
+                "cache_dir": str(self.cache_dir)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "FeatureSettings":
+        return cls(**{**values, "overrides": tuple(map(tuple, values["overrides"])),
+                      "poolings": tuple(map(tuple, values["poolings"])), "cache_dir": Path(values["cache_dir"])})
+
+
+def code_fingerprint() -> str:
+    """A hash of the library's source (zoo/ and kernels/): a resumed run must run the same code."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((*root.joinpath("zoo").rglob("*.py"), *root.joinpath("kernels").rglob("*.py"))):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,7 +122,8 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
                    run_dir: Path, device: torch.device,
                    console: Console) -> tuple[TrainingOutcome, dict[str, Any], Run]:
-    """Everything `train.py` does after argument parsing.
+    """Everything `train.py` does after argument parsing: a new run in `run_dir`, checkpointed
+    every epoch (`resume_run` continues it after a kill).
 
     Returns the outcome, metrics.json, and the run in memory (the model holds its best-epoch
     weights), so callers that evaluate further need not reopen it from disk.
@@ -109,27 +133,77 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     features = ItemFeatures(dataset.num_items, states, device)
     torch.manual_seed(train_config.seed)
     model = configure_model(preset, dataset, features.shapes(), model_overrides)
-    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    console.print(f"{preset}: {num_trainable:,} trainable parameters")
     config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
-              "data": data_description, "features": {"side_layers": settings.side_layers, "backbones": backbones}}
+              "data": data_description, "feature_settings": settings.to_dict(), "code": code_fingerprint(),
+              "threads": torch.get_num_threads(),
+              "features": {"side_layers": settings.side_layers, "backbones": backbones}}
     write_json(run_dir / "config.json", config)
-    trainer = Trainer(model, dataset, features, train_config, device, console)
-    started = time.perf_counter()
-    outcome = trainer.fit()
-    train_seconds = time.perf_counter() - started
-    save_weights(run_dir / "model.safetensors", outcome.best_state, {"preset": preset})
+    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console)
+
+
+def resume_run(run_dir: Path, device: torch.device, console: Console,
+               given: dict[str, Any] | None = None) -> tuple[TrainingOutcome | None, dict[str, Any], Run | None]:
+    """Continue the run in `run_dir` from its last checkpoint, with everything from its files.
+
+    A finished run is left as it is (its metrics.json is returned, with no outcome). `given`
+    holds options from the command line as `config.json` keys (`train.epochs`, `preset`, ...);
+    any that differ from the recorded ones, like a different code or data fingerprint, stop
+    with one line naming the keys.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
+    config = read_json(run_dir / "config.json")
+    if CheckpointStore(run_dir).finished() and (run_dir / "metrics.json").is_file():
+        console.print(f"{run_dir} finished already; nothing to resume")
+        return None, read_json(run_dir / "metrics.json"), None
+    differing = [key for key, value in (given or {}).items() if _recorded(config, key) != value]
+    data = config["data"]
+    settings = FeatureSettings.from_dict(config["feature_settings"])
+    dataset = load_dataset(data["kind"], Path(data["root"]), settings.cache_dir, data["cover_dir"], data["video_dir"])
+    differing += [key for key, now in (("code", code_fingerprint()), ("data.fingerprint", dataset.fingerprint()))
+                  if _recorded(config, key) != now]
+    if differing:
+        raise ConfigError(f"cannot resume {run_dir}: {', '.join(differing)} differ from its config.json")
+    if config.get("threads") != torch.get_num_threads():
+        console.print(f"note: {run_dir} ran with {config.get('threads')} threads, this process has "
+                      f"{torch.get_num_threads()}: the continuation will differ in the last digits")
+    model_config = config_from_dict(config["model"])
+    states, _ = prepare_features(dataset, model_config.item_features(), settings, device, console)
+    features = ItemFeatures(dataset.num_items, states, device)
+    train_config = TrainConfig(**config["train"])
+    torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint
+    model = build_model(model_config)
+    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console)
+
+
+def _recorded(config: dict[str, Any], dotted_key: str) -> Any:
+    value: Any = config
+    for part in dotted_key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _train(run: Run, train_config: TrainConfig, device: torch.device,
+           console: Console) -> tuple[TrainingOutcome, dict[str, Any], Run]:
+    """Train (from the run's last checkpoint, if any), then write the finished run's files; the
+    last one written marks the run finished, so nothing a killed process leaves looks finished."""
+    model, dataset, run_dir = run.model, run.dataset, run.directory
+    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    console.print(f"{run.config['preset']}: {num_trainable:,} trainable parameters")
+    checkpoints = CheckpointStore(run_dir)
+    outcome = Trainer(model, dataset, run.features, train_config, device, console).fit(checkpoints)
+    save_weights(run_dir / "model.safetensors", outcome.best_state, {"preset": run.config["preset"]})
     popularity = {split: evaluate_popularity(dataset, split, train_config.mask_history).metrics
                   for split in ("valid", "test")}
     metrics = {"valid": outcome.valid.metrics, "test": outcome.test.metrics, "best_epoch": outcome.best_epoch,
-               "trainable_parameters": num_trainable, "train_seconds": round(train_seconds, 2),
-               "mask_history": train_config.mask_history, "popularity": popularity}
+               "trainable_parameters": num_trainable, "mask_history": train_config.mask_history,
+               "popularity": popularity}
     for result in (outcome.valid, outcome.test):
         save_per_user(run_dir / f"per_user_{result.split}.json", dataset.user_ids, result.ranks)
-    write_json(run_dir / "trainer_state.json", {"best_epoch": outcome.best_epoch, "history": outcome.history,
-                                                "finished": True})
     write_json(run_dir / "metrics.json", metrics)
-    return outcome, metrics, Run(run_dir, config, model, dataset, features)
+    checkpoints.mark_finished()
+    return outcome, metrics, run
 
 
 def describe_data(kind: str, dataset: SequenceDataset, cover_dir: str = "covers",

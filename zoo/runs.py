@@ -13,7 +13,7 @@ from zoo.errors import MissingFileError
 from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
 from zoo.registry import load_model
-from zoo.training.checkpoint import read_json
+from zoo.training.checkpoint import CheckpointStore, read_json
 
 __all__ = ["Run", "open_run"]
 
@@ -34,6 +34,9 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
+    if not CheckpointStore(run_dir).finished():
+        raise MissingFileError(f"{run_dir}: the run has not finished (it is still training or was killed); "
+                               f"continue it with `python train.py --resume {run_dir}`")
     config = read_json(run_dir / "config.json")
     model = load_model(run_dir, device=str(device))
     data = config["data"]

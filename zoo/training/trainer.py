@@ -14,6 +14,7 @@ from zoo.data.dataset import PAD, SequenceDataset
 from zoo.errors import ConfigError
 from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
+from zoo.training.checkpoint import CheckpointStore, TrainingState
 from zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
 from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
 
@@ -140,62 +141,99 @@ class Trainer:
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=self.console, transient=True)
 
-    def fit(self) -> TrainingOutcome:
+    def fit(self, checkpoints: CheckpointStore | None = None) -> TrainingOutcome:
         """Train with early stopping; return the best-validation model's valid and test results.
 
-        Runs with deterministic kernels (the CPU scatter-adds in embedding-gather backward are
-        otherwise order-dependent), so the same seed gives the same metrics.
+        With `checkpoints`, every finished epoch is checkpointed and training continues from
+        the last checkpoint found there, so a killed run resumed this way computes exactly what
+        an uninterrupted one does (an epoch cut short is redone from its start). Runs with
+        deterministic kernels (the CPU scatter-adds in embedding-gather backward are otherwise
+        order-dependent), so the same seed gives the same metrics.
         """
         previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
         torch.use_deterministic_algorithms(True, warn_only=True)
         try:
-            return self._fit()
+            return self._fit(checkpoints)
         finally:
             torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
-    def _fit(self) -> TrainingOutcome:
+    def _random_states(self, order: torch.Generator) -> dict[str, torch.Tensor]:
+        """Every random generator the next epoch draws from: data order, dropout (CPU and CUDA)."""
+        states = {"rng.data_order": order.get_state(), "rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            states.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        return states
+
+    @staticmethod
+    def _restore_random_states(order: torch.Generator, states: dict[str, torch.Tensor]) -> None:
+        order.set_state(states["rng.data_order"])
+        torch.set_rng_state(states["rng.torch"])
+        cuda = [states[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in states))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
+    def _train_epoch(self, epoch: int, order: torch.Tensor, num_batches: int) -> float:
+        """One pass over the windows in `order`; returns the mean loss."""
+        self.model.train()
+        total = 0.0
+        with self._progress() as progress:
+            task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=num_batches, loss=0.0)
+            for step in range(num_batches):
+                rows = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
+                users = None if self.window_users is None else self.window_users[rows]
+                loss = self.loss(self.windows[rows], users)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += loss.item()
+                progress.update(task, advance=1, loss=total / (step + 1))
+        return total / num_batches
+
+    def _fit(self, checkpoints: CheckpointStore | None) -> TrainingOutcome:
         generator = torch.Generator().manual_seed(self.config.seed)
         num_batches = -(-len(self.windows) // self.config.batch_size)
-        best_score, best_epoch, stale = -1.0, 0, 0
+        state = TrainingState()
         best_state: dict[str, torch.Tensor] = {}
         best_valid: EvaluationResult | None = None
-        history: list[dict[str, Any]] = []
-        for epoch in range(1, self.config.epochs + 1):
-            self.model.train()
+        saved = checkpoints.load() if checkpoints is not None else None
+        if saved is not None:
+            state, best_state = saved.state, saved.best_model
+            self.model.load_state_dict(saved.model)
+            self.optimizer.load_state_dict(saved.optimizer)
+            self._restore_random_states(generator, saved.rng)
+            if state.best_valid is not None:
+                best_valid = EvaluationResult("valid", state.best_valid, saved.best_valid_ranks)
+            self.console.print(f"resuming after epoch {state.epoch} (best epoch so far {state.best_epoch})")
+        while not state.stopped:
+            epoch = state.epoch + 1
             started = time.perf_counter()
-            order = torch.randperm(len(self.windows), generator=generator)
-            total = 0.0
-            with self._progress() as progress:
-                task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=num_batches, loss=0.0)
-                for step in range(num_batches):
-                    rows = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
-                    users = None if self.window_users is None else self.window_users[rows]
-                    loss = self.loss(self.windows[rows], users)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    total += loss.item()
-                    progress.update(task, advance=1, loss=total / (step + 1))
+            loss = self._train_epoch(epoch, torch.randperm(len(self.windows), generator=generator), num_batches)
             train_seconds = time.perf_counter() - started
+            self.console.print(f"validating epoch {epoch}")
             valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history,
                                    self.config.eval_batch_size)
             score = valid.metrics[SELECTION_METRIC]
-            improved = score > best_score
-            history.append({"epoch": epoch, "loss": total / num_batches, "train_seconds": train_seconds,
-                            "valid": valid.metrics})
-            self.console.print(f"epoch {epoch:3d}  loss {total / num_batches:.4f}  valid {SELECTION_METRIC} "
+            improved = score > state.best_score
+            state.epoch, state.step = epoch, state.step + num_batches
+            state.history.append({"epoch": epoch, "loss": loss, "train_seconds": train_seconds,
+                                  "valid": valid.metrics})
+            self.console.print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {SELECTION_METRIC} "
                                f"{score:.4f}{'  *' if improved else ''}  ({train_seconds:.1f}s)")
             if improved:
-                best_score, best_epoch, stale, best_valid = score, epoch, 0, valid
+                state.best_score, state.best_epoch, state.stale, state.best_valid = score, epoch, 0, valid.metrics
+                best_valid = valid
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
             else:
-                stale += 1
-                if stale >= self.config.patience:
-                    self.console.print(f"early stop: no {SELECTION_METRIC} gain for {stale} epochs")
-                    break
+                state.stale += 1
+                if state.stale >= self.config.patience:
+                    self.console.print(f"early stop: no {SELECTION_METRIC} gain for {state.stale} epochs")
+            state.stopped = state.stale >= self.config.patience or epoch >= self.config.epochs
+            if checkpoints is not None:
+                checkpoints.save(state, self.model.state_dict(), best_state, best_valid.ranks,
+                                 self.optimizer.state_dict(), self._random_states(generator))
         self.model.load_state_dict(best_state)
         test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history,
                               self.config.eval_batch_size)
-        return TrainingOutcome(best_epoch, best_valid, test, history, best_state)
+        return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state)
