@@ -25,7 +25,7 @@ from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, par
                           train_and_save)
 from zoo.training.checkpoint import read_json
 from zoo.registry import list_models, preset_config
-from zoo.training.trainer import TrainConfig
+from zoo.training.trainer import PRECISIONS, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapter-lr", type=float)
     parser.add_argument("--patience", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="auto (default: bf16 on CUDA devices that support it, else fp32), fp32, bf16, fp16")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--run-dir", type=Path, help="default: weights/<preset>-<data>-<time>")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
@@ -69,7 +71,8 @@ def split_overrides(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Sort CLI values and --set pairs into the training config and model-config overrides."""
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_values = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                    "adapter_lr": args.adapter_lr, "patience": args.patience, "seed": args.seed}
+                    "adapter_lr": args.adapter_lr, "patience": args.patience, "seed": args.seed,
+                    "precision": args.precision}
     train_values = {k: v for k, v in train_values.items() if v is not None}
     if args.no_mask_history:
         train_values["mask_history"] = False
@@ -83,7 +86,7 @@ def split_overrides(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """Options set on the command line next to --resume, as `config.json` keys (`train.epochs`, ...)."""
     given = {}
-    for key in ("epochs", "batch_size", "lr", "adapter_lr", "patience", "seed"):
+    for key in ("epochs", "batch_size", "lr", "adapter_lr", "patience", "seed", "precision"):
         if getattr(args, key) is not None:
             given[f"train.{key}"] = getattr(args, key)
     if args.no_mask_history:

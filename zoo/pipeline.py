@@ -23,7 +23,7 @@ from zoo.registry import build_model, config_from_dict, preset_config
 from zoo.runs import Run
 from zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
 from zoo.training.evaluation import evaluate_popularity
-from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome
+from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
 __all__ = ["FeatureSettings", "prepare_features", "configure_model", "train_and_save", "resume_run",
            "resolve_device", "code_fingerprint"]
@@ -135,7 +135,7 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     model = configure_model(preset, dataset, features.shapes(), model_overrides)
     config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
               "data": data_description, "feature_settings": settings.to_dict(), "code": code_fingerprint(),
-              "threads": torch.get_num_threads(),
+              "threads": torch.get_num_threads(), "precision": resolve_precision(train_config.precision, device),
               "features": {"side_layers": settings.side_layers, "backbones": backbones}}
     write_json(run_dir / "config.json", config)
     return _train(Run(run_dir, config, model, dataset, features), train_config, device, console)
@@ -171,7 +171,8 @@ def resume_run(run_dir: Path, device: torch.device, console: Console,
     model_config = config_from_dict(config["model"])
     states, _ = prepare_features(dataset, model_config.item_features(), settings, device, console)
     features = ItemFeatures(dataset.num_items, states, device)
-    train_config = TrainConfig(**config["train"])
+    # The precision `auto` chose when the run started, whatever this machine would choose now.
+    train_config = TrainConfig(**{**config["train"], "precision": config["precision"]})
     torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint
     model = build_model(model_config)
     return _train(Run(run_dir, config, model, dataset, features), train_config, device, console)

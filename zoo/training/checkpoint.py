@@ -66,6 +66,7 @@ class Checkpoint:
     best_model: dict[str, torch.Tensor]
     best_valid_ranks: torch.Tensor | None
     optimizer: dict[str, Any]
+    scaler: dict[str, Any]
     rng: dict[str, torch.Tensor]
 
 
@@ -90,7 +91,8 @@ class CheckpointStore:
         return read_json(path) if path.is_file() else None
 
     def save(self, state: TrainingState, model: dict[str, torch.Tensor], best_model: dict[str, torch.Tensor],
-             best_valid_ranks: torch.Tensor | None, optimizer: dict[str, Any], rng: dict[str, torch.Tensor]) -> None:
+             best_valid_ranks: torch.Tensor | None, optimizer: dict[str, Any], scaler: dict[str, Any],
+             rng: dict[str, torch.Tensor]) -> None:
         folder = self.run_dir / self.FOLDER
         name = f"epoch-{state.epoch:04d}"
         temporary = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=_make_dirs(folder)))
@@ -103,7 +105,7 @@ class CheckpointStore:
                                        ("optimizer.safetensors", optimizer_tensors), ("state.safetensors", extra)):
                 save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
                           str(temporary / file_name))
-            (temporary / "optimizer.json").write_text(json.dumps(optimizer_layout) + "\n")
+            (temporary / "optimizer.json").write_text(json.dumps({**optimizer_layout, "scaler": scaler}) + "\n")
             for path in temporary.iterdir():
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
@@ -130,10 +132,10 @@ class CheckpointStore:
         state = TrainingState(**{f.name: raw[f.name] for f in dataclasses.fields(TrainingState)})
         extra = load_file(str(folder / "state.safetensors"))
         ranks = extra.pop("best_valid_ranks", None)
-        optimizer = _join_optimizer_state(load_file(str(folder / "optimizer.safetensors")),
-                                          read_json(folder / "optimizer.json"))
+        layout = read_json(folder / "optimizer.json")
+        optimizer = _join_optimizer_state(load_file(str(folder / "optimizer.safetensors")), layout)
         return Checkpoint(state, load_file(str(folder / "model.safetensors")),
-                          load_file(str(folder / "best.safetensors")), ranks, optimizer, extra)
+                          load_file(str(folder / "best.safetensors")), ranks, optimizer, layout["scaler"], extra)
 
     def mark_finished(self) -> None:
         """Record that the run finished (the last file a run writes)."""

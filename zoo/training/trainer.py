@@ -18,9 +18,19 @@ from zoo.training.checkpoint import CheckpointStore, TrainingState
 from zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
 from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
 
-__all__ = ["TrainConfig", "Trainer", "TrainingOutcome", "training_windows"]
+__all__ = ["PRECISIONS", "TrainConfig", "Trainer", "TrainingOutcome", "resolve_precision", "training_windows"]
 
 SELECTION_METRIC = "NDCG@10"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """`auto` -> bf16 on a CUDA device that supports it, fp32 otherwise; other names unchanged."""
+    device = torch.device(device)
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,12 @@ class TrainConfig:
     sliding_windows: bool = field(default=False, metadata={
         "help": "also train on the earlier windows of histories longer than max_seq_len + 1"})
     eval_batch_size: int = field(default=512, metadata={"help": "users per evaluation batch"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"})
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size, patience and eval_batch_size must be positive")
         for name in ("lr", "adapter_lr"):
@@ -103,6 +117,15 @@ class Trainer:
         probability = (counts + 1) / (counts[1:] + 1).sum()
         self.log_popularity = probability.log().float().to(self.device)
         self.optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=0.0)
+        self.precision = resolve_precision(config.precision, self.device)
+        # Parameters and optimizer state stay fp32; autocast runs the model in half precision
+        # (the fused kernel takes its half-precision paths on CUDA) and fp16 scales the loss.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def autocast(self) -> torch.autocast:
+        """The mixed-precision context the model runs in (a disabled one for fp32)."""
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Adapters and everything else, each with its own learning rate."""
@@ -181,12 +204,14 @@ class Trainer:
             for step in range(num_batches):
                 rows = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
                 users = None if self.window_users is None else self.window_users[rows]
-                loss = self.loss(self.windows[rows], users)
+                with self.autocast():
+                    loss = self.loss(self.windows[rows], users)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 total += loss.item()
                 progress.update(task, advance=1, loss=total / (step + 1))
         return total / num_batches
@@ -202,6 +227,7 @@ class Trainer:
             state, best_state = saved.state, saved.best_model
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
+            self.scaler.load_state_dict(saved.scaler)
             self._restore_random_states(generator, saved.rng)
             if state.best_valid is not None:
                 best_valid = EvaluationResult("valid", state.best_valid, saved.best_valid_ranks)
@@ -212,8 +238,9 @@ class Trainer:
             loss = self._train_epoch(epoch, torch.randperm(len(self.windows), generator=generator), num_batches)
             train_seconds = time.perf_counter() - started
             self.console.print(f"validating epoch {epoch}")
-            valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history,
-                                   self.config.eval_batch_size)
+            with self.autocast():
+                valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history,
+                                       self.config.eval_batch_size)
             score = valid.metrics[SELECTION_METRIC]
             improved = score > state.best_score
             state.epoch, state.step = epoch, state.step + num_batches
@@ -232,8 +259,9 @@ class Trainer:
             state.stopped = state.stale >= self.config.patience or epoch >= self.config.epochs
             if checkpoints is not None:
                 checkpoints.save(state, self.model.state_dict(), best_state, best_valid.ranks,
-                                 self.optimizer.state_dict(), self._random_states(generator))
+                                 self.optimizer.state_dict(), self.scaler.state_dict(), self._random_states(generator))
         self.model.load_state_dict(best_state)
-        test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history,
-                              self.config.eval_batch_size)
+        with self.autocast():
+            test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history,
+                                  self.config.eval_batch_size)
         return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state)
