@@ -20,11 +20,10 @@ from zoo.cli import metrics_table, run_cli
 from zoo.data import DATA_KINDS, load_dataset
 from zoo.errors import ConfigError
 from zoo.models.config import MODALITIES
-from zoo.errors import ConfigError
 from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device, resume_run,
                           train_and_save)
-from zoo.training.checkpoint import read_json
 from zoo.registry import list_models, preset_config
+from zoo.training.checkpoint import read_json
 from zoo.training.trainer import PRECISIONS, TrainConfig
 
 

@@ -3,7 +3,6 @@ uninterrupted run; finished runs stay as they are; resumes that disagree with th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
