@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernels.reference import ACTIVATIONS, effective_mixing, gated_mix_down_reference, prepare_inputs
+from kernels.reference import ACTIVATIONS, effective_mixing, mix_down_prepared, prepare_inputs
 
 try:
     import triton
@@ -462,7 +462,7 @@ class _GatedMixDownFunction(torch.autograd.Function):
         if states_need_grad or previous_need_grad or mixing_need_grad:
             g, d = _launch_backward(grad_pre, w_down, grad_x, states, previous, used)
             if mixing_need_grad:
-                grad_mixing = (d * used).to(ctx.mixing_dtype)
+                grad_mixing = d.to(ctx.mixing_dtype)  # zero outside the pattern: those sources are not loaded
             num_modalities, n_rows, width = states.shape
             flat_g = g.view(g.shape[0], n_rows * width)
             if states_need_grad:
@@ -523,6 +523,6 @@ def gated_mix_down(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     inputs = prepare_inputs(states, previous, mixing, w_down, b_down, activation, pattern)
     if not _use_triton(inputs.states, backend):
-        return gated_mix_down_reference(*inputs[:5], activation=activation, pattern=inputs.pattern)
+        return mix_down_prepared(inputs, activation)
     with torch.autocast(inputs.states.device.type, enabled=False):
         return _GatedMixDownFunction.apply(*inputs[:5], inputs.pattern, activation)

@@ -25,7 +25,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ACTIVATIONS", "MixDownInputs", "gated_mix_down_reference", "prepare_inputs", "effective_mixing"]
+__all__ = ["ACTIVATIONS", "MixDownInputs", "gated_mix_down_reference", "mix_down_prepared", "prepare_inputs",
+           "effective_mixing"]
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -108,8 +109,12 @@ def gated_mix_down_reference(states: torch.Tensor, previous: torch.Tensor | None
     in at least fp32 (float64 stays float64, which gradcheck needs); x is rounded to the
     states' dtype before the down-projection, as the kernel does.
     """
-    states, previous, mixing, w_down, b_down, pattern = prepare_inputs(
-        states, previous, mixing, w_down, b_down, activation, pattern)
+    return mix_down_prepared(prepare_inputs(states, previous, mixing, w_down, b_down, activation, pattern), activation)
+
+
+def mix_down_prepared(inputs: MixDownInputs, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gated_mix_down_reference` on inputs `prepare_inputs` already checked (the dispatcher's CPU path)."""
+    states, previous, mixing, w_down, b_down, pattern = inputs
     num_modalities, rows, width = states.shape
     num_towers = w_down.shape[0]
     compute_dtype = torch.promote_types(states.dtype, torch.float32)

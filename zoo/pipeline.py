@@ -15,17 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec, StateExtractor, load_backbone
 from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
-from zoo.data import SequenceDataset, load_dataset
+from zoo.data import SequenceDataset
 from zoo.errors import ConfigError, MissingFileError
 from zoo.features import ItemFeatures
-from zoo.models.base import Recommender
 from zoo.registry import build_model, config_from_dict, preset_config
-from zoo.runs import Run
+from zoo.runs import Run, recorded_dataset
 from zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
 from zoo.training.evaluation import evaluate_popularity
 from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
-__all__ = ["FeatureSettings", "prepare_features", "configure_model", "train_and_save", "resume_run",
+__all__ = ["FeatureSettings", "prepare_features", "train_and_save", "resume_run",
            "resolve_device", "code_fingerprint"]
 
 
@@ -112,12 +111,6 @@ def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], sett
     return states, described
 
 
-def configure_model(preset: str, dataset: SequenceDataset, feature_shapes: dict[str, tuple[int, int]],
-                    overrides: dict[str, Any]) -> Recommender:
-    """Build the preset's model fitted to this data set's catalogue and cached feature shapes."""
-    return build_model(preset_config(preset, **overrides).fit_to_data(dataset.num_items, feature_shapes))
-
-
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
                    run_dir: Path, device: torch.device,
@@ -128,11 +121,11 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     Returns the outcome, metrics.json, and the run in memory (the model holds its best-epoch
     weights), so callers that evaluate further need not reopen it from disk.
     """
-    modalities = preset_config(preset, **model_overrides).item_features()
-    states, backbones = prepare_features(dataset, modalities, settings, device, console)
+    base = preset_config(preset, **model_overrides)
+    states, backbones = prepare_features(dataset, base.item_features(), settings, device, console)
     features = ItemFeatures(dataset.num_items, states, device)
     torch.manual_seed(train_config.seed)
-    model = configure_model(preset, dataset, features.shapes(), model_overrides)
+    model = build_model(base.fit_to_data(dataset.num_items, features.shapes()))
     config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
               "data": data_description, "feature_settings": settings.to_dict(), "code": code_fingerprint(),
               "threads": torch.get_num_threads(), "precision": resolve_precision(train_config.precision, device),
@@ -158,9 +151,8 @@ def resume_run(run_dir: Path, device: torch.device, console: Console,
         console.print(f"{run_dir} finished already; nothing to resume")
         return None, read_json(run_dir / "metrics.json"), None
     differing = [key for key, value in (given or {}).items() if _recorded(config, key) != value]
-    data = config["data"]
     settings = FeatureSettings.from_dict(config["feature_settings"])
-    dataset = load_dataset(data["kind"], Path(data["root"]), settings.cache_dir, data["cover_dir"], data["video_dir"])
+    dataset = recorded_dataset(config)
     differing += [key for key, now in (("code", code_fingerprint()), ("data.fingerprint", dataset.fingerprint()))
                   if _recorded(config, key) != now]
     if differing:

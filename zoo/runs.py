@@ -15,7 +15,7 @@ from zoo.models.base import Recommender
 from zoo.registry import load_model
 from zoo.training.checkpoint import CheckpointStore, read_json
 
-__all__ = ["Run", "open_run"]
+__all__ = ["Run", "open_run", "recorded_dataset"]
 
 
 @dataclass
@@ -29,6 +29,13 @@ class Run:
     features: ItemFeatures
 
 
+def recorded_dataset(config: dict[str, Any]) -> SequenceDataset:
+    """The data set a run's `config.json` describes, read from where it was (with the run's cache folder)."""
+    data = config["data"]
+    return load_dataset(data["kind"], Path(data["root"]), Path(config["feature_settings"]["cache_dir"]),
+                        data["cover_dir"], data["video_dir"])
+
+
 def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     """Load a run directory written by `train.py`; the data set must still be where it was."""
     run_dir = Path(run_dir)
@@ -40,8 +47,7 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     config = read_json(run_dir / "config.json")
     model = load_model(run_dir, device=str(device))
     data = config["data"]
-    dataset = load_dataset(data["kind"], Path(data["root"]), Path(".cache"), data.get("cover_dir", "covers"),
-                           data.get("video_dir", "videos"))
+    dataset = recorded_dataset(config)
     if dataset.fingerprint() != data["fingerprint"]:
         raise DataError(f"the data set at {data['root']} changed since {run_dir} was trained "
                         f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']})")

@@ -98,11 +98,12 @@ class TowerAdapters(nn.Module):
         """Second half of every adapter given the activated bottlenecks `hidden [T, N, r]`."""
         return adapter_output(x, hidden, self.up_weight.mT, self.up_bias)
 
-    def tower_parameters(self, tower: int) -> dict[str, torch.Tensor]:
-        """Tower `tower`'s adapter as `HoulsbyAdapter` parameter names -> slices (views, so
-        gradients through them reach these stacked parameters)."""
-        return {"down.weight": self.down_weight[tower].t(), "down.bias": self.down_bias[tower],
-                "up.weight": self.up_weight[tower].t(), "up.bias": self.up_bias[tower]}
+    def tower_parameters(self, tower: int, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Tower `tower`'s adapter as `HoulsbyAdapter` parameter names (after `prefix`, for an
+        adapter inside another module) -> slices: views, so gradients through them reach these
+        stacked parameters (`torch.func.functional_call`)."""
+        return {f"{prefix}down.weight": self.down_weight[tower].t(), f"{prefix}down.bias": self.down_bias[tower],
+                f"{prefix}up.weight": self.up_weight[tower].t(), f"{prefix}up.bias": self.up_bias[tower]}
 
     def extra_repr(self) -> str:
         return (f"num_towers={self.num_towers}, width={self.width}, hidden_dim={self.hidden_dim}, "

@@ -23,12 +23,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from zoo.data.dataset import PAD
 from zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
 from zoo.layers.fusion import make_fusion
 from zoo.layers.head import TowerHead
 from zoo.layers.sasrec import SASRec
 from zoo.layers.side_network import SideGates, SideNetwork
-from zoo.data.dataset import PAD
 from zoo.models.config import RecommenderConfig, SideNetworkConfig
 
 __all__ = ["PAD", "Recommender", "SideNetworkRecommender"]

@@ -76,8 +76,7 @@ class Crossan(SideNetworkRecommender):
             current = []
             for m in range(len(previous)):
                 mixed_from = previous if self.config.cross_modal else [previous[m]]
-                weights = {"mixer.logits": logits[index, m],
-                           **{f"adapter.{k}": v for k, v in adapters.tower_parameters(m).items()}}
+                weights = {"mixer.logits": logits[index, m], **adapters.tower_parameters(m, prefix="adapter.")}
                 current.append(functional_call(layer, weights, (torch.stack([states[index, m], *mixed_from]),)))
             previous = current
         return torch.stack(previous)

@@ -83,7 +83,7 @@ class IISAN(SideNetworkRecommender):
         for index, adapters in enumerate(self.side.layers):
             intra = [functional_call(intra_layer,
                                      {"mixer.theta": mixers["intra"].theta[index, m],
-                                      **{f"adapter.{k}": v for k, v in adapters.tower_parameters(m).items()}},
+                                      **adapters.tower_parameters(m, prefix="adapter.")},
                                      (torch.stack([states[index, m], intra[m]]),))
                      for m in range(num_modalities)]
             gate_name = "theta" if num_modalities == 2 else "logits"

@@ -27,9 +27,14 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def _cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies, as safetensors needs them (it refuses tensors that share storage)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Tensors to safetensors (contiguous CPU copies; shared storage is cloned)."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    """Tensors to safetensors, atomically."""
+    tensors = _cpu_copies(state)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -76,7 +81,9 @@ class CheckpointStore:
     Each epoch's tensors go to a new folder `checkpoints/epoch-NNNN` (written under a hidden
     temporary name, fsynced, then renamed); only then is `trainer_state.json` replaced
     (atomically) to name it, and older folders are removed. A kill at any point leaves
-    `trainer_state.json` naming a complete folder, or no checkpoint at all.
+    `trainer_state.json` naming a complete folder, or no checkpoint at all. The best epoch's
+    weights are that epoch's `model.safetensors`: `trainer_state.json` names the file, and its
+    folder is kept until a better epoch comes, so they are never written twice.
     """
 
     STATE_FILE = "trainer_state.json"
@@ -90,9 +97,10 @@ class CheckpointStore:
         path = self.run_dir / self.STATE_FILE
         return read_json(path) if path.is_file() else None
 
-    def save(self, state: TrainingState, model: dict[str, torch.Tensor], best_model: dict[str, torch.Tensor],
-             best_valid_ranks: torch.Tensor | None, optimizer: dict[str, Any], scaler: dict[str, Any],
-             rng: dict[str, torch.Tensor]) -> None:
+    def save(self, state: TrainingState, model: dict[str, torch.Tensor], best_valid_ranks: torch.Tensor | None,
+             optimizer: dict[str, Any], scaler: dict[str, Any], rng: dict[str, torch.Tensor]) -> None:
+        """Checkpoint the epoch `state.epoch`; its weights `model` are the best ones when
+        `state.best_epoch` is this epoch."""
         folder = self.run_dir / self.FOLDER
         name = f"epoch-{state.epoch:04d}"
         temporary = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=_make_dirs(folder)))
@@ -101,10 +109,9 @@ class CheckpointStore:
             extra = dict(rng)
             if best_valid_ranks is not None:
                 extra["best_valid_ranks"] = best_valid_ranks
-            for file_name, tensors in (("model.safetensors", model), ("best.safetensors", best_model),
-                                       ("optimizer.safetensors", optimizer_tensors), ("state.safetensors", extra)):
-                save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-                          str(temporary / file_name))
+            for file_name, tensors in (("model.safetensors", model), ("optimizer.safetensors", optimizer_tensors),
+                                       ("state.safetensors", extra)):
+                save_file(_cpu_copies(tensors), str(temporary / file_name))
             (temporary / "optimizer.json").write_text(json.dumps({**optimizer_layout, "scaler": scaler}) + "\n")
             for path in temporary.iterdir():
                 with open(path, "rb") as handle:
@@ -117,10 +124,11 @@ class CheckpointStore:
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
-        write_json(self.run_dir / self.STATE_FILE,
-                   {**dataclasses.asdict(state), "checkpoint": f"{self.FOLDER}/{name}", "finished": False})
+        best = f"{self.FOLDER}/epoch-{state.best_epoch:04d}/model.safetensors"
+        write_json(self.run_dir / self.STATE_FILE, {**dataclasses.asdict(state), "checkpoint": f"{self.FOLDER}/{name}",
+                                                    "best": best, "finished": False})
         for old in folder.iterdir():
-            if old.name != name:
+            if old.name not in (name, Path(best).parent.name):
                 shutil.rmtree(old, ignore_errors=True)
 
     def load(self) -> Checkpoint | None:
@@ -134,8 +142,8 @@ class CheckpointStore:
         ranks = extra.pop("best_valid_ranks", None)
         layout = read_json(folder / "optimizer.json")
         optimizer = _join_optimizer_state(load_file(str(folder / "optimizer.safetensors")), layout)
-        return Checkpoint(state, load_file(str(folder / "model.safetensors")),
-                          load_file(str(folder / "best.safetensors")), ranks, optimizer, layout["scaler"], extra)
+        return Checkpoint(state, load_file(str(folder / "model.safetensors")), load_file(str(self.run_dir / raw["best"])),
+                          ranks, optimizer, layout["scaler"], extra)
 
     def mark_finished(self) -> None:
         """Record that the run finished (the last file a run writes)."""

@@ -258,8 +258,8 @@ class Trainer:
                     self.console.print(f"early stop: no {SELECTION_METRIC} gain for {state.stale} epochs")
             state.stopped = state.stale >= self.config.patience or epoch >= self.config.epochs
             if checkpoints is not None:
-                checkpoints.save(state, self.model.state_dict(), best_state, best_valid.ranks,
-                                 self.optimizer.state_dict(), self.scaler.state_dict(), self._random_states(generator))
+                checkpoints.save(state, self.model.state_dict(), best_valid.ranks, self.optimizer.state_dict(),
+                                 self.scaler.state_dict(), self._random_states(generator))
         self.model.load_state_dict(best_state)
         with self.autocast():
             test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history,
