@@ -2,6 +2,7 @@
 
     python train.py --preset crossan-tiva                 # embedded toy data, tiny backbones
     python train.py --resume weights/<run>                # continue a killed run
+    torchrun --nproc-per-node 2 train.py --preset crossan-tiva   # data-parallel over 2 processes
     python train.py --preset crossan-t --data amazon --data-root ../shared/data/amazon-scientific \
         --backbone text=minilm
 """
@@ -13,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from zoo.backbones import POOLINGS, SOURCES, TEXT_MAX_TOKENS
@@ -24,6 +26,7 @@ from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, par
                           train_and_save)
 from zoo.registry import list_models, preset_config
 from zoo.training.checkpoint import read_json
+from zoo.training.distributed import Processes, launched
 from zoo.training.trainer import PRECISIONS, TrainConfig
 
 
@@ -106,15 +109,18 @@ def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return given
 
 
-def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, console: Console) -> int:
+def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, console: Console, device: torch.device,
+           processes: Processes) -> int:
     """`--resume RUN_DIR`: continue a killed run (or say that it finished)."""
-    _, metrics, _ = resume_run(args.resume, resolve_device(args.device), console, given_options(parser, args))
-    report(args, metrics, args.resume)
+    _, metrics, _ = resume_run(args.resume, device, console, given_options(parser, args), processes)
+    report(args, metrics, args.resume, processes)
     return 0
 
 
-def report(args: argparse.Namespace, metrics: dict, run_dir: Path) -> None:
-    """metrics.json on stdout (--json) or the metrics table."""
+def report(args: argparse.Namespace, metrics: dict, run_dir: Path, processes: Processes) -> None:
+    """metrics.json on stdout (--json) or the metrics table, from the main process."""
+    if not processes.is_main:
+        return
     if args.json:
         print(json.dumps(metrics))
         return
@@ -129,9 +135,16 @@ def report(args: argparse.Namespace, metrics: dict, run_dir: Path) -> None:
 def main() -> int:
     parser = build_parser()
     args = parser.parse_args()
-    console = Console(stderr=True)
-    if args.resume is not None:
-        return resume(parser, args, console)
+    # Under torchrun: one process group for the whole command (a plain single process otherwise).
+    with launched(resolve_device(args.device)) as (processes, device):
+        console = Console(stderr=True, quiet=not processes.is_main)
+        if args.resume is not None:
+            return resume(parser, args, console, device, processes)
+        return train(args, console, device, processes)
+
+
+def train(args: argparse.Namespace, console: Console, device: torch.device, processes: Processes) -> int:
+    """`--preset NAME`: a new run."""
     train_config, model_overrides = split_overrides(args)
     for pair in (*args.backbone, *args.pooling):
         modality = pair.partition("=")[0]
@@ -146,15 +159,16 @@ def main() -> int:
                                poolings=tuple(poolings.items()), text_max_tokens=args.text_max_tokens,
                                cache_dir=args.cache_dir,
                                allow_missing_media=args.allow_missing_media)
-    device = resolve_device(args.device)
     started = time.perf_counter()
     dataset = load_dataset(args.data, args.data_root, args.cache_dir, args.cover_dir, args.video_dir)
     console.print(dataset.summary())
-    run_dir = args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # The main process's clock names the run folder for all processes.
+    run_dir = Path(processes.broadcast_text(str(
+        args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}")))
     data_description = describe_data(args.data, dataset, args.cover_dir, args.video_dir)
     _, metrics, _ = train_and_save(args.preset, dataset, data_description, settings, train_config, model_overrides,
-                                   run_dir, device, console)
-    report(args, metrics, run_dir)
+                                   run_dir, device, console, processes)
+    report(args, metrics, run_dir, processes)
     console.print(f"run saved to {run_dir} ({time.perf_counter() - started:.0f}s in all)")
     return 0
 

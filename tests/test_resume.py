@@ -3,15 +3,13 @@ uninterrupted run; finished runs stay as they are; resumes that disagree with th
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from killing import kill_when
 
 PROJECT = Path(__file__).resolve().parents[1]
 # Small batches and evaluation batches stretch the epoch and the validation to about a second
@@ -42,26 +40,6 @@ def uninterrupted(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.Temp
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def kill_when(command: list[str], should_kill: Callable[[list[str]], bool]) -> list[str]:
-    """Run `command` and SIGKILL it as soon as `should_kill(stderr lines so far)` holds (polled
-    every few milliseconds while a thread collects the lines); returns the lines."""
-    process = subprocess.Popen(command, cwd=PROJECT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(line.strip() for line in process.stderr), daemon=True)
-    reader.start()
-    try:
-        while process.poll() is None:
-            if should_kill(list(lines)):
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-    finally:
-        process.wait(timeout=600)
-        reader.join(timeout=10)
-    assert process.returncode == -signal.SIGKILL, f"the run ended before the kill point:\n{lines[-10:]}"
-    return lines
 
 
 @pytest.mark.slow

@@ -21,8 +21,10 @@ from zoo.atomic import atomic_write
 from zoo.backbones.extractor import StateExtractor
 from zoo.data.dataset import SequenceDataset
 from zoo.data.errors import DataError
+from zoo.training.distributed import SINGLE, Processes
 
-__all__ = ["FORMAT_VERSION", "cache_metadata", "cache_path", "open_states", "build_states", "check_media"]
+__all__ = ["FORMAT_VERSION", "cache_metadata", "cache_path", "open_states", "build_states", "extract_rows",
+           "check_media"]
 
 FORMAT_VERSION = "1"
 TENSOR_NAME = "states"
@@ -82,29 +84,65 @@ def check_media(dataset: SequenceDataset, modality: str, allow_missing: bool) ->
 
 def build_states(dataset: SequenceDataset, extractor: StateExtractor, path: Path, batch_size: int = 32,
                  allow_missing_media: bool = False, device: torch.device | str = "cpu",
-                 on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+                 on_batch: Callable[[int], None] | None = None, processes: Processes = SINGLE) -> torch.Tensor:
     """Run the backbone over the whole catalogue, write the cache atomically, map it.
 
-    Missing media rows (when allowed) are zero-filled. `on_batch(n)` reports progress.
+    Missing media rows (when allowed) are zero-filled. `on_batch(n)` reports progress. Over
+    several processes each extracts its share of the items into a part file (written
+    atomically); after all have finished, the main process joins the parts into the cache file
+    (atomically) and removes them, while the others wait. A process that dies on the way leaves
+    at most complete part files, never a cache file.
     """
     metadata = cache_metadata(dataset, extractor)
     missing = check_media(dataset, extractor.modality, allow_missing_media)
-    num_states, width = extractor.output_shape
-    states = torch.zeros(dataset.num_items, num_states, width, dtype=torch.float16)
-    extractor.backbone.model.to(device)
-    for start in range(0, dataset.num_items, batch_size):
-        batch_rows = [r for r in range(start, min(start + batch_size, dataset.num_items)) if r not in missing]
-        if batch_rows:
-            encoded = extractor.encode([extractor.read_item(dataset, r) for r in batch_rows], device)
-            states[torch.tensor(batch_rows)] = encoded.to(torch.float16).cpu()
-        if on_batch is not None:
-            on_batch(min(batch_size, dataset.num_items - start))
-    if not torch.isfinite(states).all():
-        raise RuntimeError(f"the {extractor.modality} backbone produced non-finite features (float16 overflow?)")
-    write_states(path, states, metadata)
+    share = processes.shard(dataset.num_items)
+    states = extract_rows(dataset, extractor, share, batch_size, missing, device, on_batch)
+    if not processes.distributed:
+        write_states(path, states, metadata)
+    else:
+        parts = [_part_path(path, rank, processes.world_size) for rank in range(processes.world_size)]
+        write_states(parts[processes.rank], states, metadata)
+        processes.barrier()
+        if processes.is_main:
+            joined = torch.cat([_read_part(part, metadata) for part in parts])
+            write_states(path, joined, metadata)
+            for part in parts:
+                part.unlink()
+        processes.barrier()
     mapped = open_states(path, metadata)
     assert mapped is not None, f"{path} was just written but does not load"
     return mapped
+
+
+def extract_rows(dataset: SequenceDataset, extractor: StateExtractor, rows: range, batch_size: int = 32,
+                 missing: set[int] = frozenset(), device: torch.device | str = "cpu",
+                 on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """States `[len(rows), S, W]` (float16) of catalogue `rows`; those in `missing` stay zero."""
+    num_states, width = extractor.output_shape
+    states = torch.zeros(len(rows), num_states, width, dtype=torch.float16)
+    extractor.backbone.model.to(device)
+    for start in range(rows.start, rows.stop, batch_size):
+        batch_rows = [r for r in range(start, min(start + batch_size, rows.stop)) if r not in missing]
+        if batch_rows:
+            encoded = extractor.encode([extractor.read_item(dataset, r) for r in batch_rows], device)
+            states[torch.tensor(batch_rows) - rows.start] = encoded.to(torch.float16).cpu()
+        if on_batch is not None:
+            on_batch(min(batch_size, rows.stop - start))
+    if not torch.isfinite(states).all():
+        raise RuntimeError(f"the {extractor.modality} backbone produced non-finite features (float16 overflow?)")
+    return states
+
+
+def _part_path(path: Path, rank: int, world_size: int) -> Path:
+    """Where process `rank` of `world_size` leaves its share of the cache file `path`."""
+    return path.with_name(f".{path.stem}.part-{rank}-of-{world_size}{path.suffix}")
+
+
+def _read_part(part: Path, metadata: dict[str, str]) -> torch.Tensor:
+    states = open_states(part, metadata)
+    if states is None:
+        raise RuntimeError(f"{part}: a process's share of the feature cache is missing or damaged")
+    return states
 
 
 def write_states(path: Path, states: torch.Tensor, metadata: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from zoo.features import ItemFeatures
 from zoo.registry import build_model, config_from_dict, preset_config
 from zoo.runs import Run, recorded_dataset
 from zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
+from zoo.training.distributed import SINGLE, Processes
 from zoo.training.evaluation import evaluate_popularity
 from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
@@ -80,8 +81,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], settings: FeatureSettings,
-                     device: torch.device, console: Console) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Cached states per modality (built on first use) and a description of each backbone."""
+                     device: torch.device, console: Console,
+                     processes: Processes = SINGLE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Cached states per modality (built on first use, over all `processes`) and a description
+    of each backbone."""
     dataset.require_modalities(modalities)
     for modality in modalities:  # fail on missing media before spending time on any backbone
         check_media(dataset, modality, settings.allow_missing_media)
@@ -93,13 +96,14 @@ def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], sett
         metadata = cache_metadata(dataset, extractor)
         path = cache_path(settings.cache_dir, metadata, modality)
         cached = open_states(path, metadata)
-        if cached is None:
+        # Every process builds (its share) if any lacks the file, so they all meet at its barriers.
+        if processes.any(cached is None):
             with Progress(TextColumn(f"[bold]caching {modality}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as progress:
-                task = progress.add_task(modality, total=dataset.num_items)
+                task = progress.add_task(modality, total=len(processes.shard(dataset.num_items)))
                 started = time.perf_counter()
                 cached = build_states(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
-                                      device, on_batch=lambda n: progress.advance(task, n))
+                                      device, on_batch=lambda n: progress.advance(task, n), processes=processes)
             console.print(f"cached {modality} states {tuple(cached.shape)} with {backbone.identity['architecture']} "
                           f"in {time.perf_counter() - started:.1f}s -> {path}")
         else:
@@ -113,30 +117,33 @@ def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], sett
 
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
-                   run_dir: Path, device: torch.device,
-                   console: Console) -> tuple[TrainingOutcome, dict[str, Any], Run]:
+                   run_dir: Path, device: torch.device, console: Console,
+                   processes: Processes = SINGLE) -> tuple[TrainingOutcome, dict[str, Any], Run]:
     """Everything `train.py` does after argument parsing: a new run in `run_dir`, checkpointed
-    every epoch (`resume_run` continues it after a kill).
+    every epoch (`resume_run` continues it after a kill), trained by all `processes`.
 
     Returns the outcome, metrics.json, and the run in memory (the model holds its best-epoch
     weights), so callers that evaluate further need not reopen it from disk.
     """
     base = preset_config(preset, **model_overrides)
-    states, backbones = prepare_features(dataset, base.item_features(), settings, device, console)
+    states, backbones = prepare_features(dataset, base.item_features(), settings, device, console, processes)
     features = ItemFeatures(dataset.num_items, states, device)
     torch.manual_seed(train_config.seed)
     model = build_model(base.fit_to_data(dataset.num_items, features.shapes()))
     config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
               "data": data_description, "feature_settings": settings.to_dict(), "code": code_fingerprint(),
-              "threads": torch.get_num_threads(), "precision": resolve_precision(train_config.precision, device),
+              "threads": torch.get_num_threads(), "processes": processes.world_size,
+              "precision": resolve_precision(train_config.precision, device),
               "features": {"side_layers": settings.side_layers, "backbones": backbones}}
-    write_json(run_dir / "config.json", config)
-    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console)
+    if processes.is_main:
+        write_json(run_dir / "config.json", config)
+    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes)
 
 
-def resume_run(run_dir: Path, device: torch.device, console: Console,
-               given: dict[str, Any] | None = None) -> tuple[TrainingOutcome | None, dict[str, Any], Run | None]:
-    """Continue the run in `run_dir` from its last checkpoint, with everything from its files.
+def resume_run(run_dir: Path, device: torch.device, console: Console, given: dict[str, Any] | None = None,
+               processes: Processes = SINGLE) -> tuple[TrainingOutcome | None, dict[str, Any], Run | None]:
+    """Continue the run in `run_dir` from its last checkpoint, with everything from its files
+    (and as many processes as it started with: each has its own random state).
 
     A finished run is left as it is (its metrics.json is returned, with no outcome). `given`
     holds options from the command line as `config.json` keys (`train.epochs`, `preset`, ...);
@@ -155,19 +162,21 @@ def resume_run(run_dir: Path, device: torch.device, console: Console,
     dataset = recorded_dataset(config)
     differing += [key for key, now in (("code", code_fingerprint()), ("data.fingerprint", dataset.fingerprint()))
                   if _recorded(config, key) != now]
+    if config.get("processes", 1) != processes.world_size:
+        differing.append(f"processes ({config.get('processes', 1)} recorded, {processes.world_size} now)")
     if differing:
         raise ConfigError(f"cannot resume {run_dir}: {', '.join(differing)} differ from its config.json")
     if config.get("threads") != torch.get_num_threads():
         console.print(f"note: {run_dir} ran with {config.get('threads')} threads, this process has "
                       f"{torch.get_num_threads()}: the continuation will differ in the last digits")
     model_config = config_from_dict(config["model"])
-    states, _ = prepare_features(dataset, model_config.item_features(), settings, device, console)
+    states, _ = prepare_features(dataset, model_config.item_features(), settings, device, console, processes)
     features = ItemFeatures(dataset.num_items, states, device)
     # The precision `auto` chose when the run started, whatever this machine would choose now.
     train_config = TrainConfig(**{**config["train"], "precision": config["precision"]})
     torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint
     model = build_model(model_config)
-    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console)
+    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes)
 
 
 def _recorded(config: dict[str, Any], dotted_key: str) -> Any:
@@ -177,21 +186,24 @@ def _recorded(config: dict[str, Any], dotted_key: str) -> Any:
     return value
 
 
-def _train(run: Run, train_config: TrainConfig, device: torch.device,
-           console: Console) -> tuple[TrainingOutcome, dict[str, Any], Run]:
-    """Train (from the run's last checkpoint, if any), then write the finished run's files; the
-    last one written marks the run finished, so nothing a killed process leaves looks finished."""
+def _train(run: Run, train_config: TrainConfig, device: torch.device, console: Console,
+           processes: Processes) -> tuple[TrainingOutcome, dict[str, Any], Run]:
+    """Train (from the run's last checkpoint, if any), then write the finished run's files (the
+    main process only); the last one written marks the run finished, so nothing a killed
+    process leaves looks finished."""
     model, dataset, run_dir = run.model, run.dataset, run.directory
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     console.print(f"{run.config['preset']}: {num_trainable:,} trainable parameters")
     checkpoints = CheckpointStore(run_dir)
-    outcome = Trainer(model, dataset, run.features, train_config, device, console).fit(checkpoints)
-    save_weights(run_dir / "model.safetensors", outcome.best_state, {"preset": run.config["preset"]})
+    outcome = Trainer(model, dataset, run.features, train_config, device, console, processes).fit(checkpoints)
     popularity = {split: evaluate_popularity(dataset, split, train_config.mask_history).metrics
                   for split in ("valid", "test")}
     metrics = {"valid": outcome.valid.metrics, "test": outcome.test.metrics, "best_epoch": outcome.best_epoch,
                "trainable_parameters": num_trainable, "mask_history": train_config.mask_history,
                "popularity": popularity}
+    if not processes.is_main:
+        return outcome, metrics, run
+    save_weights(run_dir / "model.safetensors", outcome.best_state, {"preset": run.config["preset"]})
     for result in (outcome.valid, outcome.test):
         save_per_user(run_dir / f"per_user_{result.split}.json", dataset.user_ids, result.ranks)
     write_json(run_dir / "metrics.json", metrics)

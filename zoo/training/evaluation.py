@@ -10,6 +10,7 @@ import torch
 from zoo.data.dataset import PAD, SequenceDataset
 from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
+from zoo.training.distributed import SINGLE, Processes
 from zoo.training.metrics import metrics_from_ranks, target_ranks
 
 __all__ = ["EvaluationResult", "left_padded", "evaluate_model", "evaluate_popularity", "rank_all_users"]
@@ -35,12 +36,17 @@ def left_padded(sequences: list[np.ndarray], length: int) -> torch.Tensor:
 
 
 def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[list[int]], torch.Tensor],
-                   mask_history: bool = True, batch_size: int = 512) -> torch.Tensor:
+                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE) -> torch.Tensor:
     """Ranks of every user's `split` target, scoring users in batches with `score_users`
-    (user indices -> `[B, num_items]` scores over catalogue rows)."""
-    ranks = []
-    for start in range(0, dataset.num_users, batch_size):
-        users = list(range(start, min(start + batch_size, dataset.num_users)))
+    (user indices -> `[B, num_items]` scores over catalogue rows).
+
+    Over several processes each scores its contiguous share of the users, and every process
+    gets all ranks back (so all of them take the same early-stopping decision).
+    """
+    share = processes.shard(dataset.num_users)
+    ranks = [torch.empty(0)]
+    for start in range(share.start, share.stop, batch_size):
+        users = list(range(start, min(start + batch_size, share.stop)))
         scores = score_users(users).float()
         targets = torch.tensor([dataset.target(u, split) - 1 for u in users], device=scores.device)
         masked = None
@@ -49,16 +55,22 @@ def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[
             for i, user in enumerate(users):
                 masked[i, torch.as_tensor(dataset.history(user, split) - 1, device=scores.device)] = True
         ranks.append(target_ranks(scores, targets, masked).cpu())
-    return torch.cat(ranks)
+    return processes.gather_rows(torch.cat(ranks))
 
 
 @torch.no_grad()
 def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemFeatures, split: str,
-                   mask_history: bool = True, batch_size: int = 512) -> EvaluationResult:
-    """HR/NDCG@10/20 of `model` on `split` ("valid" or "test"), full ranking over all items."""
+                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE) -> EvaluationResult:
+    """HR/NDCG@10/20 of `model` on `split` ("valid" or "test"), full ranking over all items.
+
+    Over several processes, each embeds its share of the catalogue and ranks its share of the
+    users; both are gathered, so every process returns the full result.
+    """
     was_training = model.training
     model.eval()
-    items = model.catalogue_embeddings(features.gather, features.num_items)
+    catalogue = processes.shard(features.num_items)
+    items = processes.gather_rows(model.catalogue_embeddings(lambda rows: features.gather(rows + catalogue.start),
+                                                             len(catalogue)))
     table = model.item_table(items)
     length = model.config.max_seq_len
 
@@ -66,7 +78,7 @@ def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemF
         window = left_padded([dataset.history(u, split) for u in users], length).to(items.device)
         return model.scores(model.user_embeddings(table, window).float(), items)
 
-    ranks = rank_all_users(dataset, split, score_users, mask_history, batch_size)
+    ranks = rank_all_users(dataset, split, score_users, mask_history, batch_size, processes)
     model.train(was_training)
     return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
 

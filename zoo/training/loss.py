@@ -25,8 +25,10 @@ def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: tor
 
 
 def in_batch_debiased_cross_entropy(scores: torch.Tensor, log_popularity: torch.Tensor,
-                                    target_columns: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of `CE(scores - log p, target)` with `masked` columns set to -inf.
+                                    target_columns: torch.Tensor, masked: torch.Tensor,
+                                    reduction: str = "mean") -> torch.Tensor:
+    """Mean (or, with `reduction="sum"`, sum) over rows of `CE(scores - log p, target)` with
+    `masked` columns set to -inf.
 
     Shapes: `scores [R, U]` (the model's score of each in-batch candidate for each prediction
     row, `model.scores`), `log_popularity [U]`, `target_columns [R]` (column of each row's
@@ -36,4 +38,4 @@ def in_batch_debiased_cross_entropy(scores: torch.Tensor, log_popularity: torch.
     logits = scores - log_popularity.unsqueeze(0)
     # Half-precision logits (mixed precision) are upcast; float64 stays float64.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).masked_fill(masked, float("-inf"))
-    return F.cross_entropy(logits, target_columns)
+    return F.cross_entropy(logits, target_columns, reduction=reduction)

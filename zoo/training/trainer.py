@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,16 +10,19 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DistributedSampler
 
-from zoo.data.dataset import PAD, SequenceDataset
+from zoo.data.dataset import SequenceDataset
 from zoo.errors import ConfigError
 from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
 from zoo.training.checkpoint import CheckpointStore, TrainingState
+from zoo.training.distributed import SINGLE, Processes
 from zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
-from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
+from zoo.training.objective import InBatchObjective
 
-__all__ = ["PRECISIONS", "TrainConfig", "Trainer", "TrainingOutcome", "resolve_precision", "training_windows"]
+__all__ = ["PRECISIONS", "TrainConfig", "Trainer", "TrainingOutcome", "epoch_batches", "local_batch_size",
+           "resolve_precision", "training_windows"]
 
 SELECTION_METRIC = "NDCG@10"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -98,24 +102,63 @@ def training_windows(dataset: SequenceDataset, length: int,
     return left_padded(pieces, length), torch.tensor(users, dtype=torch.long)
 
 
+def local_batch_size(batch_size: int, processes: Processes = SINGLE) -> int:
+    """Windows per process and step: the global `batch_size` split evenly over the processes."""
+    if batch_size % processes.world_size:
+        raise ConfigError(f"batch_size {batch_size} must be a multiple of the number of processes "
+                          f"({processes.world_size}): each process takes batch_size / processes windows")
+    return batch_size // processes.world_size
+
+
+def epoch_batches(num_windows: int, batch_size: int, epoch: int, seed: int,
+                  processes: Processes = SINGLE) -> list[torch.Tensor]:
+    """This process's window indices for each step of `epoch`.
+
+    The epoch's order is `DistributedSampler`'s shuffle (a permutation drawn from `seed + epoch`,
+    the same for any number of processes), dealt to the processes round-robin. With the local
+    batch `batch_size / N`, step s of process r holds the positions of the global batch
+    `order[s * batch_size:(s + 1) * batch_size]` that are congruent to r mod N, so together
+    the processes train on exactly the batches one process would. The sampler's padding (it
+    repeats windows to even out the shares) is dropped: the last global batch is the true
+    remainder, and a process may get fewer windows, or none, in the last step.
+    """
+    local = local_batch_size(batch_size, processes)
+    sampler = DistributedSampler(range(num_windows), num_replicas=processes.world_size, rank=processes.rank,
+                                 shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    owned = len(range(processes.rank, num_windows, processes.world_size))
+    order = torch.tensor(list(sampler)[:owned], dtype=torch.long)
+    return [order[step * local:(step + 1) * local] for step in range(-(-num_windows // batch_size))]
+
+
 class Trainer:
-    """Trains `model` on cached item features; evaluates every epoch on the validation split."""
+    """Trains `model` on cached item features; evaluates every epoch on the validation split.
+
+    With `processes` from `torchrun` (`zoo.training.distributed.launched`), each process takes
+    its share of every batch, in-batch negatives span the global batch (`InBatchObjective`),
+    gradients are averaged by DistributedDataParallel, evaluation is sharded by users, and only
+    the main process prints and writes checkpoints.
+    """
 
     def __init__(self, model: Recommender, dataset: SequenceDataset, features: ItemFeatures, config: TrainConfig,
-                 device: torch.device | str = "cpu", console: Console | None = None) -> None:
+                 device: torch.device | str = "cpu", console: Console | None = None,
+                 processes: Processes = SINGLE) -> None:
         self.model = model.to(device)
         self.dataset = dataset
         self.features = features
         self.config = config
         self.device = torch.device(device)
-        self.console = console or Console(stderr=True)
+        self.processes = processes
+        local_batch_size(config.batch_size, processes)  # fail before any work
+        self.console = (console or Console(stderr=True)) if processes.is_main else Console(quiet=True)
         self.windows, window_users = training_windows(dataset, model.config.max_seq_len + 1, config.sliding_windows)
         # Only sliding windows put several windows of one user in a batch.
         self.window_users = window_users if config.sliding_windows else None
         counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
         # Add-one smoothing keeps p(item) > 0 for items never seen in training.
         probability = (counts + 1) / (counts[1:] + 1).sum()
-        self.log_popularity = probability.log().float().to(self.device)
+        log_popularity = probability.log().float().to(self.device)
+        self.objective = processes.wrap(InBatchObjective(self.model, features, log_popularity, processes))
         self.optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=0.0)
         self.precision = resolve_precision(config.precision, self.device)
         # Parameters and optimizer state stay fp32; autocast runs the model in half precision
@@ -138,26 +181,14 @@ class Trainer:
         return groups
 
     def loss(self, window: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """Loss of one batch of windows `[B, L + 1]` (item indices, 0 = padding).
+        """The loss to back-propagate for this process's batch of windows `[b, L + 1]` (item
+        indices, 0 = padding): in a single process, the batch's mean.
 
-        `users [B]` names each window's user (default: all distinct), so that items from the
+        `users [b]` names each window's user (default: all distinct), so that items from the
         user's other windows in the batch are not used as that user's negatives.
         """
-        window = window.to(self.device)
-        candidates = torch.unique(window[window != PAD])
-        item_embeddings = self.model.encode_items(*self.features.gather(candidates - 1))
-        # Only the batch's items are encoded, so the window is re-indexed into their table:
-        # item candidates[c] becomes c + 1, padding stays PAD.
-        columns = torch.searchsorted(candidates, window) + 1
-        columns = torch.where(window == PAD, torch.full_like(columns, PAD), columns)
-        states = self.model.sequence_states(self.model.item_table(item_embeddings), columns[:, :-1])
-        targets = window[:, 1:]
-        valid = (window[:, :-1] != PAD) & (targets != PAD)
-        row_user = valid.nonzero()[:, 0]
-        masked = same_user_mask(window, candidates, row_user, targets[valid],
-                                None if users is None else users.to(self.device))
-        return in_batch_debiased_cross_entropy(self.model.scores(states[valid], item_embeddings),
-                                               self.log_popularity[candidates], columns[:, 1:][valid] - 1, masked)
+        users = None if users is None else users.to(self.device)
+        return self.objective(window.to(self.device), users)[0]
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -168,10 +199,11 @@ class Trainer:
         """Train with early stopping; return the best-validation model's valid and test results.
 
         With `checkpoints`, every finished epoch is checkpointed and training continues from
-        the last checkpoint found there, so a killed run resumed this way computes exactly what
-        an uninterrupted one does (an epoch cut short is redone from its start). Runs with
-        deterministic kernels (the CPU scatter-adds in embedding-gather backward are otherwise
-        order-dependent), so the same seed gives the same metrics.
+        the last checkpoint found there, so a killed run resumed this way (with as many
+        processes) computes exactly what an uninterrupted one does (an epoch cut short is redone
+        from its start). Runs with deterministic kernels (the CPU scatter-adds in
+        embedding-gather backward are otherwise order-dependent), so the same seed gives the
+        same metrics.
         """
         previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -180,44 +212,59 @@ class Trainer:
         finally:
             torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
-    def _random_states(self, order: torch.Generator) -> dict[str, torch.Tensor]:
-        """Every random generator the next epoch draws from: data order, dropout (CPU and CUDA)."""
-        states = {"rng.data_order": order.get_state(), "rng.torch": torch.get_rng_state()}
+    def _random_states(self) -> dict[str, torch.Tensor]:
+        """Every random generator the next epoch draws from, of every process (dropout, on the
+        CPU and CUDA); the data order needs none, being a function of the seed and the epoch."""
+        mine = [torch.get_rng_state()]
         if torch.cuda.is_available():
-            states.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+            mine += list(torch.cuda.get_rng_state_all())
+        states = {}
+        for index, state in enumerate(mine):
+            name = "torch" if index == 0 else f"cuda.{index - 1}"
+            gathered = self.processes.gather_rows(state.to(self.processes.device).unsqueeze(0)).cpu()
+            states.update({f"rng.rank{rank}.{name}": gathered[rank] for rank in range(self.processes.world_size)})
         return states
 
-    @staticmethod
-    def _restore_random_states(order: torch.Generator, states: dict[str, torch.Tensor]) -> None:
-        order.set_state(states["rng.data_order"])
-        torch.set_rng_state(states["rng.torch"])
-        cuda = [states[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in states))]
+    def _restore_random_states(self, states: dict[str, torch.Tensor]) -> None:
+        rank = self.processes.rank
+        if f"rng.rank{rank}.torch" not in states:
+            raise ConfigError(f"the checkpoint holds no random state for process {rank}: resume with as many "
+                              "processes as the run started with")
+        torch.set_rng_state(states[f"rng.rank{rank}.torch"])
+        cuda = [states[f"rng.rank{rank}.cuda.{i}"] for i in range(sum(k.startswith(f"rng.rank{rank}.cuda.")
+                                                                       for k in states))]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
 
-    def _train_epoch(self, epoch: int, order: torch.Tensor, num_batches: int) -> float:
-        """One pass over the windows in `order`; returns the mean loss."""
-        self.model.train()
+    def _train_epoch(self, epoch: int) -> float:
+        """One pass over this process's share of the windows; returns the mean (global) loss."""
+        self.objective.train()
+        batches = epoch_batches(len(self.windows), self.config.batch_size, epoch, self.config.seed, self.processes)
         total = 0.0
         with self._progress() as progress:
-            task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=num_batches, loss=0.0)
-            for step in range(num_batches):
-                rows = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
+            task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=len(batches), loss=0.0)
+            for step, rows in enumerate(batches):
                 users = None if self.window_users is None else self.window_users[rows]
                 with self.autocast():
-                    loss = self.loss(self.windows[rows], users)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}")
+                    loss, local_sum, count = self.objective(self.windows[rows].to(self.device),
+                                                            None if users is None else users.to(self.device))
+                step_loss = (self.processes.sum(local_sum) / count).item()
+                if not math.isfinite(step_loss):
+                    raise FloatingPointError(f"non-finite loss {step_loss} at epoch {epoch}, step {step}")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                total += loss.item()
+                total += step_loss
                 progress.update(task, advance=1, loss=total / (step + 1))
-        return total / num_batches
+        return total / len(batches)
+
+    def _evaluate(self, split: str) -> EvaluationResult:
+        with self.autocast():
+            return evaluate_model(self.model, self.dataset, self.features, split, self.config.mask_history,
+                                  self.config.eval_batch_size, self.processes)
 
     def _fit(self, checkpoints: CheckpointStore | None) -> TrainingOutcome:
-        generator = torch.Generator().manual_seed(self.config.seed)
         num_batches = -(-len(self.windows) // self.config.batch_size)
         state = TrainingState()
         best_state: dict[str, torch.Tensor] = {}
@@ -228,19 +275,17 @@ class Trainer:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
             self.scaler.load_state_dict(saved.scaler)
-            self._restore_random_states(generator, saved.rng)
+            self._restore_random_states(saved.rng)
             if state.best_valid is not None:
                 best_valid = EvaluationResult("valid", state.best_valid, saved.best_valid_ranks)
             self.console.print(f"resuming after epoch {state.epoch} (best epoch so far {state.best_epoch})")
         while not state.stopped:
             epoch = state.epoch + 1
             started = time.perf_counter()
-            loss = self._train_epoch(epoch, torch.randperm(len(self.windows), generator=generator), num_batches)
+            loss = self._train_epoch(epoch)
             train_seconds = time.perf_counter() - started
             self.console.print(f"validating epoch {epoch}")
-            with self.autocast():
-                valid = evaluate_model(self.model, self.dataset, self.features, "valid", self.config.mask_history,
-                                       self.config.eval_batch_size)
+            valid = self._evaluate("valid")
             score = valid.metrics[SELECTION_METRIC]
             improved = score > state.best_score
             state.epoch, state.step = epoch, state.step + num_batches
@@ -258,10 +303,10 @@ class Trainer:
                     self.console.print(f"early stop: no {SELECTION_METRIC} gain for {state.stale} epochs")
             state.stopped = state.stale >= self.config.patience or epoch >= self.config.epochs
             if checkpoints is not None:
-                checkpoints.save(state, self.model.state_dict(), best_valid.ranks, self.optimizer.state_dict(),
-                                 self.scaler.state_dict(), self._random_states(generator))
+                random_states = self._random_states()  # every process takes part in gathering them
+                if self.processes.is_main:
+                    checkpoints.save(state, self.model.state_dict(), best_valid.ranks, self.optimizer.state_dict(),
+                                     self.scaler.state_dict(), random_states)
         self.model.load_state_dict(best_state)
-        with self.autocast():
-            test = evaluate_model(self.model, self.dataset, self.features, "test", self.config.mask_history,
-                                  self.config.eval_batch_size)
+        test = self._evaluate("test")
         return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state)

@@ -1,0 +1,81 @@
+"""The training step's loss as a module: in-batch negatives over the global batch of all processes.
+
+A step's batch of training windows is split over the processes (each holds `B / N` windows).
+The candidates every prediction is scored against are the unique items of the whole (global)
+batch, so each process first gathers all windows (item indices: cheap), takes the union of
+their items, encodes its own share of those items, and gathers the embeddings of the other
+shares *with their gradients*. Each process then scores its own windows' predictions against
+all candidates, masking a user's own items as in a single process. The loss is the global
+batch's mean: the sum over this process's prediction rows divided by the global row count, times
+`N` because `DistributedDataParallel` averages the processes' gradients. So N processes with
+local batch B/N optimise the loss one process computes for batch B, up to the order of float
+additions.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zoo.data.dataset import PAD
+from zoo.features import ItemFeatures
+from zoo.models.base import Recommender
+from zoo.training.distributed import SINGLE, Processes
+from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
+
+__all__ = ["InBatchObjective"]
+
+class InBatchObjective(nn.Module):
+    """Debiased in-batch cross-entropy of one step; returns `(loss to back-propagate, this
+    process's summed loss, global prediction count)`."""
+
+    def __init__(self, model: Recommender, features: ItemFeatures, log_popularity: torch.Tensor,
+                 processes: Processes = SINGLE) -> None:
+        super().__init__()
+        self.model = model
+        self.features = features
+        self.register_buffer("log_popularity", log_popularity, persistent=False)
+        self.processes = processes
+
+    def forward(self, window: torch.Tensor, users: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`window [b, L + 1]` this process's windows (item indices, 0 = padding); `users [b]`
+        their users (default: all distinct, so that only sliding windows share a user)."""
+        processes, model = self.processes, self.model
+        counts = processes.gather_counts(window.shape[0])
+        offset = sum(counts[:processes.rank])
+        global_window = processes.gather_rows(window, counts)
+        # Without `users` every window is its own user's, in the global batch as well.
+        global_users = None if users is None else processes.gather_rows(users, counts)
+        candidates = torch.unique(global_window[global_window != PAD])
+        item_embeddings = self._encode_candidates(candidates)
+        # Only the batch's items are encoded, so windows are re-indexed into their table:
+        # item candidates[c] becomes c + 1, padding stays PAD.
+        columns = torch.searchsorted(candidates, window) + 1
+        columns = torch.where(window == PAD, torch.full_like(columns, PAD), columns)
+        states = model.sequence_states(model.item_table(item_embeddings), columns[:, :-1])
+        targets = window[:, 1:]
+        valid = (window[:, :-1] != PAD) & (targets != PAD)
+        row_window = valid.nonzero()[:, 0] + offset
+        masked = same_user_mask(global_window, candidates, row_window, targets[valid], global_users)
+        local_sum = in_batch_debiased_cross_entropy(model.scores(states[valid], item_embeddings),
+                                                    self.log_popularity[candidates], columns[:, 1:][valid] - 1,
+                                                    masked, reduction="sum")
+        rows = processes.sum(valid.sum().to(local_sum.dtype))
+        return local_sum * processes.world_size / rows, local_sum.detach(), rows
+
+    def _encode_candidates(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Embeddings `[U, D]` of the (global) candidates: this process encodes its contiguous
+        share and gathers the others' with their gradients."""
+        processes = self.processes
+        if not processes.distributed:
+            return self.model.encode_items(*self.features.gather(candidates - 1))
+        count = candidates.numel()
+        shares = [processes.shard(count, rank) for rank in range(processes.world_size)]
+        size = len(shares[0])
+        # Equal-sized shares for the gather: short ones are topped up with a repeated candidate,
+        # whose extra embeddings are cut out after the gather (they get no gradient).
+        mine = candidates[shares[processes.rank].start:shares[processes.rank].stop]
+        rows = torch.cat([mine, candidates[:1].expand(size - len(mine))])
+        embeddings = self.model.encode_items(*self.features.gather(rows - 1))
+        gathered = processes.gather_rows_with_grad(embeddings).view(processes.world_size, size, -1)
+        return torch.cat([gathered[rank, :len(share)] for rank, share in enumerate(shares)])
