@@ -1,0 +1,1 @@
+"""The paper's analyses: mutual information between towers, gate heatmaps, training curves."""
