@@ -1,6 +1,7 @@
 """Evaluate a trained run (or the popularity baseline) with leave-one-out full ranking.
 
     python evaluate.py --run weights/<run> [--split test] [--compare weights/<other>]
+    python evaluate.py --run weights/<run> --mutual-information --gate-heatmap gates.png
     python evaluate.py --data toy --baseline popularity
 """
 from __future__ import annotations
@@ -10,11 +11,14 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
+from zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data
+from zoo.analysis.mutual_information import MutualInformationEstimator, pairwise_mutual_information
 from zoo.cli import metrics_table, run_cli
 from zoo.data import DATA_KINDS, SequenceDataset, load_dataset
 from zoo.errors import ConfigError
-from zoo.runs import open_run
+from zoo.runs import Run, open_run
 from zoo.training.evaluation import EvaluationResult, evaluate_model, evaluate_popularity
 from zoo.training.metrics import metrics_from_ranks
 from zoo.training.significance import cold_item_users, paired_t_test
@@ -32,21 +36,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-mask-history", action="store_true", help="keep history items in the ranking")
     parser.add_argument("--compare", type=Path, help="second run: paired t-test on per-user metrics")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--mutual-information", action="store_true",
+                        help="mutual information between every pair of towers' final side outputs (paper Table 1)")
+    parser.add_argument("--mi-neighbours", type=int, default=3, metavar="K", help="k of the KSG estimator")
+    parser.add_argument("--mi-components", type=int, default=8, metavar="D",
+                        help="PCA dimensions each tower's outputs are reduced to first (0: none)")
+    parser.add_argument("--gate-heatmap", type=Path, metavar="PNG",
+                        help="draw every tower's gate weights per side layer and input (paper Fig. 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
 
 
-def evaluate_run(run_dir: Path, split: str, mask_history: bool,
-                 device: str) -> tuple[EvaluationResult, SequenceDataset]:
-    run = open_run(run_dir, device)
+def evaluate_run(run: Run, split: str, mask_history: bool) -> tuple[EvaluationResult, SequenceDataset]:
     return evaluate_model(run.model, run.dataset, run.features, split, mask_history), run.dataset
+
+
+def tower_mutual_information(run: Run, estimator: MutualInformationEstimator) -> dict[str, object]:
+    """MI between every pair of the run's towers over the whole catalogue, with the estimator named."""
+    outputs = run.model.eval().tower_representations(run.features.gather, run.features.num_items)
+    if len(outputs) < 2:
+        raise ConfigError(f"{run.directory}: {run.config['preset']} has {len(outputs)} tower(s); mutual information "
+                          "needs at least two")
+    pairs = pairwise_mutual_information(outputs, estimator)
+    return {"estimator": estimator.describe(), "items": run.features.num_items, "pairs": pairs,
+            "mean": sum(p["mutual_information"] for p in pairs) / len(pairs)}
+
+
+def gate_heatmap(run: Run, path: Path) -> dict[str, object]:
+    """Draw the run's gate heatmap to `path`; returns the numbers drawn."""
+    table = run.model.gate_table()
+    if table is None:
+        raise ConfigError(f"{run.directory}: {run.config['preset']} has no side-network gates to draw")
+    data = gate_heatmap_data(*table)
+    draw_gate_heatmap(data, path, title=f"{run.config['preset']} gates ({run.directory.name})")
+    return {**data, "path": str(path)}
 
 
 def main() -> int:
     args = build_parser().parse_args()
     mask = not args.no_mask_history
+    if (args.mutual_information or args.gate_heatmap) and args.run is None:
+        raise ConfigError("--mutual-information and --gate-heatmap analyse a run: give --run")
     if args.run is not None:
-        result, dataset = evaluate_run(args.run, args.split, mask, args.device)
+        run = open_run(args.run, args.device)
+        result, dataset = evaluate_run(run, args.split, mask)
         label = args.run.name
     else:
         dataset = load_dataset(args.data, args.data_root, args.cache_dir)
@@ -62,12 +95,17 @@ def main() -> int:
     if cold.any():
         rows.append((f"{label} (cold targets, {int(cold.sum())} users)", report["cold_items"]["metrics"]))
     if args.compare is not None:
-        other, other_dataset = evaluate_run(args.compare, args.split, mask, args.device)
+        other, other_dataset = evaluate_run(open_run(args.compare, args.device), args.split, mask)
         if other_dataset.user_ids != dataset.user_ids:
             raise ConfigError(f"{args.compare} was trained on different users; a paired test needs the same ones")
         report["compare"] = {"run": args.compare.name, "metrics": other.metrics,
                              "paired_t_test": paired_t_test(result.ranks, other.ranks)}
         rows.append((args.compare.name, other.metrics))
+    if args.mutual_information:
+        estimator = MutualInformationEstimator(neighbours=args.mi_neighbours, components=args.mi_components or None)
+        report["mutual_information"] = tower_mutual_information(run, estimator)
+    if args.gate_heatmap is not None:
+        report["gate_heatmap"] = gate_heatmap(run, args.gate_heatmap)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -79,7 +117,24 @@ def main() -> int:
         for name, values in report["compare"]["paired_t_test"].items():
             console.print(f"{name}: {label} - {args.compare.name} = {values['mean_difference']:+.4f} "
                           f"(paired t-test p = {values['p_value']:.3g})")
+    if args.mutual_information:
+        console.print(mutual_information_table(report["mutual_information"]))
+    if args.gate_heatmap is not None:
+        console.print(f"gate heatmap written to {args.gate_heatmap}")
     return 0
+
+
+def mutual_information_table(values: dict) -> Table:
+    described = values["estimator"]
+    table = Table(title=f"mutual information between towers ({described['estimator']}, k = {described['neighbours']}, "
+                        f"PCA to {described['pca_components'] or 'no'} dimensions, {values['items']:,} items, "
+                        f"{described['units']})")
+    table.add_column("towers")
+    table.add_column("MI", justify="right")
+    for pair in values["pairs"]:
+        table.add_row(f"{pair['first']} - {pair['second']}", f"{pair['mutual_information']:.4f}")
+    table.add_row("mean", f"{values['mean']:.4f}")
+    return table
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from zoo.data import DATA_KINDS, load_dataset
 from zoo.errors import ConfigError
 from zoo.models.config import MODALITIES
 from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device, resume_run,
-                          train_and_save)
+                          split_options, train_and_save)
 from zoo.registry import list_models, preset_config
 from zoo.training.checkpoint import read_json
 from zoo.training.distributed import Processes, launched
@@ -71,16 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_overrides(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Sort CLI values and --set pairs into the training config and model-config overrides."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_values = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                     "adapter_lr": args.adapter_lr, "patience": args.patience, "seed": args.seed,
                     "precision": args.precision}
     train_values = {k: v for k, v in train_values.items() if v is not None}
     if args.no_mask_history:
         train_values["mask_history"] = False
-    model_values = {}
-    for key, text in parse_assignments(args.set, "--set").items():
-        (train_values if key in train_fields else model_values)[key] = parse_value(text)
+    set_train, model_values = split_options({k: parse_value(v) for k, v in parse_assignments(args.set, "--set").items()})
+    train_values.update(set_train)
     preset_config(args.preset, **model_values)  # validates model field names and values early
     return TrainConfig(**train_values), model_values
 
@@ -93,9 +90,9 @@ def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             given[f"train.{key}"] = getattr(args, key)
     if args.no_mask_history:
         given["train.mask_history"] = False
-    for key, text in parse_assignments(args.set, "--set").items():
-        given[f"{'train' if key in {f.name for f in dataclasses.fields(TrainConfig)} else 'model'}.{key}"] = \
-            parse_value(text)
+    set_train, set_model = split_options({k: parse_value(v) for k, v in parse_assignments(args.set, "--set").items()})
+    given.update({f"train.{key}": value for key, value in set_train.items()})
+    given.update({f"model.{key}": value for key, value in set_model.items()})
     for option, key in (("data", "data.kind"), ("text_max_tokens", "feature_settings.text_max_tokens"),
                         ("backbones", "feature_settings.source"),
                         ("allow_missing_media", "feature_settings.allow_missing_media")):

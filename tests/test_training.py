@@ -47,7 +47,7 @@ def test_crossan_beats_popularity_twofold(crossan_run: tuple[Path, dict]) -> Non
 def test_run_directory_holds_every_file(crossan_run: tuple[Path, dict]) -> None:
     run_dir, metrics = crossan_run
     for name in ("config.json", "model.safetensors", "trainer_state.json", "metrics.json", "per_user_valid.json",
-                 "per_user_test.json"):
+                 "per_user_test.json", "curves.png"):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved["test"]) == {"HR@10", "HR@20", "NDCG@10", "NDCG@20"} and saved["best_epoch"] >= 1
@@ -55,6 +55,7 @@ def test_run_directory_holds_every_file(crossan_run: tuple[Path, dict]) -> None:
     ranks = torch.tensor([float("inf") if r is None else r for r in per_user["ranks"]])
     assert (ranks <= 10).float().mean().item() == pytest.approx(saved["test"]["HR@10"], abs=1e-6)
     assert not list(run_dir.glob(".*.tmp"))
+    assert (run_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_reloaded_run_reproduces_its_metrics(crossan_run: tuple[Path, dict]) -> None:
@@ -108,6 +109,35 @@ def test_evaluate_cli_prints_json(crossan_run: tuple[Path, dict]) -> None:
                             capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(result.stdout)
     assert report["metrics"] == pytest.approx(metrics["test"], abs=1e-6)
+
+
+def test_evaluate_cli_analyses_towers_and_gates(crossan_run: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir, _ = crossan_run
+    heatmap = tmp_path / "gates.png"
+    result = subprocess.run([sys.executable, "evaluate.py", "--run", str(run_dir), "--mutual-information",
+                             "--mi-components", "4", "--gate-heatmap", str(heatmap), "--json"], cwd=PROJECT,
+                            capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(result.stdout)
+    information = report["mutual_information"]
+    assert information["estimator"]["estimator"].startswith("Kraskov-Stoegbauer-Grassberger")
+    assert information["estimator"]["pca_components"] == 4 and information["items"] == 128
+    assert [(p["first"], p["second"]) for p in information["pairs"]] == [
+        ("text", "image"), ("text", "video"), ("text", "audio"), ("image", "video"), ("image", "audio"),
+        ("video", "audio")]
+    assert information["mean"] == pytest.approx(np.mean([p["mutual_information"] for p in information["pairs"]]))
+    gates = report["gate_heatmap"]
+    assert [t["tower"] for t in gates["towers"]] == ["text", "image", "video", "audio"]
+    assert heatmap.read_bytes().startswith(b"\x89PNG") and gates["path"] == str(heatmap)
+
+
+def test_evaluate_cli_refuses_analyses_a_model_cannot_give(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "id"
+    train(toy_root, cache_dir, run_dir, "sasrec-id", overrides={})
+    for option in (["--mutual-information"], ["--gate-heatmap", str(tmp_path / "g.png")]):
+        result = subprocess.run([sys.executable, "evaluate.py", "--run", str(run_dir), *option], cwd=PROJECT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "sasrec-id has" in result.stderr
 
 
 def _dataset_of(prefix_lengths: list[int]) -> SequenceDataset:

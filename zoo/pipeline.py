@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from zoo.analysis.curves import draw_training_curves
 from zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec, StateExtractor, load_backbone
 from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
 from zoo.data import SequenceDataset
@@ -26,7 +27,7 @@ from zoo.training.evaluation import evaluate_popularity
 from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
 __all__ = ["FeatureSettings", "prepare_features", "train_and_save", "resume_run",
-           "resolve_device", "code_fingerprint"]
+           "resolve_device", "code_fingerprint", "differing_options", "split_options"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
     if CheckpointStore(run_dir).finished() and (run_dir / "metrics.json").is_file():
         console.print(f"{run_dir} finished already; nothing to resume")
         return None, read_json(run_dir / "metrics.json"), None
-    differing = [key for key, value in (given or {}).items() if _recorded(config, key) != value]
+    differing = differing_options(config, given or {})
     settings = FeatureSettings.from_dict(config["feature_settings"])
     dataset = recorded_dataset(config)
     differing += [key for key, now in (("code", code_fingerprint()), ("data.fingerprint", dataset.fingerprint()))
@@ -177,6 +178,12 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
     torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint
     model = build_model(model_config)
     return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes)
+
+
+def differing_options(config: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The keys of `given` (dotted `config.json` keys: `train.epochs`, `model.top_k`, `preset`)
+    whose values differ from what the run's `config` records."""
+    return [key for key, value in given.items() if _recorded(config, key) != value]
 
 
 def _recorded(config: dict[str, Any], dotted_key: str) -> Any:
@@ -207,6 +214,8 @@ def _train(run: Run, train_config: TrainConfig, device: torch.device, console: C
     for result in (outcome.valid, outcome.test):
         save_per_user(run_dir / f"per_user_{result.split}.json", dataset.user_ids, result.ranks)
     write_json(run_dir / "metrics.json", metrics)
+    draw_training_curves(outcome.history, outcome.best_epoch, run_dir / "curves.png",
+                         title=f"{run.config['preset']} ({run_dir.name})")
     checkpoints.mark_finished()
     return outcome, metrics, run
 
@@ -217,6 +226,14 @@ def describe_data(kind: str, dataset: SequenceDataset, cover_dir: str = "covers"
     return {"kind": kind, "root": str(dataset.root.resolve()), "name": dataset.name,
             "fingerprint": dataset.fingerprint(), "num_users": dataset.num_users, "num_items": dataset.num_items,
             "cover_dir": cover_dir, "video_dir": video_dir}
+
+
+def split_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sort `{field: value}` into training-config fields and model-config overrides (the model
+    fields are checked when the preset's config is built)."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train = {k: v for k, v in values.items() if k in train_fields}
+    return train, {k: v for k, v in values.items() if k not in train_fields}
 
 
 def parse_assignments(pairs: list[str], what: str) -> dict[str, str]:

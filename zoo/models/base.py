@@ -97,6 +97,18 @@ class Recommender(nn.Module):
         """Parameters of the Houlsby adapters (their own optimiser group)."""
         return [p for m in self.modules() if isinstance(m, (HoulsbyAdapter, TowerAdapters)) for p in m.parameters()]
 
+    def tower_representations(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
+                              batch_size: int = 2048) -> dict[str, torch.Tensor]:
+        """Each modality tower's final representation of catalogue rows 0..num_items-1
+        (`{tower: [num_items, W]}`), for analyses such as the mutual information between towers;
+        empty for a model without towers."""
+        return {}
+
+    def gate_table(self) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]] | None:
+        """Gate values `[L, T, S]` with tower and source names, for the gate heatmap; None for a
+        model without gates."""
+        return None
+
 
 class SideNetworkRecommender(Recommender):
     """Side towers over cached backbone states -> per-tower heads -> fusion -> item embedding.
@@ -168,6 +180,15 @@ class SideNetworkRecommender(Recommender):
 
     def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         return self.fusion(self.tower_embeddings(*item_inputs))
+
+    @torch.no_grad()
+    def tower_representations(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
+                              batch_size: int = 2048) -> dict[str, torch.Tensor]:
+        """Every tower's last side-layer output `[num_items, W]` (float32), by tower name."""
+        chunks = [self.tower_outputs(self.side_states(gather(torch.arange(start, min(start + batch_size, num_items)))))
+                  .float() for start in range(0, num_items, batch_size)]
+        outputs = torch.cat(chunks, dim=1)
+        return dict(zip(self.side.gates.tower_names, outputs))
 
     def gate_table(self) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
         """Gate values for analyses: mixing matrices `[L, T, M + T]` (float32, detached), tower

@@ -1,0 +1,69 @@
+"""Train (only what is missing) and summarise one of the paper's experiment tables.
+
+    python -m zoo.experiments fusion --data toy --seeds 42 43 44
+    python -m zoo.experiments modalities --data microlens --data-root DIR --backbones pretrained
+    python -m zoo.experiments my-table.toml --data toy --out experiments/
+
+Writes `OUT/TABLE/<run>-seed<N>/` (one run folder each, as train.py does), then `TABLE.md`,
+`TABLE.json` and, for sweeps, `TABLE.png` in `OUT/TABLE/`. Finished runs are kept and unfinished
+ones resumed, so an interrupted table continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from zoo.backbones import SOURCES
+from zoo.cli import run_cli
+from zoo.data import DATA_KINDS, load_dataset
+from zoo.experiments.definition import builtin_tables, load_table
+from zoo.experiments.report import write_report
+from zoo.experiments.runner import TableRuns, train_missing
+from zoo.pipeline import FeatureSettings, describe_data, parse_assignments, resolve_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m zoo.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", help=f"a built-in table ({', '.join(builtin_tables())}) or a .toml/.json file")
+    parser.add_argument("--data", default="toy", choices=DATA_KINDS)
+    parser.add_argument("--data-root", type=Path)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--backbones", default="tiny", choices=SOURCES)
+    parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--epochs", type=int, help="override every run's maximum epochs")
+    parser.add_argument("--out", type=Path, default=Path("experiments"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--json", action="store_true", help="print TABLE.json on stdout")
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    definition = load_table(args.table)
+    console = Console(stderr=True)
+    table = TableRuns(definition, args.out, tuple(dict.fromkeys(args.seeds)))
+    dataset = load_dataset(args.data, args.data_root, args.cache_dir)
+    settings = FeatureSettings(source=args.backbones, overrides=tuple(parse_assignments(args.backbone,
+                                                                                        "--backbone").items()),
+                               cache_dir=args.cache_dir)
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    done = train_missing(table, dataset, describe_data(args.data, dataset), settings, overrides,
+                         resolve_device(args.device), console)
+    summary = write_report(table)
+    counts = {what: list(done.values()).count(what) for what in ("trained", "resumed", "kept")}
+    console.print(f"{definition.name}: {counts['trained']} trained, {counts['resumed']} resumed, "
+                  f"{counts['kept']} kept -> {table.folder / (definition.name + '.md')}")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print((table.folder / f"{definition.name}.md").read_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

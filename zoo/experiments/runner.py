@@ -1,0 +1,76 @@
+"""Train a table's missing runs: finished runs are kept, unfinished ones resumed, others started."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from zoo.data import SequenceDataset
+from zoo.experiments.definition import RunSpec, TableDefinition
+from zoo.errors import ConfigError
+from zoo.pipeline import FeatureSettings, differing_options, resume_run, split_options, train_and_save
+from zoo.training.checkpoint import CheckpointStore, read_json
+from zoo.training.trainer import TrainConfig
+
+__all__ = ["TableRuns", "run_directory", "train_missing"]
+
+
+@dataclass(frozen=True)
+class TableRuns:
+    """Where a table's runs live and what they are trained on."""
+
+    definition: TableDefinition
+    out_dir: Path
+    seeds: tuple[int, ...]
+
+    @property
+    def folder(self) -> Path:
+        return self.out_dir / self.definition.name
+
+    def directory(self, run: RunSpec, seed: int) -> Path:
+        return run_directory(self.folder, run, seed)
+
+
+def run_directory(folder: Path, run: RunSpec, seed: int) -> Path:
+    """`<folder>/<run name as a file name>-seed<N>` (`CROSSAN (T+I)` -> `crossan-t-i-seed42`)."""
+    slug = re.sub(r"[^a-z0-9.=]+", "-", run.name.lower()).strip("-")
+    return folder / f"{slug}-seed{seed}"
+
+
+def train_missing(table: TableRuns, dataset: SequenceDataset, data_description: dict[str, Any],
+                  settings: FeatureSettings, overrides: dict[str, Any], device: torch.device,
+                  console: Console) -> dict[str, str]:
+    """Make every (run, seed) of the table finished; returns what was done to each run folder
+    (`kept`, `resumed` or `trained`). `overrides` (e.g. `epochs` from the command line) apply to
+    every run on top of the definition's."""
+    done = {}
+    for run in table.definition.runs:
+        train_values, model_values = split_options({**table.definition.train, **run.options, **overrides})
+        for seed in table.seeds:
+            run_dir = table.directory(run, seed)
+            label = f"{table.definition.name}/{run_dir.name}"
+            if (run_dir / "config.json").is_file():
+                expected = {"preset": run.preset, "data.fingerprint": dataset.fingerprint(), "train.seed": seed,
+                            **{f"train.{k}": v for k, v in train_values.items()},
+                            **{f"model.{k}": v for k, v in model_values.items()}}
+                differing = differing_options(read_json(run_dir / "config.json"), expected)
+                if differing:
+                    raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(differing)} differ "
+                                      "from the table); remove it or choose another --out")
+            if CheckpointStore(run_dir).finished() and (run_dir / "metrics.json").is_file():
+                console.print(f"[dim]{label}: finished, kept")
+                done[run_dir.name] = "kept"
+            elif (run_dir / "config.json").is_file():
+                console.print(f"[bold]{label}: unfinished, resuming")
+                resume_run(run_dir, device, console)
+                done[run_dir.name] = "resumed"
+            else:
+                console.print(f"[bold]{label}: training")
+                train_and_save(run.preset, dataset, data_description, settings,
+                               TrainConfig(**{**train_values, "seed": seed}), model_values, run_dir, device, console)
+                done[run_dir.name] = "trained"
+    return done
