@@ -118,24 +118,25 @@ def main() -> int:
             console.print(f"{name}: {label} - {args.compare.name} = {values['mean_difference']:+.4f} "
                           f"(paired t-test p = {values['p_value']:.3g})")
     if args.mutual_information:
-        console.print(mutual_information_table(report["mutual_information"]))
+        values = report["mutual_information"]
+        described = values["estimator"]
+        console.print(f"mutual information between towers over {values['items']:,} items, in {described['units']}: "
+                      f"{described['estimator']}, k = {described['neighbours']}, standardised, PCA to "
+                      f"{described['pca_components'] or 'no'} dimensions per tower")
+        console.print(mutual_information_table(values))
     if args.gate_heatmap is not None:
         console.print(f"gate heatmap written to {args.gate_heatmap}")
     return 0
 
 
 def mutual_information_table(values: dict) -> Table:
-    described = values["estimator"]
-    table = Table(title=f"mutual information between towers ({described['estimator']}, k = {described['neighbours']}, "
-                        f"PCA to {described['pca_components'] or 'no'} dimensions, {values['items']:,} items, "
-                        f"{described['units']})")
+    table = Table()
     table.add_column("towers")
-    table.add_column("MI", justify="right")
+    table.add_column("MI (nats)", justify="right")
     for pair in values["pairs"]:
         table.add_row(f"{pair['first']} - {pair['second']}", f"{pair['mutual_information']:.4f}")
     table.add_row("mean", f"{values['mean']:.4f}")
     return table
-
 
 if __name__ == "__main__":
     run_cli(main)
