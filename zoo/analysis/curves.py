@@ -5,20 +5,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.atomic import atomic_write
+from zoo.training.trainer import SELECTION_METRIC
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["training_curves_figure", "draw_training_curves"]
 
-SELECTION_METRIC = "NDCG@10"
-
 
 def training_curves_figure(history: list[dict[str, Any]], best_epoch: int, title: str | None = None) -> Figure:
-    """Two panels: training loss per epoch, validation NDCG@10 per epoch with the best epoch marked."""
+    """Two panels: training loss per epoch, and the validation metric that picks the best epoch
+    (NDCG@10) per epoch with that epoch marked by a star and a dashed line."""
     # matplotlib takes a while to import; only drawing needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [entry["epoch"] for entry in history]
     figure = Figure(figsize=(9, 3.6), layout="constrained")
@@ -36,8 +37,9 @@ def training_curves_figure(history: list[dict[str, Any]], best_epoch: int, title
                          label=f"best epoch {best_epoch} ({best:.4f})")
     metric_axes.set_xlabel("epoch")
     metric_axes.set_ylabel(f"validation {SELECTION_METRIC}")
-    metric_axes.legend(loc="lower right")
+    metric_axes.legend(loc="best")
     for axes in (loss_axes, metric_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axes.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
