@@ -2,18 +2,21 @@
 
     recommender = OnnxRecommender("weights/<run>/export")
     recommender.recommend([["i0001", "i0017"], ["i0042"]], k=10)   # -> two lists of 10 item ids
+    OnnxRecommender("weights/<run>/export", index="faiss")          # approximate top-k (export.ann_index)
 
-Imports only NumPy, onnxruntime and safetensors, never PyTorch or the zoo, so a serving
+Imports only NumPy, onnxruntime, safetensors and faiss, never PyTorch or the zoo, so a serving
 process stays small (tests/test_serving_imports.py checks it).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
+from export.ann_index import HnswParameters, IndexParameters, ann_top_k_rows, open_index
 from export.item_table import TABLE_FILE, load_item_table
 from export.ranking import history_window, top_k_rows
 from export.spec import SPEC_METADATA_KEY, ExportSpec
@@ -21,6 +24,7 @@ from export.spec import SPEC_METADATA_KEY, ExportSpec
 __all__ = ["UnknownItemError", "OnnxRecommender", "serving_providers"]
 
 USER_ENCODER_FILE = "user_encoder.onnx"
+INDEX_KINDS = ("exact", "faiss")
 
 
 def serving_providers() -> list[str]:
@@ -49,10 +53,21 @@ class OnnxRecommender:
 
     Loads `user_encoder.onnx` and `item_embeddings.safetensors` from an export folder. A
     user's last `max_len` items (the limit the encoder was exported with) form the user
-    vector; every catalogue item is scored by dot product; items in the history are excluded.
+    vector; items are ranked by dot product with it; items in the history are excluded.
+
+    `index="exact"` (the default) scores every catalogue item. `index="faiss"` searches a FAISS
+    index instead (`index_parameters`: `export.ann_index.HnswParameters()` by default, or
+    `IvfParameters`), built on first use and saved beside the table: approximate, but its cost
+    does not grow with the catalogue the way a full scan does.
     """
 
-    def __init__(self, export_dir: str | Path, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, export_dir: str | Path, providers: Sequence[str] | None = None,
+                 index: Literal["exact", "faiss"] = "exact",
+                 index_parameters: IndexParameters | None = None) -> None:
+        if index not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {', '.join(map(repr, INDEX_KINDS))}, got {index!r}")
+        if index_parameters is not None and index != "faiss":
+            raise ValueError(f"index_parameters apply to index='faiss' only, got index={index!r}")
         export_dir = Path(export_dir)
         for name in (USER_ENCODER_FILE, TABLE_FILE):
             if not (export_dir / name).is_file():
@@ -63,6 +78,8 @@ class OnnxRecommender:
         self.max_len = self.spec.max_sizes["length"]
         self.item_table, self.item_ids = load_item_table(export_dir / TABLE_FILE)
         self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self.ann_index = (open_index(export_dir / TABLE_FILE, self.item_table, index_parameters or HnswParameters())
+                          if index == "faiss" else None)
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[str]]:
         """For each history (item ids, oldest first), the `k` best item ids not in it, best first."""
@@ -79,5 +96,8 @@ class OnnxRecommender:
         embeddings_name, mask_name = self.spec.input_names
         (user_vectors,) = self.session.run(list(self.spec.output_names), {
             embeddings_name: self.item_table[rows], mask_name: padding_mask})
-        ranked = top_k_rows(user_vectors, self.item_table, indices, k)
+        if self.ann_index is None:
+            ranked = top_k_rows(user_vectors, self.item_table, indices, k)
+        else:
+            ranked = ann_top_k_rows(self.ann_index, user_vectors, self.item_table, indices, k)
         return [[self.item_ids[row] for row in user_rows] for user_rows in ranked]

@@ -1,5 +1,6 @@
 """The serving seam stays torch-free: `export.serve` and `from export import OnnxRecommender` load
-NumPy, onnxruntime and safetensors only, while the export side still resolves on first access.
+NumPy, onnxruntime, safetensors and faiss only (building and searching a FAISS index too), while
+the export side still resolves on first access.
 
 Each import check runs in a fresh interpreter, since this test process has PyTorch loaded already.
 """
@@ -33,6 +34,30 @@ def test_serving_imports_load_no_training_packages() -> None:
     assert result.returncode == 0, result.stderr
     loaded = result.stdout.strip()
     assert loaded == "", f"serving imports loaded {loaded}"
+
+
+def test_faiss_index_path_loads_no_training_packages(tmp_path: Path) -> None:
+    """Saving a table, building, saving, reloading and searching its FAISS index stay torch-free."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from export.ann_index import HnswParameters, ann_top_k_rows, open_index\n"
+        "from export.item_table import save_item_table\n"
+        "table = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)\n"
+        f"path = save_item_table(Path({str(tmp_path)!r}) / 'items.safetensors', table, "
+        "[f'i{n}' for n in range(200)], 'test')\n"
+        "for _ in range(2):\n"
+        "    index = open_index(path, table, HnswParameters())\n"
+        "    rows = ann_top_k_rows(index, table[:3], table, [np.array([1]), np.array([2]), np.array([3])], 5)\n"
+        "    assert [len(r) for r in rows] == [5, 5, 5]\n"
+        f"loaded = sorted(name for name in {TRAINING_ONLY!r} if name in sys.modules)\n"
+        "print(','.join(loaded))\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.strip()
+    assert loaded == "", f"the FAISS path loaded {loaded}"
 
 
 def test_export_side_names_resolve_lazily() -> None:
