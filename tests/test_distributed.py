@@ -16,7 +16,8 @@ from zoo.errors import ConfigError
 from zoo.training.distributed import Processes
 from zoo.training.trainer import epoch_batches
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+# --standalone: a local rendezvous on a free port, so runs never collide on a fixed one.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 # Two epochs of 13 steps on the small toy set. Dropout is off: the processes draw their own
 # dropout masks, so with it on the runs would differ as runs with different seeds do.
 COMPARED = ["--preset", "crossan-t", "--data", "toy", "--epochs", "2", "--patience", "10", "--batch-size", "64",
