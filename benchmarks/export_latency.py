@@ -11,7 +11,6 @@ below 1 for latency and above 1 for throughput mean onnxruntime is faster.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from export.wrappers import ItemEncoder, UserEncoder
 from zoo.models.base import Recommender
 from zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
 from zoo.registry import build_model, list_models, load_model, preset_config
+from machine import cpu_name
 
 USER_BATCHES = (1, 256)
 ITEM_BATCH = 256
@@ -80,13 +80,6 @@ def compare(module: torch.nn.Module, onnx_session: ort.InferenceSession, input_n
     with torch.inference_mode():
         eager = median_seconds(lambda: module(*inputs), repeats)
     return eager, median_seconds(lambda: onnx_session.run(None, feed), repeats)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from rich.table import Table
 
 from export.ann_index import HnswParameters, IndexParameters, IvfParameters, build_index, set_search_parameters
 from export.item_table import load_item_table
+from machine import cpu_name
 
 K = 10
 DEFAULT_ITEMS = 1_000_000
@@ -127,14 +127,6 @@ def measure(table: np.ndarray, queries: np.ndarray) -> dict[str, dict[str, Any]]
                             "build_s": build_s, "index_bytes": index_bytes,
                             "parameters": {**parameters.build_settings(), **vars(parameters)}}
     return report
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -34,6 +32,7 @@ from rich.table import Table
 
 import zoo
 from zoo.models.base import SideNetworkRecommender
+from machine import cpu_name
 
 RATIOS = (("crossan-tiva", "crossan-tiva-per-tower", "batched / per-tower"),
           ("crossan-tiva", "iisan-e-tiva@512", "crossan-tiva / iisan-e-tiva@512"),
@@ -78,14 +77,6 @@ def interleaved_medians(cases: dict[str, Callable[[], None]], steps: int) -> dic
             step()
             times[name].append((time.perf_counter() - started) * 1e3)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

@@ -22,24 +22,22 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-def test_serving_imports_load_no_training_packages() -> None:
-    code = (
-        "import sys\n"
-        "import export.serve\n"
-        "from export import OnnxRecommender\n"
-        f"loaded = sorted(name for name in {TRAINING_ONLY!r} if name in sys.modules)\n"
-        "print(','.join(loaded))\n"
-    )
-    result = run_python(code)
+def training_packages_loaded_by(code: str) -> str:
+    """Run `code` in a fresh interpreter; the training-only packages it left loaded, comma-separated."""
+    report = f"print(','.join(sorted(name for name in {TRAINING_ONLY!r} if name in sys.modules)))\n"
+    result = run_python("import sys\n" + code + report)
     assert result.returncode == 0, result.stderr
-    loaded = result.stdout.strip()
+    return result.stdout.strip()
+
+
+def test_serving_imports_load_no_training_packages() -> None:
+    loaded = training_packages_loaded_by("import export.serve\nfrom export import OnnxRecommender\n")
     assert loaded == "", f"serving imports loaded {loaded}"
 
 
 def test_faiss_index_path_loads_no_training_packages(tmp_path: Path) -> None:
     """Saving a table, building, saving, reloading and searching its FAISS index stay torch-free."""
     code = (
-        "import sys\n"
         "from pathlib import Path\n"
         "import numpy as np\n"
         "from export.ann_index import HnswParameters, ann_top_k_rows, open_index\n"
@@ -51,12 +49,8 @@ def test_faiss_index_path_loads_no_training_packages(tmp_path: Path) -> None:
         "    index = open_index(path, table, HnswParameters())\n"
         "    rows = ann_top_k_rows(index, table[:3], table, [np.array([1]), np.array([2]), np.array([3])], 5)\n"
         "    assert [len(r) for r in rows] == [5, 5, 5]\n"
-        f"loaded = sorted(name for name in {TRAINING_ONLY!r} if name in sys.modules)\n"
-        "print(','.join(loaded))\n"
     )
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr
-    loaded = result.stdout.strip()
+    loaded = training_packages_loaded_by(code)
     assert loaded == "", f"the FAISS path loaded {loaded}"
 
 

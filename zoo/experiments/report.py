@@ -38,6 +38,13 @@ def summarise(definition: TableDefinition, metrics: dict[str, list[dict[str, Any
     """
     from scipy.stats import ttest_rel
 
+    per_user: dict[tuple[str, str], np.ndarray] = {}
+
+    def values_of(name: str, metric: str) -> np.ndarray:
+        if (name, metric) not in per_user:
+            per_user[name, metric] = per_user_values(ranks[name], metric)
+        return per_user[name, metric]
+
     rows = []
     for run in definition.runs:
         per_seed = [m["test"] for m in metrics[run.name]]
@@ -55,8 +62,7 @@ def summarise(definition: TableDefinition, metrics: dict[str, list[dict[str, Any
             for metric in METRIC_NAMES:
                 base = float(np.mean([s["test"][metric] for s in metrics[other]]))
                 row["improvement_percent"][metric] = 100.0 * (row["mean"][metric] - base) / base if base else math.nan
-                mine, theirs = per_user_values(ranks[run.name], metric), per_user_values(ranks[other], metric)
-                p_value = float(ttest_rel(mine, theirs).pvalue)
+                p_value = float(ttest_rel(values_of(run.name, metric), values_of(other, metric)).pvalue)
                 row["p_value"][metric] = p_value
                 row["significant"][metric] = bool(p_value < SIGNIFICANCE_LEVEL)
         rows.append(row)

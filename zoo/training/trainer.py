@@ -187,8 +187,12 @@ class Trainer:
         `users [b]` names each window's user (default: all distinct), so that items from the
         user's other windows in the batch are not used as that user's negatives.
         """
-        users = None if users is None else users.to(self.device)
-        return self.objective(window.to(self.device), users)[0]
+        return self._objective(window, users)[0]
+
+    def _objective(self, window: torch.Tensor,
+                   users: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The objective on this device: (loss to back-propagate, local loss sum, global rows)."""
+        return self.objective(window.to(self.device), None if users is None else users.to(self.device))
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -246,8 +250,7 @@ class Trainer:
             for step, rows in enumerate(batches):
                 users = None if self.window_users is None else self.window_users[rows]
                 with self.autocast():
-                    loss, local_sum, count = self.objective(self.windows[rows].to(self.device),
-                                                            None if users is None else users.to(self.device))
+                    loss, local_sum, count = self._objective(self.windows[rows], users)
                 step_loss = (self.processes.sum(local_sum) / count).item()
                 if not math.isfinite(step_loss):
                     raise FloatingPointError(f"non-finite loss {step_loss} at epoch {epoch}, step {step}")
