@@ -1,6 +1,6 @@
 """Export a training run's encoders to ONNX and TorchScript and validate them against PyTorch.
 
-    python -m export --run weights/<run> [--out DIR] [--opset N]
+    python -m export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", type=Path, required=True, help="run directory written by train.py")
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--with-backbones", action="store_true",
+                        help="also export the frozen backbones and their preprocessing, so new items are "
+                             "embedded from raw content without PyTorch (checked on real items of the run)")
     return parser
 
 
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     with console.status(f"exporting and validating {args.run}"):
-        report = export_run(args.run, args.out, args.opset)
+        report = export_run(args.run, args.out, args.opset, args.with_backbones)
     for table in report.tables():
         console.print(table)
     console.print(f"wrote {', '.join(sorted(p.name for p in report.out_dir.iterdir()))} to {report.out_dir} "

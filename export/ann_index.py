@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,10 @@ import faiss
 import numpy as np
 
 from export.ranking import PAD, top_k_rows
+from zoo.atomic import atomic_write
 
 __all__ = ["INDEX_FILE", "SIDECAR_FILE", "HnswParameters", "IvfParameters", "IndexParameters", "table_fingerprint",
-           "set_search_parameters", "build_index", "open_index", "ann_top_k_rows"]
+           "set_search_parameters", "build_index", "save_index", "open_index", "ann_top_k_rows"]
 
 INDEX_FILE = "item_index.faiss"
 SIDECAR_FILE = "item_index.json"
@@ -127,18 +126,6 @@ def build_index(table: np.ndarray, parameters: IndexParameters) -> faiss.Index:
     return index
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """`write(temporary path)` in `path`'s folder, then rename over `path`: readers never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _read_saved(index_path: Path, sidecar_path: Path, expected: dict[str, Any]) -> faiss.Index | None:
     """The saved index when its sidecar records `expected` and the file reads back with the table's shape."""
     try:
@@ -155,29 +142,40 @@ def _read_saved(index_path: Path, sidecar_path: Path, expected: dict[str, Any]) 
     return index if (index.ntotal, index.d) == (count, dim) else None
 
 
-def open_index(table_path: Path, table: np.ndarray, parameters: IndexParameters) -> faiss.Index:
-    """The index of `table` (loaded from `table_path`), read from beside the table when it was built
-    from this file with these build parameters, else built and saved there (index first, sidecar
-    last, each written atomically, the old sidecar removed before anything else).
+def _expected_sidecar(table_path: Path, table: np.ndarray, parameters: IndexParameters) -> dict[str, Any]:
+    return {"table_sha256": table_fingerprint(table_path), "table_shape": list(table.shape),
+            "parameters": parameters.build_settings()}
 
-    A folder that cannot be written to (a read-only volume) gets a warning and an unsaved index.
+
+def save_index(table_path: Path, table: np.ndarray, index: faiss.Index, parameters: IndexParameters) -> None:
+    """Save `index` (of `table`, as saved at `table_path`) beside the table: the old sidecar removed
+    first, then the index and the new sidecar, each written atomically.
+
+    A folder that cannot be written to (a read-only volume) gets a warning instead.
     """
     table_path = Path(table_path)
     index_path, sidecar_path = table_path.with_name(INDEX_FILE), table_path.with_name(SIDECAR_FILE)
-    expected = {"table_sha256": table_fingerprint(table_path), "table_shape": list(table.shape),
-                "parameters": parameters.build_settings()}
-    index = _read_saved(index_path, sidecar_path, expected)
+    expected = _expected_sidecar(table_path, table, parameters)
+    try:
+        sidecar_path.unlink(missing_ok=True)
+        atomic_write(index_path, lambda path: faiss.write_index(index, path))
+        atomic_write(sidecar_path, lambda path: Path(path).write_text(json.dumps(expected, indent=2) + "\n"))
+    except OSError as error:
+        warnings.warn(f"could not save the FAISS index beside {table_path} ({error}); it will be rebuilt next time",
+                      stacklevel=3)
+
+
+def open_index(table_path: Path, table: np.ndarray, parameters: IndexParameters) -> faiss.Index:
+    """The index of `table` (loaded from `table_path`), read from beside the table when it was built
+    from this file with these build parameters, else built and saved there (`save_index`)."""
+    table_path = Path(table_path)
+    index_path, sidecar_path = table_path.with_name(INDEX_FILE), table_path.with_name(SIDECAR_FILE)
+    index = _read_saved(index_path, sidecar_path, _expected_sidecar(table_path, table, parameters))
     if index is not None:
         set_search_parameters(index, parameters)
         return index
     index = build_index(table, parameters)
-    try:
-        sidecar_path.unlink(missing_ok=True)
-        _write_atomically(index_path, lambda path: faiss.write_index(index, path))
-        _write_atomically(sidecar_path, lambda path: Path(path).write_text(json.dumps(expected, indent=2) + "\n"))
-    except OSError as error:
-        warnings.warn(f"could not save the FAISS index beside {table_path} ({error}); it will be rebuilt next time",
-                      stacklevel=2)
+    save_index(table_path, table, index, parameters)
     return index
 
 

@@ -2,7 +2,9 @@
 
 `export_model` and `validate_grid` work on any model; `export_run` does the whole job for a
 training run: export, validation on real cached item states, the item-embedding table from
-the exported item encoder, and top-k agreement with PyTorch for every test user.
+the exported item encoder, and top-k agreement with PyTorch for every test user. With
+`with_backbones`, it also exports the frozen backbones and their preprocessing
+(`export.backbones`) and checks the torch-free path from raw content on real items.
 """
 from __future__ import annotations
 
@@ -18,21 +20,34 @@ import onnxruntime as ort
 import torch
 from rich.table import Table
 
+from export.backbones import BackboneCheck, export_backbones, validate_backbones
+from export.content import ContentEncoder
 from export.item_table import TABLE_FILE, save_item_table
+from export.providers import CPU, execution_providers
+from export.ranking import history_window
 from export.onnx_export import export_onnx
 from export.spec import DEFAULT_OPSET, ExportSpec, item_encoder_spec, user_encoder_spec
 from export.torchscript import export_torchscript
 from export.validation import (AgreementResult, Case, Encoder, GridResult, OnnxEncoder, TorchEncoder,
                                TorchScriptEncoder, catalogue_embeddings, check_agreement, item_cases,
-                               onnx_providers, recommend, user_cases, validate_encoder)
+                               recommend, user_cases, validate_encoder)
 from export.wrappers import ItemEncoder, UserEncoder
+from zoo.backbones import StateExtractor, load_backbone
+from zoo.errors import ConfigError
 from zoo.models.base import Recommender
-from zoo.runs import open_run
+from zoo.pipeline import FeatureSettings
+from zoo.runs import Run, open_run
 
 __all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "export_run"]
 
 REPORT_FILE = "validation.json"
 TOP_K = 10
+REEMBEDDED_ITEMS = 32
+"""Catalogue items the backbone check re-embeds from their raw content."""
+TIE_TOLERANCE = 1e-4
+"""Score gap (relative to the user's best score) below which re-embedded items may swap places:
+served states are within 1e-5 of PyTorch's, but about 0.3% of their elements round to the
+neighbouring float16 value of the cache, which moves embeddings by about 1e-5."""
 EXAMPLE_BATCH = 2
 EXAMPLE_LENGTH = 5
 
@@ -58,7 +73,7 @@ class ExportedModel:
         pairs: list[tuple[Encoder, Encoder]] = [
             (OnnxEncoder(self.out_dir / self.item_spec.onnx_file, self.item_spec, provider),
              OnnxEncoder(self.out_dir / self.user_spec.onnx_file, self.user_spec, provider))
-            for provider in onnx_providers()]
+            for provider in execution_providers()]
         pairs.append((TorchScriptEncoder(self.out_dir / self.item_spec.torchscript_file, self.item_spec),
                       TorchScriptEncoder(self.out_dir / self.user_spec.torchscript_file, self.user_spec)))
         return pairs
@@ -108,6 +123,8 @@ class ExportReport:
     specs: list[ExportSpec]
     grids: list[GridResult] = field(default_factory=list)
     agreements: list[AgreementResult] = field(default_factory=list)
+    backbones: list[BackboneCheck] = field(default_factory=list)
+    reembedded_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +132,8 @@ class ExportReport:
             "specs": [s.to_dict() for s in self.specs],
             "max_abs_errors": [g.to_dict() for g in self.grids],
             "top_k_agreement": [a.to_dict() for a in self.agreements],
+            "backbone_states": [c.to_dict() for c in self.backbones],
+            "reembedded_items_max_abs_error": self.reembedded_error,
             "files": sorted(p.name for p in self.out_dir.iterdir() if p.name != REPORT_FILE),
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                          "python": platform.python_version()},
@@ -129,19 +148,48 @@ class ExportReport:
             errors.add_row(grid.encoder, grid.runtime, str(len(grid.errors)), f"{grid.max_abs_error:.2e}",
                            f"{grid.tolerance:.0e}")
         agreement = Table(title=f"top-{TOP_K} recommendations identical to PyTorch (test users, history masked)")
-        for column in ("runtime", "users", "identical", "agreement"):
+        for column in ("runtime", "users", "identical", "agreement", "near-tie swaps"):
             agreement.add_column(column, justify="left" if column == "runtime" else "right")
         for result in self.agreements:
-            agreement.add_row(result.runtime, str(result.num_users), str(result.agreeing), f"{result.fraction:.2%}")
-        return [errors, agreement]
+            agreement.add_row(result.runtime, str(result.num_users), str(result.agreeing), f"{result.fraction:.2%}",
+                              f"{result.near_ties} (gap <= {result.tie_tolerance:.0e})" if result.tie_tolerance
+                              else "-")
+        if not self.backbones:
+            return [errors, agreement]
+        backbones = Table(title=f"{self.preset}: served backbone states from raw content vs PyTorch "
+                                f"(re-embedded items: max abs error {self.reembedded_error:.2e} against the table)")
+        for column in ("modality", "items", "max abs error", "tolerance"):
+            backbones.add_column(column, justify="left" if column == "modality" else "right")
+        for check in self.backbones:
+            backbones.add_row(check.modality, str(check.num_items), f"{check.max_abs_error:.2e}",
+                              f"{check.tolerance:.0e}")
+        return [errors, agreement, backbones]
 
 
-def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_OPSET) -> ExportReport:
+def run_extractors(run: Run) -> dict[str, StateExtractor]:
+    """The run's backbones with the settings that built its feature cache, checked against the
+    identity `config.json` recorded (same architecture, config and weights)."""
+    settings = FeatureSettings.from_dict(run.config["feature_settings"])
+    extractors = {}
+    for modality, recorded in run.config["features"]["backbones"].items():
+        backbone = load_backbone(settings.spec(modality))
+        changed = sorted(k for k, v in backbone.identity.items() if recorded.get(k) != v)
+        if changed:
+            raise ConfigError(f"the {modality} backbone is not the one {run.directory} was trained on "
+                              f"({', '.join(changed)} differ)")
+        extractors[modality] = StateExtractor(backbone, settings.side_layers, settings.text_max_tokens)
+    return extractors
+
+
+def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_OPSET,
+               with_backbones: bool = False) -> ExportReport:
     """Export and validate a training run; raises an `ExportValidationError` on the first failure.
 
     Writes the four encoder files, `item_embeddings.safetensors` (computed by the exported ONNX
     item encoder on the CPU provider) and `validation.json` into `out_dir` (default
-    `<run_dir>/export`).
+    `<run_dir>/export`). `with_backbones` adds the backbone files and `preprocessing.json`, checks
+    the served states of `REEMBEDDED_ITEMS` real items against PyTorch, and requires the top-k
+    lists to stay identical after those items are re-embedded from their raw content.
     """
     run_dir = Path(run_dir)
     run = open_run(run_dir)
@@ -169,10 +217,33 @@ def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_
         table = catalogue_embeddings(item_encoder, features.gather, dataset.num_items)
         top = recommend(user_encoder, table, histories, max_len, TOP_K)
         report.agreements.append(check_agreement(reference_top, top, user_encoder.runtime, TOP_K))
-        if isinstance(item_encoder, OnnxEncoder) and item_encoder.provider == "CPUExecutionProvider":
-            onnx_table = table
+        if isinstance(item_encoder, OnnxEncoder) and item_encoder.provider == CPU:
+            onnx_table, onnx_users = table, user_encoder
     if onnx_table is None:
         raise RuntimeError("onnxruntime's CPU provider did not run")
+    if with_backbones:
+        extractors = run_extractors(run)
+        backbone_specs = export_backbones(extractors, out_dir, opset)
+        for spec in backbone_specs:
+            OnnxEncoder(out_dir / spec.onnx_file, spec).check_signature()
+        report.specs += backbone_specs
+        encoder = ContentEncoder(out_dir, [CPU])
+        rows = sorted(torch.randperm(dataset.num_items, generator=generator)[:REEMBEDDED_ITEMS].tolist())
+        report.backbones, served = validate_backbones(extractors, encoder, dataset, rows)
+        reembedded = onnx_table.copy()
+        reembedded[rows] = encoder.embed_states(served)
+        report.reembedded_error = float(np.abs(reembedded[rows] - onnx_table[rows]).max())
+        top = recommend(onnx_users, reembedded, histories, max_len, TOP_K)
+
+        def reference_scores(users: list[int]) -> np.ndarray:
+            rows_, mask = history_window([histories[u] for u in users], max_len)
+            (vectors,) = reference_users(torch.from_numpy(reference_table[rows_]), torch.from_numpy(mask))
+            scores = vectors @ reference_table.T
+            return scores / np.abs(scores).max(axis=1, keepdims=True)
+
+        report.agreements.append(check_agreement(
+            reference_top, top, f"{onnx_users.runtime}, {len(rows)} items re-embedded from raw content", TOP_K,
+            reference_scores, TIE_TOLERANCE))
     save_item_table(out_dir / TABLE_FILE, onnx_table, dataset.item_ids,
                     source=f"{exported.item_spec.onnx_file} in onnxruntime CPU, run {run_dir}")
     (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")

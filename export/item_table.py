@@ -9,6 +9,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from zoo.atomic import atomic_write
+
 __all__ = ["TABLE_FILE", "save_item_table", "load_item_table"]
 
 TABLE_FILE = "item_embeddings.safetensors"
@@ -16,11 +18,12 @@ _TENSOR = "item_embeddings"
 
 
 def save_item_table(path: Path, embeddings: np.ndarray, item_ids: Sequence[str], source: str) -> Path:
-    """Write `embeddings [N, D]` (row i = `item_ids[i]`); the ids go into the file's metadata."""
+    """Write `embeddings [N, D]` (row i = `item_ids[i]`) atomically; the ids go into the file's metadata."""
     if len(item_ids) != embeddings.shape[0]:
         raise ValueError(f"{len(item_ids)} item ids for {embeddings.shape[0]} embeddings")
-    save_file({_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)}, str(path),
-              metadata={"item_ids": json.dumps(list(item_ids)), "source": source})
+    atomic_write(Path(path), lambda temporary: save_file(
+        {_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)}, temporary,
+        metadata={"item_ids": json.dumps(list(item_ids)), "source": source}))
     return path
 
 

@@ -20,7 +20,7 @@ from export.ranking import history_window, top_k_rows
 from export.spec import ExportSpec
 
 __all__ = ["VALIDATION_BATCH_SIZES", "VALIDATION_LENGTHS", "Case", "Encoder", "TorchEncoder", "OnnxEncoder",
-           "TorchScriptEncoder", "GridResult", "AgreementResult", "onnx_providers", "item_cases", "user_cases",
+           "TorchScriptEncoder", "GridResult", "AgreementResult", "item_cases", "user_cases",
            "validate_encoder", "catalogue_embeddings", "recommend", "check_agreement"]
 
 VALIDATION_BATCH_SIZES = (1, 3, 17)
@@ -58,15 +58,6 @@ class TorchEncoder:
         output = self.module(*inputs)
         outputs = output if isinstance(output, (tuple, list)) else (output,)
         return [o.detach().cpu().numpy() for o in outputs]
-
-
-def onnx_providers() -> list[str]:
-    """Execution providers to use, preferred first: CUDA when onnxruntime-gpu is installed and
-    PyTorch sees a CUDA device (onnxruntime-gpu lists CUDA even on machines without one), then CPU."""
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
-        providers.insert(0, "CUDAExecutionProvider")
-    return providers
 
 
 class OnnxEncoder:
@@ -222,12 +213,15 @@ def recommend(user_encoder: Encoder, item_table: np.ndarray, histories: Sequence
 
 @dataclass
 class AgreementResult:
-    """How many users get the same top-k list (same items, same order) as from PyTorch."""
+    """How many users get the same top-k list (same items, same order) as from PyTorch; `near_ties`
+    more differ only where PyTorch's scores of the swapped items are within the tie tolerance."""
 
     runtime: str
     k: int
     num_users: int
     agreeing: int
+    near_ties: int = 0
+    tie_tolerance: float = 0.0
 
     @property
     def fraction(self) -> float:
@@ -235,19 +229,34 @@ class AgreementResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "k": self.k, "num_users": self.num_users, "agreeing": self.agreeing,
-                "fraction": self.fraction}
+                "fraction": self.fraction, "near_ties": self.near_ties, "tie_tolerance": self.tie_tolerance}
 
 
 def check_agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], runtime: str,
-                    k: int = 10) -> AgreementResult:
-    """Raise `RecommendationMismatchError` unless every user's top-k list is identical."""
+                    k: int = 10, reference_scores: Callable[[list[int]], np.ndarray] | None = None,
+                    tie_tolerance: float = 0.0) -> AgreementResult:
+    """Raise `RecommendationMismatchError` unless every user's top-k list is identical.
+
+    With `reference_scores(users) -> [len(users), N]` (PyTorch's scores of every catalogue row) a
+    list may also differ where the two items at each differing position score within
+    `tie_tolerance` of each other in PyTorch: a near-tie that a perturbation of that size may
+    reorder (used when items are re-embedded through the float16 feature cache).
+    """
     if len(reference) != len(candidate):
         raise RecommendationMismatchError(f"{runtime}: {len(candidate)} users ranked, PyTorch ranked {len(reference)}")
     differing = [u for u, (a, b) in enumerate(zip(reference, candidate)) if not np.array_equal(a, b)]
-    result = AgreementResult(runtime, k, len(reference), len(reference) - len(differing))
-    if differing:
-        first = differing[0]
+    near_ties: list[int] = []
+    if differing and reference_scores is not None:
+        for user, scores in zip(differing, reference_scores(differing)):
+            a, b = reference[user], candidate[user]
+            if len(a) == len(b) and np.all(np.abs(scores[a] - scores[b]) <= tie_tolerance):
+                near_ties.append(user)
+    result = AgreementResult(runtime, k, len(reference), len(reference) - len(differing), len(near_ties),
+                             tie_tolerance)
+    unexplained = [u for u in differing if u not in set(near_ties)]
+    if unexplained:
+        first = unexplained[0]
         raise RecommendationMismatchError(
-            f"{runtime}: top-{k} differs from PyTorch for {len(differing)} of {len(reference)} users; "
+            f"{runtime}: top-{k} differs from PyTorch for {len(unexplained)} of {len(reference)} users; "
             f"user {first}: PyTorch {reference[first].tolist()}, {runtime} {candidate[first].tolist()}")
     return result

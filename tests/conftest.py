@@ -1,4 +1,5 @@
-"""Shared fixtures: one small toy data set and one feature cache per test session."""
+"""Shared fixtures: one small toy data set, one feature cache, one toy-trained run and its
+export (with backbones) per test session."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ import os
 # tests run on the CPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -24,3 +27,25 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def toy_run(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """crossan-tiva trained for one epoch by train.py on the session's small toy data set (read
+    as MicroLens) with the tiny random backbones, caching features in the session's cache."""
+    run_dir = tmp_path_factory.mktemp("toy-run") / "run"
+    subprocess.run([sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens",
+                    "--data-root", str(toy_root), "--epochs", "1", "--run-dir", str(run_dir),
+                    "--cache-dir", str(cache_dir)], cwd=Path(__file__).resolve().parents[1], check=True,
+                   capture_output=True)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def toy_export(toy_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python -m export --run <toy_run> --with-backbones` into a fresh folder."""
+    from export.__main__ import main as export_main
+
+    out = tmp_path_factory.mktemp("toy-export")
+    assert export_main(["--run", str(toy_run), "--out", str(out), "--with-backbones"]) == 0
+    return out

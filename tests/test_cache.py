@@ -131,7 +131,7 @@ def test_cached_states_equal_backbone_hidden_states(toy_root: Path, tmp_path: Pa
     cached = build_states(dataset, extractor, path, batch_size=50)
     assert cached.shape == (dataset.num_items, 4, extractor.backbone.width)
     row = 37
-    inputs = extractor._model_inputs([extractor.read_item(dataset, row)])
+    inputs = extractor.model_inputs([extractor.read_item(dataset, row)])
     with torch.no_grad():
         hidden = extractor.backbone.model(**inputs, output_hidden_states=True).hidden_states
     expected = torch.stack([hidden[i][0, 0] for i in (0, 2, 4, 6)])

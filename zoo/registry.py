@@ -2,11 +2,13 @@
 
 A model file registers its architecture and presets with `@register_model` on its model
 class (timm-style); `zoo.models` imports every model file in its folder, so a new
-architecture is one new file there.
+architecture is one new file there. Every lookup imports `zoo.models` first, so the registry
+is complete whichever module a caller imported.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,18 +47,26 @@ def register_model(config_class: type[RecommenderConfig], presets: Mapping[str, 
     return register
 
 
+def _registered() -> None:
+    """Import every model file (once; later calls find the module loaded)."""
+    importlib.import_module("zoo.models")
+
+
 def architectures() -> dict[str, tuple[type[RecommenderConfig], type[Recommender]]]:
     """Registered architectures: name -> (config class, model class)."""
+    _registered()
     return dict(_ARCHITECTURES)
 
 
 def list_models() -> list[str]:
     """Names of every registered preset, sorted."""
+    _registered()
     return sorted(_PRESETS)
 
 
 def preset_config(name: str, **overrides: Any) -> RecommenderConfig:
     """The config of preset `name` with `overrides` applied (None values are ignored)."""
+    _registered()
     if name not in _PRESETS:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     architecture, fields = _PRESETS[name]
@@ -72,6 +82,7 @@ def preset_config(name: str, **overrides: Any) -> RecommenderConfig:
 
 def config_from_dict(values: dict[str, Any]) -> RecommenderConfig:
     """Rebuild a config saved with `to_dict` (dispatching on its `architecture`)."""
+    _registered()
     architecture = values.get("architecture")
     if architecture not in _ARCHITECTURES:
         raise ConfigError(f"unknown architecture {architecture!r}; known: {', '.join(_ARCHITECTURES)}")
@@ -80,6 +91,7 @@ def config_from_dict(values: dict[str, Any]) -> RecommenderConfig:
 
 def build_model(config: RecommenderConfig) -> Recommender:
     """Instantiate the model class registered for `config`'s architecture."""
+    _registered()
     return _ARCHITECTURES[config.architecture][1](config)
 
 

@@ -81,7 +81,8 @@ class StateExtractor:
         return read_audio(dataset.video_paths[row], sampling_rate=self.backbone.processor.sampling_rate,
                           seconds=CLIP_SECONDS)
 
-    def _model_inputs(self, contents: list[Any]) -> dict[str, torch.Tensor]:
+    def model_inputs(self, contents: list[Any]) -> dict[str, torch.Tensor]:
+        """The processor's outputs for a batch of raw contents, by name (a superset of `input_names`)."""
         processor = self.backbone.processor
         if self.modality == "text":
             return dict(processor(contents, padding=True, truncation=True, max_length=self.text_max_tokens,
@@ -93,16 +94,28 @@ class StateExtractor:
         return {"input_values": processor([np.asarray(c, dtype=np.float32) for c in contents],
                                           sampling_rate=processor.sampling_rate, return_tensors="pt")["input_values"]}
 
-    @torch.inference_mode()
-    def encode(self, contents: list[Any], device: torch.device | str = "cpu") -> torch.Tensor:
-        """Kept pooled states `[B, num_states, width]` (float32) for a batch of raw contents."""
-        inputs = {k: v.to(device) for k, v in self._model_inputs(contents).items()}
-        hidden = self.backbone.model(**inputs, output_hidden_states=True).hidden_states
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Names of the backbone inputs `pooled_states` takes, in order."""
+        return {"text": ("input_ids", "attention_mask"), "audio": ("input_values",)}.get(
+            self.modality, ("pixel_values",))
+
+    def pooled_states(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Kept pooled states `[B, num_states, width]` (float32) from backbone inputs in
+        `input_names` order: the part of `encode` after the processor (what the backbone export runs)."""
+        named = dict(zip(self.input_names, inputs))
+        hidden = self.backbone.model(**named, output_hidden_states=True).hidden_states
         kept = torch.stack([hidden[i] for i in self.indices], dim=1)  # [B, S, tokens, W]
         if self.backbone.spec.pooling == "cls":
             return kept[:, :, 0].float()
-        mask = inputs.get("attention_mask")
+        mask = named.get("attention_mask")
         if mask is None:
             return kept.mean(dim=2).float()
         weights = mask[:, None, :, None].to(kept.dtype)
         return ((kept * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1)).float()
+
+    @torch.inference_mode()
+    def encode(self, contents: list[Any], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Kept pooled states `[B, num_states, width]` (float32) for a batch of raw contents."""
+        inputs = self.model_inputs(contents)
+        return self.pooled_states(*(inputs[name].to(device) for name in self.input_names))

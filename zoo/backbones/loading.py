@@ -87,14 +87,18 @@ def _weights_hash(model: torch.nn.Module) -> str:
 
 def _load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any]:
     from transformers import (ASTFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer,
-                              VideoMAEImageProcessor)
+                              VideoMAEImageProcessorPil)
 
     location = str(minilm_dir()) if spec.name_or_path == MINILM_ALIAS else spec.name_or_path
-    processor_loaders = {"text": AutoTokenizer, "image": AutoImageProcessor, "video": VideoMAEImageProcessor,
-                         "audio": ASTFeatureExtractor}
+    # Image processors on the PIL backend: the default one needs torchvision, which this project
+    # does not install, and the serving side reproduces the PIL one without transformers.
+    processor_loaders = {"text": AutoTokenizer.from_pretrained,
+                         "image": lambda where: AutoImageProcessor.from_pretrained(where, backend="pil"),
+                         "video": VideoMAEImageProcessorPil.from_pretrained,
+                         "audio": ASTFeatureExtractor.from_pretrained}
     try:
         model = AutoModel.from_pretrained(location)
-        processor = processor_loaders[spec.modality].from_pretrained(location)
+        processor = processor_loaders[spec.modality](location)
     except OSError as error:
         # Hub errors run to several lines of advice; their first line names the problem.
         reason = str(error).partition("\n")[0]

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import ASTConfig, ASTFeatureExtractor, AutoTokenizer, BertConfig, PreTrainedModel
 from transformers import ASTModel, BertModel, VideoMAEConfig, VideoMAEModel, ViTConfig, ViTModel
+# The PIL processors: the default ones need torchvision, which this project does not install.
+from transformers import VideoMAEImageProcessorPil, ViTImageProcessorPil
 
 from zoo.backbones.minilm import minilm_dir
 
@@ -29,11 +30,6 @@ TINY_MEL_BINS = 64
 TINY_INIT_RANGE = 0.1
 
 
-def _image_processor_class(name: str) -> type:
-    # transformers 5 prefers torchvision-backed processors; the PIL ones need nothing extra.
-    return getattr(transformers, f"{name}Pil", getattr(transformers, name))
-
-
 def _text(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
     # The BERT uncased WordPiece vocabulary ships with the MiniLM package: no download needed.
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
@@ -41,12 +37,12 @@ def _text(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
 
 
 def _image(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
-    processor = _image_processor_class("ViTImageProcessor")(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+    processor = ViTImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
     return ViTModel, ViTConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, **shared), processor
 
 
 def _video(shared: dict[str, Any]) -> tuple[type[PreTrainedModel], Any, Any]:
-    processor = _image_processor_class("VideoMAEImageProcessor")(
+    processor = VideoMAEImageProcessorPil(
         size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
     config = VideoMAEConfig(image_size=TINY_IMAGE_SIZE, patch_size=8, num_frames=16, tubelet_size=2, **shared)
     return VideoMAEModel, config, processor

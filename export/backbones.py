@@ -1,0 +1,189 @@
+"""Export a run's frozen backbones (up to the kept per-layer states) and their preprocessing.
+
+For each modality of the run, `export_backbones` writes `<modality>_backbone.onnx` (backbone
+inputs -> `states_<modality> [B, S, W]`, the run's pooling included) and one entry of
+`preprocessing.json` (the processor's settings as data, with `tokenizer.json` for text and the
+mel filter bank for audio), so `export.content.ContentEncoder` embeds new items without
+PyTorch. `validate_backbones` runs that serving path on real items of the run and compares
+it with the PyTorch extractor that built the feature cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from torch import nn
+
+from export.content import ContentEncoder, backbone_file
+from export.errors import ValueMismatchError
+from export.onnx_export import export_onnx
+from export.preprocessing import (AUDIO_FILTERS_FILE, TOKENIZER_FILE, AudioPreprocessor, ImagePreprocessor,
+                                  Preprocessor, TextPreprocessor, VideoPreprocessor, save_preprocessing)
+from export.spec import DEFAULT_OPSET, ExportSpec
+from zoo.backbones.extractor import CLIP_SECONDS, VIDEO_FRAMES, StateExtractor
+from zoo.data.dataset import SequenceDataset
+from zoo.errors import ConfigError
+
+__all__ = ["BACKBONE_TOLERANCE", "BackboneStates", "BackboneCheck", "backbone_spec", "serving_preprocessor",
+           "export_backbones", "item_sources", "validate_backbones"]
+
+BACKBONE_TOLERANCE = 1e-3
+"""Largest absolute difference allowed between served and PyTorch states (float32 through up to
+12 transformer layers, whose hidden states reach magnitudes of tens)."""
+EXAMPLE_BATCH = 2
+EXAMPLE_TOKENS = 5
+
+
+class BackboneStates(nn.Module):
+    """Backbone inputs -> kept pooled states `[B, S, W]`: `StateExtractor.pooled_states` as a module."""
+
+    def __init__(self, extractor: StateExtractor) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.backbone = extractor.backbone.model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.extractor.pooled_states(*inputs)
+
+
+def backbone_spec(extractor: StateExtractor, opset: int = DEFAULT_OPSET) -> ExportSpec:
+    """Batch axis dynamic; for text also the token axis, up to the run's `text_max_tokens`."""
+    modality = extractor.modality
+    output = f"states_{modality}"
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in (*extractor.input_names, output)}
+    max_sizes: dict[str, int] = {}
+    if modality == "text":
+        for name in extractor.input_names:
+            axes[name][1] = "tokens"
+        max_sizes["tokens"] = extractor.text_max_tokens
+    return ExportSpec(f"{modality}_backbone", extractor.input_names, (output,), axes, max_sizes=max_sizes,
+                      tolerance=BACKBONE_TOLERANCE, opset=opset)
+
+
+def _example_inputs(extractor: StateExtractor, preprocessor: Preprocessor) -> tuple[torch.Tensor, ...]:
+    """Made-up inputs in the served layout (sizes >= 2 on dynamic axes, so they stay dynamic)."""
+    generator = torch.Generator().manual_seed(0)
+    config = extractor.backbone.model.config
+    if extractor.modality == "text":
+        tokens = min(EXAMPLE_TOKENS, extractor.text_max_tokens)
+        ids = torch.randint(1, int(config.vocab_size), (EXAMPLE_BATCH, tokens), generator=generator)
+        mask = torch.ones(EXAMPLE_BATCH, tokens, dtype=torch.long)
+        mask[0, -1] = 0
+        return ids, mask
+    if isinstance(preprocessor, ImagePreprocessor):
+        shape: tuple[int, ...] = (3, preprocessor.height, preprocessor.width)
+    elif isinstance(preprocessor, VideoPreprocessor):
+        shape = (preprocessor.frames, 3, preprocessor.crop_height, preprocessor.crop_width)
+    else:
+        shape = (int(config.max_length), int(config.num_mel_bins))
+    return (torch.randn(EXAMPLE_BATCH, *shape, generator=generator),)
+
+
+def _pixel_settings(processor: Any) -> dict[str, Any]:
+    return {"resample": int(processor.resample),
+            "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else None,
+            "mean": [float(v) for v in processor.image_mean] if processor.do_normalize else None,
+            "std": [float(v) for v in processor.image_std] if processor.do_normalize else None}
+
+
+def serving_preprocessor(extractor: StateExtractor, folder: Path) -> Preprocessor:
+    """The torch-free preprocessor equal to `extractor`'s processor, with its data files written
+    into `folder`; a `ConfigError` for processor settings the serving side does not reproduce."""
+    processor, modality = extractor.backbone.processor, extractor.modality
+    name = type(processor).__name__
+    if modality == "text":
+        backend = getattr(processor, "backend_tokenizer", None)
+        if backend is None:
+            raise ConfigError(f"{name} has no `tokenizers` backend (tokenizer.json); only fast tokenizers serve")
+        backend.save(str(Path(folder) / TOKENIZER_FILE))
+        return TextPreprocessor(extractor.text_max_tokens, folder=Path(folder))
+    if modality == "audio":
+        filters = getattr(processor, "mel_filters", None)
+        if filters is None:
+            raise ConfigError(f"{name} computes filter banks with torchaudio; the served NumPy path needs the "
+                              f"one transformers uses without it (uninstall torchaudio before exporting)")
+        save_file({"mel_filters": np.ascontiguousarray(filters, dtype=np.float64),
+                   "window": np.ascontiguousarray(processor.window, dtype=np.float64)},
+                  str(Path(folder) / AUDIO_FILTERS_FILE))
+        normalise = bool(processor.do_normalize)
+        # Frame, hop and FFT sizes, pre-emphasis and floor are constants of ASTFeatureExtractor's code.
+        return AudioPreprocessor(int(processor.sampling_rate), CLIP_SECONDS, int(processor.max_length),
+                                 frame_length=400, hop_length=160, fft_length=512, preemphasis=0.97,
+                                 mel_floor=1.192092955078125e-07, mean=float(processor.mean) if normalise else None,
+                                 std=float(processor.std) if normalise else None, folder=Path(folder))
+    if getattr(processor, "do_pad", False):
+        raise ConfigError(f"{name} pads images; the served preprocessing does not")
+    size = processor.size
+    if modality == "image":
+        if getattr(processor, "do_center_crop", False) or not (size.get("height") and size.get("width")):
+            raise ConfigError(f"{name}: only a resize to height x width without a crop is served, got size {dict(size)}")
+        return ImagePreprocessor(int(size["height"]), int(size["width"]), resize=bool(processor.do_resize),
+                                 **_pixel_settings(processor))
+    crop = processor.crop_size
+    if not (processor.do_resize and processor.do_center_crop and size.get("shortest_edge")):
+        raise ConfigError(f"{name}: only a shortest-edge resize and a centre crop are served, got size {dict(size)}")
+    return VideoPreprocessor(VIDEO_FRAMES, CLIP_SECONDS, int(size["shortest_edge"]), int(crop["height"]),
+                             int(crop["width"]), **_pixel_settings(processor))
+
+
+def export_backbones(extractors: dict[str, StateExtractor], out_dir: Path, opset: int = DEFAULT_OPSET
+                     ) -> list[ExportSpec]:
+    """Write every modality's backbone ONNX and `preprocessing.json` (with its data files) into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs, preprocessors = [], {}
+    for modality, extractor in extractors.items():
+        preprocessor = serving_preprocessor(extractor, out_dir)
+        spec = backbone_spec(extractor, opset)
+        export_onnx(BackboneStates(extractor), spec, _example_inputs(extractor, preprocessor),
+                    out_dir / backbone_file(modality))
+        specs.append(spec)
+        preprocessors[modality] = preprocessor
+    save_preprocessing(out_dir, preprocessors)
+    return specs
+
+
+def item_sources(dataset: SequenceDataset, modality: str, rows: list[int]) -> list[str]:
+    """What a serving caller passes for catalogue rows: titles, cover paths, or video paths (the
+    soundtrack is read from the video file)."""
+    if modality == "text":
+        return [dataset.titles[r] for r in rows]
+    if modality == "image":
+        return [str(dataset.cover_paths[r]) for r in rows]
+    return [str(dataset.video_paths[r]) for r in rows]
+
+
+@dataclass(frozen=True)
+class BackboneCheck:
+    """One modality's served states against the PyTorch extractor's, on real items."""
+
+    modality: str
+    num_items: int
+    max_abs_error: float
+    tolerance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modality": self.modality, "items": self.num_items, "max_abs_error": self.max_abs_error,
+                "tolerance": self.tolerance}
+
+
+def validate_backbones(extractors: dict[str, StateExtractor], encoder: ContentEncoder, dataset: SequenceDataset,
+                       rows: list[int]) -> tuple[list[BackboneCheck], dict[str, np.ndarray]]:
+    """Served states (torch-free preprocessing + ONNX backbone) against `StateExtractor.encode` for
+    catalogue `rows`; raises `ValueMismatchError` past the tolerance. Returns the checks and the
+    served states by modality."""
+    checks, served = [], {}
+    for modality, extractor in extractors.items():
+        states = encoder.states(modality, encoder.read(modality, item_sources(dataset, modality, rows)))
+        reference = extractor.encode([extractor.read_item(dataset, r) for r in rows]).numpy()
+        error = float(np.abs(states - reference).max())
+        if not error <= BACKBONE_TOLERANCE:
+            raise ValueMismatchError(f"{backbone_file(modality)}: served states differ from PyTorch's by {error:.2e} "
+                                     f"(tolerance {BACKBONE_TOLERANCE:.0e}) on {len(rows)} items")
+        checks.append(BackboneCheck(modality, len(rows), error, BACKBONE_TOLERANCE))
+        served[modality] = states
+    return checks, served

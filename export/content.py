@@ -1,0 +1,97 @@
+"""Embed items from their raw content with onnxruntime only: preprocessing, backbones, item encoder.
+
+    encoder = ContentEncoder("weights/<run>/export")       # after `python -m export --with-backbones`
+    encoder.embed({"text": ["Blue kettle"], "image": ["covers/new.jpg"]})   # -> [1, D] float32
+
+For each modality of the item encoder: the preprocessor from `preprocessing.json` reads the
+item's content (a title, or a media path), `<modality>_backbone.onnx` turns it into the kept
+per-layer states, which are rounded to float16 as the training cache stores them, and
+`item_encoder.onnx` maps all modalities' states to the item embedding. Torch-free, like
+`export.serve`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from export.preprocessing import Preprocessor, load_preprocessing
+from export.spec import SPEC_METADATA_KEY, ExportSpec
+
+__all__ = ["ITEM_ENCODER_FILE", "ContentEncoder", "backbone_file"]
+
+ITEM_ENCODER_FILE = "item_encoder.onnx"
+BATCH_SIZE = 32
+
+
+def backbone_file(modality: str) -> str:
+    """File name of a modality's exported backbone."""
+    return f"{modality}_backbone.onnx"
+
+
+def _session(path: Path, providers: Sequence[str]) -> tuple[ort.InferenceSession, ExportSpec]:
+    session = ort.InferenceSession(str(path), providers=list(providers))
+    return session, ExportSpec.from_json(session.get_modelmeta().custom_metadata_map[SPEC_METADATA_KEY])
+
+
+class ContentEncoder:
+    """New items' raw content -> item embeddings, from an export folder with backbones."""
+
+    def __init__(self, export_dir: str | Path, providers: Sequence[str]) -> None:
+        export_dir = Path(export_dir)
+        item_path = export_dir / ITEM_ENCODER_FILE
+        if not item_path.is_file():
+            raise FileNotFoundError(f"{item_path}: missing; write it with `python -m export --run <run>`")
+        self.item_session, self.item_spec = _session(item_path, providers)
+        self.modalities = tuple(name.removeprefix("states_") for name in self.item_spec.input_names)
+        if not all(name.startswith("states_") for name in self.item_spec.input_names):
+            raise ValueError(f"{item_path} takes {', '.join(self.item_spec.input_names)}, not backbone states: "
+                             f"this model does not embed items from their content")
+        self.preprocessors: dict[str, Preprocessor] = load_preprocessing(export_dir)
+        self.backbones: dict[str, ort.InferenceSession] = {}
+        for modality in self.modalities:
+            path = export_dir / backbone_file(modality)
+            if modality not in self.preprocessors or not path.is_file():
+                raise FileNotFoundError(f"{path}: missing or not in preprocessing.json; export the backbones "
+                                        f"with `python -m export --run <run> --with-backbones`")
+            self.backbones[modality] = _session(path, providers)[0]
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution provider each session runs on (first choice of each), deduplicated."""
+        sessions = [self.item_session, *self.backbones.values()]
+        return sorted({s.get_providers()[0] for s in sessions})
+
+    def read(self, modality: str, sources: Sequence[str | Path]) -> list[Any]:
+        """Raw contents of `modality` from titles or media paths (errors name the file)."""
+        return [self.preprocessors[modality].read(source) for source in sources]
+
+    def states(self, modality: str, contents: Sequence[Any]) -> np.ndarray:
+        """Kept per-layer states `[B, S, W]` (float32) of raw `contents`, before the float16 rounding."""
+        preprocessor, session = self.preprocessors[modality], self.backbones[modality]
+        chunks = []
+        for start in range(0, len(contents), BATCH_SIZE):
+            inputs = preprocessor(contents[start: start + BATCH_SIZE])
+            chunks.append(session.run(None, {name: inputs[name] for name in preprocessor.input_names})[0])
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def embed_states(self, states: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Item embeddings `[B, D]` from per-modality states, rounded to float16 as the cache stores them."""
+        feeds = {f"states_{m}": states[m].astype(np.float16).astype(np.float32) for m in self.modalities}
+        return self.item_session.run(list(self.item_spec.output_names), feeds)[0]
+
+    def embed(self, sources: Mapping[str, Sequence[str | Path]]) -> np.ndarray:
+        """Item embeddings `[B, D]` of new items given by content source per modality
+        (`text`: titles; `image`: cover paths; `video` and `audio`: video or soundtrack paths)."""
+        missing = [m for m in self.modalities if m not in sources]
+        extra = sorted(set(sources) - set(self.modalities))
+        if missing or extra:
+            raise ValueError(f"the item encoder takes {', '.join(self.modalities)}; "
+                             + (f"missing {', '.join(missing)}" if missing else f"unused {', '.join(extra)}"))
+        counts = {m: len(sources[m]) for m in self.modalities}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"every modality needs one source per item, got {counts}")
+        return self.embed_states({m: self.states(m, self.read(m, sources[m])) for m in self.modalities})
