@@ -162,28 +162,30 @@ class BackboneCheck:
     """One modality's served states against the PyTorch extractor's, on real items."""
 
     modality: str
+    provider: str
     num_items: int
     max_abs_error: float
     tolerance: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"modality": self.modality, "items": self.num_items, "max_abs_error": self.max_abs_error,
-                "tolerance": self.tolerance}
+        return {"modality": self.modality, "provider": self.provider, "items": self.num_items,
+                "max_abs_error": self.max_abs_error, "tolerance": self.tolerance}
 
 
 def validate_backbones(extractors: dict[str, StateExtractor], encoder: ContentEncoder, dataset: SequenceDataset,
                        rows: list[int]) -> tuple[list[BackboneCheck], dict[str, np.ndarray]]:
-    """Served states (torch-free preprocessing + ONNX backbone) against `StateExtractor.encode` for
-    catalogue `rows`; raises `ValueMismatchError` past the tolerance. Returns the checks and the
-    served states by modality."""
+    """Served states (torch-free preprocessing + ONNX backbone, on `encoder`'s provider) against
+    `StateExtractor.encode` for catalogue `rows`; raises `ValueMismatchError` past the tolerance.
+    Returns the checks and the served states by modality."""
+    (provider,) = encoder.providers
     checks, served = [], {}
     for modality, extractor in extractors.items():
         states = encoder.states(modality, encoder.read(modality, item_sources(dataset, modality, rows)))
         reference = extractor.encode([extractor.read_item(dataset, r) for r in rows]).numpy()
         error = float(np.abs(states - reference).max())
         if not error <= BACKBONE_TOLERANCE:
-            raise ValueMismatchError(f"{backbone_file(modality)}: served states differ from PyTorch's by {error:.2e} "
-                                     f"(tolerance {BACKBONE_TOLERANCE:.0e}) on {len(rows)} items")
-        checks.append(BackboneCheck(modality, len(rows), error, BACKBONE_TOLERANCE))
+            raise ValueMismatchError(f"{backbone_file(modality)} on {provider}: served states differ from PyTorch's "
+                                     f"by {error:.2e} (tolerance {BACKBONE_TOLERANCE:.0e}) on {len(rows)} items")
+        checks.append(BackboneCheck(modality, provider, len(rows), error, BACKBONE_TOLERANCE))
         served[modality] = states
     return checks, served

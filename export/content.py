@@ -32,7 +32,8 @@ def backbone_file(modality: str) -> str:
     return f"{modality}_backbone.onnx"
 
 
-def _session(path: Path, providers: Sequence[str]) -> tuple[ort.InferenceSession, ExportSpec]:
+def _session(path: Path, providers: Sequence[str | tuple[str, dict[str, str]]]
+             ) -> tuple[ort.InferenceSession, ExportSpec]:
     session = ort.InferenceSession(str(path), providers=list(providers))
     return session, ExportSpec.from_json(session.get_modelmeta().custom_metadata_map[SPEC_METADATA_KEY])
 
@@ -40,7 +41,7 @@ def _session(path: Path, providers: Sequence[str]) -> tuple[ort.InferenceSession
 class ContentEncoder:
     """New items' raw content -> item embeddings, from an export folder with backbones."""
 
-    def __init__(self, export_dir: str | Path, providers: Sequence[str]) -> None:
+    def __init__(self, export_dir: str | Path, providers: Sequence[str | tuple[str, dict[str, str]]]) -> None:
         export_dir = Path(export_dir)
         item_path = export_dir / ITEM_ENCODER_FILE
         if not item_path.is_file():

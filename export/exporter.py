@@ -23,7 +23,7 @@ from rich.table import Table
 from export.backbones import BackboneCheck, export_backbones, validate_backbones
 from export.content import ContentEncoder
 from export.item_table import TABLE_FILE, save_item_table
-from export.providers import CPU, execution_providers
+from export.providers import CPU, exact_float32, execution_providers
 from export.ranking import history_window
 from export.onnx_export import export_onnx
 from export.spec import DEFAULT_OPSET, ExportSpec, item_encoder_spec, user_encoder_spec
@@ -158,11 +158,11 @@ class ExportReport:
             return [errors, agreement]
         backbones = Table(title=f"{self.preset}: served backbone states from raw content vs PyTorch "
                                 f"(re-embedded items: max abs error {self.reembedded_error:.2e} against the table)")
-        for column in ("modality", "items", "max abs error", "tolerance"):
-            backbones.add_column(column, justify="left" if column == "modality" else "right")
+        for column in ("modality", "runtime", "items", "max abs error", "tolerance"):
+            backbones.add_column(column, justify="left" if column in ("modality", "runtime") else "right")
         for check in self.backbones:
-            backbones.add_row(check.modality, str(check.num_items), f"{check.max_abs_error:.2e}",
-                              f"{check.tolerance:.0e}")
+            backbones.add_row(check.modality, f"onnxruntime {check.provider.removesuffix('ExecutionProvider')}",
+                              str(check.num_items), f"{check.max_abs_error:.2e}", f"{check.tolerance:.0e}")
         return [errors, agreement, backbones]
 
 
@@ -227,11 +227,17 @@ def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_
         for spec in backbone_specs:
             OnnxEncoder(out_dir / spec.onnx_file, spec).check_signature()
         report.specs += backbone_specs
-        encoder = ContentEncoder(out_dir, [CPU])
         rows = sorted(torch.randperm(dataset.num_items, generator=generator)[:REEMBEDDED_ITEMS].tolist())
-        report.backbones, served = validate_backbones(extractors, encoder, dataset, rows)
+        for provider in execution_providers():
+            encoder = ContentEncoder(out_dir, [exact_float32(provider)])
+            if encoder.providers != [provider]:
+                raise RuntimeError(f"onnxruntime fell back from {provider} to {', '.join(encoder.providers)}")
+            checks, served = validate_backbones(extractors, encoder, dataset, rows)
+            report.backbones += checks
+            if provider == CPU:
+                cpu_encoder, cpu_served = encoder, served
         reembedded = onnx_table.copy()
-        reembedded[rows] = encoder.embed_states(served)
+        reembedded[rows] = cpu_encoder.embed_states(cpu_served)
         report.reembedded_error = float(np.abs(reembedded[rows] - onnx_table[rows]).max())
         top = recommend(onnx_users, reembedded, histories, max_len, TOP_K)
 

@@ -13,7 +13,7 @@ from functools import cache
 
 import onnxruntime as ort
 
-__all__ = ["CPU", "CUDA", "cuda_device_count", "execution_providers"]
+__all__ = ["CPU", "CUDA", "cuda_device_count", "execution_providers", "exact_float32"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -37,3 +37,9 @@ def execution_providers() -> list[str]:
     """Providers to request, preferred first: CUDA where onnxruntime has it and a device exists, then CPU."""
     cuda = CUDA in ort.get_available_providers() and cuda_device_count() > 0
     return [CUDA, CPU] if cuda else [CPU]
+
+
+def exact_float32(provider: str) -> tuple[str, dict[str, str]]:
+    """`provider` with the options that keep float32 matmuls exact, for validation: the CUDA
+    provider's TF32 matmuls would miss a 1e-4 float32 tolerance."""
+    return provider, ({"use_tf32": "0"} if provider == CUDA else {})

@@ -17,6 +17,7 @@ from torch import nn
 
 from export.errors import NameMismatchError, RecommendationMismatchError, ShapeMismatchError, ValueMismatchError
 from export.ranking import history_window, top_k_rows
+from export.providers import exact_float32
 from export.spec import ExportSpec
 
 __all__ = ["VALIDATION_BATCH_SIZES", "VALIDATION_LENGTHS", "Case", "Encoder", "TorchEncoder", "OnnxEncoder",
@@ -64,10 +65,7 @@ class OnnxEncoder:
     """An exported `.onnx` encoder in an onnxruntime session on one execution provider."""
 
     def __init__(self, path: Path, spec: ExportSpec, provider: str = "CPUExecutionProvider") -> None:
-        options: dict[str, str] = {}
-        if provider == "CUDAExecutionProvider":
-            options["use_tf32"] = "0"  # TF32 matmuls would miss a 1e-4 float32 tolerance
-        self.session = ort.InferenceSession(str(path), providers=[(provider, options)])
+        self.session = ort.InferenceSession(str(path), providers=[exact_float32(provider)])
         used = self.session.get_providers()[0]
         if used != provider:
             raise RuntimeError(f"onnxruntime fell back from {provider} to {used}")
