@@ -33,12 +33,14 @@ from export.validation import (AgreementResult, Case, Encoder, GridResult, OnnxE
                                recommend, user_cases, validate_encoder)
 from export.wrappers import ItemEncoder, UserEncoder
 from zoo.backbones import StateExtractor, load_backbone
+from zoo.data.dataset import SequenceDataset
 from zoo.errors import ConfigError
 from zoo.models.base import Recommender
 from zoo.pipeline import FeatureSettings
 from zoo.runs import Run, open_run
 
-__all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "export_run"]
+__all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "run_extractors",
+           "check_backbones", "export_run"]
 
 REPORT_FILE = "validation.json"
 TOP_K = 10
@@ -181,6 +183,27 @@ def run_extractors(run: Run) -> dict[str, StateExtractor]:
     return extractors
 
 
+def check_backbones(extractors: dict[str, StateExtractor], dataset: SequenceDataset, out_dir: Path, rows: list[int],
+                    table: np.ndarray, report: ExportReport) -> np.ndarray:
+    """Check the exported backbones (signatures, then served states of catalogue `rows` on every
+    execution provider, into `report.backbones`); return `table` with those rows re-embedded
+    from their raw content on the CPU provider."""
+    for spec in report.specs:
+        if spec.name.endswith("_backbone"):
+            OnnxEncoder(out_dir / spec.onnx_file, spec).check_signature()
+    for provider in execution_providers():
+        encoder = ContentEncoder(out_dir, [exact_float32(provider)])
+        if encoder.providers != [provider]:
+            raise RuntimeError(f"onnxruntime fell back from {provider} to {', '.join(encoder.providers)}")
+        checks, served = validate_backbones(extractors, encoder, dataset, rows)
+        report.backbones += checks
+        if provider == CPU:
+            reembedded = table.copy()
+            reembedded[rows] = encoder.embed_states(served)
+    report.reembedded_error = float(np.abs(reembedded[rows] - table[rows]).max())
+    return reembedded
+
+
 def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_OPSET,
                with_backbones: bool = False) -> ExportReport:
     """Export and validate a training run; raises an `ExportValidationError` on the first failure.
@@ -222,28 +245,16 @@ def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_
     if onnx_table is None:
         raise RuntimeError("onnxruntime's CPU provider did not run")
     if with_backbones:
-        extractors = run_extractors(run)
-        backbone_specs = export_backbones(extractors, out_dir, opset)
-        for spec in backbone_specs:
-            OnnxEncoder(out_dir / spec.onnx_file, spec).check_signature()
-        report.specs += backbone_specs
         rows = sorted(torch.randperm(dataset.num_items, generator=generator)[:REEMBEDDED_ITEMS].tolist())
-        for provider in execution_providers():
-            encoder = ContentEncoder(out_dir, [exact_float32(provider)])
-            if encoder.providers != [provider]:
-                raise RuntimeError(f"onnxruntime fell back from {provider} to {', '.join(encoder.providers)}")
-            checks, served = validate_backbones(extractors, encoder, dataset, rows)
-            report.backbones += checks
-            if provider == CPU:
-                cpu_encoder, cpu_served = encoder, served
-        reembedded = onnx_table.copy()
-        reembedded[rows] = cpu_encoder.embed_states(cpu_served)
-        report.reembedded_error = float(np.abs(reembedded[rows] - onnx_table[rows]).max())
+        extractors = run_extractors(run)
+        report.specs += export_backbones(extractors, out_dir, opset)
+        reembedded = check_backbones(extractors, dataset, out_dir, rows, onnx_table, report)
         top = recommend(onnx_users, reembedded, histories, max_len, TOP_K)
 
         def reference_scores(users: list[int]) -> np.ndarray:
-            rows_, mask = history_window([histories[u] for u in users], max_len)
-            (vectors,) = reference_users(torch.from_numpy(reference_table[rows_]), torch.from_numpy(mask))
+            """PyTorch's scores of every item for `users`, relative to each user's largest."""
+            window, mask = history_window([histories[u] for u in users], max_len)
+            (vectors,) = reference_users(torch.from_numpy(reference_table[window]), torch.from_numpy(mask))
             scores = vectors @ reference_table.T
             return scores / np.abs(scores).max(axis=1, keepdims=True)
 
