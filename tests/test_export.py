@@ -232,6 +232,20 @@ def test_changed_ranking_raises_recommendation_mismatch() -> None:
         check_agreement(reference, swapped, "swapped")
 
 
+def test_near_tie_swaps_are_allowed_up_to_the_tolerance_and_counted() -> None:
+    """Users 0 and 1 see rows 0 and 1 swapped; their PyTorch scores differ by 5e-6 for user 0 and
+    by 0.1 for user 1, so only user 0's swap is a near-tie at tolerance 1e-5."""
+    reference = [np.arange(10), np.arange(10), np.arange(10)]
+    swapped = [r[[1, 0, *range(2, 10)]] for r in reference[:2]] + [reference[2]]
+    scores = np.tile(np.linspace(1.0, 0.5, 20), (3, 1))
+    scores[0, 1] = scores[0, 0] - 5e-6
+    scores[1, 1] = scores[1, 0] - 0.1
+    with pytest.raises(RecommendationMismatchError, match="1 of 3 users; user 1"):
+        check_agreement(reference, swapped, "swapped", 10, lambda users: scores[users], 1e-5)
+    result = check_agreement(reference, swapped[:1] + reference[1:], "swapped", 10, lambda users: scores[users], 1e-5)
+    assert (result.agreeing, result.near_ties, result.num_users) == (2, 1, 3)
+
+
 # --- a toy-trained run, end to end -------------------------------------------------------------
 
 def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> None:
