@@ -55,3 +55,21 @@ def test_new_items_benchmark_compares_served_states_with_pytorch() -> None:
         assert 0 < entry["max_abs_error"] < 1e-3
         assert entry["pytorch_items_per_second"] > 0 and entry["onnx_items_per_second"] > 0
         assert entry["cache_bytes_per_item"] == 7 * 64 * 2
+
+
+def test_efficiency_benchmark_reports_every_model_and_the_caching_row() -> None:
+    """Tiny widths, two models, one timed step: the JSON has the documented keys, the improvement
+    rows are absent without IISAN-E, and caching pays back against the uncached model."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/efficiency.py", "--widths", "tiny", "--models", "crossan-tiva", "lora-ti",
+         "--users", "4", "--steps", "1", "--json"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report) == {"crossan-tiva", "lora-ti", "caching", "setting"}
+    for model in ("crossan-tiva", "lora-ti"):
+        assert set(report[model]) >= {"seconds_per_step", "peak_memory_mb", "trainable_parameters", "seconds_per_epoch"}
+        assert report[model]["seconds_per_step"] > 0 and report[model]["peak_memory_mb"] >= 0
+    assert report["crossan-tiva"]["trainable_parameters"] == 2_002_448
+    assert set(report["caching"]["break_even_epochs"]) == {"lora-ti"}
+    assert report["setting"]["users_per_step"] == 4 and "extrapolated" in report["setting"]["epoch"]

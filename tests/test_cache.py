@@ -117,7 +117,7 @@ def test_item_features_of_an_id_model_are_the_rows() -> None:
 
 
 def test_item_features_reject_states_of_another_catalogue() -> None:
-    with pytest.raises(ValueError, match=r"text states must be \[5, S, W\], got \[4, 3, 8\]"):
+    with pytest.raises(ValueError, match=r"text features must be \[5, \.\.\.\], got \[4, 3, 8\]"):
         ItemFeatures(5, {"text": torch.zeros(4, 3, 8)})
 
 

@@ -89,7 +89,9 @@ def grid_cases(model: Recommender) -> tuple[list, list]:
     return items, users
 
 
-@pytest.mark.parametrize("name", list_models())
+# The uncached baselines (BERT-base and ViT-base by default) export in tests/test_end_to_end.py,
+# over tiny backbones.
+@pytest.mark.parametrize("name", [n for n in list_models() if preset_config(n).architecture != "end-to-end"])
 def test_every_preset_exports_and_validates(name: str, exported_presets) -> None:
     model, exported = exported_presets(name)
     assert all(path.is_file() for path in exported.files())
@@ -258,7 +260,7 @@ def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> No
     assert {"onnxruntime CPU", "torchscript"} <= {g["runtime"] for g in report["max_abs_errors"]}
     assert all(g["max_abs_error"] <= TOLERANCE for g in report["max_abs_errors"])
     agreement = {a["runtime"]: (a["num_users"], a["fraction"]) for a in report["top_k_agreement"]
-                 if not a["tie_tolerance"]}
+                 if "re-embedded" not in a["runtime"]}
     run = open_run(toy_run)
     assert agreement["onnxruntime CPU"] == agreement["torchscript"] == (run.dataset.num_users, 1.0)
 

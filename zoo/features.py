@@ -1,4 +1,5 @@
-"""Item inputs of a model: cached backbone states per modality, or item rows for ID models."""
+"""Item inputs of a model: cached backbone states per modality, stored backbone inputs (token ids,
+pixels) for the uncached models, or item rows for ID models."""
 from __future__ import annotations
 
 import torch
@@ -9,11 +10,12 @@ __all__ = ["ItemFeatures"]
 class ItemFeatures:
     """Gathers what `model.encode_items` takes for a set of catalogue rows.
 
-    `states` maps modality -> `[N, S, W]` states, normally the memory-mapped float16 cache
-    (`zoo.cache.open_states`). They are kept as given, so only the pages of gathered rows are
-    ever read and the cache never has to fit in (device) memory; each gathered batch is
-    converted to float32 on `device`. An empty mapping means the model embeds item ids
-    (`sasrec-id`): rows are returned as they are.
+    `states` maps a name to one tensor `[N, ...]` per model input, in input order: the `[N, S, W]`
+    states of a modality, normally the memory-mapped float16 cache (`zoo.cache.open_states`), or
+    stored backbone inputs (token ids, pixels). They are kept as given, so only the pages of
+    gathered rows are ever read and the cache never has to fit in (device) memory; each gathered
+    batch goes to `device`, floating-point tensors as float32. An empty mapping means the model
+    embeds item ids (`sasrec-id`): rows are returned as they are.
     """
 
     def __init__(self, num_items: int, states: dict[str, torch.Tensor] | None = None,
@@ -21,20 +23,21 @@ class ItemFeatures:
         self.num_items = num_items
         self.device = torch.device(device)
         self.modalities = tuple(states or {})
-        for modality, tensor in (states or {}).items():
-            if tensor.dim() != 3 or tensor.shape[0] != num_items:
-                raise ValueError(f"{modality} states must be [{num_items}, S, W], got {list(tensor.shape)}")
+        for name, tensor in (states or {}).items():
+            if tensor.dim() < 2 or tensor.shape[0] != num_items:
+                raise ValueError(f"{name} features must be [{num_items}, ...], got {list(tensor.shape)}")
         self._states = tuple((states or {}).values())
 
-    def shapes(self) -> dict[str, tuple[int, int]]:
-        """`(num_states, width)` of each modality."""
-        return {m: (t.shape[1], t.shape[2]) for m, t in zip(self.modalities, self._states)}
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each input's shape after the item axis (for states: `(num_states, width)`)."""
+        return {m: tuple(t.shape[1:]) for m, t in zip(self.modalities, self._states)}
 
     def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Model inputs for catalogue `rows [U]` (0-based): `[U, S, W]` float32 per modality on
-        `device`, or the rows themselves for an ID model."""
+        """Model inputs for catalogue `rows [U]` (0-based): `[U, ...]` per input on `device`
+        (floating point as float32), or the rows themselves for an ID model."""
         if not self._states:
             return (rows.to(self.device),)
         # The batch crosses to the device in its stored precision (half the bytes of float32)
         # and is converted there.
-        return tuple(t[rows.to(t.device)].to(self.device).to(torch.float32) for t in self._states)
+        gathered = (t[rows.to(t.device)].to(self.device) for t in self._states)
+        return tuple(t.to(torch.float32) if t.is_floating_point() else t for t in gathered)

@@ -1,10 +1,12 @@
 """From raw data to a trained run directory: data, backbones, feature cache, training, files."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zoo.analysis.curves import draw_training_curves
-from zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec, StateExtractor, load_backbone
+from zoo.backbones import TEXT_MAX_TOKENS, Backbone, BackboneSpec, StateExtractor, load_backbone
 from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
+from zoo.input_cache import build_inputs, input_cache_path, input_metadata, open_inputs
 from zoo.data import SequenceDataset
 from zoo.errors import ConfigError, MissingFileError
 from zoo.features import ItemFeatures
@@ -82,38 +85,59 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], settings: FeatureSettings,
-                     device: torch.device, console: Console,
-                     processes: Processes = SINGLE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Cached states per modality (built on first use, over all `processes`) and a description
-    of each backbone."""
+                     device: torch.device, console: Console, processes: Processes = SINGLE,
+                     stored: str = "states") -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Backbone]]:
+    """Per-modality item features, built on first use (over all `processes`): the backbones'
+    cached states (`stored="states"`), or their stored inputs (`"inputs"`: token ids, pixels, for
+    models that run the backbones themselves). Returns the features by input name, a description
+    of each backbone, and, for `"inputs"`, the loaded backbones (the model starts from them)."""
     dataset.require_modalities(modalities)
     for modality in modalities:  # fail on missing media before spending time on any backbone
         check_media(dataset, modality, settings.allow_missing_media)
-    states: dict[str, torch.Tensor] = {}
+    features: dict[str, torch.Tensor] = {}
     described: dict[str, Any] = {}
+    loaded: dict[str, Backbone] = {}
     for modality in modalities:
         backbone = load_backbone(settings.spec(modality))
         extractor = StateExtractor(backbone, settings.side_layers, settings.text_max_tokens)
-        metadata = cache_metadata(dataset, extractor)
-        path = cache_path(settings.cache_dir, metadata, modality)
-        cached = open_states(path, metadata)
-        # Every process builds (its share) if any lacks the file, so they all meet at its barriers.
-        if processes.any(cached is None):
-            with Progress(TextColumn(f"[bold]caching {modality}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as progress:
-                task = progress.add_task(modality, total=len(processes.shard(dataset.num_items)))
-                started = time.perf_counter()
-                cached = build_states(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
-                                      device, on_batch=lambda n: progress.advance(task, n), processes=processes)
-            console.print(f"cached {modality} states {tuple(cached.shape)} with {backbone.identity['architecture']} "
-                          f"in {time.perf_counter() - started:.1f}s -> {path}")
+        if stored == "inputs":
+            metadata = input_metadata(dataset, extractor)
+            path = input_cache_path(settings.cache_dir, metadata, modality)
+            inputs = open_inputs(path, metadata)
+            if processes.any(inputs is None):
+                with _progress(f"preparing {modality} inputs", dataset.num_items, console) as advance:
+                    inputs = build_inputs(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
+                                          on_batch=advance, processes=processes)
+                console.print(f"stored {modality} inputs -> {path}")
+            features.update({f"{modality}_{name}": inputs[name] for name in extractor.input_names})
+            loaded[modality] = backbone
         else:
-            console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
-        states[modality] = cached
+            metadata = cache_metadata(dataset, extractor)
+            path = cache_path(settings.cache_dir, metadata, modality)
+            cached = open_states(path, metadata)
+            # Every process builds (its share) if any lacks the file, so they all meet at its barriers.
+            if processes.any(cached is None):
+                started = time.perf_counter()
+                with _progress(f"caching {modality}", len(processes.shard(dataset.num_items)), console) as advance:
+                    cached = build_states(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
+                                          device, on_batch=advance, processes=processes)
+                console.print(f"cached {modality} states {tuple(cached.shape)} with "
+                              f"{backbone.identity['architecture']} in {time.perf_counter() - started:.1f}s -> {path}")
+            else:
+                console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
+            features[modality] = cached
         described[modality] = {**backbone.identity, "preprocessing": extractor.preprocessing(),
-                               "kept_indices": extractor.indices, "cache_file": str(path)}
-        del backbone, extractor
-    return states, described
+                               "kept_indices": extractor.indices, "cache_file": str(path), "stored": stored}
+    return features, described, loaded
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int, console: Console) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar over `total` items; yields the function that advances it."""
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
 
 
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
@@ -127,10 +151,13 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     weights), so callers that evaluate further need not reopen it from disk.
     """
     base = preset_config(preset, **model_overrides)
-    states, backbones = prepare_features(dataset, base.item_features(), settings, device, console, processes)
+    states, backbones, loaded = prepare_features(dataset, base.item_features(), settings, device, console, processes,
+                                                 base.stored_features)
     features = ItemFeatures(dataset.num_items, states, device)
     torch.manual_seed(train_config.seed)
-    model = build_model(base.fit_to_data(dataset.num_items, features.shapes()))
+    model = build_model(base.fit_to_data(dataset.num_items, features.shapes()).fit_to_backbones(loaded))
+    model.start_from_backbones(loaded)
+    del loaded
     config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
               "data": data_description, "feature_settings": settings.to_dict(), "code": code_fingerprint(),
               "threads": torch.get_num_threads(), "processes": processes.world_size,
@@ -171,7 +198,8 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
         console.print(f"note: {run_dir} ran with {config.get('threads')} threads, this process has "
                       f"{torch.get_num_threads()}: the continuation will differ in the last digits")
     model_config = config_from_dict(config["model"])
-    states, _ = prepare_features(dataset, model_config.item_features(), settings, device, console, processes)
+    states, _, _ = prepare_features(dataset, model_config.item_features(), settings, device, console, processes,
+                                    model_config.stored_features)
     features = ItemFeatures(dataset.num_items, states, device)
     # The precision `auto` chose when the run started, whatever this machine would choose now.
     train_config = TrainConfig(**{**config["train"], "precision": config["precision"]})

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from zoo.cache import open_states
+from zoo.input_cache import open_inputs
 from zoo.data import DataError, SequenceDataset, load_dataset
 from zoo.errors import MissingFileError
 from zoo.features import ItemFeatures
@@ -51,12 +52,16 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     if dataset.fingerprint() != data["fingerprint"]:
         raise DataError(f"the data set at {data['root']} changed since {run_dir} was trained "
                         f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']})")
-    states = {}
+    states: dict[str, torch.Tensor] = {}
     for modality, backbone in config["features"]["backbones"].items():
         cache_file = Path(backbone["cache_file"])
-        tensor = open_states(cache_file)
-        if tensor is None:
-            raise MissingFileError(f"{cache_file}: cached {modality} states are missing or unreadable; "
+        stored = backbone.get("stored", "states")
+        opened = open_states(cache_file) if stored == "states" else open_inputs(cache_file)
+        if opened is None:
+            raise MissingFileError(f"{cache_file}: cached {modality} {stored} are missing or unreadable; "
                                    f"rerun train.py with the same options to rebuild them")
-        states[modality] = tensor
+        if stored == "states":
+            states[modality] = opened
+        else:
+            states.update({f"{modality}_{name}": tensor for name, tensor in opened.items()})
     return Run(run_dir, config, model, dataset, ItemFeatures(dataset.num_items, states, device))

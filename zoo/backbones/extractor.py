@@ -81,12 +81,15 @@ class StateExtractor:
         return read_audio(dataset.video_paths[row], sampling_rate=self.backbone.processor.sampling_rate,
                           seconds=CLIP_SECONDS)
 
-    def model_inputs(self, contents: list[Any]) -> dict[str, torch.Tensor]:
-        """The processor's outputs for a batch of raw contents, by name (a superset of `input_names`)."""
+    def model_inputs(self, contents: list[Any], pad_to_limit: bool = False) -> dict[str, torch.Tensor]:
+        """The processor's outputs for a batch of raw contents, by name (a superset of `input_names`).
+
+        Titles are padded to the batch's longest, or with `pad_to_limit` to `text_max_tokens`
+        (stored inputs: every row the same width)."""
         processor = self.backbone.processor
         if self.modality == "text":
-            return dict(processor(contents, padding=True, truncation=True, max_length=self.text_max_tokens,
-                                  return_tensors="pt"))
+            return dict(processor(contents, padding="max_length" if pad_to_limit else True, truncation=True,
+                                  max_length=self.text_max_tokens, return_tensors="pt"))
         if self.modality == "image":
             return {"pixel_values": processor(images=contents, return_tensors="pt")["pixel_values"]}
         if self.modality == "video":

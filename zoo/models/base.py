@@ -18,7 +18,8 @@ none of them looks inside a model or at its config class.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,6 +109,10 @@ class Recommender(nn.Module):
         """Gate values `[L, T, S]` with tower and source names, for the gate heatmap; None for a
         model without gates."""
         return None
+
+    def start_from_backbones(self, backbones: Mapping[str, Any]) -> None:
+        """Copy the loaded backbones' weights (`zoo.backbones.Backbone` by modality) into a model
+        that trains through them; models over cached states keep none."""
 
 
 class SideNetworkRecommender(Recommender):

@@ -25,6 +25,10 @@ class RecommenderConfig:
     """Fields every recommender shares: the item-embedding size and the SASRec user encoder."""
 
     architecture: ClassVar[str] = ""
+    stored_features: ClassVar[str] = "states"
+    """What the feature store keeps per item of each modality in `item_features()`: `states`
+    (the backbones' cached per-layer states) or `inputs` (token ids and pixels, for models that
+    run the backbones themselves)."""
     embedding_dim: int = field(default=64, metadata={"help": "item and user embedding size"})
     max_seq_len: int = field(default=10, metadata={"help": "items the user encoder sees"})
     num_blocks: int = field(default=2, metadata={"help": "SASRec transformer blocks"})
@@ -50,6 +54,11 @@ class RecommenderConfig:
     def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "RecommenderConfig":
         """This config fitted to a data set: its catalogue size and the `(num_states, width)` of
         each modality's cached features. The base config needs neither."""
+        return self
+
+    def fit_to_backbones(self, backbones: Mapping[str, Any]) -> "RecommenderConfig":
+        """This config fitted to the loaded backbones (`zoo.backbones.Backbone` by modality) of a
+        model that runs them itself; models over cached states need nothing from them."""
         return self
 
     def to_dict(self) -> dict[str, Any]:
