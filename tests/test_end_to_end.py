@@ -131,16 +131,16 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
 
 
 def test_uncached_models_export_to_onnx(tmp_path) -> None:
-    """The item encoder takes token ids, mask and pixels and matches PyTorch in onnxruntime; LoRA,
-    the adaptation with the most machinery (peft's wrapped layers), stands for the three."""
-    model, _ = tiny_model("lora-ti")
+    """The item encoder takes token ids and mask and matches PyTorch in onnxruntime; LoRA, the
+    adaptation with the most machinery (peft's wrapped layers), on text stands for the others."""
+    model, _ = tiny_model("lora-t")
     model.eval()
     exported = export_model(model, tmp_path)
     generator = torch.Generator().manual_seed(1)
     results = validate_grid(model, exported, item_cases(lambda batch: model.random_item_inputs(batch, generator)),
                             user_cases(torch.randn(20, model.config.embedding_dim), model.config.max_seq_len))
     assert max(r.max_abs_error for r in results) <= 1e-4
-    assert exported.item_spec.input_names == ("text_input_ids", "text_attention_mask", "image_pixel_values")
+    assert exported.item_spec.input_names == ("text_input_ids", "text_attention_mask")
 
 
 # --- through train.py: stored inputs, a run, its files ----------------------------------------

@@ -25,7 +25,8 @@ def test_trainable_parameters_match_paper(name: str, overrides: dict, expected: 
     assert trainable(zoo.create_model(name, **overrides)) == expected
 
 
-SIDE_PRESETS = [name for name in zoo.list_models() if zoo.preset_config(name).item_features()]
+SIDE_PRESETS = [name for name in zoo.list_models()
+                if zoo.preset_config(name).item_features() and zoo.preset_config(name).stored_features == "states"]
 # The uncached baselines carry BERT-base and ViT-base by default; tests/test_end_to_end.py covers
 # them with tiny backbones.
 CACHED_PRESETS = [name for name in zoo.list_models() if zoo.preset_config(name).architecture != "end-to-end"]
