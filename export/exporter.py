@@ -187,14 +187,13 @@ def run_extractors(run: Run) -> dict[str, StateExtractor]:
     return extractors
 
 
-def check_backbones(extractors: dict[str, StateExtractor], dataset: SequenceDataset, out_dir: Path, rows: list[int],
-                    table: np.ndarray, report: ExportReport) -> np.ndarray:
-    """Check the exported backbones (signatures, then served states of catalogue `rows` on every
-    execution provider, into `report.backbones`); return `table` with those rows re-embedded
-    from their raw content on the CPU provider."""
-    for spec in report.specs:
-        if spec.name.endswith("_backbone"):
-            OnnxEncoder(out_dir / spec.onnx_file, spec).check_signature()
+def check_backbones(extractors: dict[str, StateExtractor], specs: list[ExportSpec], dataset: SequenceDataset,
+                    out_dir: Path, rows: list[int], table: np.ndarray, report: ExportReport) -> np.ndarray:
+    """Check the exported backbones (`specs`: signatures, then served states of catalogue `rows`
+    on every execution provider, into `report.backbones`); return `table` with those rows
+    re-embedded from their raw content on the CPU provider."""
+    for spec in specs:
+        OnnxEncoder(out_dir / spec.onnx_file, spec).check_signature()
     for provider in execution_providers():
         encoder = ContentEncoder(out_dir, [exact_float32(provider)])
         if encoder.providers != [provider]:
@@ -264,8 +263,9 @@ def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_
     if with_backbones:
         rows = sorted(torch.randperm(dataset.num_items, generator=generator)[:REEMBEDDED_ITEMS].tolist())
         extractors = run_extractors(run)
-        report.specs += export_backbones(extractors, out_dir, opset)
-        reembedded = check_backbones(extractors, dataset, out_dir, rows, onnx_table, report)
+        backbone_specs = export_backbones(extractors, out_dir, opset)
+        report.specs += backbone_specs
+        reembedded = check_backbones(extractors, backbone_specs, dataset, out_dir, rows, onnx_table, report)
         top = recommend(onnx_users, reembedded, histories, max_len, TOP_K)
         report.agreements.append(check_agreement(
             reference_top, top, f"{onnx_users.runtime}, {len(rows)} items re-embedded from raw content", TOP_K,

@@ -23,8 +23,8 @@ from zoo.data.dataset import SequenceDataset
 from zoo.data.errors import DataError
 from zoo.training.distributed import SINGLE, Processes
 
-__all__ = ["FORMAT_VERSION", "cache_metadata", "cache_path", "open_states", "build_states", "extract_rows",
-           "check_media"]
+__all__ = ["FORMAT_VERSION", "cache_metadata", "dataset_metadata", "cache_path", "open_states", "build_states",
+           "extract_rows", "check_media"]
 
 FORMAT_VERSION = "1"
 TENSOR_NAME = "states"
@@ -37,16 +37,20 @@ def cache_metadata(dataset: SequenceDataset, extractor: StateExtractor) -> dict[
         "backbone": json.dumps(extractor.backbone.identity, sort_keys=True),
         "kept_indices": json.dumps(extractor.indices),
         "preprocessing": json.dumps(extractor.preprocessing(), sort_keys=True, default=str),
-        "dataset": dataset.name,
-        "dataset_fingerprint": dataset.fingerprint(),
-        "num_items": str(dataset.num_items),
+        **dataset_metadata(dataset),
     }
 
 
-def cache_path(cache_dir: Path, metadata: dict[str, str], modality: str) -> Path:
-    """`<cache_dir>/features/<data set>/<modality>-<hash of the metadata>.safetensors`."""
+def dataset_metadata(dataset: SequenceDataset) -> dict[str, str]:
+    """The data set entries of a cache file's metadata: a file of another data set never loads."""
+    return {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
+            "num_items": str(dataset.num_items)}
+
+
+def cache_path(cache_dir: Path, metadata: dict[str, str], modality: str, folder: str = "features") -> Path:
+    """`<cache_dir>/<folder>/<data set>/<modality>-<hash of the metadata>.safetensors`."""
     key = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / "features" / metadata["dataset"] / f"{modality}-{key}.safetensors"
+    return Path(cache_dir) / folder / metadata["dataset"] / f"{modality}-{key}.safetensors"
 
 
 def open_states(path: Path, expected: dict[str, str] | None = None) -> torch.Tensor | None:

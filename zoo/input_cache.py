@@ -9,7 +9,6 @@ mask, pixels as float16: `[N, tokens]` and `[N, 3, H, W]`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import save_file
 
 from zoo.atomic import atomic_write
 from zoo.backbones.extractor import StateExtractor
-from zoo.cache import check_media
+from zoo.cache import cache_path, check_media, dataset_metadata
 from zoo.data.dataset import SequenceDataset
 from zoo.errors import ConfigError
 from zoo.training.distributed import SINGLE, Processes
@@ -38,16 +37,13 @@ def input_metadata(dataset: SequenceDataset, extractor: StateExtractor) -> dict[
         "kind": "backbone inputs",
         "processor": json.dumps(extractor.preprocessing(), sort_keys=True, default=str),
         "tokenizer": json.dumps(getattr(extractor.backbone.processor, "name_or_path", ""), default=str),
-        "dataset": dataset.name,
-        "dataset_fingerprint": dataset.fingerprint(),
-        "num_items": str(dataset.num_items),
+        **dataset_metadata(dataset),
     }
 
 
 def input_cache_path(cache_dir: Path, metadata: dict[str, str], modality: str) -> Path:
     """`<cache_dir>/inputs/<data set>/<modality>-<hash of the metadata>.safetensors`."""
-    key = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / "inputs" / metadata["dataset"] / f"{modality}-{key}.safetensors"
+    return cache_path(cache_dir, metadata, modality, folder="inputs")
 
 
 def open_inputs(path: Path, expected: dict[str, str] | None = None) -> dict[str, torch.Tensor] | None:
