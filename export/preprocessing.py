@@ -127,8 +127,9 @@ class PixelSteps:
             if top < 0 or left < 0:
                 raise ValueError(f"cannot crop {height}x{width} pixels to {self.crop[0]}x{self.crop[1]}")
             pixels = pixels[:, top: top + self.crop[0], left: left + self.crop[1]]
-        values = pixels.astype(np.float32)
-        if self.rescale_factor is not None:
+        if self.rescale_factor is None:
+            values = pixels.astype(np.float32)
+        else:
             # In float64, then float32: transformers' order, so the pixels are equal to the last bit.
             values = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
         if self.mean is not None and self.std is not None:
