@@ -14,6 +14,7 @@ from scipy.stats import t as student_t
 from zoo.data import load_dataset
 from zoo.errors import ConfigError
 from zoo.experiments import builtin_tables, load_table
+from zoo.experiments.__main__ import build_parser, training_overrides
 from zoo.experiments.definition import RunSpec, TableDefinition
 from zoo.experiments.report import summarise, write_report
 from zoo.experiments.runner import TableRuns, train_missing
@@ -41,7 +42,10 @@ value = 16
 
 
 def test_builtin_tables_load_with_their_comparisons() -> None:
-    assert builtin_tables() == ["adapter-dim", "cross", "fusion", "lr", "modalities", "topk"]
+    assert builtin_tables() == ["adapter-dim", "cross", "fusion", "lr", "modalities", "topk", "uncached"]
+    uncached = load_table("uncached")
+    assert {r.preset: uncached.comparison(r) for r in uncached.runs if r.preset != "crossan-ti"} == {
+        preset: "CROSSAN (T+I)" for preset in ("fft-ti", "adapter-ti", "lora-ti", "iisan-ti")}
     modalities = load_table("modalities")
     crossan = {r.name: modalities.comparison(r) for r in modalities.runs if r.name.startswith("CROSSAN")}
     assert crossan == {"CROSSAN (T+I)": "IISAN (T+I)", "CROSSAN (T+I+A)": "IISAN-E (T+I+A)",
@@ -64,6 +68,23 @@ def test_bad_definitions_are_one_line_errors(tmp_path: Path, text: str, message:
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_table(str(path))
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["--epochs", "3", "--train", "steps_per_epoch=16", "--train", "lr=5e-4"],
+     {"epochs": 3, "steps_per_epoch": 16, "lr": 5e-4}),
+    (["--train", "adapter_dim=8"], "adapter_dim are model fields"),
+    (["--train", "seed=3"], "seeds come from --seeds"),
+    (["--train", "steps_per_epoch=-2"], "steps_per_epoch must be"),
+    (["--train", "steps_per_epoch"], "--train expects KEY=VALUE"),
+])
+def test_command_line_training_overrides(given: list[str], expected: dict | str) -> None:
+    args = build_parser().parse_args(["uncached", *given])
+    if isinstance(expected, dict):
+        assert training_overrides(args) == expected
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            training_overrides(args)
 
 
 def test_star_and_improvement_match_a_hand_computed_paired_t_test() -> None:

@@ -14,6 +14,7 @@ from rich.console import Console
 import zoo
 from zoo.data import read_microlens
 from zoo.data.dataset import SequenceDataset
+from zoo.errors import ConfigError
 from zoo.features import ItemFeatures
 from zoo.pipeline import FeatureSettings, describe_data, train_and_save
 from zoo.runs import open_run
@@ -189,3 +190,21 @@ def test_trainer_groups_a_users_windows_only_when_sliding(toy_root: Path) -> Non
         grouped = sliding.loss(sliding.windows[batch], sliding.window_users[batch])
         separate = sliding.loss(sliding.windows[batch])
     assert grouped < separate  # masking the user's other items removes negatives
+
+
+def test_steps_per_epoch_takes_the_first_batches_of_each_shuffle(toy_root: Path) -> None:
+    dataset = read_microlens(toy_root, name="toy")
+    model = zoo.create_model("sasrec-id", num_items=dataset.num_items)
+    config = TrainConfig(epochs=2, patience=2, batch_size=16, steps_per_epoch=3)
+    trainer = Trainer(model, dataset, ItemFeatures(dataset.num_items), config, console=Console(quiet=True))
+    full = Trainer(model, dataset, ItemFeatures(dataset.num_items), TrainConfig(batch_size=16),
+                   console=Console(quiet=True))
+    for epoch in (1, 2):
+        budget, every = trainer._epoch_batches(epoch), full._epoch_batches(epoch)
+        assert len(every) == -(-dataset.num_users // 16) and len(budget) == 3
+        assert all(torch.equal(a, b) for a, b in zip(budget, every))
+    trainer.fit()
+    steps = {int(state["step"]) for state in trainer.optimizer.state.values()}
+    assert steps == {6}
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        TrainConfig(steps_per_epoch=-1)

@@ -3,6 +3,7 @@
     python -m zoo.experiments fusion --data toy --seeds 42 43 44
     python -m zoo.experiments modalities --data microlens --data-root DIR --backbones pretrained
     python -m zoo.experiments my-table.toml --data toy --out experiments/
+    python -m zoo.experiments uncached --data toy --seeds 42 43 --epochs 10 --train steps_per_epoch=16
 
 Writes `OUT/TABLE/<run>-seed<N>/` (one run folder each, as train.py does), then `TABLE.md`,
 `TABLE.json` and, for sweeps, `TABLE.png` in `OUT/TABLE/`. Finished runs are kept and unfinished
@@ -22,7 +23,10 @@ from zoo.data import DATA_KINDS, load_dataset
 from zoo.experiments.definition import builtin_tables, load_table
 from zoo.experiments.report import write_report
 from zoo.experiments.runner import TableRuns, train_missing
-from zoo.pipeline import FeatureSettings, describe_data, parse_assignments, resolve_device
+from zoo.errors import ConfigError
+from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device,
+                          split_options)
+from zoo.training.trainer import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,10 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--epochs", type=int, help="override every run's maximum epochs")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training config field for every run, e.g. --train steps_per_epoch=20 "
+                             "(a fixed step budget); model fields belong to the table's runs")
     parser.add_argument("--out", type=Path, default=Path("experiments"))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--json", action="store_true", help="print TABLE.json on stdout")
     return parser
+
+
+def training_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """`--epochs` and `--train` as training config values; a model field is an error."""
+    train_values, model_values = split_options({key: parse_value(value)
+                                                for key, value in parse_assignments(args.train, "--train").items()})
+    if model_values:
+        raise ConfigError(f"--train takes training config fields; {', '.join(sorted(model_values))} "
+                          "are model fields: set them in the table's runs")
+    if "seed" in train_values:
+        raise ConfigError("--train seed: seeds come from --seeds")
+    if args.epochs is not None:
+        train_values["epochs"] = args.epochs
+    TrainConfig(**train_values)  # validates names and values before any run starts
+    return train_values
 
 
 def main() -> int:
@@ -51,7 +73,7 @@ def main() -> int:
     settings = FeatureSettings(source=args.backbones, overrides=tuple(parse_assignments(args.backbone,
                                                                                         "--backbone").items()),
                                cache_dir=args.cache_dir)
-    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    overrides = training_overrides(args)
     done = train_missing(table, dataset, describe_data(args.data, dataset), settings, overrides,
                          resolve_device(args.device), console)
     summary = write_report(table)

@@ -172,7 +172,7 @@ def _adapted_backbone(config: EndToEndConfig, index: int) -> nn.Module:
     requiring gradients."""
     backbone: nn.Module = AutoModel.from_config(config.backbone_config(index), add_pooling_layer=False)
     if config.activation_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.method == "full":
         return backbone
     backbone.requires_grad_(False)

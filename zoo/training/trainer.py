@@ -43,6 +43,9 @@ class TrainConfig:
 
     epochs: int = field(default=30, metadata={"help": "maximum epochs"})
     batch_size: int = field(default=64, metadata={"help": "users per step"})
+    steps_per_epoch: int = field(default=0, metadata={
+        "help": "steps between validations; 0 = one pass over every window, N = the first N batches of "
+                "each epoch's shuffle (a fixed step budget when uncached models cannot afford a pass)"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate of non-adapter parameters"})
     adapter_lr: float = field(default=0.0, metadata={"help": "adapter learning rate; 0 = same as lr"})
     patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
@@ -59,6 +62,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size, patience and eval_batch_size must be positive")
+        if self.steps_per_epoch < 0:
+            raise ConfigError(f"steps_per_epoch must be 0 (a full pass) or positive, got {self.steps_per_epoch}")
         for name in ("lr", "adapter_lr"):
             value = getattr(self, name)
             if value < 0 or value > 1:
@@ -243,7 +248,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> float:
         """One pass over this process's share of the windows; returns the mean (global) loss."""
         self.objective.train()
-        batches = epoch_batches(len(self.windows), self.config.batch_size, epoch, self.config.seed, self.processes)
+        batches = self._epoch_batches(epoch)
         total = 0.0
         with self._progress() as progress:
             task = progress.add_task(f"epoch {epoch}/{self.config.epochs}", total=len(batches), loss=0.0)
@@ -262,6 +267,11 @@ class Trainer:
                 progress.update(task, advance=1, loss=total / (step + 1))
         return total / len(batches)
 
+    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        """This process's batches of `epoch`: all of them, or the first `steps_per_epoch`."""
+        batches = epoch_batches(len(self.windows), self.config.batch_size, epoch, self.config.seed, self.processes)
+        return batches[:self.config.steps_per_epoch] if self.config.steps_per_epoch else batches
+
     def _evaluate(self, split: str) -> EvaluationResult:
         with self.autocast():
             return evaluate_model(self.model, self.dataset, self.features, split, self.config.mask_history,
@@ -269,6 +279,8 @@ class Trainer:
 
     def _fit(self, checkpoints: CheckpointStore | None) -> TrainingOutcome:
         num_batches = -(-len(self.windows) // self.config.batch_size)
+        if self.config.steps_per_epoch:
+            num_batches = min(num_batches, self.config.steps_per_epoch)
         state = TrainingState()
         best_state: dict[str, torch.Tensor] = {}
         best_valid: EvaluationResult | None = None
