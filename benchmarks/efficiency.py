@@ -92,6 +92,7 @@ def _model_and_features(spec: str, widths: str, num_items: int, generator: torch
 
 def run_worker(arguments: dict[str, Any]) -> dict[str, Any]:
     """One model's training steps on the given batch; runs in its own process."""
+    from zoo.training.negatives import ExtraNegatives
     from zoo.training.objective import InBatchObjective
 
     torch.manual_seed(0)
@@ -102,7 +103,8 @@ def run_worker(arguments: dict[str, Any]) -> dict[str, Any]:
                                           torch.Generator().manual_seed(0))
     model.to(device).train()
     features.device = device
-    objective = InBatchObjective(model, features, torch.zeros(num_items + 1, device=device))
+    uniform = torch.full((num_items + 1,), 1.0 / num_items, device=device)
+    objective = InBatchObjective(model, features, ExtraNegatives(uniform))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=1e-4)
     window = window.to(device)

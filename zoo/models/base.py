@@ -95,7 +95,8 @@ class Recommender(nn.Module):
         return torch.cat(chunks)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the Houlsby adapters (their own optimiser group)."""
+        """Parameters that adapt the foundation models (their own optimiser group, `adapter_lr`):
+        here the Houlsby adapters of the side network."""
         return [p for m in self.modules() if isinstance(m, (HoulsbyAdapter, TowerAdapters)) for p in m.parameters()]
 
     def tower_representations(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,

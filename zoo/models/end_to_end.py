@@ -242,6 +242,12 @@ class EndToEnd(Recommender):
             raise ConfigError(f"the loaded {modality} backbone lacks {', '.join(fresh[:5])}")
         target.load_state_dict(placed, strict=False)
 
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The backbones' trainable parameters: every weight (full), the inserted adapters, or the
+        LoRA matrices and biases. They take `adapter_lr`, the heads and SASRec `lr`, as the paper
+        tunes the adaptation's learning rate on its own."""
+        return [p for p in self.backbones.parameters() if p.requires_grad]
+
     def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         inputs: list[torch.Tensor] = []
         for index, modality in enumerate(self.config.modalities):

@@ -24,18 +24,19 @@ def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: tor
     return in_sequence[row_user] & (candidates.unsqueeze(0) != row_target.unsqueeze(1))
 
 
-def in_batch_debiased_cross_entropy(scores: torch.Tensor, log_popularity: torch.Tensor,
+def in_batch_debiased_cross_entropy(scores: torch.Tensor, log_weights: torch.Tensor,
                                     target_columns: torch.Tensor, masked: torch.Tensor,
                                     reduction: str = "mean") -> torch.Tensor:
-    """Mean (or, with `reduction="sum"`, sum) over rows of `CE(scores - log p, target)` with
+    """Mean (or, with `reduction="sum"`, sum) over rows of `CE(scores - log q, target)` with
     `masked` columns set to -inf.
 
-    Shapes: `scores [R, U]` (the model's score of each in-batch candidate for each prediction
-    row, `model.scores`), `log_popularity [U]`, `target_columns [R]` (column of each row's
-    positive), `masked [R, U]` bool. Subtracting `log p(item)` corrects the in-batch sampling
-    bias towards popular items.
+    Shapes: `scores [R, U]` (the model's score of each candidate for each prediction row,
+    `model.scores`), `log_weights [U]` (`log q`: each candidate's log sampling weight; for the
+    batch's own items their log popularity, see `zoo.training.negatives`), `target_columns [R]`
+    (column of each row's positive), `masked [R, U]` bool. Subtracting `log q` corrects the
+    in-batch sampling bias towards popular items.
     """
-    logits = scores - log_popularity.unsqueeze(0)
+    logits = scores - log_weights.unsqueeze(0)
     # Half-precision logits (mixed precision) are upcast; float64 stays float64.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).masked_fill(masked, float("-inf"))
     return F.cross_entropy(logits, target_columns, reduction=reduction)

@@ -10,6 +10,9 @@ batch's mean: the sum over this process's prediction rows divided by the global 
 `N` because `DistributedDataParallel` averages the processes' gradients. So N processes with
 local batch B/N optimise the loss one process computes for batch B, up to the order of float
 additions.
+
+Sampled catalogue items, a cross-batch memory or the full catalogue can join the candidates
+(`zoo.training.negatives.ExtraNegatives`); the same-user masking covers them too.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from zoo.features import ItemFeatures
 from zoo.models.base import Recommender
 from zoo.training.distributed import SINGLE, Processes
 from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
+from zoo.training.negatives import ExtraNegatives
 
 __all__ = ["InBatchObjective"]
 
@@ -28,12 +32,12 @@ class InBatchObjective(nn.Module):
     """Debiased in-batch cross-entropy of one step; returns `(loss to back-propagate, this
     process's summed loss, global prediction count)`."""
 
-    def __init__(self, model: Recommender, features: ItemFeatures, log_popularity: torch.Tensor,
+    def __init__(self, model: Recommender, features: ItemFeatures, negatives: ExtraNegatives,
                  processes: Processes = SINGLE) -> None:
         super().__init__()
         self.model = model
         self.features = features
-        self.register_buffer("log_popularity", log_popularity, persistent=False)
+        self.negatives = negatives
         self.processes = processes
 
     def forward(self, window: torch.Tensor, users: torch.Tensor | None = None
@@ -46,9 +50,10 @@ class InBatchObjective(nn.Module):
         global_window = processes.gather_rows(window, counts)
         # Without `users` every window is its own user's, in the global batch as well.
         global_users = None if users is None else processes.gather_rows(users, counts)
-        candidates = torch.unique(global_window[global_window != PAD])
+        batch_items = torch.unique(global_window[global_window != PAD])
+        candidates = self.negatives.candidates(batch_items)
         item_embeddings = self._encode_candidates(candidates)
-        # Only the batch's items are encoded, so windows are re-indexed into their table:
+        # Only the candidates are encoded, so windows are re-indexed into their table:
         # item candidates[c] becomes c + 1, padding stays PAD.
         columns = torch.searchsorted(candidates, window) + 1
         columns = torch.where(window == PAD, torch.full_like(columns, PAD), columns)
@@ -56,10 +61,19 @@ class InBatchObjective(nn.Module):
         targets = window[:, 1:]
         valid = (window[:, :-1] != PAD) & (targets != PAD)
         row_window = valid.nonzero()[:, 0] + offset
-        masked = same_user_mask(global_window, candidates, row_window, targets[valid], global_users)
-        local_sum = in_batch_debiased_cross_entropy(model.scores(states[valid], item_embeddings),
-                                                    self.log_popularity[candidates], columns[:, 1:][valid] - 1,
-                                                    masked, reduction="sum")
+        memory = self.negatives.memory
+        remembered = memory.read(exclude=candidates) if memory is not None else None
+        scored_items, scored_embeddings = candidates, item_embeddings
+        if remembered is not None:
+            scored_items = torch.cat([candidates, remembered[0]])
+            scored_embeddings = torch.cat([item_embeddings, remembered[1].to(item_embeddings.dtype)])
+        masked = same_user_mask(global_window, scored_items, row_window, targets[valid], global_users)
+        log_weights = self.negatives.log_weights(candidates, int((global_window != PAD).sum()),
+                                                 None if remembered is None else remembered[0])
+        local_sum = in_batch_debiased_cross_entropy(model.scores(states[valid], scored_embeddings), log_weights,
+                                                    columns[:, 1:][valid] - 1, masked, reduction="sum")
+        if memory is not None and self.training:
+            memory.write(batch_items, item_embeddings[torch.searchsorted(candidates, batch_items)])
         rows = processes.sum(valid.sum().to(local_sum.dtype))
         return local_sum * processes.world_size / rows, local_sum.detach(), rows
 

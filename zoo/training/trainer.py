@@ -19,6 +19,7 @@ from zoo.models.base import Recommender
 from zoo.training.checkpoint import CheckpointStore, TrainingState
 from zoo.training.distributed import SINGLE, Processes
 from zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
+from zoo.training.negatives import ExtraNegatives, check_negative_options
 from zoo.training.objective import InBatchObjective
 
 __all__ = ["PRECISIONS", "TrainConfig", "Trainer", "TrainingOutcome", "epoch_batches", "local_batch_size",
@@ -47,12 +48,23 @@ class TrainConfig:
         "help": "steps between validations; 0 = one pass over every window, N = the first N batches of "
                 "each epoch's shuffle (a fixed step budget when uncached models cannot afford a pass)"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate of non-adapter parameters"})
-    adapter_lr: float = field(default=0.0, metadata={"help": "adapter learning rate; 0 = same as lr"})
+    adapter_lr: float = field(default=0.0, metadata={
+        "help": "learning rate of what adapts the backbones (side adapters; inserted adapters, LoRA or the "
+                "backbone weights of uncached models); 0 = same as lr"})
     patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
     seed: int = field(default=42, metadata={"help": "seed of initialisation, shuffling and dropout"})
     mask_history: bool = field(default=True, metadata={"help": "remove history items from the ranking"})
     sliding_windows: bool = field(default=False, metadata={
         "help": "also train on the earlier windows of histories longer than max_seq_len + 1"})
+    sampled_negatives: int = field(default=0, metadata={
+        "help": "catalogue items drawn per step as extra negatives (mixed negative sampling)"})
+    negative_sampling: str = field(default="uniform", metadata={
+        "help": "how sampled negatives are drawn: uniform or popularity (corrected in the loss either way)"})
+    memory_size: int = field(default=0, metadata={
+        "help": "item embeddings of recent steps kept as extra (detached) negatives; 0 = no memory"})
+    memory_max_age: int = field(default=4, metadata={"help": "steps a memory entry stays usable"})
+    full_softmax: bool = field(default=False, metadata={
+        "help": "score every catalogue item in every step (no sampling; for ID models, RecBole's SASRec loss)"})
     eval_batch_size: int = field(default=512, metadata={"help": "users per evaluation batch"})
     precision: str = field(default="auto", metadata={
         "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"})
@@ -70,6 +82,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must lie in [0, 1], got {value}")
         if self.lr == 0:
             raise ConfigError("lr must be positive")
+        check_negative_options(self.sampled_negatives, self.negative_sampling, self.memory_size,
+                               self.memory_max_age, self.full_softmax)
         for name in ("mask_history", "sliding_windows"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -162,8 +176,10 @@ class Trainer:
         counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
         # Add-one smoothing keeps p(item) > 0 for items never seen in training.
         probability = (counts + 1) / (counts[1:] + 1).sum()
-        log_popularity = probability.log().float().to(self.device)
-        self.objective = processes.wrap(InBatchObjective(self.model, features, log_popularity, processes))
+        self.negatives = ExtraNegatives(probability.float().to(self.device), config.sampled_negatives,
+                                        config.negative_sampling, config.memory_size, config.memory_max_age,
+                                        config.full_softmax, processes)
+        self.objective = processes.wrap(InBatchObjective(self.model, features, self.negatives, processes))
         self.optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=0.0)
         self.precision = resolve_precision(config.precision, self.device)
         # Parameters and optimizer state stay fp32; autocast runs the model in half precision
@@ -176,7 +192,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Adapters and everything else, each with its own learning rate."""
+        """What adapts the backbones (`model.adapter_parameters`) and everything else, each with
+        its own learning rate."""
         adapter_ids = {id(p) for p in self.model.adapter_parameters()}
         adapters = [p for p in self.model.parameters() if id(p) in adapter_ids and p.requires_grad]
         rest = [p for p in self.model.parameters() if id(p) not in adapter_ids and p.requires_grad]
@@ -248,6 +265,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> float:
         """One pass over this process's share of the windows; returns the mean (global) loss."""
         self.objective.train()
+        self.negatives.start_epoch()
         batches = self._epoch_batches(epoch)
         total = 0.0
         with self._progress() as progress:
