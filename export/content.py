@@ -24,6 +24,10 @@ from export.spec import SPEC_METADATA_KEY, ExportSpec
 __all__ = ["ITEM_ENCODER_FILE", "ContentEncoder", "backbone_file"]
 
 ITEM_ENCODER_FILE = "item_encoder.onnx"
+ITEM_ROWS_INPUT = "item_rows"
+NO_ID_ROW = -1
+"""What a new item passes as its catalogue row to a model with an ID term: no ID vector
+(the value of `zoo.layers.item_ids.NO_ID_ROW`; this module stays torch-free)."""
 BATCH_SIZE = 32
 
 
@@ -47,10 +51,14 @@ class ContentEncoder:
         if not item_path.is_file():
             raise FileNotFoundError(f"{item_path}: missing; write it with `python -m export --run <run>`")
         self.item_session, self.item_spec = _session(item_path, providers)
-        self.modalities = tuple(name.removeprefix("states_") for name in self.item_spec.input_names)
-        if not all(name.startswith("states_") for name in self.item_spec.input_names):
-            raise ValueError(f"{item_path} takes {', '.join(self.item_spec.input_names)}, not backbone states: "
+        names = self.item_spec.input_names
+        # A model with an ID term also takes catalogue rows: new items have none (NO_ID_ROW).
+        self.takes_item_rows = bool(names) and names[-1] == ITEM_ROWS_INPUT
+        states_names = names[:-1] if self.takes_item_rows else names
+        if not states_names or not all(name.startswith("states_") for name in states_names):
+            raise ValueError(f"{item_path} takes {', '.join(names)}, not backbone states: "
                              f"this model does not embed items from their content")
+        self.modalities = tuple(name.removeprefix("states_") for name in states_names)
         self.preprocessors: dict[str, Preprocessor] = load_preprocessing(export_dir)
         self.backbones: dict[str, ort.InferenceSession] = {}
         for modality in self.modalities:
@@ -79,9 +87,16 @@ class ContentEncoder:
             chunks.append(session.run(None, {name: inputs[name] for name in preprocessor.input_names})[0])
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
-    def embed_states(self, states: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Item embeddings `[B, D]` from per-modality states, rounded to float16 as the cache stores them."""
+    def embed_states(self, states: Mapping[str, np.ndarray], catalogue_rows: Sequence[int] | None = None
+                     ) -> np.ndarray:
+        """Item embeddings `[B, D]` from per-modality states, rounded to float16 as the cache
+        stores them. New items have no ID vector; `catalogue_rows` re-embeds known items with
+        theirs (a model with an ID term; validation)."""
         feeds = {f"states_{m}": states[m].astype(np.float16).astype(np.float32) for m in self.modalities}
+        if self.takes_item_rows:
+            count = len(next(iter(feeds.values())))
+            rows = np.full(count, NO_ID_ROW) if catalogue_rows is None else np.asarray(catalogue_rows)
+            feeds[ITEM_ROWS_INPUT] = rows.astype(np.int64)
         return self.item_session.run(list(self.item_spec.output_names), feeds)[0]
 
     def embed(self, sources: Mapping[str, Sequence[str | Path]]) -> np.ndarray:

@@ -202,7 +202,7 @@ def check_backbones(extractors: dict[str, StateExtractor], specs: list[ExportSpe
         report.backbones += checks
         if provider == CPU:
             reembedded = table.copy()
-            reembedded[rows] = encoder.embed_states(served)
+            reembedded[rows] = encoder.embed_states(served, rows)
     report.reembedded_error = float(np.abs(reembedded[rows] - table[rows]).max())
     return reembedded
 

@@ -14,13 +14,16 @@ class ItemFeatures:
     states of a modality, normally the memory-mapped float16 cache (`zoo.cache.open_states`), or
     stored backbone inputs (token ids, pixels). They are kept as given, so only the pages of
     gathered rows are ever read and the cache never has to fit in (device) memory; each gathered
-    batch goes to `device`, floating-point tensors as float32. An empty mapping means the model
-    embeds item ids (`sasrec-id`): rows are returned as they are.
+    batch goes to `device`, floating-point tensors as float32. With `with_rows` the gathered rows
+    themselves come last (a model with an ID term, `config.reads_item_rows`); an empty mapping
+    means the model embeds item ids (`sasrec-id`), so rows are returned unless `with_rows` is
+    False.
     """
 
     def __init__(self, num_items: int, states: dict[str, torch.Tensor] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", with_rows: bool | None = None) -> None:
         self.num_items = num_items
+        self.with_rows = not states if with_rows is None else with_rows
         self.device = torch.device(device)
         self.modalities = tuple(states or {})
         for name, tensor in (states or {}).items():
@@ -34,10 +37,9 @@ class ItemFeatures:
 
     def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Model inputs for catalogue `rows [U]` (0-based): `[U, ...]` per input on `device`
-        (floating point as float32), or the rows themselves for an ID model."""
-        if not self._states:
-            return (rows.to(self.device),)
+        (floating point as float32), then the rows themselves when `with_rows`."""
         # The batch crosses to the device in its stored precision (half the bytes of float32)
         # and is converted there.
         gathered = (t[rows.to(t.device)].to(self.device) for t in self._states)
-        return tuple(t.to(torch.float32) if t.is_floating_point() else t for t in gathered)
+        inputs = tuple(t.to(torch.float32) if t.is_floating_point() else t for t in gathered)
+        return (*inputs, rows.to(self.device)) if self.with_rows else inputs

@@ -153,7 +153,7 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     base = preset_config(preset, **model_overrides)
     states, backbones, loaded = prepare_features(dataset, base.item_features(), settings, device, console, processes,
                                                  base.stored_features)
-    features = ItemFeatures(dataset.num_items, states, device)
+    features = ItemFeatures(dataset.num_items, states, device, with_rows=base.reads_item_rows)
     torch.manual_seed(train_config.seed)
     model = build_model(base.fit_to_data(dataset.num_items, features.shapes()).fit_to_backbones(loaded))
     model.start_from_backbones(loaded)
@@ -200,7 +200,7 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
     model_config = config_from_dict(config["model"])
     states, _, _ = prepare_features(dataset, model_config.item_features(), settings, device, console, processes,
                                     model_config.stored_features)
-    features = ItemFeatures(dataset.num_items, states, device)
+    features = ItemFeatures(dataset.num_items, states, device, with_rows=model_config.reads_item_rows)
     # The precision `auto` chose when the run started, whatever this machine would choose now.
     train_config = TrainConfig(**{**config["train"], "precision": config["precision"]})
     torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint

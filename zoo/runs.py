@@ -64,4 +64,5 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
             states[modality] = opened
         else:
             states.update({f"{modality}_{name}": tensor for name, tensor in opened.items()})
-    return Run(run_dir, config, model, dataset, ItemFeatures(dataset.num_items, states, device))
+    return Run(run_dir, config, model, dataset,
+               ItemFeatures(dataset.num_items, states, device, with_rows=model.config.reads_item_rows))

@@ -25,14 +25,16 @@ import torch
 from torch import nn
 
 from zoo.data.dataset import PAD
+from zoo.errors import ConfigError
 from zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
 from zoo.layers.fusion import make_fusion
 from zoo.layers.head import TowerHead
+from zoo.layers.item_ids import ItemIdEmbedding
 from zoo.layers.sasrec import SASRec
 from zoo.layers.side_network import SideGates, SideNetwork
-from zoo.models.config import RecommenderConfig, SideNetworkConfig
+from zoo.models.config import ContentConfig, RecommenderConfig, SideNetworkConfig
 
-__all__ = ["PAD", "Recommender", "SideNetworkRecommender"]
+__all__ = ["PAD", "ContentRecommender", "Recommender", "SideNetworkRecommender"]
 
 
 class Recommender(nn.Module):
@@ -115,8 +117,69 @@ class Recommender(nn.Module):
         """Copy the loaded backbones' weights (`zoo.backbones.Backbone` by modality) into a model
         that trains through them; models over cached states keep none."""
 
+    def mark_trained_items(self, seen: torch.Tensor) -> None:
+        """Which catalogue rows occur in training (`seen [num_items]` bool), for a model that must
+        treat the others as cold; the trainer calls it before the first step."""
 
-class SideNetworkRecommender(Recommender):
+
+class ContentRecommender(Recommender):
+    """A recommender whose item embedding is computed from the items' content
+    (`encode_content`), plus, with `item_id_term`, a learned ID vector per training item.
+
+    With the ID term the item inputs end with `item_rows` (0-based catalogue rows; -1 for an
+    item without an ID, such as a new item served from raw content).
+    """
+
+    config: ContentConfig
+
+    def __init__(self, config: ContentConfig) -> None:
+        super().__init__(config)
+        self.item_ids: ItemIdEmbedding | None = None
+        if config.item_id_term:
+            if config.num_items < 1:
+                raise ConfigError("item_id_term needs num_items (the catalogue size, set from the data set)")
+            self.item_ids = ItemIdEmbedding(config.num_items, config.embedding_dim)
+
+    @property
+    def content_input_names(self) -> tuple[str, ...]:
+        """Names of the content tensors `encode_content` takes, in order."""
+        raise NotImplementedError
+
+    def encode_content(self, *content_inputs: torch.Tensor) -> torch.Tensor:
+        """Content embeddings `[N, D]`."""
+        raise NotImplementedError
+
+    def random_content_inputs(self, num_items: int, generator: torch.Generator | None = None
+                              ) -> tuple[torch.Tensor, ...]:
+        """Content inputs of `num_items` made-up items."""
+        raise NotImplementedError
+
+    @property
+    def item_input_names(self) -> tuple[str, ...]:
+        return self.content_input_names + (("item_rows",) if self.item_ids is not None else ())
+
+    def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        if self.item_ids is None:
+            return self.encode_content(*item_inputs)
+        *content, rows = item_inputs
+        return self.encode_content(*content) + self.item_ids(rows).to(self.item_ids.weight.dtype)
+
+    def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        content = self.random_content_inputs(num_items, generator)
+        if self.item_ids is None:
+            return content
+        return (*content, torch.randint(0, self.config.num_items, (num_items,), generator=generator))
+
+    def mark_trained_items(self, seen: torch.Tensor) -> None:
+        if self.item_ids is not None:
+            self.item_ids.mark_seen(seen.to(self.item_ids.seen.device))
+
+    def content_inputs(self, item_inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """`item_inputs` without the catalogue rows the ID term takes."""
+        return item_inputs[:-1] if self.item_ids is not None else item_inputs
+
+
+class SideNetworkRecommender(ContentRecommender):
     """Side towers over cached backbone states -> per-tower heads -> fusion -> item embedding.
 
     The side network is `zoo.layers.side_network.SideNetwork`; subclasses say how its gates are
@@ -144,10 +207,11 @@ class SideNetworkRecommender(Recommender):
         raise NotImplementedError
 
     @property
-    def item_input_names(self) -> tuple[str, ...]:
+    def content_input_names(self) -> tuple[str, ...]:
         return tuple(f"states_{m}" for m in self.config.modalities)
 
-    def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def random_content_inputs(self, num_items: int, generator: torch.Generator | None = None
+                              ) -> tuple[torch.Tensor, ...]:
         return tuple(torch.randn(num_items, self.config.num_states, width, generator=generator)
                      for width in self.config.backbone_widths)
 
@@ -156,7 +220,7 @@ class SideNetworkRecommender(Recommender):
         one copy of the batch, after which every side layer reads its states in place."""
         if len(item_inputs) != len(self.config.modalities):
             raise ValueError(f"expected {len(self.config.modalities)} state tensors "
-                             f"({', '.join(self.item_input_names)}), got {len(item_inputs)}")
+                             f"({', '.join(self.content_input_names)}), got {len(item_inputs)}")
         dtype = self.heads[0].hidden.weight.dtype
         projected = []
         for modality, states, projection, width in zip(self.config.modalities, item_inputs, self.projections,
@@ -184,15 +248,16 @@ class SideNetworkRecommender(Recommender):
         """Per-tower item embeddings `[N, T, D]` from the towers' last side outputs `[T, N, W]`."""
         return torch.stack([head(z) for head, z in zip(self.heads, outputs)], dim=1)
 
-    def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
-        return self.fusion(self.tower_embeddings(*item_inputs))
+    def encode_content(self, *content_inputs: torch.Tensor) -> torch.Tensor:
+        return self.fusion(self.tower_embeddings(*content_inputs))
 
     @torch.no_grad()
     def tower_representations(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
                               batch_size: int = 2048) -> dict[str, torch.Tensor]:
         """Every tower's last side-layer output `[num_items, W]` (float32), by tower name."""
-        chunks = [self.tower_outputs(self.side_states(gather(torch.arange(start, min(start + batch_size, num_items)))))
-                  .float() for start in range(0, num_items, batch_size)]
+        chunks = [self.tower_outputs(self.side_states(self.content_inputs(
+                      gather(torch.arange(start, min(start + batch_size, num_items)))))).float()
+                  for start in range(0, num_items, batch_size)]
         outputs = torch.cat(chunks, dim=1)
         return dict(zip(self.side.gates.tower_names, outputs))
 

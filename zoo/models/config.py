@@ -13,7 +13,8 @@ from zoo.errors import ConfigError
 from zoo.layers.activations import ACTIVATIONS
 from zoo.layers.fusion import FUSIONS
 
-__all__ = ["MODALITIES", "RecommenderConfig", "SideNetworkConfig", "PAPER_BACKBONE_WIDTH", "PAPER_NUM_STATES"]
+__all__ = ["MODALITIES", "ContentConfig", "RecommenderConfig", "SideNetworkConfig", "PAPER_BACKBONE_WIDTH",
+           "PAPER_NUM_STATES"]
 
 MODALITIES = ("text", "image", "video", "audio")
 PAPER_BACKBONE_WIDTH = 768
@@ -51,6 +52,11 @@ class RecommenderConfig:
         """Modalities whose cached item features the model reads, in input order (empty: none)."""
         return ()
 
+    @property
+    def reads_item_rows(self) -> bool:
+        """Whether `encode_items` also takes the items' catalogue rows (its last input)."""
+        return False
+
     def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "RecommenderConfig":
         """This config fitted to a data set: its catalogue size and the `(num_states, width)` of
         each modality's cached features. The base config needs neither."""
@@ -79,7 +85,31 @@ class RecommenderConfig:
 
 
 @dataclass(frozen=True)
-class SideNetworkConfig(RecommenderConfig):
+class ContentConfig(RecommenderConfig):
+    """A model whose item embedding comes from the items' content, optionally plus a learned
+    per-item ID vector (`zoo.layers.item_ids`)."""
+
+    item_id_term: bool = field(default=False, metadata={
+        "help": "add a learned ID vector per training item to the content embedding (zero for cold items)"})
+    num_items: int = field(default=0, metadata={"help": "catalogue size (set from the data set)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.item_id_term, bool):
+            raise ConfigError(f"item_id_term must be true or false, got {self.item_id_term!r}")
+        if self.num_items < 0:
+            raise ConfigError(f"num_items must be non-negative, got {self.num_items}")
+
+    @property
+    def reads_item_rows(self) -> bool:
+        return self.item_id_term
+
+    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, ...]]) -> "ContentConfig":
+        return dataclasses.replace(self, num_items=num_items)
+
+
+@dataclass(frozen=True)
+class SideNetworkConfig(ContentConfig):
     """Side-adapter towers over cached backbone states, then fusion, then SASRec."""
 
     modalities: tuple[str, ...] = field(default=MODALITIES, metadata={"help": "towers, in order"})
@@ -131,7 +161,7 @@ class SideNetworkConfig(RecommenderConfig):
         num_states = {feature_shapes[m][0] for m in self.modalities}
         if len(num_states) != 1:
             raise ConfigError(f"modalities keep different numbers of states: {dict(feature_shapes)}")
-        return dataclasses.replace(self, backbone_widths=tuple(feature_shapes[m][1] for m in self.modalities),
+        return dataclasses.replace(super().fit_to_data(num_items, feature_shapes), backbone_widths=tuple(feature_shapes[m][1] for m in self.modalities),
                                    num_states=num_states.pop())
 
     @property

@@ -38,8 +38,8 @@ from zoo.errors import ConfigError
 from zoo.layers.adapter import HoulsbyAdapter
 from zoo.layers.activations import ACTIVATIONS
 from zoo.layers.fusion import FUSIONS, make_fusion
-from zoo.models.base import Recommender
-from zoo.models.config import RecommenderConfig
+from zoo.models.base import ContentRecommender
+from zoo.models.config import ContentConfig
 from zoo.registry import register_model
 
 __all__ = ["METHODS", "SERVED_MODALITIES", "ADAPTER_SITES", "LORA_TARGETS", "EndToEndConfig", "EndToEnd",
@@ -69,7 +69,7 @@ def backbone_inputs(modality: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class EndToEndConfig(RecommenderConfig):
+class EndToEndConfig(ContentConfig):
     """Backbones adapted in the training step (`method`), then linear heads, fusion and SASRec."""
 
     architecture: ClassVar[str] = "end-to-end"
@@ -128,10 +128,11 @@ class EndToEndConfig(RecommenderConfig):
         return tuple(self.modalities)
 
     def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, ...]]) -> "EndToEndConfig":
-        """The stored titles' width (the run's token limit) from the stored inputs."""
+        """The catalogue size and the stored titles' width (the run's token limit) from the stored inputs."""
+        fitted = super().fit_to_data(num_items, feature_shapes)
         if "text_input_ids" in feature_shapes:
-            return dataclasses.replace(self, text_max_tokens=int(feature_shapes["text_input_ids"][0]))
-        return self
+            return dataclasses.replace(fitted, text_max_tokens=int(feature_shapes["text_input_ids"][0]))
+        return fitted
 
     def fit_to_backbones(self, backbones: Mapping[str, Any]) -> "EndToEndConfig":
         """This config with each modality's backbone config and pooling taken from the loaded
@@ -197,7 +198,7 @@ def _adapted_backbone(config: EndToEndConfig, index: int) -> nn.Module:
     "lora-ti": {"method": "lora", "modalities": ("text", "image")},
     "lora-t": {"method": "lora", "modalities": ("text",)},
 })
-class EndToEnd(Recommender):
+class EndToEnd(ContentRecommender):
     """Backbones (adapted per `config.method`) -> pooled last state -> linear head per modality ->
     fusion -> item embedding; SASRec over item embeddings, as every model of the zoo."""
 
@@ -211,7 +212,7 @@ class EndToEnd(Recommender):
         self.fusion = make_fusion(config.fusion, len(config.modalities), config.embedding_dim, config.top_k)
 
     @property
-    def item_input_names(self) -> tuple[str, ...]:
+    def content_input_names(self) -> tuple[str, ...]:
         return self.config.item_inputs()
 
     def start_from_backbones(self, backbones: Mapping[str, Any]) -> None:
@@ -248,7 +249,8 @@ class EndToEnd(Recommender):
         tunes the adaptation's learning rate on its own."""
         return [p for p in self.backbones.parameters() if p.requires_grad]
 
-    def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    def random_content_inputs(self, num_items: int, generator: torch.Generator | None = None
+                              ) -> tuple[torch.Tensor, ...]:
         inputs: list[torch.Tensor] = []
         for index, modality in enumerate(self.config.modalities):
             config = self.config.backbone_config(index)
@@ -263,8 +265,8 @@ class EndToEnd(Recommender):
 
     def modality_states(self, *item_inputs: torch.Tensor) -> list[torch.Tensor]:
         """Each modality's pooled last-layer state `[N, W]`."""
-        if len(item_inputs) != len(self.item_input_names):
-            raise ValueError(f"expected {len(self.item_input_names)} inputs ({', '.join(self.item_input_names)}), "
+        if len(item_inputs) != len(self.content_input_names):
+            raise ValueError(f"expected {len(self.content_input_names)} inputs ({', '.join(self.content_input_names)}), "
                              f"got {len(item_inputs)}")
         states, position = [], 0
         for backbone, modality, pooling in zip(self.backbones, self.config.modalities, self.config.poolings):
@@ -282,6 +284,6 @@ class EndToEnd(Recommender):
                 states.append((hidden * weights).sum(1) / weights.sum(1).clamp_min(1))
         return states
 
-    def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
-        states = self.modality_states(*item_inputs)
+    def encode_content(self, *content_inputs: torch.Tensor) -> torch.Tensor:
+        states = self.modality_states(*content_inputs)
         return self.fusion(torch.stack([head(s) for head, s in zip(self.heads, states)], dim=1))

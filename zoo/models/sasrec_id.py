@@ -31,6 +31,10 @@ class SASRecIDConfig(RecommenderConfig):
         if self.num_items < 0:
             raise ConfigError(f"num_items must be non-negative, got {self.num_items}")
 
+    @property
+    def reads_item_rows(self) -> bool:
+        return True
+
     def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "SASRecIDConfig":
         """One embedding row per catalogue item."""
         return dataclasses.replace(self, num_items=num_items)

@@ -174,6 +174,7 @@ class Trainer:
         # Only sliding windows put several windows of one user in a batch.
         self.window_users = window_users if config.sliding_windows else None
         counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
+        self.model.mark_trained_items(counts[1:] > 0)
         # Add-one smoothing keeps p(item) > 0 for items never seen in training.
         probability = (counts + 1) / (counts[1:] + 1).sum()
         self.negatives = ExtraNegatives(probability.float().to(self.device), config.sampled_negatives,
