@@ -1,67 +1,94 @@
-"""Benchmark on a real data set: popularity, `sasrec-id` and `crossan-t` over a pretrained MiniLM.
+"""Benchmark on a real data set: popularity, `sasrec-id` and `crossan-t` over a pretrained MiniLM,
+each with its own recipe, over several seeds.
 
-    python benchmarks/real_data.py --data-root ../shared/data/amazon-scientific [--json]
+    python benchmarks/real_data.py --data-root ../shared/data/amazon-scientific --seeds 42 43 44 [--json]
+    python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --seeds 42
 
-Trains both models in one invocation under the same protocol (leave-one-out, full ranking,
-history masked, test at the best validation epoch), then prints a table of test metrics,
-seconds per training epoch, trainable parameters and each model's ratio to `sasrec-id`;
-then the same models under the unmasked protocol, on users whose test item never occurs in
-training (cold items), and a paired t-test of `crossan-t` against `sasrec-id` over users.
+Every row is a recipe (`RECIPES`: a preset, training settings, model settings), trained once per
+seed under the same protocol (leave-one-out, full ranking, history masked, test at the best
+validation epoch). Runs live in `OUT/<row>-seed<N>/`: finished ones are kept and unfinished ones
+resumed, so a long benchmark survives a kill. The tables give, per row, the mean over seeds of
+the test metrics (masked, unmasked, and on the users whose test item never occurs in training),
+the validation NDCG@10 the recipes were chosen on, seconds per training epoch, trainable
+parameters, the ratio to the reference row (the `sasrec-id` recipe with the best mean validation
+NDCG@10, so that content models are compared with the strongest ID baseline), and a paired t-test
+over users against it (per-user metrics averaged over seeds).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from zoo.backbones import TEXT_MAX_TOKENS
 from zoo.cli import run_cli
 from zoo.data import DATA_KINDS, load_dataset
-from zoo.pipeline import FeatureSettings, describe_data, resolve_device, train_and_save
+from zoo.errors import ConfigError
+from zoo.experiments.definition import RunSpec, TableDefinition
+from zoo.experiments.report import per_user_values
+from zoo.experiments.runner import TableRuns, train_missing
+from zoo.pipeline import FeatureSettings, describe_data, resolve_device
+from zoo.runs import open_run
+from zoo.training.checkpoint import read_json
 from zoo.training.evaluation import evaluate_model, evaluate_popularity
 from zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
-from zoo.training.significance import cold_item_users, paired_t_test
-from zoo.training.trainer import TrainConfig
+from zoo.training.significance import cold_item_users
+
+TEXT_BACKBONE = "minilm"
+TEXT_MAX_TOKENS = 64  # 44% of Amazon Scientific's titles are longer than 30 tokens
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the benchmark trains one model: its text backbone, title length and training settings."""
+    """How one row trains: a preset, training settings and model settings (TrainConfig and
+    preset defaults otherwise)."""
 
-    text_backbone: str | None  # None: the model embeds item ids
+    preset: str
     train: dict[str, Any] = field(default_factory=dict)
-    text_max_tokens: int = TEXT_MAX_TOKENS
+    model: dict[str, Any] = field(default_factory=dict)
 
 
-# Both models see every training prefix (sliding windows), as RecBole's SASRec does. crossan-t's
-# adapter learning rate and title length were picked on validation NDCG@10 (README, "Measured
-# results"); sasrec-id keeps RecBole's settings (lr 1e-3, dropout 0.5).
-MODELS = {
-    "sasrec-id": Recipe(None, {"sliding_windows": True}),
-    "crossan-t": Recipe("minilm", {"sliding_windows": True, "adapter_lr": 1e-4}, text_max_tokens=64),
+# Both model families see every training prefix (sliding windows), as RecBole's SASRec does.
+# crossan-t's adapter learning rate and title length were picked on validation NDCG@10 (README,
+# "Measured results"); sasrec-id keeps RecBole's settings (lr 1e-3, dropout 0.5).
+RECIPES = {
+    "sasrec-id": Recipe("sasrec-id", {"sliding_windows": True}),
+    "sasrec-id, full softmax": Recipe("sasrec-id", {"sliding_windows": True, "full_softmax": True}),
+    "crossan-t": Recipe("crossan-t", {"sliding_windows": True, "adapter_lr": 1e-4}),
+    "crossan-t + ID": Recipe("crossan-t", {"sliding_windows": True, "adapter_lr": 1e-4}, {"item_id_term": True}),
 }
-REFERENCE = "sasrec-id"
+ID_PRESET = "sasrec-id"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="amazon", choices=DATA_KINDS)
     parser.add_argument("--data-root", type=Path, help="data folder (required unless --data toy)")
-    parser.add_argument("--epochs", type=int, default=50, help="maximum epochs per model (early stopping applies)")
+    parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="ROW",
+                        help=f"rows to train (default: all of {', '.join(RECIPES)})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--epochs", type=int, default=50, help="maximum epochs per run (early stopping applies)")
     parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
-    parser.add_argument("--out", type=Path, help="folder for the runs (default weights/bench-<data>-<time>)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object: model -> test metrics")
+    parser.add_argument("--out", type=Path, help="folder for the runs (default weights/bench-<data>)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: row -> mean test metrics")
     return parser
+
+
+def benchmark_table(models: list[str], epochs: int, patience: int) -> TableDefinition:
+    """The chosen rows as an experiment table (its runner keeps, resumes and trains runs)."""
+    runs = tuple(RunSpec(name, RECIPES[name].preset, {**RECIPES[name].train, **RECIPES[name].model})
+                 for name in models)
+    return TableDefinition("real-data", "real data", runs, runs[0].name, {"epochs": epochs, "patience": patience})
 
 
 def main() -> int:
@@ -71,70 +98,112 @@ def main() -> int:
     dataset = load_dataset(args.data, args.data_root, args.cache_dir)
     console.print(dataset.summary())
     data_description = describe_data(args.data, dataset)
-    out = args.out or Path("weights") / f"bench-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    models = list(dict.fromkeys(args.models))
+    if not any(RECIPES[name].preset == ID_PRESET for name in models):
+        raise ConfigError(f"--models needs a {ID_PRESET} row: the reference every row is compared with")
+    seeds = tuple(dict.fromkeys(args.seeds))
+    table = TableRuns(benchmark_table(models, args.epochs, args.patience),
+                      args.out or Path("weights") / f"bench-{args.data}", seeds)
+    settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS,
+                               overrides=(("text", TEXT_BACKBONE),))
+    train_missing(table, dataset, data_description, settings, {}, device, console)
+
     cold = cold_item_users(dataset, "test")
-    results: dict[str, dict] = {}
     popularity = {mask: evaluate_popularity(dataset, "test", mask) for mask in (True, False)}
-    results["popularity"] = {"test": popularity[True].metrics, "test_unmasked": popularity[False].metrics,
-                             "test_cold": metrics_from_ranks(popularity[True].ranks[cold]),
-                             "seconds_per_epoch": 0.0, "trainable_parameters": 0}
-    ranks = {}
-    for name, recipe in MODELS.items():
-        settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=recipe.text_max_tokens,
-                                   overrides=(("text", recipe.text_backbone),) if recipe.text_backbone else ())
-        train = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **recipe.train)
-        console.rule(name)
-        outcome, metrics, run = train_and_save(name, dataset, data_description, settings, train, {}, out / name,
-                                               device, console)
-        unmasked = evaluate_model(run.model, dataset, run.features, "test", mask_history=False)
-        epochs = [h["train_seconds"] for h in outcome.history]
-        ranks[name] = outcome.test.ranks
-        results[name] = {"test": metrics["test"], "test_unmasked": unmasked.metrics,
-                         "test_cold": metrics_from_ranks(outcome.test.ranks[cold]),
-                         "best_epoch": metrics["best_epoch"], "seconds_per_epoch": sum(epochs) / len(epochs),
-                         "trainable_parameters": metrics["trainable_parameters"], "train_settings": recipe.train,
-                         **({"text_max_tokens": recipe.text_max_tokens} if recipe.text_backbone else {})}
-    test_vs_reference = paired_t_test(ranks["crossan-t"], ranks[REFERENCE])
-    report = {"data": data_description, "cold_test_users": int(cold.sum()), "models": results,
-              "crossan-t_vs_sasrec-id": test_vs_reference}
+    results: dict[str, dict[str, Any]] = {"popularity": {
+        "test": popularity[True].metrics, "test_unmasked": popularity[False].metrics,
+        "test_cold": metrics_from_ranks(popularity[True].ranks[cold]), "valid_ndcg10": None,
+        "seconds_per_epoch": 0.0, "trainable_parameters": 0, "seeds": 0}}
+    ranks: dict[str, list[list[int | None]]] = {}
+    for spec in table.definition.runs:
+        per_seed = []
+        ranks[spec.name] = []
+        for seed in seeds:
+            folder = table.directory(spec, seed)
+            metrics, state = read_json(folder / "metrics.json"), read_json(folder / "trainer_state.json")
+            run = open_run(folder, device)
+            unmasked = evaluate_model(run.model, dataset, run.features, "test", mask_history=False)
+            seed_ranks = read_json(folder / "per_user_test.json")["ranks"]
+            ranks[spec.name].append(seed_ranks)
+            test_ranks = torch.tensor([math.inf if r is None else float(r) for r in seed_ranks])
+            per_seed.append({"test": metrics["test"], "test_unmasked": unmasked.metrics,
+                             "test_cold": metrics_from_ranks(test_ranks[cold]),
+                             "valid_ndcg10": metrics["valid"]["NDCG@10"], "best_epoch": metrics["best_epoch"],
+                             "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in state["history"]])),
+                             "trainable_parameters": metrics["trainable_parameters"]})
+        results[spec.name] = _mean_over_seeds(per_seed) | {"recipe": spec.options, "preset": spec.preset}
+    reference = max((name for name in models if RECIPES[name].preset == ID_PRESET),
+                    key=lambda name: results[name]["valid_ndcg10"])
+    comparisons = {name: _paired_test(ranks[name], ranks[reference]) for name in models if name != reference}
+    report = {"data": data_description, "seeds": list(seeds), "cold_test_users": int(cold.sum()),
+              "reference": reference, "rows": results, "paired_t_tests": comparisons,
+              "text_backbone": TEXT_BACKBONE, "text_max_tokens": TEXT_MAX_TOKENS}
     if args.json:
         print(json.dumps({name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]}
                           for name, r in results.items()} | {"details": report}))
         return 0
-    print_tables(results, report, dataset.name, int(cold.sum()))
+    print_tables(report, dataset.name)
     return 0
 
 
-def print_tables(results: dict[str, dict], report: dict, name: str, cold_users: int) -> None:
+def _mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metric dicts averaged over seeds (with the per-seed test NDCG@10 and best epochs kept)."""
+    mean: dict[str, Any] = {}
+    for key in ("test", "test_unmasked", "test_cold"):
+        mean[key] = {m: float(np.mean([s[key][m] for s in per_seed])) for m in METRIC_NAMES}
+    for key in ("valid_ndcg10", "seconds_per_epoch"):
+        mean[key] = float(np.mean([s[key] for s in per_seed]))
+    return mean | {"trainable_parameters": per_seed[0]["trainable_parameters"], "seeds": len(per_seed),
+                   "test_ndcg10_per_seed": [s["test"]["NDCG@10"] for s in per_seed],
+                   "best_epochs": [s["best_epoch"] for s in per_seed]}
+
+
+def _paired_test(first: list[list[int | None]], second: list[list[int | None]]) -> dict[str, dict[str, float]]:
+    """Per metric: mean difference and two-sided paired t-test p over users (seed-averaged)."""
+    from scipy.stats import ttest_rel
+
+    results = {}
+    for metric in METRIC_NAMES:
+        a, b = per_user_values(first, metric), per_user_values(second, metric)
+        results[metric] = {"mean_difference": float(a.mean() - b.mean()), "p_value": float(ttest_rel(a, b).pvalue)}
+    return results
+
+
+def print_tables(report: dict[str, Any], name: str) -> None:
     # Rich falls back to 80 columns when stdout is not a terminal, which would truncate the table.
-    console = Console(width=None if sys.stdout.isatty() else 150)
-    reference = results[REFERENCE]["test"]
-    table = Table(title=f"{name}: test split, masked full ranking (ratios to {REFERENCE})")
-    ratios = ("HR@10", "NDCG@10")
-    for column in ("model", *METRIC_NAMES, "s/epoch", "trainable params", *(f"{m} ratio" for m in ratios)):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for model, result in results.items():
-        table.add_row(model, *(f"{result['test'][m]:.4f}" for m in METRIC_NAMES),
+    console = Console(width=None if sys.stdout.isatty() else 170)
+    rows, reference = report["rows"], report["reference"]
+    seeds = ", ".join(map(str, report["seeds"]))
+    table = Table(title=f"{name}: test split, masked full ranking, mean over seeds {seeds} "
+                        f"(ratios and p to {reference})")
+    for column in ("row", *METRIC_NAMES, "valid NDCG@10", "s/epoch", "trainable params", "NDCG@10 ratio",
+                   "p (NDCG@10)"):
+        table.add_column(column, justify="left" if column == "row" else "right")
+    for row, result in rows.items():
+        test = result["test"]
+        test_vs = report["paired_t_tests"].get(row)
+        table.add_row(row, *(f"{test[m]:.4f}" for m in METRIC_NAMES),
+                      "" if result["valid_ndcg10"] is None else f"{result['valid_ndcg10']:.4f}",
                       f"{result['seconds_per_epoch']:.1f}", f"{result['trainable_parameters']:,}",
-                      *(f"{result['test'][m] / reference[m]:.2f}x" for m in ratios))
+                      f"{test['NDCG@10'] / rows[reference]['test']['NDCG@10']:.2f}x",
+                      "" if test_vs is None else f"{test_vs['NDCG@10']['p_value']:.2g}")
     console.print(table)
-    for model, result in results.items():
-        if result.get("train_settings"):
-            settings = ", ".join(f"{k}={v}" for k, v in result["train_settings"].items())
-            titles = f"; titles cut at {result['text_max_tokens']} tokens" if "text_max_tokens" in result else ""
-            console.print(f"{model} trained with {settings} (other settings: TrainConfig defaults){titles}")
+    for row, result in rows.items():
+        if result.get("recipe"):
+            settings = ", ".join(f"{k}={v}" for k, v in result["recipe"].items())
+            console.print(f"{row}: {result['preset']} with {settings}; best epochs {result['best_epochs']}")
+    console.print(f"content models read {report['text_backbone']} states of titles cut at "
+                  f"{report['text_max_tokens']} tokens")
     for key, title in (("test_unmasked", "unmasked full ranking"),
-                       ("test_cold", f"masked, {cold_users} users whose test item never occurs in training")):
+                       ("test_cold", f"masked, {report['cold_test_users']} users whose test item never occurs "
+                                     "in training")):
         extra = Table(title=f"{name}: test split, {title}")
-        extra.add_column("model")
+        extra.add_column("row")
         for m in METRIC_NAMES:
             extra.add_column(m, justify="right")
-        for model, result in results.items():
-            extra.add_row(model, *(f"{result[key][m]:.4f}" for m in METRIC_NAMES))
+        for row, result in rows.items():
+            extra.add_row(row, *(f"{result[key][m]:.4f}" for m in METRIC_NAMES))
         console.print(extra)
-    for metric, values in report["crossan-t_vs_sasrec-id"].items():
-        console.print(f"crossan-t - sasrec-id {metric}: {values['mean_difference']:+.4f} "
-                      f"(paired t-test over users, p = {values['p_value']:.2g})")
 
 
 if __name__ == "__main__":

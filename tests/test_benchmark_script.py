@@ -10,24 +10,32 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs", "1",
-         "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    """Two of the rows over two seeds (one epoch each), then a second call that keeps every run."""
+    command = [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs",
+               "1", "--models", "sasrec-id, full softmax", "crossan-t + ID", "--seeds", "1", "2",
+               "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert {"popularity", "sasrec-id", "crossan-t"} <= set(report)
-    for name in ("popularity", "sasrec-id", "crossan-t"):
+    rows = ("popularity", "sasrec-id, full softmax", "crossan-t + ID")
+    assert set(report) == {*rows, "details"}
+    for name in rows:
         assert set(report[name]) >= {"HR@10", "HR@20", "NDCG@10", "NDCG@20", "seconds_per_epoch"}
         assert 0 <= report[name]["NDCG@10"] <= report[name]["HR@10"] <= 1
-    assert report["sasrec-id"]["seconds_per_epoch"] > 0
     details = report["details"]
-    parameters = {name: details["models"][name]["trainable_parameters"] for name in ("crossan-t", "sasrec-id")}
-    assert parameters["crossan-t"] > parameters["sasrec-id"]
-    assert details["models"]["crossan-t"]["text_max_tokens"] == 64
-    assert "text_max_tokens" not in details["models"]["sasrec-id"]
-    p_value = details["crossan-t_vs_sasrec-id"]["NDCG@10"]["p_value"]
-    assert 0 <= p_value <= 1
+    assert details["seeds"] == [1, 2] and details["reference"] == "sasrec-id, full softmax"
+    trained = details["rows"]
+    for name in rows[1:]:
+        per_seed = trained[name]["test_ndcg10_per_seed"]
+        assert len(per_seed) == 2 and abs(sum(per_seed) / 2 - report[name]["NDCG@10"]) < 1e-9
+        assert trained[name]["seconds_per_epoch"] > 0
+    assert trained["crossan-t + ID"]["recipe"]["item_id_term"] is True
+    assert trained["sasrec-id, full softmax"]["recipe"]["full_softmax"] is True
+    assert details["paired_t_tests"]["crossan-t + ID"]["NDCG@10"]["p_value"] <= 1
+    assert set(details["paired_t_tests"]) == {"crossan-t + ID"}
+    again = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "finished, kept" in again.stderr
+    assert json.loads(again.stdout)["crossan-t + ID"] == report["crossan-t + ID"]
 
 
 def test_side_network_benchmark_prints_the_four_timings() -> None:
