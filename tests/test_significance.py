@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from zoo.data.dataset import SequenceDataset
+from zoo.experiments.report import per_user_values
 from zoo.training.metrics import METRIC_NAMES
 from zoo.training.significance import cold_item_users, paired_t_test
 
@@ -79,3 +80,13 @@ def test_cold_item_users_are_those_whose_target_no_training_prefix_holds() -> No
     # Valid targets 3, 3, 5: item 3 is in user 2's prefix only, which counts; item 5 is in none.
     assert cold_item_users(dataset, "valid").tolist() == [False, False, True]
     assert cold_item_users(dataset, "test").dtype == torch.bool
+
+
+def test_tiny_p_values_do_not_underflow_to_zero() -> None:
+    # 2,000 users, hits 42% against 25%: t is about 15, p about 1e-49, below float32's range.
+    first = torch.tensor([1.0 if u % 100 < 42 else 100.0 for u in range(2000)])
+    second = torch.tensor([1.0 if u % 100 < 25 else 100.0 for u in range(2000)])
+    p_value = paired_t_test(first, second)["HR@10"]["p_value"]
+    assert 0 < p_value < 1e-40
+    ranks = [[1 if u % 100 < 42 else None for u in range(2000)]], [[1 if u % 100 < 25 else None for u in range(2000)]]
+    assert per_user_values(ranks[0], "HR@10").dtype == np.float64

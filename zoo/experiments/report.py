@@ -22,7 +22,8 @@ SIGNIFICANCE_LEVEL = 0.05
 
 def per_user_values(rank_lists: list[list[int | None]], metric: str) -> np.ndarray:
     """A metric per user averaged over seeds, from each seed's per-user ranks (`None` = miss)."""
-    values = [per_user_metric(torch.tensor([math.inf if r is None else float(r) for r in ranks]), metric).numpy()
+    # float64: in float32 scipy's p-value underflows to 0 below about 1e-45.
+    values = [per_user_metric(torch.tensor([math.inf if r is None else float(r) for r in ranks]), metric).double().numpy()
               for ranks in rank_lists]
     return np.mean(values, axis=0)
 

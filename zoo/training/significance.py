@@ -35,8 +35,9 @@ def paired_t_test(first: torch.Tensor, second: torch.Tensor) -> dict[str, dict[s
 
     results = {}
     for name in METRIC_NAMES:
-        first_values = per_user_metric(first, name).numpy()
-        second_values = per_user_metric(second, name).numpy()
+        # float64: in float32 scipy's p-value underflows to 0 below about 1e-45.
+        first_values = per_user_metric(first, name).double().numpy()
+        second_values = per_user_metric(second, name).double().numpy()
         results[name] = {"mean_difference": float(first_values.mean() - second_values.mean()),
                          "p_value": float(ttest_rel(first_values, second_values).pvalue)}
     return results
