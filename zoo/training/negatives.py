@@ -149,11 +149,6 @@ class ExtraNegatives:
         else:
             self.sampled_probability = probability
 
-    @property
-    def active(self) -> bool:
-        """Whether anything beyond the plain in-batch candidates is used."""
-        return bool(self.sampled or self.memory or self.full_softmax)
-
     def start_epoch(self) -> None:
         if self.memory is not None:
             self.memory.clear()
