@@ -162,7 +162,7 @@ class ContentRecommender(Recommender):
         if self.item_ids is None:
             return self.encode_content(*item_inputs)
         *content, rows = item_inputs
-        return self.encode_content(*content) + self.item_ids(rows).to(self.item_ids.weight.dtype)
+        return self.encode_content(*content) + self.item_ids(rows)
 
     def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         content = self.random_content_inputs(num_items, generator)

@@ -97,27 +97,23 @@ class CrossBatchMemory:
         self._steps.clear()
 
     def write(self, items: torch.Tensor, embeddings: torch.Tensor) -> None:
-        """Add this step's `items [U]` and their `embeddings [U, D]`, and advance the step."""
+        """Add this step's unique `items [U]` and their `embeddings [U, D]`, and advance the step.
+        Older entries of the same items are dropped, so the memory holds one entry per item."""
         self._step += 1
+        for entry in self._steps:
+            older = ~torch.isin(entry.items, items)
+            entry.items, entry.embeddings = entry.items[older], entry.embeddings[older]
         self._steps.append(_StepEntries(self._step, items.detach(), embeddings.detach()))
         while self._steps and self._steps[0].step <= self._step - self.max_age:
             self._steps.popleft()
 
     def read(self, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """`(items [K], embeddings [K, D])` of the memory, or None when it is empty."""
+        """`(items [K], embeddings [K, D])` of the memory, newest first, or None when it is empty."""
         if not self._steps:
             return None
         items = torch.cat([entry.items for entry in reversed(self._steps)])
         embeddings = torch.cat([entry.embeddings for entry in reversed(self._steps)])
-        # Newest first, so the first occurrence of an item is its newest embedding.
-        _, inverse = torch.unique(items, return_inverse=True)
-        position = torch.arange(items.numel(), device=items.device)
-        first = torch.full((int(inverse.max()) + 1,), items.numel(), device=items.device, dtype=position.dtype)
-        first = first.scatter_reduce(0, inverse, position, reduce="amin")
-        keep = torch.zeros(items.numel(), dtype=torch.bool, device=items.device)
-        keep[first] = True
-        keep &= ~torch.isin(items, exclude)
-        kept = keep.nonzero().squeeze(1)[:self.size]
+        kept = (~torch.isin(items, exclude)).nonzero().squeeze(1)[:self.size]
         if kept.numel() == 0:
             return None
         return items[kept], embeddings[kept]
@@ -138,7 +134,6 @@ class ExtraNegatives:
         self.probability = probability
         self.num_items = probability.numel() - 1
         self.sampled = sampled
-        self.sampling = sampling
         self.full_softmax = full_softmax
         self.processes = processes
         self.memory = CrossBatchMemory(memory_size, memory_max_age) if memory_size else None
