@@ -52,13 +52,13 @@ def check_negative_options(sampled: int, sampling: str, memory_size: int, memory
         raise ConfigError("full_softmax scores every item already: it takes no sampled_negatives or memory_size")
 
 
-def sampling_log_weights(candidates: torch.Tensor, probability: torch.Tensor, batch_slots: int,
+def sampling_log_weights(candidates: torch.Tensor, probability: torch.Tensor, batch_slots: int | torch.Tensor,
                          memory_entries: torch.Tensor | None = None, sampled: int = 0,
                          sampled_probability: torch.Tensor | None = None) -> torch.Tensor:
     """`log q` of each candidate `[U]` (1-based item indices): its expected count in the pool.
 
     `probability [N + 1]` is the popularity batch items follow, `batch_slots` the batch's item
-    slots, `memory_entries` the memory's item indices (their count adds to the popularity
+    slots (a tensor keeps the step free of a device sync), `memory_entries` the memory's item indices (their count adds to the popularity
     draws), `sampled` the number of catalogue draws from `sampled_probability [N + 1]`.
     """
     draws = batch_slots + (0 if memory_entries is None else memory_entries.numel())
@@ -160,7 +160,7 @@ class ExtraNegatives:
         drawn = self.processes.gather_rows(drawn.to(self.processes.device)).to(batch_items.device)
         return torch.unique(torch.cat([batch_items, drawn]))
 
-    def log_weights(self, candidates: torch.Tensor, batch_slots: int,
+    def log_weights(self, candidates: torch.Tensor, batch_slots: int | torch.Tensor,
                     memory_items: torch.Tensor | None) -> torch.Tensor:
         """The correction `log q` of every column: the encoded `candidates`, then `memory_items`."""
         columns = candidates if memory_items is None else torch.cat([candidates, memory_items])

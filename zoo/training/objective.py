@@ -68,7 +68,7 @@ class InBatchObjective(nn.Module):
             scored_items = torch.cat([candidates, remembered[0]])
             scored_embeddings = torch.cat([item_embeddings, remembered[1].to(item_embeddings.dtype)])
         masked = same_user_mask(global_window, scored_items, row_window, targets[valid], global_users)
-        log_weights = self.negatives.log_weights(candidates, int((global_window != PAD).sum()),
+        log_weights = self.negatives.log_weights(candidates, (global_window != PAD).sum(),
                                                  None if remembered is None else remembered[0])
         local_sum = in_batch_debiased_cross_entropy(model.scores(states[valid], scored_embeddings), log_weights,
                                                     columns[:, 1:][valid] - 1, masked, reduction="sum")
