@@ -58,8 +58,9 @@ def sampling_log_weights(candidates: torch.Tensor, probability: torch.Tensor, ba
     """`log q` of each candidate `[U]` (1-based item indices): its expected count in the pool.
 
     `probability [N + 1]` is the popularity batch items follow, `batch_slots` the batch's item
-    slots (a tensor keeps the step free of a device sync), `memory_entries` the memory's item indices (their count adds to the popularity
-    draws), `sampled` the number of catalogue draws from `sampled_probability [N + 1]`.
+    slots (a tensor keeps the step free of a device sync), `memory_entries` the memory's item
+    indices (their count adds to the popularity draws), `sampled` the number of catalogue draws
+    from `sampled_probability [N + 1]`.
     """
     draws = batch_slots + (0 if memory_entries is None else memory_entries.numel())
     expected = draws * probability[candidates]
