@@ -81,3 +81,27 @@ def test_efficiency_benchmark_reports_every_model_and_the_caching_row() -> None:
     assert report["crossan-tiva"]["trainable_parameters"] == 2_002_448
     assert set(report["caching"]["break_even_epochs"]) == {"lora-ti"}
     assert report["setting"]["users_per_step"] == 4 and "extrapolated" in report["setting"]["epoch"]
+
+
+def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: Path, cache_dir: Path) -> None:
+    """Every option of each model gets a row; the ID term only for the content model; seconds per
+    epoch are seconds per step times the batches of a full sliding-window epoch."""
+    from zoo.data import load_dataset
+    from zoo.training.trainer import training_windows
+
+    result = subprocess.run(
+        [sys.executable, "benchmarks/negatives_cost.py", "--data", "toy", "--data-root", str(toy_root),
+         "--cache-dir", str(cache_dir), "--steps", "1", "--rounds", "1", "--sampled", "64", "--memory", "128",
+         "--json"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    options = ["in-batch", "+ 64 uniform", "+ 64 popularity", "+ memory 128", "full softmax"]
+    assert list(report) == ["sasrec-id", "crossan-t"]
+    assert list(report["sasrec-id"]) == options and list(report["crossan-t"]) == [*options, "+ ID term"]
+    windows, _ = training_windows(load_dataset("toy", toy_root, cache_dir), 11, sliding=True)
+    for rows in report.values():
+        assert rows["in-batch"]["ratio_to_in_batch"] == 1.0
+        for entry in rows.values():
+            assert entry["steps_per_epoch"] == -(-len(windows) // 64)
+            assert entry["seconds_per_step"] > 0
+            assert abs(entry["seconds_per_epoch"] - entry["seconds_per_step"] * entry["steps_per_epoch"]) < 1e-9

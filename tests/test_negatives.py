@@ -145,3 +145,14 @@ def test_correction_is_a_constant_shift_without_extra_negatives() -> None:
 def test_bad_negative_options_are_one_line_errors(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**options)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_sampling_never_draws_the_padding_index(sampling: str) -> None:
+    """The trainer's add-one smoothed popularity gives index 0 (padding) some mass; it must never
+    be drawn (it has no features, and gathering row -1 fails)."""
+    smoothed = popularity() + 1.0 / NUM_ITEMS
+    negatives = ExtraNegatives(smoothed / smoothed.sum(), sampled=4000, sampling=sampling)
+    torch.manual_seed(0)
+    candidates = negatives.candidates(torch.tensor([1, 2]))
+    assert int(candidates.min()) == 1 and len(candidates) == NUM_ITEMS

@@ -138,12 +138,11 @@ class ExtraNegatives:
         self.full_softmax = full_softmax
         self.processes = processes
         self.memory = CrossBatchMemory(memory_size, memory_max_age) if memory_size else None
-        if sampling == "uniform":
-            uniform = torch.full_like(probability, 1.0 / self.num_items)
-            uniform[0] = 0.0
-            self.sampled_probability = uniform
-        else:
-            self.sampled_probability = probability
+        # Index 0 is padding: never drawn, whatever mass the given probability puts on it.
+        sampled_probability = (torch.full_like(probability, 1.0 / self.num_items) if sampling == "uniform"
+                               else probability.clone())
+        sampled_probability[0] = 0.0
+        self.sampled_probability = sampled_probability
 
     def start_epoch(self) -> None:
         if self.memory is not None:

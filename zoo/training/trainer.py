@@ -263,8 +263,9 @@ class Trainer:
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
 
-    def _train_epoch(self, epoch: int) -> float:
-        """One pass over this process's share of the windows; returns the mean (global) loss."""
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over this process's share of epoch `epoch`'s windows (the first
+        `steps_per_epoch` batches if set), without validation; returns the mean (global) loss."""
         self.objective.train()
         self.negatives.start_epoch()
         batches = self._epoch_batches(epoch)
@@ -316,7 +317,7 @@ class Trainer:
         while not state.stopped:
             epoch = state.epoch + 1
             started = time.perf_counter()
-            loss = self._train_epoch(epoch)
+            loss = self.train_epoch(epoch)
             train_seconds = time.perf_counter() - started
             self.console.print(f"validating epoch {epoch}")
             valid = self._evaluate("valid")

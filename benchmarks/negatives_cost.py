@@ -1,0 +1,139 @@
+"""Training cost of each negative option (and the ID term) against the plain in-batch loss.
+
+    python benchmarks/negatives_cost.py --data-root ../shared/data/amazon-scientific [--json]
+    python benchmarks/negatives_cost.py --data toy --steps 5 --rounds 2 --json
+
+One process, one data set, one feature cache: for every model (`sasrec-id`, `crossan-t` over
+MiniLM states of titles cut at 64 tokens, as `real_data.py` trains them, on sliding windows) and
+every option, a `Trainer` is built with the option and trains the first `--steps` batches of an
+epoch (`Trainer.train_epoch` with `steps_per_epoch`: the training loop of `train.py`, AdamW
+step included, validation excluded). The options take turns for `--rounds` rounds after one
+untimed warm-up round, so that a load change on the machine hits every option alike. Seconds
+per epoch = median seconds per step times the batches of a full epoch (extrapolated); the
+ratio is to the same model's in-batch row.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from zoo.cli import run_cli  # noqa: E402
+from zoo.data import DATA_KINDS, load_dataset  # noqa: E402
+from zoo.features import ItemFeatures  # noqa: E402
+from zoo.pipeline import FeatureSettings, prepare_features, resolve_device  # noqa: E402
+from zoo.registry import build_model, preset_config  # noqa: E402
+from zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
+
+TEXT_BACKBONE = "minilm"
+TEXT_MAX_TOKENS = 64
+PLAIN = "in-batch"
+
+
+def option_rows(sampled: int, memory: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Row name -> (training settings, model settings) on top of the plain in-batch loss."""
+    return {
+        PLAIN: ({}, {}),
+        f"+ {sampled} uniform": ({"sampled_negatives": sampled, "negative_sampling": "uniform"}, {}),
+        f"+ {sampled} popularity": ({"sampled_negatives": sampled, "negative_sampling": "popularity"}, {}),
+        f"+ memory {memory}": ({"memory_size": memory}, {}),
+        "full softmax": ({"full_softmax": True}, {}),
+        "+ ID term": ({}, {"item_id_term": True}),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="amazon", choices=DATA_KINDS)
+    parser.add_argument("--data-root", type=Path, help="data folder (required unless --data toy)")
+    parser.add_argument("--models", nargs="+", default=["sasrec-id", "crossan-t"])
+    parser.add_argument("--sampled", type=int, default=1024, help="sampled negatives per step")
+    parser.add_argument("--memory", type=int, default=4096, help="cross-batch memory size")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per option and round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--json", action="store_true", help="print one JSON object: model -> row -> timings")
+    return parser
+
+
+def _accepts(config: Any, settings: dict[str, Any]) -> bool:
+    """Whether the model config has every given field (the ID term exists for content models only)."""
+    names = {field.name for field in dataclasses.fields(config)}
+    return set(settings) <= names
+
+
+def main() -> int:
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.steps < 1 or args.rounds < 1 or args.sampled < 1 or args.memory < 1:
+        parser.error("--steps, --rounds, --sampled and --memory must be positive")
+    console = Console(stderr=True)
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.data, args.data_root, args.cache_dir)
+    settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS,
+                               overrides=(("text", TEXT_BACKBONE),))
+    quiet = Console(quiet=True)
+    trainers: dict[tuple[str, str], Trainer] = {}
+    for model_name in args.models:
+        base = preset_config(model_name)
+        states, _, _ = prepare_features(dataset, base.item_features(), settings, device, console)
+        for row, (train_settings, model_settings) in option_rows(args.sampled, args.memory).items():
+            if not _accepts(base, model_settings):
+                continue
+            config = preset_config(model_name, **model_settings)
+            features = ItemFeatures(dataset.num_items, states, device, with_rows=config.reads_item_rows)
+            torch.manual_seed(0)
+            model = build_model(config.fit_to_data(dataset.num_items, features.shapes()))
+            train = TrainConfig(sliding_windows=True, steps_per_epoch=args.steps, precision="fp32", **train_settings)
+            trainers[model_name, row] = Trainer(model, dataset, features, train, device, quiet)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
+    for round_index in range(args.rounds + 1):
+        for key, trainer in trainers.items():
+            console.print(f"round {round_index}/{args.rounds}: {key[0]}, {key[1]}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            trainer.train_epoch(round_index + 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index:  # the warm-up round allocates optimiser state and fills caches
+                times[key].append((time.perf_counter() - started) / args.steps)
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for (model_name, row), trainer in trainers.items():
+        steps = -(-len(trainer.windows) // trainer.config.batch_size)
+        per_step = statistics.median(times[model_name, row])
+        report.setdefault(model_name, {})[row] = {"seconds_per_step": per_step, "steps_per_epoch": steps,
+                                                  "seconds_per_epoch": per_step * steps}
+    for rows in report.values():
+        for entry in rows.values():
+            entry["ratio_to_in_batch"] = entry["seconds_per_epoch"] / rows[PLAIN]["seconds_per_epoch"]
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    table = Table(title=f"{dataset.name}: training seconds per epoch by negative option "
+                        f"(sliding windows, batch 64, {torch.get_num_threads()} threads, {device.type})")
+    for column in ("model", "option", "s/step", "steps/epoch", "s/epoch", "vs in-batch"):
+        table.add_column(column, justify="left" if column in ("model", "option") else "right")
+    for model_name, rows in report.items():
+        for row, entry in rows.items():
+            table.add_row(model_name, row, f"{entry['seconds_per_step']:.3f}", f"{entry['steps_per_epoch']:,}",
+                          f"{entry['seconds_per_epoch']:.1f}", f"{entry['ratio_to_in_batch']:.2f}x")
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
