@@ -97,3 +97,20 @@ def test_id_term_needs_a_catalogue_and_is_a_content_model_option() -> None:
     with pytest.raises(ConfigError, match="item_id_term"):
         preset_config("sasrec-id", item_id_term=True)
     assert dataclasses.replace(config, num_items=3).reads_item_rows
+
+
+def test_id_dropout_acts_in_training_only_and_needs_the_term() -> None:
+    ids = ItemIdEmbedding(3, 1000, dropout=0.5)
+    with torch.no_grad():
+        ids.weight.fill_(1.0)
+    ids.mark_seen(torch.tensor([True, True, False]))
+    rows = torch.tensor([0, 2])
+    torch.manual_seed(0)
+    trained = ids.train()(rows)
+    assert set(trained[0].unique().tolist()) == {0.0, 2.0} and 0.4 < (trained[0] == 0).float().mean() < 0.6
+    assert trained[1].abs().sum() == 0
+    assert ids.eval()(rows).tolist() == [[1.0] * 1000, [0.0] * 1000]
+    with pytest.raises(ConfigError, match="item_id_dropout needs item_id_term"):
+        preset_config("crossan-t", item_id_dropout=0.5)
+    with pytest.raises(ConfigError, match=r"item_id_dropout must lie in \[0, 1\)"):
+        preset_config("crossan-t", item_id_term=True, item_id_dropout=1.0)

@@ -18,11 +18,13 @@ NO_ID_ROW = -1
 
 
 class ItemIdEmbedding(nn.Module):
-    """`rows [N]` (0-based catalogue rows, or `NO_ID_ROW`) -> ID vectors `[N, D]`."""
+    """`rows [N]` (0-based catalogue rows, or `NO_ID_ROW`) -> ID vectors `[N, D]`, with
+    element-wise `dropout` in training."""
 
-    def __init__(self, num_items: int, dim: int) -> None:
+    def __init__(self, num_items: int, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(num_items, dim))
+        self.dropout = nn.Dropout(dropout)
         self.register_buffer("seen", torch.zeros(num_items, dtype=torch.bool))
 
     def mark_seen(self, seen: torch.Tensor) -> None:
@@ -35,4 +37,4 @@ class ItemIdEmbedding(nn.Module):
         known = rows >= 0
         safe = torch.where(known, rows, torch.zeros_like(rows))
         keep = known & self.seen[safe]
-        return self.weight[safe] * keep.unsqueeze(-1).to(self.weight.dtype)
+        return self.dropout(self.weight[safe] * keep.unsqueeze(-1).to(self.weight.dtype))

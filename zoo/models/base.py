@@ -138,7 +138,7 @@ class ContentRecommender(Recommender):
         if config.item_id_term:
             if config.num_items < 1:
                 raise ConfigError("item_id_term needs num_items (the catalogue size, set from the data set)")
-            self.item_ids = ItemIdEmbedding(config.num_items, config.embedding_dim)
+            self.item_ids = ItemIdEmbedding(config.num_items, config.embedding_dim, config.item_id_dropout)
 
     @property
     def content_input_names(self) -> tuple[str, ...]:

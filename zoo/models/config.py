@@ -91,12 +91,19 @@ class ContentConfig(RecommenderConfig):
 
     item_id_term: bool = field(default=False, metadata={
         "help": "add a learned ID vector per training item to the content embedding (zero for cold items)"})
+    item_id_dropout: float = field(default=0.0, metadata={
+        "help": "dropout on the ID vectors in training (the ID term lets a content model memorise the "
+                "training sequences; dropout slows that down as SASRec's embedding dropout does)"})
     num_items: int = field(default=0, metadata={"help": "catalogue size (set from the data set)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.item_id_term, bool):
             raise ConfigError(f"item_id_term must be true or false, got {self.item_id_term!r}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ConfigError(f"item_id_dropout must lie in [0, 1), got {self.item_id_dropout}")
+        if self.item_id_dropout and not self.item_id_term:
+            raise ConfigError("item_id_dropout needs item_id_term=true")
         if self.num_items < 0:
             raise ConfigError(f"num_items must be non-negative, got {self.num_items}")
 
