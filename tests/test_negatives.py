@@ -72,7 +72,8 @@ def test_sampled_negatives_join_the_pool_with_their_correction(model: torch.nn.M
     p_sampled = torch.full((NUM_ITEMS + 1,), 1 / NUM_ITEMS, dtype=torch.float64) if sampling == "uniform" \
         else popularity()
     slots = int((WINDOW != 0).sum())
-    log_q = (slots * popularity()[candidates] + 40 * p_sampled[candidates]).log()
+    at_least_once = 1 - (1 - p_sampled[candidates]) ** 40  # drawn items are de-duplicated
+    log_q = (slots * popularity()[candidates] + at_least_once).log()
     torch.testing.assert_close(negatives.log_weights(candidates, slots, None), log_q)
     torch.testing.assert_close(loss, hand_loss(model, candidates, log_q))
 
@@ -108,11 +109,13 @@ def test_memory_adds_detached_columns_and_is_filled_only_in_training(model: torc
     assert sorted(items.tolist()) == [3, 7] and not embeddings.requires_grad
     grad = model.item_embedding.weight.grad
     assert grad[[2, 6]].abs().sum() == 0  # rows of items 3 and 7: scored from the memory, no gradient
-    # One prediction row (8 -> 5); its own item 8 is masked; 2 batch slots + 2 memory entries.
+    # One prediction row (8 -> 5); its own item 8 is masked; 2 batch slots, 2 memory entries
+    # (each item at most once: an inclusion probability).
     scored = torch.tensor([5, 3, 7])
     table = model.item_table(model.encode_items(torch.arange(NUM_ITEMS)))
     state = model.sequence_states(table, WINDOW[[2], :-1])[0, 2]
-    logits = table[scored] @ state - (4 * popularity()[scored]).log()
+    p = popularity()[scored]
+    logits = table[scored] @ state - (2 * p + 1 - (1 - p) ** 2).log()
     torch.testing.assert_close(second, F.cross_entropy(logits.unsqueeze(0), torch.tensor([0])))
     loss_fn.eval()
     loss_fn(WINDOW[[1]])
@@ -122,8 +125,19 @@ def test_memory_adds_detached_columns_and_is_filled_only_in_training(model: torc
 def test_memory_entries_count_as_popularity_draws_beside_sampled_ones() -> None:
     negatives = ExtraNegatives(popularity(), sampled=10, memory_size=5)
     columns = torch.tensor([1, 2, 3, 4, 5])
-    expected = ((6 + 3) * popularity()[columns] + 10 / NUM_ITEMS).log()
+    p = popularity()[columns]
+    expected = (6 * p + (1 - (1 - p) ** 3) + (1 - (1 - 1 / NUM_ITEMS) ** 10)).log()
     torch.testing.assert_close(negatives.log_weights(columns[:2], 6, columns[2:]), expected)
+
+
+def test_memory_term_is_an_inclusion_probability_so_popular_items_are_not_overstated() -> None:
+    """A memory of K de-duplicated entries holds an item at most once: its term stays below 1 for a
+    popular item (K * p would be 8 here) and is K * p for a rare one."""
+    probability = torch.tensor([0.0, 0.002, 1e-7], dtype=torch.float64)
+    memory = torch.arange(4000) % 2 + 1
+    q = sampling_log_weights(torch.tensor([1, 2]), probability, batch_slots=100, memory_entries=memory).exp()
+    assert 0.2 + 0.99 < q[0] < 0.2 + 1
+    torch.testing.assert_close(q[1], torch.tensor(4100 * 1e-7, dtype=torch.float64), rtol=1e-3, atol=0)
 
 
 def test_correction_is_a_constant_shift_without_extra_negatives() -> None:
