@@ -19,9 +19,8 @@ expected number of columns an item gets from them:
 of item slots in the batch and `n_memory` the memory's entries (batch items of earlier steps).
 The batch term is the paper's in-batch correction, kept so that the default loss is the paper's.
 The memory and the sampled items give an item at most one column each (they are de-duplicated),
-so their terms are inclusion probabilities: counting them as `n * p` instead overstates popular
-items by up to `n * p`, and the model learns to score them that much too high (on Amazon
-Scientific a 4096-entry memory counted that way fell to popularity-level NDCG). Without extra
+so their terms are inclusion probabilities: counting them as `n * p` instead would overstate a
+popular item's q by a factor of up to `n * p`. Without extra
 negatives q is `n_batch * p(item)`, a shift by a constant of every row's logits, so the loss
 equals the plain in-batch debiased loss; for rare items the inclusion terms are `n * p` too.
 """
