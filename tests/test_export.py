@@ -126,6 +126,19 @@ def test_momef_top_k_routing_survives_export(exported_presets) -> None:
     assert np.abs(actual - dense_output.numpy()).max() > 100 * TOLERANCE
 
 
+def test_cosine_scored_model_exports_unit_item_embeddings(tmp_path: Path) -> None:
+    """With `score_temperature` the normalisation is part of the exported item encoder, so the
+    served item table holds the embeddings that training scored."""
+    model = tiny_model("crossan-ti")
+    model = type(model)(dataclasses.replace(model.config, score_temperature=0.07)).eval()
+    exported = export_model(model, tmp_path)
+    inputs = random_item_inputs(model, 5, seed=3)
+    (actual,) = OnnxEncoder(exported.out_dir / "item_encoder.onnx", exported.item_spec)(*inputs)
+    np.testing.assert_allclose(np.linalg.norm(actual, axis=1), 1.0, atol=1e-5)
+    with torch.no_grad():
+        assert np.abs(actual - model.encode_items(*inputs).numpy()).max() <= TOLERANCE
+
+
 def tampered(path: Path, out: Path, change: Callable[[onnx.ModelProto], None]) -> Path:
     model = onnx.load(str(path))
     change(model)

@@ -75,6 +75,32 @@ def test_create_model_errors_name_the_problem() -> None:
         zoo.create_model("iisan-ti", modalities=("text",), backbone_widths=(768,))
 
 
+@pytest.mark.parametrize("name", ["sasrec-id", "crossan-ti"])
+def test_score_temperature_scores_cosines_over_the_temperature(name: str) -> None:
+    """With `score_temperature` the items come out unit-length and the scores are the cosines
+    over the temperature; each user's ranking is the dot product's over those items."""
+    torch.manual_seed(0)
+    dot_model = small_model(name).eval()
+    cosine_model = zoo.build_model(dataclasses.replace(dot_model.config, score_temperature=0.05)).eval()
+    cosine_model.load_state_dict(dot_model.state_dict())
+    inputs = item_inputs(dot_model, 9)
+    with torch.no_grad():
+        raw, items = dot_model.encode_items(*inputs), cosine_model.encode_items(*inputs)
+        users = torch.randn(4, 64)
+        scores = cosine_model.scores(users, items)
+    torch.testing.assert_close(items, raw / raw.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(items.norm(dim=1), torch.ones(9))
+    cosines = torch.nn.functional.cosine_similarity(users.unsqueeze(1), raw.unsqueeze(0), dim=-1)
+    torch.testing.assert_close(scores, cosines / 0.05, atol=1e-4, rtol=1e-5)
+    assert torch.equal(scores.argsort(dim=1), dot_model.scores(users, items).argsort(dim=1))
+    torch.testing.assert_close(dot_model.scores(users, raw), users @ raw.t())
+
+
+def test_negative_score_temperature_is_refused() -> None:
+    with pytest.raises(ValueError, match="score_temperature must be non-negative"):
+        zoo.create_model("crossan-t", score_temperature=-0.1)
+
+
 def test_none_overrides_are_ignored() -> None:
     assert zoo.create_model("crossan-ti", adapter_dim=None).config.adapter_dim == 512
 

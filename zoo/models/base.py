@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.data.dataset import PAD
@@ -38,7 +39,8 @@ __all__ = ["PAD", "ContentRecommender", "Recommender", "SideNetworkRecommender"]
 
 
 class Recommender(nn.Module):
-    """Item encoder (model specific) + SASRec user encoder; score = dot(user, item)."""
+    """Item encoder (model specific) + SASRec user encoder; score = dot(user, item), or their
+    cosine over a temperature (`score_temperature`)."""
 
     config: RecommenderConfig
 
@@ -56,7 +58,14 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
-        """Item embeddings `[N, D]`."""
+        """Item embeddings `[N, D]`: `embed_items`, L2-normalised when the scores are cosines
+        (`score_temperature > 0`), so that the exported item encoder and the user encoder's
+        inputs are the embeddings that get scored."""
+        embeddings = self.embed_items(*item_inputs)
+        return F.normalize(embeddings, dim=-1) if self.config.score_temperature else embeddings
+
+    def embed_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        """The model's own item embeddings `[N, D]`, before any normalisation."""
         raise NotImplementedError
 
     def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
@@ -84,8 +93,14 @@ class Recommender(nn.Module):
         return self.encode_users(item_table[window], window == PAD)
 
     def scores(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> torch.Tensor:
-        """Scores `[B, N]` of every item for every user (dot product)."""
-        return user_embeddings @ item_embeddings.t()
+        """Scores `[B, N]` of every item (`item_embeddings` from `encode_items`) for every user:
+        the dot product, or with `score_temperature` the cosine over the temperature. A user's
+        ranking is the same either way, since the items are normalised already and the user's
+        norm scales all its scores alike; the temperature shapes the training loss."""
+        temperature = self.config.score_temperature
+        if not temperature:
+            return user_embeddings @ item_embeddings.t()
+        return F.normalize(user_embeddings, dim=-1) @ item_embeddings.t() / temperature
 
     @torch.no_grad()
     def catalogue_embeddings(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
@@ -158,7 +173,7 @@ class ContentRecommender(Recommender):
     def item_input_names(self) -> tuple[str, ...]:
         return self.content_input_names + (("item_rows",) if self.item_ids is not None else ())
 
-    def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+    def embed_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         if self.item_ids is None:
             return self.encode_content(*item_inputs)
         *content, rows = item_inputs

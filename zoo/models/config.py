@@ -37,6 +37,9 @@ class RecommenderConfig:
     ffn_dim: int = field(default=256, metadata={"help": "SASRec feed-forward width"})
     dropout: float = field(default=0.1, metadata={"help": "SASRec hidden dropout"})
     attention_dropout: float = field(default=0.1, metadata={"help": "SASRec attention dropout"})
+    score_temperature: float = field(default=0.0, metadata={
+        "help": "0: score = dot(user, item) (the paper); > 0: item embeddings are L2-normalised and "
+                "score = cosine(user, item) / temperature"})
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "max_seq_len", "num_blocks", "num_heads", "ffn_dim"):
@@ -47,6 +50,8 @@ class RecommenderConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not self.score_temperature >= 0.0:
+            raise ConfigError(f"score_temperature must be non-negative (0 = dot product), got {self.score_temperature}")
 
     def item_features(self) -> tuple[str, ...]:
         """Modalities whose cached item features the model reads, in input order (empty: none)."""

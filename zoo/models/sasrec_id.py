@@ -60,6 +60,6 @@ class SASRecID(Recommender):
     def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         return (torch.randint(0, self.config.num_items, (num_items,), generator=generator),)
 
-    def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+    def embed_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         (rows,) = item_inputs
         return self.item_embedding(rows)
