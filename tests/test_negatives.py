@@ -61,6 +61,22 @@ def test_plain_objective_is_the_popularity_corrected_in_batch_loss(model: torch.
     torch.testing.assert_close(loss, hand_loss(model, candidates, popularity()[candidates].log()))
 
 
+@pytest.mark.parametrize("strength", [0.0, 0.5])
+def test_sampling_correction_scales_log_q(model: torch.nn.Module, strength: float) -> None:
+    """`sampling_correction = a` subtracts `a log q`; 0 is the plain in-batch softmax."""
+    loss, _, _ = objective(model, correction=strength)(WINDOW)
+    candidates = torch.unique(WINDOW[WINDOW != 0])
+    torch.testing.assert_close(loss, hand_loss(model, candidates, strength * popularity()[candidates].log()))
+    full, _, _ = objective(model)(WINDOW)
+    assert abs(float(loss) - float(full)) > 1e-3
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5, True])
+def test_sampling_correction_outside_zero_to_one_is_refused(strength: float) -> None:
+    with pytest.raises(ConfigError, match="sampling_correction must lie in"):
+        TrainConfig(sampling_correction=strength)
+
+
 @pytest.mark.parametrize("sampling", ["uniform", "popularity"])
 def test_sampled_negatives_join_the_pool_with_their_correction(model: torch.nn.Module, sampling: str) -> None:
     negatives = ExtraNegatives(popularity(), sampled=40, sampling=sampling)

@@ -23,6 +23,9 @@ so their terms are inclusion probabilities: counting them as `n * p` instead wou
 popular item's q by a factor of up to `n * p`. Without extra
 negatives q is `n_batch * p(item)`, a shift by a constant of every row's logits, so the loss
 equals the plain in-batch debiased loss; for rare items the inclusion terms are `n * p` too.
+`sampling_correction = a` subtracts `a log q` instead: 1 is the estimate of the full softmax,
+0 the uncorrected softmax over the pool, which scores items by how much more often they follow
+a user's history than chance (rare items gain, popular ones lose).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ NEGATIVE_SAMPLING = ("uniform", "popularity")
 
 
 def check_negative_options(sampled: int, sampling: str, memory_size: int, memory_max_age: int,
-                           full_softmax: bool) -> None:
+                           full_softmax: bool, correction: float = 1.0) -> None:
     """One-line `ConfigError` for settings of the extra negatives that cannot work together."""
     if sampling not in NEGATIVE_SAMPLING:
         raise ConfigError(f"negative_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}, got {sampling!r}")
@@ -53,6 +56,8 @@ def check_negative_options(sampled: int, sampling: str, memory_size: int, memory
         raise ConfigError(f"memory_max_age must be at least 1 step, got {memory_max_age}")
     if not isinstance(full_softmax, bool):
         raise ConfigError(f"full_softmax must be true or false, got {full_softmax!r}")
+    if isinstance(correction, bool) or not isinstance(correction, (int, float)) or not 0.0 <= correction <= 1.0:
+        raise ConfigError(f"sampling_correction must lie in [0, 1], got {correction!r}")
     if full_softmax and (sampled or memory_size):
         raise ConfigError("full_softmax scores every item already: it takes no sampled_negatives or memory_size")
 
@@ -143,8 +148,9 @@ class ExtraNegatives:
 
     def __init__(self, probability: torch.Tensor, sampled: int = 0, sampling: str = "uniform",
                  memory_size: int = 0, memory_max_age: int = 1, full_softmax: bool = False,
-                 processes: Processes = SINGLE) -> None:
-        check_negative_options(sampled, sampling, memory_size, memory_max_age, full_softmax)
+                 correction: float = 1.0, processes: Processes = SINGLE) -> None:
+        check_negative_options(sampled, sampling, memory_size, memory_max_age, full_softmax, correction)
+        self.correction = correction
         self.probability = probability
         self.num_items = probability.numel() - 1
         self.sampled = sampled
@@ -175,9 +181,11 @@ class ExtraNegatives:
 
     def log_weights(self, candidates: torch.Tensor, batch_slots: int | torch.Tensor,
                     memory_items: torch.Tensor | None) -> torch.Tensor:
-        """The correction `log q` of every column: the encoded `candidates`, then `memory_items`."""
+        """The correction `a log q` of every column: the encoded `candidates`, then `memory_items`
+        (`a` is the correction's strength, 1 unless set)."""
         columns = candidates if memory_items is None else torch.cat([candidates, memory_items])
         if self.full_softmax:
             return torch.zeros(columns.shape, dtype=torch.float32, device=columns.device)
-        return sampling_log_weights(columns, self.probability.to(columns.device), batch_slots, memory_items,
-                                    self.sampled, self.sampled_probability.to(columns.device))
+        log_q = sampling_log_weights(columns, self.probability.to(columns.device), batch_slots, memory_items,
+                                     self.sampled, self.sampled_probability.to(columns.device))
+        return log_q if self.correction == 1.0 else self.correction * log_q

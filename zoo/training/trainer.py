@@ -65,6 +65,9 @@ class TrainConfig:
     memory_max_age: int = field(default=4, metadata={"help": "steps a memory entry stays usable"})
     full_softmax: bool = field(default=False, metadata={
         "help": "score every catalogue item in every step (no sampling; for ID models, RecBole's SASRec loss)"})
+    sampling_correction: float = field(default=1.0, metadata={
+        "help": "strength a of the sampling correction, logits - a log q: 1 = the paper's debiased loss, "
+                "0 = the plain in-batch softmax (which favours rare items)"})
     eval_batch_size: int = field(default=512, metadata={"help": "users per evaluation batch"})
     precision: str = field(default="auto", metadata={
         "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"})
@@ -83,7 +86,7 @@ class TrainConfig:
         if self.lr == 0:
             raise ConfigError("lr must be positive")
         check_negative_options(self.sampled_negatives, self.negative_sampling, self.memory_size,
-                               self.memory_max_age, self.full_softmax)
+                               self.memory_max_age, self.full_softmax, self.sampling_correction)
         for name in ("mask_history", "sliding_windows"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -179,7 +182,7 @@ class Trainer:
         probability = (counts + 1) / (counts[1:] + 1).sum()
         self.negatives = ExtraNegatives(probability.float().to(self.device), config.sampled_negatives,
                                         config.negative_sampling, config.memory_size, config.memory_max_age,
-                                        config.full_softmax, processes)
+                                        config.full_softmax, config.sampling_correction, processes)
         self.objective = processes.wrap(InBatchObjective(self.model, features, self.negatives, processes))
         self.optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=0.0)
         self.precision = resolve_precision(config.precision, self.device)
