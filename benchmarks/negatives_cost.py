@@ -1,4 +1,4 @@
-"""Training cost of each negative option (and the ID term) against the plain in-batch loss.
+"""Training cost of each negative option (and the ID term, and cosine scores) against the plain in-batch loss.
 
     python benchmarks/negatives_cost.py --data-root ../shared/data/amazon-scientific [--json]
     python benchmarks/negatives_cost.py --data toy --steps 5 --rounds 2 --json
@@ -40,6 +40,7 @@ from zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
 TEXT_BACKBONE = "minilm"
 TEXT_MAX_TOKENS = 64
 PLAIN = "in-batch"
+COSINE_TEMPERATURE = 0.1  # the benchmark recipes' score_temperature
 
 
 def option_rows(sampled: int, memory: int) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -51,6 +52,7 @@ def option_rows(sampled: int, memory: int) -> dict[str, tuple[dict[str, Any], di
         f"+ memory {memory}": ({"memory_size": memory}, {}),
         "full softmax": ({"full_softmax": True}, {}),
         "+ ID term": ({}, {"item_id_term": True}),
+        f"cosine / {COSINE_TEMPERATURE}": ({}, {"score_temperature": COSINE_TEMPERATURE}),
     }
 
 
