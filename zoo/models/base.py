@@ -9,7 +9,8 @@ none of them looks inside a model or at its config class.
   their backbones inside the training step (full fine-tuning, Adapter, LoRA) fit the same
   contract: their config names stored token ids and pixels as item features
   (`RecommenderConfig.item_features`), the store gathers those, and `encode_items` runs the
-  backbones on them; nothing outside the model changes.
+  backbones on them; nothing outside the model changes. A model implements `embed_items`;
+  `encode_items` adds the normalisation that cosine scores (`score_temperature`) need.
 - User side: `item_table` (embeddings with the padding row), `sequence_states` (the user
   encoder's state at every position of a left-padded window, what training predicts the next
   item from), `user_embeddings` (the state at the newest position) and `encode_users` (the same
