@@ -186,6 +186,6 @@ class ExtraNegatives:
         columns = candidates if memory_items is None else torch.cat([candidates, memory_items])
         if self.full_softmax:
             return torch.zeros(columns.shape, dtype=torch.float32, device=columns.device)
-        log_q = sampling_log_weights(columns, self.probability.to(columns.device), batch_slots, memory_items,
-                                     self.sampled, self.sampled_probability.to(columns.device))
-        return log_q if self.correction == 1.0 else self.correction * log_q
+        return self.correction * sampling_log_weights(columns, self.probability.to(columns.device), batch_slots,
+                                                      memory_items, self.sampled,
+                                                      self.sampled_probability.to(columns.device))
