@@ -53,7 +53,7 @@ def user_inputs(model: Recommender, batch: int) -> tuple[torch.Tensor, torch.Ten
     length = model.config.max_seq_len
     kept = torch.randint(1, length + 1, (batch,))
     padding_mask = torch.arange(length) < (length - kept).unsqueeze(1)
-    return torch.randn(batch, length, model.config.embedding_dim), padding_mask
+    return torch.randn(batch, length, model.item_embedding_width), padding_mask
 
 
 def median_seconds(call: Callable[[], object], repeats: int) -> float:

@@ -31,14 +31,16 @@ from rich.table import Table
 
 from zoo.cli import run_cli
 from zoo.data import DATA_KINDS, load_dataset
+from zoo.data.dataset import SequenceDataset
 from zoo.errors import ConfigError
+from zoo.models.config import RecommenderConfig, SideNetworkConfig
 from zoo.experiments.definition import RunSpec, TableDefinition
 from zoo.experiments.report import per_user_values
 from zoo.experiments.runner import TableRuns, train_missing
 from zoo.pipeline import FeatureSettings, describe_data, resolve_device
 from zoo.runs import open_run
 from zoo.training.checkpoint import read_json
-from zoo.training.evaluation import evaluate_model, evaluate_popularity
+from zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
 from zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
 from zoo.training.significance import cold_item_users
 
@@ -67,6 +69,7 @@ COSINE = {"score_temperature": 0.1}
 SLIDING = {"sliding_windows": True}
 CROSSAN_TRAINING = {**SLIDING, "adapter_lr": 1e-4}
 ID_TERM = {"item_id_term": True, "item_id_dropout": 0.5}
+PRIOR = {"backbone_prior_weight": 1.0}
 RECIPES = {
     "sasrec-id": Recipe("sasrec-id", SLIDING),
     "sasrec-id, full softmax": Recipe("sasrec-id", {**SLIDING, "full_softmax": True}),
@@ -75,8 +78,11 @@ RECIPES = {
     "crossan-t + ID, dot product": Recipe("crossan-t", CROSSAN_TRAINING, ID_TERM),
     "crossan-t": Recipe("crossan-t", CROSSAN_TRAINING, COSINE),
     "crossan-t + ID": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, **ID_TERM}),
+    "crossan-t + prior": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, **PRIOR}),
 }
 ID_PRESET = "sasrec-id"
+SIMILARITY_ROW = "text similarity, untrained"
+PRIOR_DECAY = PRIOR.get("backbone_prior_decay", SideNetworkConfig.backbone_prior_decay)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +131,7 @@ def main() -> int:
         "test": popularity[True].metrics, "test_unmasked": popularity[False].metrics,
         "test_cold": metrics_from_ranks(popularity[True].ranks[cold]), "valid_ndcg10": None,
         "seconds_per_epoch": 0.0, "trainable_parameters": 0, "seeds": 0}}
+    frozen_text: torch.Tensor | None = None
     ranks: dict[str, list[list[int | None]]] = {}
     for spec in table.definition.runs:
         per_seed = []
@@ -133,6 +140,9 @@ def main() -> int:
             folder = table.directory(spec, seed)
             metrics, state = read_json(folder / "metrics.json"), read_json(folder / "trainer_state.json")
             run = open_run(folder, device)
+            if frozen_text is None and "text" in run.features.modalities:
+                text_states = run.features.gather(torch.arange(dataset.num_items))[run.features.modalities.index("text")]
+                frozen_text = text_states[:, -1].cpu()
             unmasked = evaluate_model(run.model, dataset, run.features, "test", mask_history=False)
             seed_ranks = read_json(folder / "per_user_test.json")["ranks"]
             ranks[spec.name].append(seed_ranks)
@@ -143,6 +153,8 @@ def main() -> int:
                              "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in state["history"]])),
                              "trainable_parameters": metrics["trainable_parameters"]})
         results[spec.name] = _mean_over_seeds(per_seed) | {"recipe": spec.options, "preset": spec.preset}
+    if frozen_text is not None:
+        results[SIMILARITY_ROW] = history_similarity_row(dataset, frozen_text, cold)
     reference = max((name for name in models if RECIPES[name].preset == ID_PRESET),
                     key=lambda name: results[name]["valid_ndcg10"])
     comparisons = {name: _paired_test(ranks[name], ranks[reference]) for name in models if name != reference}
@@ -155,6 +167,18 @@ def main() -> int:
         return 0
     print_tables(report, dataset.name)
     return 0
+
+
+def history_similarity_row(dataset: SequenceDataset, frozen_text: torch.Tensor, cold: torch.Tensor) -> dict[str, Any]:
+    """The untrained text baseline: the frozen-similarity prior alone (the text backbone's last
+    state of the history, decayed as the prior recipe's, against every item)."""
+    decay = PRIOR_DECAY
+    length = RecommenderConfig.max_seq_len
+    test = {mask: evaluate_history_similarity(dataset, frozen_text, "test", decay, length, mask) for mask in (True, False)}
+    valid = evaluate_history_similarity(dataset, frozen_text, "valid", decay, length)
+    return {"test": test[True].metrics, "test_unmasked": test[False].metrics,
+            "test_cold": metrics_from_ranks(test[True].ranks[cold]), "valid_ndcg10": valid.metrics["NDCG@10"],
+            "seconds_per_epoch": 0.0, "trainable_parameters": 0, "seeds": 0}
 
 
 def _mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:

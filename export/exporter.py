@@ -99,7 +99,7 @@ def export_model(model: Recommender, out_dir: Path, opset: int = DEFAULT_OPSET) 
     length = min(EXAMPLE_LENGTH, model.config.max_seq_len)
     padding_mask = torch.zeros(EXAMPLE_BATCH, length, dtype=torch.bool)
     padding_mask[0, : length - 1] = True
-    user_example = (torch.randn(EXAMPLE_BATCH, length, model.config.embedding_dim, generator=generator),
+    user_example = (torch.randn(EXAMPLE_BATCH, length, model.item_embedding_width, generator=generator),
                     padding_mask)
     for module, spec, example in ((ItemEncoder(model), exported.item_spec, item_example),
                                   (UserEncoder(model), exported.user_spec, user_example)):

@@ -10,14 +10,15 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """Two of the rows over two seeds (one epoch each), then a second call that keeps every run."""
+    """Two of the rows over two seeds (one epoch each), plus the untrained rows (popularity, and
+    the text similarity from the content row's features), then a second call that keeps every run."""
     command = [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs",
                "1", "--models", "sasrec-id, full softmax", "crossan-t + ID", "--seeds", "1", "2",
                "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"]
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    rows = ("popularity", "sasrec-id, full softmax", "crossan-t + ID")
+    rows = ("popularity", "text similarity, untrained", "sasrec-id, full softmax", "crossan-t + ID")
     assert set(report) == {*rows, "details"}
     for name in rows:
         assert set(report[name]) >= {"HR@10", "HR@20", "NDCG@10", "NDCG@20", "seconds_per_epoch"}
@@ -25,7 +26,8 @@ def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: P
     details = report["details"]
     assert details["seeds"] == [1, 2] and details["reference"] == "sasrec-id, full softmax"
     trained = details["rows"]
-    for name in rows[1:]:
+    assert 0 < trained["text similarity, untrained"]["valid_ndcg10"] <= 1
+    for name in rows[2:]:
         per_seed = trained[name]["test_ndcg10_per_seed"]
         assert len(per_seed) == 2 and abs(sum(per_seed) / 2 - report[name]["NDCG@10"]) < 1e-9
         assert trained[name]["seconds_per_epoch"] > 0

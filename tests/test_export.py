@@ -85,7 +85,7 @@ def exported_presets(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
 
 def grid_cases(model: Recommender) -> tuple[list, list]:
     items = item_cases(lambda batch: random_item_inputs(model, batch, seed=batch))
-    users = user_cases(torch.randn(NUM_ITEMS, model.config.embedding_dim), model.config.max_seq_len)
+    users = user_cases(torch.randn(NUM_ITEMS, model.item_embedding_width), model.config.max_seq_len)
     return items, users
 
 
@@ -137,6 +137,20 @@ def test_cosine_scored_model_exports_unit_item_embeddings(tmp_path: Path) -> Non
     np.testing.assert_allclose(np.linalg.norm(actual, axis=1), 1.0, atol=1e-5)
     with torch.no_grad():
         assert np.abs(actual - model.encode_items(*inputs).numpy()).max() <= TOLERANCE
+
+
+def test_backbone_prior_model_exports_and_validates(tmp_path: Path) -> None:
+    """The prior widens both encoders (frozen embeddings after the learned ones, a pooled history
+    after the user vector); both export and match PyTorch over the validation grid."""
+    model = tiny_model("crossan-ti")
+    model = type(model)(dataclasses.replace(model.config, score_temperature=0.1, backbone_prior_weight=0.5)).eval()
+    exported = export_model(model, tmp_path)
+    items, users = grid_cases(model)
+    results = validate_grid(model, exported, items, users)
+    assert {r.encoder for r in results} == {"item_encoder", "user_encoder"}
+    assert all(r.max_abs_error <= TOLERANCE for r in results)
+    (actual,) = OnnxEncoder(exported.out_dir / "item_encoder.onnx", exported.item_spec)(*random_item_inputs(model, 5))
+    assert actual.shape == (5, 64 + 2 * WIDTH)
 
 
 def tampered(path: Path, out: Path, change: Callable[[onnx.ModelProto], None]) -> Path:

@@ -96,6 +96,49 @@ def test_score_temperature_scores_cosines_over_the_temperature(name: str) -> Non
     torch.testing.assert_close(dot_model.scores(users, raw), users @ raw.t())
 
 
+def test_backbone_prior_adds_the_frozen_history_cosine() -> None:
+    """With `backbone_prior_weight` every score gains `weight * cos(pooled history, candidate) / t`
+    over the backbones' own last states, the history decayed by `backbone_prior_decay` per step
+    back, while the learned part of the score is unchanged; the padding's values are ignored."""
+    torch.manual_seed(0)
+    plain = small_model("crossan-ti", score_temperature=0.2).eval()
+    prior = zoo.build_model(dataclasses.replace(plain.config, backbone_prior_weight=0.7,
+                                                backbone_prior_decay=0.5)).eval()
+    prior.load_state_dict(plain.state_dict())
+    inputs = item_inputs(plain, 9)
+    window = torch.tensor([[0, 0, 3, 5, 1], [2, 4, 6, 8, 9]])
+    with torch.no_grad():
+        items = prior.encode_items(*inputs)
+        assert items.shape == (9, 64 + 12 + 16) == (9, prior.item_embedding_width)
+        scores = prior.scores(prior.user_embeddings(prior.item_table(items), window), items)
+        plain_items = plain.encode_items(*inputs)
+        plain_scores = plain.scores(plain.user_embeddings(plain.item_table(plain_items), window), plain_items)
+        states = prior.sequence_states(prior.item_table(items), window)
+        table = prior.item_table(items)
+        garbage = table[window].clone()
+        garbage[0, :2] = 50.0
+        users_from_garbage = prior.encode_users(garbage, window == 0)
+    # The frozen embedding: each modality's last state at unit length, over sqrt(2) modalities.
+    frozen = torch.cat([torch.nn.functional.normalize(x[:, -1], dim=-1) for x in inputs], dim=1) / 2 ** 0.5
+    history = torch.stack([frozen[0] + 0.5 * frozen[4] + 0.25 * frozen[2],
+                           frozen[8] + 0.5 * frozen[7] + 0.25 * frozen[5] + 0.125 * frozen[3] + 0.0625 * frozen[1]])
+    cosines = torch.nn.functional.normalize(history, dim=-1) @ frozen.t()
+    torch.testing.assert_close(scores - plain_scores, 0.7 * cosines / 0.2, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(states[:, -1], prior.user_embeddings(table, window))
+    torch.testing.assert_close(users_from_garbage, prior.user_embeddings(table, window))
+    # At an earlier position the pooled history holds only the items up to it.
+    torch.testing.assert_close(states[1, 1, 64:], 0.7 * torch.nn.functional.normalize(frozen[3] + 0.5 * frozen[1], dim=0))
+
+
+def test_backbone_prior_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="backbone_prior_weight needs cosine scores"):
+        zoo.create_model("crossan-t", backbone_prior_weight=1.0)
+    with pytest.raises(ValueError, match="backbone_prior_decay must lie in"):
+        zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=1.0, backbone_prior_decay=0.0)
+    with pytest.raises(ValueError, match="backbone_prior_weight must be non-negative"):
+        zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=-1.0)
+
+
 def test_negative_score_temperature_is_refused() -> None:
     with pytest.raises(ValueError, match="score_temperature must be non-negative"):
         zoo.create_model("crossan-t", score_temperature=-0.1)

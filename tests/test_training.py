@@ -18,7 +18,7 @@ from zoo.errors import ConfigError
 from zoo.features import ItemFeatures
 from zoo.pipeline import FeatureSettings, describe_data, train_and_save
 from zoo.runs import open_run
-from zoo.training.evaluation import evaluate_model, evaluate_popularity
+from zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
 from zoo.training.trainer import TrainConfig, Trainer, training_windows
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,27 @@ def test_evaluation_ranks_by_the_models_scores(toy_root: Path, monkeypatch: pyte
         result = evaluate_model(model, dataset, ItemFeatures(dataset.num_items), split)
         popularity = evaluate_popularity(dataset, split)
         assert torch.equal(result.ranks, popularity.ranks) and result.metrics == popularity.metrics
+
+
+def test_a_prior_without_its_learned_part_ranks_like_the_history_similarity_baseline(toy_root: Path) -> None:
+    """With the learned item embeddings zeroed, a side network's score is its frozen prior alone,
+    so its ranks are the untrained history-similarity baseline's over the same embeddings."""
+    dataset = read_microlens(toy_root, name="toy")
+    states = torch.randn(dataset.num_items, 3, 16, generator=torch.Generator().manual_seed(0))
+    config = zoo.preset_config("crossan-t", score_temperature=0.1, backbone_prior_weight=2.0,
+                               backbone_prior_decay=0.6, adapter_dim=8).fit_to_data(dataset.num_items,
+                                                                                   {"text": (3, 16)})
+    model = zoo.build_model(config).eval()
+    with torch.no_grad():
+        for parameter in model.heads.parameters():
+            parameter.zero_()
+    features = ItemFeatures(dataset.num_items, {"text": states})
+    for split in ("valid", "test"):
+        prior_only = evaluate_model(model, dataset, features, split)
+        baseline = evaluate_history_similarity(dataset, states[:, -1], split, 0.6, config.max_seq_len)
+        assert (prior_only.ranks == baseline.ranks).float().mean() > 0.99
+        for name, value in baseline.metrics.items():
+            assert abs(prior_only.metrics[name] - value) < 0.01
 
 
 def test_id_baseline_trains(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:

@@ -16,6 +16,11 @@ none of them looks inside a model or at its config class.
   item from), `user_embeddings` (the state at the newest position) and `encode_users` (the same
   from gathered embeddings and a padding mask: the exported user encoder's signature).
 - Scoring: `scores(user_embeddings, item_embeddings)` and `catalogue_embeddings(gather, n)`.
+- Frozen-similarity prior (`prior_weight`, side networks' `backbone_prior_weight`): the item
+  embeddings carry the backbones' own frozen embeddings after the learned ones, and the user
+  embeddings a decayed, unit-length pool of the history's after the user vector, so the score
+  gains the frozen cosine between the two. The frozen part has no parameters to fit to the
+  training items, so items never seen in training are scored on the same footing.
 """
 from __future__ import annotations
 
@@ -37,6 +42,16 @@ from zoo.layers.side_network import SideGates, SideNetwork
 from zoo.models.config import ContentConfig, RecommenderConfig, SideNetworkConfig
 
 __all__ = ["PAD", "ContentRecommender", "Recommender", "SideNetworkRecommender"]
+
+
+def decayed_history(embeddings: torch.Tensor, padding_mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """`[B, T, F]`: at every position t, the sum over the non-padded positions s <= t of
+    `decay ** (t - s)` times `embeddings [B, T, F]` at s (`padding_mask [B, T]`, True = pad)."""
+    positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+    steps_back = positions.unsqueeze(1) - positions.unsqueeze(0)
+    weights = (decay ** steps_back.clamp(min=0).to(embeddings.dtype)) * (steps_back >= 0).to(embeddings.dtype)
+    kept = embeddings * (~padding_mask).unsqueeze(-1).to(embeddings.dtype)
+    return weights @ kept
 
 
 class Recommender(nn.Module):
@@ -63,11 +78,42 @@ class Recommender(nn.Module):
         (`score_temperature > 0`), so that the exported item encoder and the user encoder's
         inputs are the embeddings that get scored."""
         embeddings = self.embed_items(*item_inputs)
-        return F.normalize(embeddings, dim=-1) if self.config.score_temperature else embeddings
+        if self.config.score_temperature:
+            embeddings = F.normalize(embeddings, dim=-1)
+        if self.prior_weight:
+            embeddings = torch.cat([embeddings, self.prior_embeddings(*item_inputs)], dim=-1)
+        return embeddings
 
     def embed_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         """The model's own item embeddings `[N, D]`, before any normalisation."""
         raise NotImplementedError
+
+    @property
+    def prior_weight(self) -> float:
+        """Weight of the frozen-similarity prior in the scores (0: none). A model with a prior
+        appends its items' frozen unit embeddings (`prior_embeddings`) to the item embeddings
+        and a pooled history of them to the user embeddings, so that one inner product still
+        gives the whole score (training, evaluation and the exported encoders alike)."""
+        return 0.0
+
+    @property
+    def prior_decay(self) -> float:
+        """Weight ratio of each older history item in the prior's pooled history."""
+        return 1.0
+
+    def prior_embeddings(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        """Frozen unit item embeddings `[N, F]` the prior compares (models with a prior only)."""
+        raise NotImplementedError
+
+    @property
+    def item_embedding_width(self) -> int:
+        """Width of `encode_items`' rows: D, plus the prior's frozen embeddings when it has one."""
+        return self.config.embedding_dim + (self.prior_width if self.prior_weight else 0)
+
+    @property
+    def prior_width(self) -> int:
+        """F, the width of `prior_embeddings` (0 without a prior)."""
+        return 0
 
     def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         """Inputs of `num_items` made-up items in `encode_items`' layout (benchmarks, export examples)."""
@@ -77,7 +123,19 @@ class Recommender(nn.Module):
         """User embeddings `[B, D]` from `item_embeddings [B, T, D]`, `padding_mask [B, T]` (True = pad).
 
         Embeddings under the padding are ignored, whatever their values."""
-        return self.user_encoder.user_vector(item_embeddings, padding_mask)
+        return self.user_states(item_embeddings, padding_mask)[:, -1]
+
+    def user_states(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """User-encoder states `[B, T, D]` at every position (unit length with cosine scores),
+        followed, with a prior, by the weighted unit pooled history of the frozen embeddings."""
+        dim = self.config.embedding_dim
+        states = self.user_encoder(item_embeddings[..., :dim], padding_mask)
+        if self.config.score_temperature:
+            states = F.normalize(states, dim=-1)
+        if not self.prior_weight:
+            return states
+        history = decayed_history(item_embeddings[..., dim:], padding_mask, self.prior_decay)
+        return torch.cat([states, self.prior_weight * F.normalize(history, dim=-1)], dim=-1)
 
     def item_table(self, item_embeddings: torch.Tensor) -> torch.Tensor:
         """`[N + 1, D]`: a zero row for the padding index `PAD` = 0, then `item_embeddings [N, D]`,
@@ -87,7 +145,7 @@ class Recommender(nn.Module):
     def sequence_states(self, item_table: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         """User-encoder states `[B, T, D]` at every position of `window [B, T]` (indices into
         `item_table`, left-padded with `PAD`); position t sees the items up to t."""
-        return self.user_encoder(item_table[window], window == PAD)
+        return self.user_states(item_table[window], window == PAD)
 
     def user_embeddings(self, item_table: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         """User embeddings `[B, D]`: the state at the newest (last) position of `window [B, T]`."""
@@ -101,7 +159,9 @@ class Recommender(nn.Module):
         temperature = self.config.score_temperature
         if not temperature:
             return user_embeddings @ item_embeddings.t()
-        return F.normalize(user_embeddings, dim=-1) @ item_embeddings.t() / temperature
+        dim = self.config.embedding_dim
+        users = torch.cat([F.normalize(user_embeddings[:, :dim], dim=-1), user_embeddings[:, dim:]], dim=1)
+        return users @ item_embeddings.t() / temperature
 
     @torch.no_grad()
     def catalogue_embeddings(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
@@ -266,6 +326,27 @@ class SideNetworkRecommender(ContentRecommender):
 
     def encode_content(self, *content_inputs: torch.Tensor) -> torch.Tensor:
         return self.fusion(self.tower_embeddings(*content_inputs))
+
+    @property
+    def prior_weight(self) -> float:
+        return self.config.backbone_prior_weight
+
+    @property
+    def prior_decay(self) -> float:
+        return self.config.backbone_prior_decay
+
+    @property
+    def prior_width(self) -> int:
+        return sum(self.config.backbone_widths)
+
+    def prior_embeddings(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        """Each backbone's last kept state (its own pooled output: the sentence embedding of a
+        sentence model), unit length, concatenated and scaled by `1 / sqrt(M)` so that the
+        prior's score is the mean of the modalities' cosines."""
+        dtype = self.heads[0].hidden.weight.dtype
+        content = self.content_inputs(item_inputs)
+        return torch.cat([F.normalize(states[:, -1].to(dtype), dim=-1) for states in content],
+                         dim=-1) / len(content) ** 0.5
 
     @torch.no_grad()
     def tower_representations(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,

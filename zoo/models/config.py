@@ -135,6 +135,11 @@ class SideNetworkConfig(ContentConfig):
     fusion: str = field(default="momef", metadata={"help": "momef, concat, static-gated, dynamic-gated"})
     top_k: int = field(default=2, metadata={"help": "modalities MOMEF keeps per item"})
     mixer_backend: str = field(default="auto", metadata={"help": "auto, triton or torch"})
+    backbone_prior_weight: float = field(default=0.0, metadata={
+        "help": "0: off (the paper); > 0: add weight x the cosine between a candidate's frozen backbone "
+                "embedding and the user's decayed history of them to every score (needs score_temperature)"})
+    backbone_prior_decay: float = field(default=0.5, metadata={
+        "help": "weight ratio of each older history item in the prior's pooled history, in (0, 1]"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,6 +160,13 @@ class SideNetworkConfig(ContentConfig):
             raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.mixer_backend not in BACKENDS:
             raise ConfigError(f"mixer_backend must be one of {BACKENDS}, got {self.mixer_backend!r}")
+        if not self.backbone_prior_weight >= 0.0:
+            raise ConfigError(f"backbone_prior_weight must be non-negative, got {self.backbone_prior_weight}")
+        if self.backbone_prior_weight and not self.score_temperature:
+            raise ConfigError("backbone_prior_weight needs cosine scores (score_temperature > 0): the prior "
+                              "adds a cosine, which a dot product's scale would make arbitrary")
+        if not 0.0 < self.backbone_prior_decay <= 1.0:
+            raise ConfigError(f"backbone_prior_decay must lie in (0, 1], got {self.backbone_prior_decay}")
         if self.fusion == "momef" and not 1 <= self.top_k <= self.num_towers:
             raise ConfigError(f"top_k must lie in 1..{self.num_towers} for {self.num_towers} towers, got {self.top_k}")
 

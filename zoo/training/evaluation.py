@@ -6,14 +6,16 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from zoo.data.dataset import PAD, SequenceDataset
 from zoo.features import ItemFeatures
-from zoo.models.base import Recommender
+from zoo.models.base import Recommender, decayed_history
 from zoo.training.distributed import SINGLE, Processes
 from zoo.training.metrics import metrics_from_ranks, target_ranks
 
-__all__ = ["EvaluationResult", "left_padded", "evaluate_model", "evaluate_popularity", "rank_all_users"]
+__all__ = ["EvaluationResult", "left_padded", "evaluate_history_similarity", "evaluate_model", "evaluate_popularity",
+           "rank_all_users"]
 
 
 @dataclass
@@ -89,6 +91,23 @@ def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool
 
     def score_users(users: list[int]) -> torch.Tensor:
         return counts.expand(len(users), -1)
+
+    ranks = rank_all_users(dataset, split, score_users, mask_history)
+    return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
+
+
+def evaluate_history_similarity(dataset: SequenceDataset, embeddings: torch.Tensor, split: str, decay: float,
+                                window_length: int, mask_history: bool = True) -> EvaluationResult:
+    """Untrained baseline: every item scored by the cosine between its row of `embeddings
+    [num_items, F]` (frozen backbone embeddings, say) and the user's last `window_length` items'
+    rows, pooled with weight `decay ** steps_back`: the frozen-similarity prior on its own."""
+    unit = F.normalize(embeddings.float(), dim=-1)
+    table = torch.cat([unit.new_zeros(1, unit.shape[1]), unit])
+
+    def score_users(users: list[int]) -> torch.Tensor:
+        window = left_padded([dataset.history(u, split) for u in users], window_length)
+        pooled = decayed_history(table[window], window == PAD, decay)[:, -1]
+        return F.normalize(pooled, dim=-1) @ unit.t()
 
     ranks = rank_all_users(dataset, split, score_users, mask_history)
     return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
