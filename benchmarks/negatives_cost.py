@@ -1,4 +1,5 @@
-"""Training cost of each negative option (and the ID term, and cosine scores) against the plain in-batch loss.
+"""Training cost of each negative option (and the ID term, cosine scores and the frozen-similarity
+prior) against the plain in-batch loss.
 
     python benchmarks/negatives_cost.py --data-root ../shared/data/amazon-scientific [--json]
     python benchmarks/negatives_cost.py --data toy --steps 5 --rounds 2 --json
@@ -38,7 +39,7 @@ from zoo.registry import build_model, preset_config  # noqa: E402
 from zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 # The real-data benchmark's features and score temperature, so that both benchmarks time one setting.
-from real_data import COSINE, TEXT_BACKBONE, TEXT_MAX_TOKENS  # noqa: E402
+from real_data import COSINE, PRIOR, TEXT_BACKBONE, TEXT_MAX_TOKENS  # noqa: E402
 
 PLAIN = "in-batch"
 
@@ -53,6 +54,7 @@ def option_rows(sampled: int, memory: int) -> dict[str, tuple[dict[str, Any], di
         "full softmax": ({"full_softmax": True}, {}),
         "+ ID term": ({}, {"item_id_term": True}),
         f"cosine / {COSINE['score_temperature']}": ({}, COSINE),
+        f"cosine + prior {PRIOR['backbone_prior_weight']}": ({}, {**COSINE, **PRIOR}),
     }
 
 

@@ -86,8 +86,8 @@ def test_efficiency_benchmark_reports_every_model_and_the_caching_row() -> None:
 
 
 def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: Path, cache_dir: Path) -> None:
-    """Every option of each model gets a row; the ID term only for the content model; seconds per
-    epoch are seconds per step times the batches of a full sliding-window epoch."""
+    """Every option of each model gets a row; the ID term and the prior only for the content
+    model; seconds per epoch are seconds per step times the batches of a full sliding-window epoch."""
     from zoo.data import load_dataset
     from zoo.training.trainer import training_windows
 
@@ -100,7 +100,7 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
     options = ["in-batch", "+ 64 uniform", "+ 64 popularity", "+ memory 128", "full softmax"]
     assert list(report) == ["sasrec-id", "crossan-t"]
     assert list(report["sasrec-id"]) == [*options, "cosine / 0.1"]
-    assert list(report["crossan-t"]) == [*options, "+ ID term", "cosine / 0.1"]
+    assert list(report["crossan-t"]) == [*options, "+ ID term", "cosine / 0.1", "cosine + prior 0.5"]
     windows, _ = training_windows(load_dataset("toy", toy_root, cache_dir), 11, sliding=True)
     for rows in report.values():
         assert rows["in-batch"]["ratio_to_in_batch"] == 1.0
