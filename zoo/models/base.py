@@ -120,7 +120,8 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def encode_users(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """User embeddings `[B, D]` from `item_embeddings [B, T, D]`, `padding_mask [B, T]` (True = pad).
+        """User embeddings `[B, D]` from `item_embeddings [B, T, D]`, `padding_mask [B, T]` (True = pad);
+        both are `item_embedding_width` wide (D + F) with a prior.
 
         Embeddings under the padding are ignored, whatever their values."""
         return self.user_states(item_embeddings, padding_mask)[:, -1]
@@ -143,7 +144,7 @@ class Recommender(nn.Module):
         return torch.cat([item_embeddings.new_zeros(1, item_embeddings.shape[1]), item_embeddings])
 
     def sequence_states(self, item_table: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-        """User-encoder states `[B, T, D]` at every position of `window [B, T]` (indices into
+        """User states `[B, T, D]` (see `user_states`) at every position of `window [B, T]` (indices into
         `item_table`, left-padded with `PAD`); position t sees the items up to t."""
         return self.user_states(item_table[window], window == PAD)
 
@@ -155,7 +156,9 @@ class Recommender(nn.Module):
         """Scores `[B, N]` of every item (`item_embeddings` from `encode_items`) for every user:
         the dot product, or with `score_temperature` the cosine over the temperature. A user's
         ranking is the same either way, since the items are normalised already and the user's
-        norm scales all its scores alike; the temperature shapes the training loss."""
+        norm scales all its scores alike; the temperature shapes the training loss. With a prior
+        the appended parts add their inner product (the weighted frozen cosine) before the
+        temperature divides."""
         temperature = self.config.score_temperature
         if not temperature:
             return user_embeddings @ item_embeddings.t()
