@@ -37,10 +37,10 @@ from zoo.cli import run_cli
 from zoo.data import DATA_KINDS, load_dataset
 from zoo.data.dataset import SequenceDataset
 from zoo.errors import ConfigError
-from zoo.models.config import RecommenderConfig, SideNetworkConfig
 from zoo.experiments.definition import RunSpec, TableDefinition
 from zoo.experiments.report import per_user_values
 from zoo.experiments.runner import TableRuns, train_missing
+from zoo.models.config import RecommenderConfig, SideNetworkConfig
 from zoo.pipeline import FeatureSettings, describe_data, resolve_device
 from zoo.runs import open_run
 from zoo.training.checkpoint import read_json
@@ -178,10 +178,10 @@ def main() -> int:
 def history_similarity_row(dataset: SequenceDataset, frozen_text: torch.Tensor, cold: torch.Tensor) -> dict[str, Any]:
     """The untrained text baseline: the frozen-similarity prior alone (the text backbone's last
     state of the history, decayed as the prior recipe's, against every item)."""
-    decay = PRIOR_DECAY
     length = RecommenderConfig.max_seq_len
-    test = {mask: evaluate_history_similarity(dataset, frozen_text, "test", decay, length, mask) for mask in (True, False)}
-    valid = evaluate_history_similarity(dataset, frozen_text, "valid", decay, length)
+    test = {mask: evaluate_history_similarity(dataset, frozen_text, "test", PRIOR_DECAY, length, mask)
+            for mask in (True, False)}
+    valid = evaluate_history_similarity(dataset, frozen_text, "valid", PRIOR_DECAY, length)
     return {"test": test[True].metrics, "test_unmasked": test[False].metrics,
             "test_cold": metrics_from_ranks(test[True].ranks[cold]), "valid_ndcg10": valid.metrics["NDCG@10"],
             "seconds_per_epoch": 0.0, "trainable_parameters": 0, "seeds": 0}

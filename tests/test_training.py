@@ -113,9 +113,9 @@ def test_a_prior_without_its_learned_part_ranks_like_the_history_similarity_base
     for split in ("valid", "test"):
         prior_only = evaluate_model(model, dataset, features, split)
         baseline = evaluate_history_similarity(dataset, states[:, -1], split, 0.6, config.max_seq_len)
-        assert (prior_only.ranks == baseline.ranks).float().mean() > 0.99
+        assert (prior_only.ranks == baseline.ranks).float().mean() >= 0.999
         for name, value in baseline.metrics.items():
-            assert abs(prior_only.metrics[name] - value) < 0.01
+            assert abs(prior_only.metrics[name] - value) < 1e-3
 
 
 def test_id_baseline_trains(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
