@@ -141,9 +141,11 @@ def test_cosine_scored_model_exports_unit_item_embeddings(tmp_path: Path) -> Non
 
 def test_backbone_prior_model_exports_and_validates(tmp_path: Path) -> None:
     """The prior widens both encoders (frozen embeddings after the learned ones, a pooled history
-    after the user vector); both export and match PyTorch over the validation grid."""
+    after the user vector); both export and match PyTorch over the validation grid, and the
+    user encoder weighs the pooled history with the inference weight, not the training one."""
     model = tiny_model("crossan-ti")
-    model = type(model)(dataclasses.replace(model.config, score_temperature=0.1, backbone_prior_weight=0.5)).eval()
+    model = type(model)(dataclasses.replace(model.config, score_temperature=0.1, backbone_prior_weight=0.5,
+                                            backbone_prior_inference_weight=1.5)).eval()
     exported = export_model(model, tmp_path)
     items, users = grid_cases(model)
     results = validate_grid(model, exported, items, users)
@@ -151,6 +153,8 @@ def test_backbone_prior_model_exports_and_validates(tmp_path: Path) -> None:
     assert all(r.max_abs_error <= TOLERANCE for r in results)
     (actual,) = OnnxEncoder(exported.out_dir / "item_encoder.onnx", exported.item_spec)(*random_item_inputs(model, 5))
     assert actual.shape == (5, 64 + 2 * WIDTH)
+    (user,) = OnnxEncoder(exported.out_dir / "user_encoder.onnx", exported.user_spec)(*users[0][1])
+    np.testing.assert_allclose(np.linalg.norm(user[:, 64:], axis=1), 1.5, atol=1e-5)
 
 
 def tampered(path: Path, out: Path, change: Callable[[onnx.ModelProto], None]) -> Path:

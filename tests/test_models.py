@@ -130,6 +130,29 @@ def test_backbone_prior_adds_the_frozen_history_cosine() -> None:
     torch.testing.assert_close(states[1, 1, 64:], 0.7 * torch.nn.functional.normalize(frozen[3] + 0.5 * frozen[1], dim=0))
 
 
+@pytest.mark.parametrize("training_weight", [0.5, 0.0])
+def test_backbone_prior_inference_weight_applies_outside_training(training_weight: float) -> None:
+    """`backbone_prior_inference_weight` replaces the training weight once the model is in eval
+    mode (evaluation, export, serving); training keeps `backbone_prior_weight`, which may be 0
+    (a prior added at inference only). The learned part of the user vector is the same in both."""
+    torch.manual_seed(0)
+    model = small_model("crossan-t", score_temperature=0.1, backbone_prior_weight=training_weight,
+                        backbone_prior_inference_weight=2.0, dropout=0.0, attention_dropout=0.0)
+    assert (model.prior_training_weight, model.prior_inference_weight, model.has_prior) == (training_weight, 2.0, True)
+    inputs = item_inputs(model, 9)
+    window = torch.tensor([[0, 0, 3, 5, 1], [2, 4, 6, 8, 9]])
+    with torch.no_grad():
+        items = model.train().encode_items(*inputs)
+        assert items.shape == (9, 64 + 12) == (9, model.item_embedding_width)
+        training_users = model.user_embeddings(model.item_table(items), window)
+        inference_users = model.eval().user_embeddings(model.item_table(items), window)
+    torch.testing.assert_close(inference_users[:, :64], training_users[:, :64])
+    torch.testing.assert_close(inference_users[:, 64:].norm(dim=1), torch.full((2,), 2.0))
+    torch.testing.assert_close(training_users[:, 64:].norm(dim=1), torch.full((2,), training_weight))
+    default = small_model("crossan-t", score_temperature=0.1, backbone_prior_weight=0.7)
+    assert default.prior_inference_weight == 0.7
+
+
 def test_backbone_prior_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="backbone_prior_weight needs cosine scores"):
         zoo.create_model("crossan-t", backbone_prior_weight=1.0)
@@ -137,6 +160,10 @@ def test_backbone_prior_settings_are_checked() -> None:
         zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=1.0, backbone_prior_decay=0.0)
     with pytest.raises(ValueError, match="backbone_prior_weight must be non-negative"):
         zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=-1.0)
+    with pytest.raises(ValueError, match="backbone_prior_inference_weight must be non-negative"):
+        zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_inference_weight=-0.5)
+    with pytest.raises(ValueError, match="needs cosine scores"):
+        zoo.create_model("crossan-t", backbone_prior_inference_weight=1.0)
 
 
 def test_negative_score_temperature_is_refused() -> None:

@@ -20,7 +20,9 @@ none of them looks inside a model or at its config class.
   embeddings carry the backbones' own frozen embeddings after the learned ones, and the user
   embeddings a decayed, unit-length pool of the history's after the user vector, so the score
   gains the frozen cosine between the two. The frozen part has no parameters to fit to the
-  training items, so items never seen in training are scored on the same footing.
+  training items, so items never seen in training are scored on the same footing. The weight
+  may differ between training and inference (`prior_inference_weight`): the learned part is
+  trained as a residual over the prior at one weight and ranks with it at another.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ class Recommender(nn.Module):
         embeddings = self.embed_items(*item_inputs)
         if self.config.score_temperature:
             embeddings = F.normalize(embeddings, dim=-1)
-        if self.prior_weight:
+        if self.has_prior:
             embeddings = torch.cat([embeddings, self.prior_embeddings(*item_inputs)], dim=-1)
         return embeddings
 
@@ -89,12 +91,29 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     @property
-    def prior_weight(self) -> float:
-        """Weight of the frozen-similarity prior in the scores (0: none). A model with a prior
-        appends its items' frozen unit embeddings (`prior_embeddings`) to the item embeddings
-        and a pooled history of them to the user embeddings, so that one inner product still
-        gives the whole score (training, evaluation and the exported encoders alike)."""
+    def prior_training_weight(self) -> float:
+        """Weight of the frozen-similarity prior in the training scores (0: none)."""
         return 0.0
+
+    @property
+    def prior_inference_weight(self) -> float:
+        """Weight of the prior in the scores outside training (evaluation, export, serving)."""
+        return self.prior_training_weight
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether the model has a frozen-similarity prior, in training or at inference. Such a
+        model appends its items' frozen unit embeddings (`prior_embeddings`) to the item
+        embeddings and a weighted pooled history of them to the user embeddings, so that one
+        inner product still gives the whole score (training, evaluation and the exported
+        encoders alike)."""
+        return bool(self.prior_training_weight or self.prior_inference_weight)
+
+    @property
+    def prior_weight(self) -> float:
+        """The prior's weight in the current mode: `prior_training_weight` while training
+        (`nn.Module.train()`), `prior_inference_weight` otherwise."""
+        return self.prior_training_weight if self.training else self.prior_inference_weight
 
     @property
     def prior_decay(self) -> float:
@@ -108,7 +127,7 @@ class Recommender(nn.Module):
     @property
     def item_embedding_width(self) -> int:
         """Width of `encode_items`' rows: D, plus the prior's frozen embeddings when it has one."""
-        return self.config.embedding_dim + (self.prior_width if self.prior_weight else 0)
+        return self.config.embedding_dim + (self.prior_width if self.has_prior else 0)
 
     @property
     def prior_width(self) -> int:
@@ -128,12 +147,13 @@ class Recommender(nn.Module):
 
     def user_states(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """User-encoder states `[B, T, D]` at every position (unit length with cosine scores),
-        followed, with a prior, by the weighted unit pooled history of the frozen embeddings."""
+        followed, with a prior, by the unit pooled history of the frozen embeddings, weighted
+        by `prior_weight` (the current mode's weight)."""
         dim = self.config.embedding_dim
         states = self.user_encoder(item_embeddings[..., :dim], padding_mask)
         if self.config.score_temperature:
             states = F.normalize(states, dim=-1)
-        if not self.prior_weight:
+        if not self.has_prior:
             return states
         history = decayed_history(item_embeddings[..., dim:], padding_mask, self.prior_decay)
         return torch.cat([states, self.prior_weight * F.normalize(history, dim=-1)], dim=-1)
@@ -331,8 +351,13 @@ class SideNetworkRecommender(ContentRecommender):
         return self.fusion(self.tower_embeddings(*content_inputs))
 
     @property
-    def prior_weight(self) -> float:
+    def prior_training_weight(self) -> float:
         return self.config.backbone_prior_weight
+
+    @property
+    def prior_inference_weight(self) -> float:
+        weight = self.config.backbone_prior_inference_weight
+        return self.config.backbone_prior_weight if weight is None else weight
 
     @property
     def prior_decay(self) -> float:

@@ -138,6 +138,9 @@ class SideNetworkConfig(ContentConfig):
     backbone_prior_weight: float = field(default=0.0, metadata={
         "help": "0: off (the paper); > 0: add weight x the cosine between a candidate's frozen backbone "
                 "embedding and the user's decayed history of them to every score (needs score_temperature)"})
+    backbone_prior_inference_weight: float | None = field(default=None, metadata={
+        "help": "weight of the prior outside training (validation, test, export, serving); "
+                "None: backbone_prior_weight. Lets the trained residual lean on the prior more when ranking"})
     backbone_prior_decay: float = field(default=0.5, metadata={
         "help": "weight ratio of each older history item in the prior's pooled history, in (0, 1]"})
 
@@ -162,7 +165,10 @@ class SideNetworkConfig(ContentConfig):
             raise ConfigError(f"mixer_backend must be one of {BACKENDS}, got {self.mixer_backend!r}")
         if not self.backbone_prior_weight >= 0.0:
             raise ConfigError(f"backbone_prior_weight must be non-negative, got {self.backbone_prior_weight}")
-        if self.backbone_prior_weight and not self.score_temperature:
+        inference_weight = self.backbone_prior_inference_weight
+        if inference_weight is not None and not inference_weight >= 0.0:
+            raise ConfigError(f"backbone_prior_inference_weight must be non-negative, got {inference_weight}")
+        if (self.backbone_prior_weight or inference_weight) and not self.score_temperature:
             raise ConfigError("backbone_prior_weight needs cosine scores (score_temperature > 0): the prior "
                               "adds a cosine, which a dot product's scale would make arbitrary")
         if not 0.0 < self.backbone_prior_decay <= 1.0:
