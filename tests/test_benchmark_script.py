@@ -100,7 +100,7 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
     options = ["in-batch", "+ 64 uniform", "+ 64 popularity", "+ memory 128", "full softmax"]
     assert list(report) == ["sasrec-id", "crossan-t"]
     assert list(report["sasrec-id"]) == [*options, "cosine / 0.1"]
-    assert list(report["crossan-t"]) == [*options, "+ ID term", "cosine / 0.1", "cosine + prior 0.5"]
+    assert list(report["crossan-t"]) == [*options, "+ ID term", "cosine / 0.1", "cosine + prior 0.25"]
     windows, _ = training_windows(load_dataset("toy", toy_root, cache_dir), 11, sliding=True)
     for rows in report.values():
         assert rows["in-batch"]["ratio_to_in_batch"] == 1.0
