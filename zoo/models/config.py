@@ -169,7 +169,8 @@ class SideNetworkConfig(ContentConfig):
         if inference_weight is not None and not inference_weight >= 0.0:
             raise ConfigError(f"backbone_prior_inference_weight must be non-negative, got {inference_weight}")
         if (self.backbone_prior_weight or inference_weight) and not self.score_temperature:
-            raise ConfigError("backbone_prior_weight needs cosine scores (score_temperature > 0): the prior "
+            name = "backbone_prior_weight" if self.backbone_prior_weight else "backbone_prior_inference_weight"
+            raise ConfigError(f"{name} needs cosine scores (score_temperature > 0): the prior "
                               "adds a cosine, which a dot product's scale would make arbitrary")
         if not 0.0 < self.backbone_prior_decay <= 1.0:
             raise ConfigError(f"backbone_prior_decay must lie in (0, 1], got {self.backbone_prior_decay}")
