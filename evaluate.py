@@ -13,15 +13,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data
-from zoo.analysis.mutual_information import MutualInformationEstimator, pairwise_mutual_information
-from zoo.cli import metrics_table, run_cli
-from zoo.data import DATA_KINDS, SequenceDataset, load_dataset
-from zoo.errors import ConfigError
-from zoo.runs import Run, open_run
-from zoo.training.evaluation import EvaluationResult, evaluate_model, evaluate_popularity
-from zoo.training.metrics import metrics_from_ranks
-from zoo.training.significance import cold_item_users, paired_t_test
+from crossan.zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data
+from crossan.zoo.analysis.mutual_information import MutualInformationEstimator, pairwise_mutual_information
+from crossan.zoo.cli import metrics_table, run_cli
+from crossan.zoo.data import DATA_KINDS, SequenceDataset, load_dataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.runs import Run, open_run
+from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluate_popularity
+from crossan.zoo.training.metrics import metrics_from_ranks
+from crossan.zoo.training.significance import cold_item_users, paired_t_test
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,17 +16,17 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from zoo.backbones import POOLINGS, SOURCES, TEXT_MAX_TOKENS
-from zoo.cli import metrics_table, run_cli
-from zoo.data import DATA_KINDS, load_dataset
-from zoo.errors import ConfigError
-from zoo.models.config import MODALITIES
-from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device, resume_run,
+from crossan.zoo.backbones import POOLINGS, SOURCES, TEXT_MAX_TOKENS
+from crossan.zoo.cli import metrics_table, run_cli
+from crossan.zoo.data import DATA_KINDS, load_dataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.models.config import MODALITIES
+from crossan.zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device, resume_run,
                           split_options, train_and_save)
-from zoo.registry import list_models, preset_config
-from zoo.training.checkpoint import read_json
-from zoo.training.distributed import Processes, launched
-from zoo.training.trainer import PRECISIONS, TrainConfig
+from crossan.zoo.models import list_models, preset_config
+from crossan.zoo.training.checkpoint import read_json
+from crossan.zoo.training.distributed import Processes, launched
+from crossan.zoo.training.trainer import PRECISIONS, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,9 +41,9 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from zoo.data import load_dataset  # noqa: E402
-from zoo.data.dataset import PAD  # noqa: E402
-from zoo.training.trainer import training_windows  # noqa: E402
+from crossan.zoo.data import load_dataset  # noqa: E402
+from crossan.zoo.data.dataset import PAD  # noqa: E402
+from crossan.zoo.training.trainer import training_windows  # noqa: E402
 
 DEFAULT_MODELS = ("crossan-tiva", "iisan-e-tiva@512", "iisan-e-tiva@1024", "fft-ti", "adapter-ti", "lora-ti")
 CACHED_REFERENCE = "crossan-tiva"
@@ -64,9 +64,9 @@ def _status_kb(field: str) -> int:
 def _model_and_features(spec: str, widths: str, num_items: int, generator: torch.Generator) -> tuple[Any, Any]:
     """The model `spec` (`preset` or `preset@adapter_dim`) at `widths`, and made-up inputs of
     `num_items` items in the layout it reads."""
-    from zoo.backbones.tiny import tiny_backbone
-    from zoo.features import ItemFeatures
-    from zoo.registry import create_model, preset_config
+    from crossan.zoo.backbones.tiny import tiny_backbone
+    from crossan.zoo.features import ItemFeatures
+    from crossan.zoo.models import create_model, preset_config
 
     preset, _, adapter_dim = spec.partition("@")
     overrides: dict[str, Any] = {"adapter_dim": int(adapter_dim)} if adapter_dim else {}
@@ -81,7 +81,7 @@ def _model_and_features(spec: str, widths: str, num_items: int, generator: torch
                   for n, t in zip(names, inputs)}
     else:
         if widths == "tiny":
-            from zoo.backbones.tiny import TINY_LAYERS, TINY_WIDTH
+            from crossan.zoo.backbones.tiny import TINY_LAYERS, TINY_WIDTH
 
             overrides.update(backbone_widths=(TINY_WIDTH,) * len(config.item_features()), num_states=TINY_LAYERS + 1)
         model = create_model(preset, **overrides)
@@ -92,8 +92,8 @@ def _model_and_features(spec: str, widths: str, num_items: int, generator: torch
 
 def run_worker(arguments: dict[str, Any]) -> dict[str, Any]:
     """One model's training steps on the given batch; runs in its own process."""
-    from zoo.training.negatives import ExtraNegatives
-    from zoo.training.objective import InBatchObjective
+    from crossan.zoo.training.negatives import ExtraNegatives
+    from crossan.zoo.training.objective import InBatchObjective
 
     torch.manual_seed(0)
     device = torch.device(arguments["device"])

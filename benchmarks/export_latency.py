@@ -22,12 +22,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from export.onnx_export import export_onnx
-from export.spec import item_encoder_spec, user_encoder_spec
-from export.wrappers import ItemEncoder, UserEncoder
-from zoo.models.base import Recommender
-from zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
-from zoo.registry import build_model, list_models, load_model, preset_config
+from crossan.export.onnx_export import export_onnx
+from crossan.export.spec import item_encoder_spec, user_encoder_spec
+from crossan.export.wrappers import ItemEncoder, UserEncoder
+from crossan.zoo.models.base import Recommender
+from crossan.zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
+from crossan.zoo.models import build_model, list_models, load_model, preset_config
 from machine import cpu_name
 
 USER_BATCHES = (1, 256)

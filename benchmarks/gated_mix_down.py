@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-import zoo
-from kernels import gated_mix_down, gated_mix_down_reference, triton_available
-from zoo.models.base import SideNetworkRecommender
+import crossan
+from crossan.kernels.gated_mix_down import gated_mix_down, triton_available
+from crossan.kernels.reference import gated_mix_down_reference
+from crossan.zoo.models.base import SideNetworkRecommender
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -189,7 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, nargs="+", default=[64 * 11, 4096 * 11],
                         help="rows N (batch x sequence positions); default 704 and 45056")
     parser.add_argument("--preset", default="crossan-tiva", choices=[
-        name for name in zoo.list_models() if zoo.preset_config(name).item_features()], help="side-network preset")
+        name for name in crossan.list_models() if crossan.preset_config(name).item_features()], help="side-network preset")
     parser.add_argument("--adapter-dim", type=int, default=None, help="adapter hidden size r (default: the preset's)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp16", "bf16"])
     parser.add_argument("--bandwidth-gbs", type=float, default=None,
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bandwidth_gbs = device_bandwidth_gbs(device_name)
 
     compiled_reference = torch.compile(gated_mix_down_reference, dynamic=False)
-    model = zoo.create_model(args.preset, adapter_dim=args.adapter_dim).cuda()
+    model = crossan.create_model(args.preset, adapter_dim=args.adapter_dim).cuda()
     rows = [
         row
         for n in args.n

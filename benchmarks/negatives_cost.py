@@ -31,12 +31,12 @@ from rich.table import Table
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from zoo.cli import run_cli  # noqa: E402
-from zoo.data import DATA_KINDS, load_dataset  # noqa: E402
-from zoo.features import ItemFeatures  # noqa: E402
-from zoo.pipeline import FeatureSettings, prepare_features, resolve_device  # noqa: E402
-from zoo.registry import build_model, preset_config  # noqa: E402
-from zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
+from crossan.zoo.cli import run_cli  # noqa: E402
+from crossan.zoo.data import DATA_KINDS, load_dataset  # noqa: E402
+from crossan.zoo.features import ItemFeatures  # noqa: E402
+from crossan.zoo.pipeline import FeatureSettings, prepare_features, resolve_device  # noqa: E402
+from crossan.zoo.models import build_model, preset_config  # noqa: E402
+from crossan.zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 # The real-data benchmark's features and score temperature, so that both benchmarks time one setting.
 from real_data import COSINE, PRIOR, TEXT_BACKBONE, TEXT_MAX_TOKENS  # noqa: E402

@@ -5,10 +5,10 @@
 
 For each modality, a randomly initialised backbone of the paper's size (`--widths paper`:
 BertConfig(), ViTConfig(), VideoMAEConfig(), ASTConfig() with their default processors; `tiny`:
-the test backbones) is exported with `export.backbones` exactly as `python -m export
+the test backbones) is exported with `crossan.export.backbones` exactly as `python -m crossan.export
 --with-backbones` does, and both paths turn the same made-up contents (titles, 320x240 images,
 16 frames of 240x320, 3 s of audio) into kept states: `StateExtractor.encode` (transformers
-processor + PyTorch) and the serving path (`export.preprocessing` + onnxruntime, CPU provider).
+processor + PyTorch) and the serving path (`crossan.export.preprocessing` + onnxruntime, CPU provider).
 Media decoding is left out of both. Throughput is the median of `--repeats` passes over
 `--items` items in batches of `--batch`, both runtimes with the same number of threads. The
 table also gives what one item costs to keep: its cached states (float16) and its embedding.
@@ -33,12 +33,12 @@ from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, AutoTokenize
                           VideoMAEConfig, VideoMAEImageProcessorPil, VideoMAEModel, ViTConfig, ViTImageProcessorPil,
                           ViTModel)
 
-from export.backbones import export_backbones
-from export.content import backbone_file
-from export.preprocessing import load_preprocessing
-from zoo.backbones import Backbone, BackboneSpec, StateExtractor
-from zoo.backbones.minilm import minilm_dir
-from zoo.backbones.tiny import tiny_backbone
+from crossan.export.backbones import export_backbones
+from crossan.export.content import backbone_file
+from crossan.export.preprocessing import load_preprocessing
+from crossan.zoo.backbones import Backbone, BackboneSpec, StateExtractor
+from crossan.zoo.backbones.minilm import minilm_dir
+from crossan.zoo.backbones.tiny import tiny_backbone
 from machine import cpu_name
 
 MODALITIES = ("text", "image", "video", "audio")

@@ -33,20 +33,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from zoo.cli import run_cli
-from zoo.data import DATA_KINDS, load_dataset
-from zoo.data.dataset import SequenceDataset
-from zoo.errors import ConfigError
-from zoo.experiments.definition import RunSpec, TableDefinition
-from zoo.experiments.report import per_user_values
-from zoo.experiments.runner import TableRuns, train_missing
-from zoo.models.config import RecommenderConfig, SideNetworkConfig
-from zoo.pipeline import FeatureSettings, describe_data, resolve_device
-from zoo.runs import open_run
-from zoo.training.checkpoint import read_json
-from zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
-from zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
-from zoo.training.significance import cold_item_users
+from crossan.zoo.cli import run_cli
+from crossan.zoo.data import DATA_KINDS, load_dataset
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.experiments.definition import RunSpec, TableDefinition
+from crossan.zoo.experiments.report import per_user_values
+from crossan.zoo.experiments.runner import TableRuns, train_missing
+from crossan.zoo.models.config import RecommenderConfig, SideNetworkConfig
+from crossan.zoo.pipeline import FeatureSettings, describe_data, resolve_device
+from crossan.zoo.runs import open_run
+from crossan.zoo.training.checkpoint import read_json
+from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
+from crossan.zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
+from crossan.zoo.training.significance import cold_item_users
 
 TEXT_BACKBONE = "minilm"
 TEXT_MAX_TOKENS = 64  # 44% of Amazon Scientific's titles are longer than 30 tokens

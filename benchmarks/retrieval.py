@@ -1,4 +1,4 @@
-"""Top-10 retrieval over an item table: exact scoring vs the FAISS indexes of export.ann_index, on this CPU.
+"""Top-10 retrieval over an item table: exact scoring vs the FAISS indexes of crossan.export.ann_index, on this CPU.
 
     python benchmarks/retrieval.py [--items 1000000] [--dim 64] [--queries 1000] [--json]
     python benchmarks/retrieval.py --table weights/<run>/export/item_embeddings.safetensors
@@ -41,8 +41,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from export.ann_index import HnswParameters, IndexParameters, IvfParameters, build_index, set_search_parameters
-from export.item_table import load_item_table
+from crossan.export.ann_index import HnswParameters, IndexParameters, IvfParameters, build_index, set_search_parameters
+from crossan.export.item_table import load_item_table
 from machine import cpu_name
 
 K = 10

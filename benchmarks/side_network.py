@@ -30,8 +30,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import zoo
-from zoo.models.base import SideNetworkRecommender
+import crossan
+from crossan.zoo.models.base import SideNetworkRecommender
 from machine import cpu_name
 
 RATIOS = (("crossan-tiva", "crossan-tiva-per-tower", "batched / per-tower"),
@@ -61,7 +61,7 @@ def build_cases(items: int) -> dict[str, Callable[[], None]]:
             ("iisan-e-tiva@512", "iisan-e-tiva", {"adapter_dim": 512}, False),
             ("iisan-e-tiva@1024", "iisan-e-tiva", {}, False)):
         torch.manual_seed(0)
-        model = zoo.create_model(preset, **overrides).train()
+        model = crossan.create_model(preset, **overrides).train()
         cases[label] = item_side_step(model, model.random_item_inputs(items, generator), per_tower)
     return cases
 

@@ -1,6 +1,6 @@
 """Export a training run's encoders to ONNX and TorchScript and validate them against PyTorch.
 
-    python -m export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
+    python -m crossan.export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
 """
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from export.exporter import REPORT_FILE, export_run
-from export.spec import DEFAULT_OPSET
-from zoo.cli import run_cli
+from crossan.export.exporter import REPORT_FILE, export_run
+from crossan.export.spec import DEFAULT_OPSET
+from crossan.zoo.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m crossan.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="run directory written by train.py")
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/export)")

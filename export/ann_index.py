@@ -25,8 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from export.ranking import PAD, top_k_rows
-from zoo.atomic import atomic_write
+from crossan.export.ranking import PAD, top_k_rows
+from crossan.zoo.atomic import atomic_write
 
 __all__ = ["INDEX_FILE", "SIDECAR_FILE", "HnswParameters", "IvfParameters", "IndexParameters", "table_fingerprint",
            "set_search_parameters", "build_index", "save_index", "open_index", "ann_top_k_rows"]
@@ -187,7 +187,7 @@ def _search_size(wanted: int, catalogue: int) -> int:
 def ann_top_k_rows(index: faiss.Index, user_vectors: np.ndarray, item_table: np.ndarray,
                    histories: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
     """Per user, the `k` best catalogue rows that `index` finds, best first, none from the history
-    (1-based item indices, as for `export.ranking.top_k_rows`).
+    (1-based item indices, as for `crossan.export.ranking.top_k_rows`).
 
     Each user's search asks for `k` + (distinct history items) candidates, so removing the
     history still leaves `k`; a user left short (the index returned fewer) is searched again with

@@ -3,7 +3,7 @@
 For each modality of the run, `export_backbones` writes `<modality>_backbone.onnx` (backbone
 inputs -> `states_<modality> [B, S, W]`, the run's pooling included) and one entry of
 `preprocessing.json` (the processor's settings as data, with `tokenizer.json` for text and the
-mel filter bank for audio), so `export.content.ContentEncoder` embeds new items without
+mel filter bank for audio), so `crossan.export.content.ContentEncoder` embeds new items without
 PyTorch. `validate_backbones` runs that serving path on real items of the run and compares
 it with the PyTorch extractor that built the feature cache.
 """
@@ -18,15 +18,15 @@ import torch
 from safetensors.numpy import save_file
 from torch import nn
 
-from export.content import ContentEncoder, backbone_file
-from export.errors import ValueMismatchError
-from export.onnx_export import export_onnx
-from export.preprocessing import (AUDIO_FILTERS_FILE, TOKENIZER_FILE, AudioPreprocessor, ImagePreprocessor,
+from crossan.export.content import ContentEncoder, backbone_file
+from crossan.export.errors import ValueMismatchError
+from crossan.export.onnx_export import export_onnx
+from crossan.export.preprocessing import (AUDIO_FILTERS_FILE, TOKENIZER_FILE, AudioPreprocessor, ImagePreprocessor,
                                   Preprocessor, TextPreprocessor, VideoPreprocessor, save_preprocessing)
-from export.spec import DEFAULT_OPSET, ExportSpec
-from zoo.backbones.extractor import CLIP_SECONDS, VIDEO_FRAMES, StateExtractor
-from zoo.data.dataset import SequenceDataset
-from zoo.errors import ConfigError
+from crossan.export.spec import DEFAULT_OPSET, ExportSpec
+from crossan.zoo.backbones.extractor import CLIP_SECONDS, VIDEO_FRAMES, StateExtractor
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.errors import ConfigError
 
 __all__ = ["BACKBONE_TOLERANCE", "BackboneStates", "BackboneCheck", "backbone_spec", "serving_preprocessor",
            "export_backbones", "item_sources", "validate_backbones"]

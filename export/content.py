@@ -1,13 +1,13 @@
 """Embed items from their raw content with onnxruntime only: preprocessing, backbones, item encoder.
 
-    encoder = ContentEncoder("weights/<run>/export")       # after `python -m export --with-backbones`
+    encoder = ContentEncoder("weights/<run>/export")       # after `python -m crossan.export --with-backbones`
     encoder.embed({"text": ["Blue kettle"], "image": ["covers/new.jpg"]})   # -> [1, D] float32
 
 For each modality of the item encoder: the preprocessor from `preprocessing.json` reads the
 item's content (a title, or a media path), `<modality>_backbone.onnx` turns it into the kept
 per-layer states, which are rounded to float16 as the training cache stores them, and
 `item_encoder.onnx` maps all modalities' states to the item embedding. Torch-free, like
-`export.serve`.
+`crossan.export.serve`.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.preprocessing import Preprocessor, load_preprocessing
-from export.spec import SPEC_METADATA_KEY, ExportSpec
+from crossan.export.preprocessing import Preprocessor, load_preprocessing
+from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
 
 __all__ = ["ITEM_ENCODER_FILE", "ContentEncoder", "backbone_file"]
 
@@ -27,7 +27,7 @@ ITEM_ENCODER_FILE = "item_encoder.onnx"
 ITEM_ROWS_INPUT = "item_rows"
 NO_ID_ROW = -1
 """What a new item passes as its catalogue row to a model with an ID term: no ID vector
-(the value of `zoo.layers.item_ids.NO_ID_ROW`; this module stays torch-free)."""
+(the value of `crossan.zoo.layers.item_ids.NO_ID_ROW`; this module stays torch-free)."""
 BATCH_SIZE = 32
 
 
@@ -49,7 +49,7 @@ class ContentEncoder:
         export_dir = Path(export_dir)
         item_path = export_dir / ITEM_ENCODER_FILE
         if not item_path.is_file():
-            raise FileNotFoundError(f"{item_path}: missing; write it with `python -m export --run <run>`")
+            raise FileNotFoundError(f"{item_path}: missing; write it with `python -m crossan.export --run <run>`")
         self.item_session, self.item_spec = _session(item_path, providers)
         names = self.item_spec.input_names
         # A model with an ID term also takes catalogue rows: new items have none (NO_ID_ROW).
@@ -65,7 +65,7 @@ class ContentEncoder:
             path = export_dir / backbone_file(modality)
             if modality not in self.preprocessors or not path.is_file():
                 raise FileNotFoundError(f"{path}: missing or not in preprocessing.json; export the backbones "
-                                        f"with `python -m export --run <run> --with-backbones`")
+                                        f"with `python -m crossan.export --run <run> --with-backbones`")
             self.backbones[modality] = _session(path, providers)[0]
 
     @property

@@ -4,7 +4,7 @@
 training run: export, validation on real cached item states, the item-embedding table from
 the exported item encoder, and top-k agreement with PyTorch for every test user. With
 `with_backbones`, it also exports the frozen backbones and their preprocessing
-(`export.backbones`) and checks the torch-free path from raw content on real items.
+(`crossan.export.backbones`) and checks the torch-free path from raw content on real items.
 """
 from __future__ import annotations
 
@@ -20,24 +20,24 @@ import onnxruntime as ort
 import torch
 from rich.table import Table
 
-from export.backbones import BackboneCheck, export_backbones, validate_backbones
-from export.content import ContentEncoder
-from export.item_table import TABLE_FILE, save_item_table
-from export.providers import CPU, exact_float32, execution_providers
-from export.ranking import history_window
-from export.onnx_export import export_onnx
-from export.spec import DEFAULT_OPSET, ExportSpec, item_encoder_spec, user_encoder_spec
-from export.torchscript import export_torchscript
-from export.validation import (AgreementResult, Case, Encoder, GridResult, OnnxEncoder, TorchEncoder,
+from crossan.export.backbones import BackboneCheck, export_backbones, validate_backbones
+from crossan.export.content import ContentEncoder
+from crossan.export.item_table import TABLE_FILE, save_item_table
+from crossan.export.providers import CPU, exact_float32, execution_providers
+from crossan.export.ranking import history_window
+from crossan.export.onnx_export import export_onnx
+from crossan.export.spec import DEFAULT_OPSET, ExportSpec, item_encoder_spec, user_encoder_spec
+from crossan.export.torchscript import export_torchscript
+from crossan.export.validation import (AgreementResult, Case, Encoder, GridResult, OnnxEncoder, TorchEncoder,
                                TorchScriptEncoder, catalogue_embeddings, check_agreement, item_cases,
                                recommend, user_cases, validate_encoder)
-from export.wrappers import ItemEncoder, UserEncoder
-from zoo.backbones import StateExtractor, load_backbone
-from zoo.data.dataset import SequenceDataset
-from zoo.errors import ConfigError
-from zoo.models.base import Recommender
-from zoo.pipeline import FeatureSettings
-from zoo.runs import Run, open_run
+from crossan.export.wrappers import ItemEncoder, UserEncoder
+from crossan.zoo.backbones import StateExtractor, load_backbone
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.models.base import Recommender
+from crossan.zoo.pipeline import FeatureSettings
+from crossan.zoo.runs import Run, open_run
 
 __all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "run_extractors",
            "check_backbones", "export_run"]

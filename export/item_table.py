@@ -9,7 +9,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from zoo.atomic import atomic_write
+from crossan.zoo.atomic import atomic_write
 
 __all__ = ["TABLE_FILE", "save_item_table", "load_item_table"]
 

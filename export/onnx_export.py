@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.spec import SPEC_METADATA_KEY, ExportSpec
+from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
 
 __all__ = ["export_onnx"]
 

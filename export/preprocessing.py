@@ -1,6 +1,6 @@
 """Turning a new item's raw content into backbone inputs without PyTorch or transformers.
 
-`python -m export --with-backbones` writes `preprocessing.json`: for every exported backbone,
+`python -m crossan.export --with-backbones` writes `preprocessing.json`: for every exported backbone,
 the settings of the transformers processor that prepared the training catalogue, as data
 (plus `tokenizer.json` for text and the mel filter bank for audio). The classes here read those
 settings and reproduce the processors with the `tokenizers` library, PIL and NumPy only, so a
@@ -155,7 +155,7 @@ class ImagePreprocessor:
     resize: bool = True
 
     def read(self, source: str | Path) -> Image.Image:
-        from zoo.data.media import read_cover
+        from crossan.zoo.data.media import read_cover
 
         return read_cover(source)
 
@@ -188,7 +188,7 @@ class VideoPreprocessor:
     std: list[float] | None
 
     def read(self, source: str | Path) -> list[np.ndarray]:
-        from zoo.data.media import read_video_frames
+        from crossan.zoo.data.media import read_video_frames
 
         return read_video_frames(source, num_frames=self.frames, seconds=self.seconds)
 
@@ -234,7 +234,7 @@ class AudioPreprocessor:
         self.mel_filters, self.window = tensors["mel_filters"], tensors["window"]
 
     def read(self, source: str | Path) -> np.ndarray:
-        from zoo.data.media import read_audio
+        from crossan.zoo.data.media import read_audio
 
         return read_audio(source, sampling_rate=self.sampling_rate, seconds=self.seconds)
 
@@ -288,7 +288,7 @@ def load_preprocessing(folder: Path) -> dict[str, Preprocessor]:
     """The preprocessors `preprocessing.json` in `folder` describes, by modality."""
     path = Path(folder) / PREPROCESSING_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; export the backbones with `python -m export --run <run> "
+        raise FileNotFoundError(f"{path}: missing; export the backbones with `python -m crossan.export --run <run> "
                                 f"--with-backbones`")
     document = json.loads(path.read_text())
     if document.get("format_version") != FORMAT_VERSION:

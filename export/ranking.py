@@ -1,6 +1,6 @@
 """Ranking shared by validation and serving: history windows in, top-k catalogue rows out.
 
-Item indices are 1-based (0 is padding, as in `zoo.data`); catalogue rows are 0-based.
+Item indices are 1-based (0 is padding, as in `crossan.zoo.data`); catalogue rows are 0-based.
 NumPy only, so that serving runs without PyTorch or the zoo.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = ["PAD", "history_window", "top_k_rows"]
 
-# Equals zoo.data.PAD (a test checks it); importing zoo here would pull PyTorch into serving.
+# Equals crossan.zoo.data.PAD (a test checks it); importing zoo here would pull PyTorch into serving.
 PAD = 0
 
 

@@ -3,7 +3,7 @@
     recommender = OnnxRecommender("weights/<run>/export")
     recommender.recommend([["i0001", "i0017"], ["i0042"]], k=10)   # -> two lists of 10 item ids
     recommender.add_items(["i9001"], {"text": ["Blue kettle"], "image": ["new/cover.jpg"]})  # new items
-    OnnxRecommender("weights/<run>/export", index="faiss")          # approximate top-k (export.ann_index)
+    OnnxRecommender("weights/<run>/export", index="faiss")          # approximate top-k (crossan.export.ann_index)
 
 Imports only NumPy, onnxruntime, safetensors, faiss, and for new items `tokenizers`, PIL and
 PyAV, never PyTorch, transformers or the model code, so a serving process stays small
@@ -19,12 +19,12 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from export.ann_index import HnswParameters, IndexParameters, ann_top_k_rows, open_index, save_index
-from export.content import ContentEncoder
-from export.item_table import TABLE_FILE, load_item_table, save_item_table
-from export.providers import execution_providers
-from export.ranking import history_window, top_k_rows
-from export.spec import SPEC_METADATA_KEY, ExportSpec
+from crossan.export.ann_index import HnswParameters, IndexParameters, ann_top_k_rows, open_index, save_index
+from crossan.export.content import ContentEncoder
+from crossan.export.item_table import TABLE_FILE, load_item_table, save_item_table
+from crossan.export.providers import execution_providers
+from crossan.export.ranking import history_window, top_k_rows
+from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
 
 __all__ = ["UnknownItemError", "OnnxRecommender"]
 
@@ -50,13 +50,13 @@ class OnnxRecommender:
     vector; items are ranked by dot product with it; items in the history are excluded.
 
     `add_items` embeds new items from their raw content (titles, cover images, videos) with the
-    exported backbones (`python -m export --with-backbones`) and adds them to the ranking.
+    exported backbones (`python -m crossan.export --with-backbones`) and adds them to the ranking.
 
     Sessions run on CUDA where onnxruntime-gpu and a GPU are present, else on the CPU
-    (`export.providers`); `providers` says which ran.
+    (`crossan.export.providers`); `providers` says which ran.
 
     `index="exact"` (the default) scores every catalogue item. `index="faiss"` searches a FAISS
-    index instead (`index_parameters`: `export.ann_index.HnswParameters()` by default, or
+    index instead (`index_parameters`: `crossan.export.ann_index.HnswParameters()` by default, or
     `IvfParameters`), built on first use and saved beside the table: approximate, but its cost
     does not grow with the catalogue the way a full scan does.
     """
@@ -74,7 +74,7 @@ class OnnxRecommender:
         self._content: ContentEncoder | None = None
         for name in (USER_ENCODER_FILE, TABLE_FILE):
             if not (export_dir / name).is_file():
-                raise FileNotFoundError(f"{export_dir / name}: missing; write it with `python -m export --run <run>`")
+                raise FileNotFoundError(f"{export_dir / name}: missing; write it with `python -m crossan.export --run <run>`")
         self.session = ort.InferenceSession(str(export_dir / USER_ENCODER_FILE),
                                             providers=self._requested_providers)
         self.spec = ExportSpec.from_json(self.session.get_modelmeta().custom_metadata_map[SPEC_METADATA_KEY])

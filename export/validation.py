@@ -15,10 +15,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.errors import NameMismatchError, RecommendationMismatchError, ShapeMismatchError, ValueMismatchError
-from export.ranking import history_window, top_k_rows
-from export.providers import exact_float32
-from export.spec import ExportSpec
+from crossan.export.errors import NameMismatchError, RecommendationMismatchError, ShapeMismatchError, ValueMismatchError
+from crossan.export.ranking import history_window, top_k_rows
+from crossan.export.providers import exact_float32
+from crossan.export.spec import ExportSpec
 
 __all__ = ["VALIDATION_BATCH_SIZES", "VALIDATION_LENGTHS", "Case", "Encoder", "TorchEncoder", "OnnxEncoder",
            "TorchScriptEncoder", "GridResult", "AgreementResult", "item_cases", "user_cases",

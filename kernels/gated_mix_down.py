@@ -3,7 +3,7 @@
     x[t] = sum_m G[t, m] S[m] + sum_k G[t, M + k] Z[k]     [T, N, W]  (kept for the adapter residual)
     h[t] = act(x[t] @ w_down[t] + b_down[t])                 [T, N, r]
 
-(`kernels.reference` explains the sources S, Z, the mixing matrix G and the pattern.) With
+(`crossan.kernels.reference` explains the sources S, Z, the mixing matrix G and the pattern.) With
 cached backbone states the layer is bound by reading the sources, so one launch covers every
 tower of the layer and every program reads the source tiles it needs straight from `S` and
 `Z` (no stacked copy per tower), mixes them in registers (fp32) into the A tile of the GEMM
@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernels.reference import ACTIVATIONS, effective_mixing, mix_down_prepared, prepare_inputs
+from crossan.kernels.reference import ACTIVATIONS, effective_mixing, mix_down_prepared, prepare_inputs
 
 try:
     import triton
@@ -504,7 +504,7 @@ def gated_mix_down(
     pattern: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated mix of one side layer's sources and every tower's adapter down-projection,
-    differentiable in every input (shapes and meaning in `kernels.reference`).
+    differentiable in every input (shapes and meaning in `crossan.kernels.reference`).
 
     Args:
         states: [M, N, W], the layer's backbone states (a strided view is fine).

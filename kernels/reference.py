@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["ACTIVATIONS", "MixDownInputs", "gated_mix_down_reference", "mix_down_prepared", "prepare_inputs",
-           "effective_mixing"]
+           "effective_mixing", "mix_down_reference"]
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -115,16 +115,24 @@ def gated_mix_down_reference(states: torch.Tensor, previous: torch.Tensor | None
 def mix_down_prepared(inputs: MixDownInputs, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`gated_mix_down_reference` on inputs `prepare_inputs` already checked (the dispatcher's CPU path)."""
     states, previous, mixing, w_down, b_down, pattern = inputs
+    # The inputs are already in the autocast dtype; autocast must not recast the fp32 mix.
+    with torch.autocast(states.device.type, enabled=False):
+        return mix_down_reference(states, previous, mixing, w_down, b_down, activation, pattern)
+
+
+def mix_down_reference(states: torch.Tensor, previous: torch.Tensor | None, mixing: torch.Tensor,
+                       w_down: torch.Tensor, b_down: torch.Tensor, activation: str,
+                       pattern: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's arithmetic on checked inputs, outside autocast; TorchScript compiles it
+    (the scripted side network runs it)."""
     num_modalities, rows, width = states.shape
     num_towers = w_down.shape[0]
     compute_dtype = torch.promote_types(states.dtype, torch.float32)
-    # The inputs are already in the autocast dtype; autocast must not recast the fp32 mix.
-    with torch.autocast(states.device.type, enabled=False):
-        weights = effective_mixing(mixing, pattern, compute_dtype)
-        x = weights[:, :num_modalities] @ states.reshape(num_modalities, rows * width).to(compute_dtype)
-        if previous is not None:
-            x = torch.addmm(x, weights[:, num_modalities:], previous.reshape(num_towers, rows * width).to(compute_dtype))
-        x = x.view(num_towers, rows, width).to(states.dtype)
-        pre = torch.baddbmm(b_down.unsqueeze(1), x, w_down)
-        h = F.relu(pre) if activation == "relu" else F.gelu(pre)
+    weights = effective_mixing(mixing, pattern, compute_dtype)
+    x = weights[:, :num_modalities] @ states.reshape(num_modalities, rows * width).to(compute_dtype)
+    if previous is not None:
+        x = torch.addmm(x, weights[:, num_modalities:], previous.reshape(num_towers, rows * width).to(compute_dtype))
+    x = x.view(num_towers, rows, width).to(states.dtype)
+    pre = torch.baddbmm(b_down.unsqueeze(1), x, w_down)
+    h = F.relu(pre) if activation == "relu" else F.gelu(pre)
     return x, h

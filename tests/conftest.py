@@ -19,7 +19,7 @@ SMALL_TOY = {"num_items": 128, "num_users": 800}
 
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from zoo.data.toy import generate_toy
+    from crossan.zoo.data.toy import generate_toy
 
     return generate_toy(tmp_path_factory.mktemp("data") / "toy", seed=0, **SMALL_TOY)
 
@@ -43,8 +43,8 @@ def toy_run(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def toy_export(toy_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m export --run <toy_run> --with-backbones` into a fresh folder."""
-    from export.__main__ import main as export_main
+    """`python -m crossan.export --run <toy_run> --with-backbones` into a fresh folder."""
+    from crossan.export.__main__ import main as export_main
 
     out = tmp_path_factory.mktemp("toy-export")
     assert export_main(["--run", str(toy_run), "--out", str(out), "--with-backbones"]) == 0

@@ -15,11 +15,11 @@ import sys
 import torch
 from rich.console import Console
 
-from zoo.data import load_dataset
-from zoo.features import ItemFeatures
-from zoo.registry import build_model, preset_config
-from zoo.training.distributed import SINGLE, launched
-from zoo.training.trainer import TrainConfig, Trainer, epoch_batches
+from crossan.zoo.data import load_dataset
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.models import build_model, preset_config
+from crossan.zoo.training.distributed import SINGLE, launched
+from crossan.zoo.training.trainer import TrainConfig, Trainer, epoch_batches
 
 
 def main(toy_root: str, preset: str) -> None:

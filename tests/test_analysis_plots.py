@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.analysis.curves import draw_training_curves, training_curves_figure
-from zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data, gate_heatmap_figure, output_labels
-from zoo.registry import create_model
+from crossan.zoo.analysis.curves import draw_training_curves, training_curves_figure
+from crossan.zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data, gate_heatmap_figure, output_labels
+from crossan.zoo.models import create_model
 
 
 def test_crossan_heatmap_has_own_state_then_every_tower_output_with_softmax_rows(tmp_path: Path) -> None:

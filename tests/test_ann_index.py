@@ -1,4 +1,4 @@
-"""export.ann_index and OnnxRecommender(index="faiss"): FAISS top-k agrees with exact scoring, never
+"""crossan.export.ann_index and OnnxRecommender(index="faiss"): FAISS top-k agrees with exact scoring, never
 returns history items, still returns k items when the history crowds the top, and its saved index
 is reused until the table or the build parameters change.
 """
@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from export import OnnxRecommender
-from export.ann_index import (INDEX_FILE, SIDECAR_FILE, HnswParameters, IvfParameters, ann_top_k_rows, build_index,
+from crossan.export.serve import OnnxRecommender
+from crossan.export.ann_index import (INDEX_FILE, SIDECAR_FILE, HnswParameters, IvfParameters, ann_top_k_rows, build_index,
                               open_index, table_fingerprint)
-from export.item_table import TABLE_FILE, save_item_table
-from export.onnx_export import export_onnx
-from export.ranking import top_k_rows
-from export.spec import user_encoder_spec
-from export.wrappers import UserEncoder
-from zoo.registry import build_model, preset_config
+from crossan.export.item_table import TABLE_FILE, save_item_table
+from crossan.export.onnx_export import export_onnx
+from crossan.export.ranking import top_k_rows
+from crossan.export.spec import user_encoder_spec
+from crossan.export.wrappers import UserEncoder
+from crossan.zoo.models import build_model, preset_config
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, DIM, K = 3000, 16, 10
@@ -138,7 +138,7 @@ CATALOGUE = 2000
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What OnnxRecommender reads, for sasrec-id (one block, random weights) over 2000 items: the
-    user encoder exported to ONNX as `python -m export` does, and the item table."""
+    user encoder exported to ONNX as `python -m crossan.export` does, and the item table."""
     config = preset_config("sasrec-id", num_blocks=1, ffn_dim=32).fit_to_data(CATALOGUE, {})
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(config, dropout=0.0)).eval()

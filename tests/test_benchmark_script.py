@@ -88,8 +88,8 @@ def test_efficiency_benchmark_reports_every_model_and_the_caching_row() -> None:
 def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: Path, cache_dir: Path) -> None:
     """Every option of each model gets a row; the ID term and the prior only for the content
     model; seconds per epoch are seconds per step times the batches of a full sliding-window epoch."""
-    from zoo.data import load_dataset
-    from zoo.training.trainer import training_windows
+    from crossan.zoo.data import load_dataset
+    from crossan.zoo.training.trainer import training_windows
 
     result = subprocess.run(
         [sys.executable, "benchmarks/negatives_cost.py", "--data", "toy", "--data-root", str(toy_root),

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zoo.backbones import BackboneSpec, StateExtractor, kept_state_indices, load_backbone
-from zoo.cache import build_states, cache_metadata, cache_path, open_states, write_states
-from zoo.data import read_microlens
-from zoo.features import ItemFeatures
+from crossan.zoo.backbones import BackboneSpec, StateExtractor, kept_state_indices, load_backbone
+from crossan.zoo.cache import build_states, cache_metadata, cache_path, open_states, write_states
+from crossan.zoo.data import read_microlens
+from crossan.zoo.features import ItemFeatures
 
 
 def test_kept_indices_follow_layerdrop() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from zoo.cli import run_cli
-from zoo.data import DataError
-from zoo.errors import ConfigError, MissingFileError, UserError
+from crossan.zoo.cli import run_cli
+from crossan.zoo.data import DataError
+from crossan.zoo.errors import ConfigError, MissingFileError, UserError
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from zoo.data import DataError, read_amazon, read_microlens
-from zoo.data.dataset import MIN_INTERACTIONS
-from zoo.errors import ConfigError
+from crossan.zoo.data import DataError, read_amazon, read_microlens
+from crossan.zoo.data.dataset import MIN_INTERACTIONS
+from crossan.zoo.errors import ConfigError
 
 PROJECT = Path(__file__).resolve().parents[1]
 AMAZON = PROJECT.parent / "shared" / "data" / "amazon-scientific"
@@ -86,7 +86,7 @@ def test_non_utf8_title_file(microlens: Path) -> None:
 
 
 def test_missing_cover_and_video_are_errors_unless_allowed(microlens: Path) -> None:
-    from zoo.cache import check_media
+    from crossan.zoo.cache import check_media
 
     (microlens / "covers" / "i0003.jpg").unlink()
     (microlens / "videos" / "i0005.mp4").unlink()

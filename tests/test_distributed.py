@@ -11,10 +11,10 @@ import pytest
 import torch
 from killing import PROJECT, kill_when
 
-from zoo.cache import open_states
-from zoo.errors import ConfigError
-from zoo.training.distributed import Processes
-from zoo.training.trainer import epoch_batches
+from crossan.zoo.cache import open_states
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.training.distributed import Processes
+from crossan.zoo.training.trainer import epoch_batches
 
 # --standalone: a local rendezvous on a free port, so runs never collide on a fixed one.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

@@ -9,13 +9,13 @@ import re
 import pytest
 import torch
 
-from export.exporter import export_model, validate_grid
-from export.validation import item_cases, user_cases
-from zoo.backbones.tiny import tiny_backbone
-from zoo.errors import ConfigError
-from zoo.models.base import Recommender
-from zoo.models.end_to_end import ADDED_WEIGHT
-from zoo.registry import config_from_dict, create_model
+from crossan.export.exporter import export_model, validate_grid
+from crossan.export.validation import item_cases, user_cases
+from crossan.zoo.backbones.tiny import tiny_backbone
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.models.base import Recommender
+from crossan.zoo.models.end_to_end import ADDED_WEIGHT
+from crossan.zoo.models import config_from_dict, create_model
 
 PAPER_TABLE_4 = {"fft-ti": 194_897_216, "adapter-ti": 38_017_088, "lora-ti": 37_992_512}
 # One modality: BERT-base alone, one head, concat fusion over one tower (64 x 64 + 64), SASRec.
@@ -153,8 +153,8 @@ def test_train_py_trains_an_uncached_model_from_stored_inputs(toy_root, cache_di
     import sys
     from pathlib import Path
 
-    from zoo.input_cache import open_inputs
-    from zoo.runs import open_run
+    from crossan.zoo.input_cache import open_inputs
+    from crossan.zoo.runs import open_run
 
     run_dir = tmp_path / "run"
     result = subprocess.run(

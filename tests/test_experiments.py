@@ -11,15 +11,15 @@ import pytest
 from rich.console import Console
 from scipy.stats import t as student_t
 
-from zoo.data import load_dataset
-from zoo.errors import ConfigError
-from zoo.experiments import builtin_tables, load_table
-from zoo.experiments.__main__ import build_parser, training_overrides
-from zoo.experiments.definition import RunSpec, TableDefinition
-from zoo.experiments.report import summarise, write_report
-from zoo.experiments.runner import TableRuns, train_missing
-from zoo.pipeline import FeatureSettings, describe_data
-from zoo.training.checkpoint import read_json, write_json
+from crossan.zoo.data import load_dataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.experiments import builtin_tables, load_table
+from crossan.zoo.experiments.__main__ import build_parser, training_overrides
+from crossan.zoo.experiments.definition import RunSpec, TableDefinition
+from crossan.zoo.experiments.report import summarise, write_report
+from crossan.zoo.experiments.runner import TableRuns, train_missing
+from crossan.zoo.pipeline import FeatureSettings, describe_data
+from crossan.zoo.training.checkpoint import read_json, write_json
 
 MINI = """
 title = "mini"

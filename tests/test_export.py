@@ -1,8 +1,8 @@
 """Tests for export/: every preset exports to ONNX and TorchScript and matches PyTorch, tampered
-exports raise their specific errors, and a toy-trained run goes through `python -m export`,
+exports raise their specific errors, and a toy-trained run goes through `python -m crossan.export`,
 the serving helper and the README example.
 
-Tolerance: max abs error <= 1e-4 in float32 (`export.spec.TOLERANCE`) at batch sizes 1, 3, 17
+Tolerance: max abs error <= 1e-4 in float32 (`crossan.export.spec.TOLERANCE`) at batch sizes 1, 3, 17
 and lengths 1, 4, 10, none of which is an export shape.
 """
 from __future__ import annotations
@@ -21,17 +21,19 @@ import onnx
 import pytest
 import torch
 
-from export import (ExportedModel, NameMismatchError, OnnxRecommender, RecommendationMismatchError,
-                    ShapeMismatchError, UnknownItemError, ValueMismatchError, export_model, validate_grid)
-from export.item_table import TABLE_FILE, load_item_table
-from export.onnx_export import export_onnx
-from export.ranking import history_window, top_k_rows
-from export.spec import TOLERANCE, item_encoder_spec
-from export.validation import OnnxEncoder, check_agreement, item_cases, user_cases, validate_encoder
-from export.wrappers import ItemEncoder
-from zoo.models.base import Recommender
-from zoo.registry import build_model, list_models, preset_config
-from zoo.runs import open_run
+from crossan.export.errors import (NameMismatchError, RecommendationMismatchError, ShapeMismatchError,
+                                  ValueMismatchError)
+from crossan.export.exporter import ExportedModel, export_model, validate_grid
+from crossan.export.serve import OnnxRecommender, UnknownItemError
+from crossan.export.item_table import TABLE_FILE, load_item_table
+from crossan.export.onnx_export import export_onnx
+from crossan.export.ranking import history_window, top_k_rows
+from crossan.export.spec import TOLERANCE, item_encoder_spec
+from crossan.export.validation import OnnxEncoder, check_agreement, item_cases, user_cases, validate_encoder
+from crossan.export.wrappers import ItemEncoder
+from crossan.zoo.models.base import Recommender
+from crossan.zoo.models import build_model, list_models, preset_config
+from crossan.zoo.runs import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 50
@@ -303,7 +305,7 @@ def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> No
 
 def pytorch_top10(run_dir: Path, users: list[int]) -> list[list[str]]:
     """Top-10 item ids the way the evaluator ranks them, straight from the PyTorch model's
-    contract (zero-padded item table, 1-based windows), independent of export.ranking."""
+    contract (zero-padded item table, 1-based windows), independent of crossan.export.ranking."""
     run = open_run(run_dir)
     model, max_len = run.model, run.model.config.max_seq_len
     items = model.catalogue_embeddings(run.features.gather, run.dataset.num_items)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from rich.console import Console
 
-import zoo
-from kernels import triton_available
-from zoo.data import read_microlens
-from zoo.features import ItemFeatures
-from zoo.training.trainer import TrainConfig, Trainer
+import crossan
+from crossan.kernels.gated_mix_down import triton_available
+from crossan.zoo.data import read_microlens
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.training.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(
     not triton_available() or (os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available()),
@@ -31,14 +31,14 @@ GRAD_TOLERANCE = dict(atol=1e-5, rtol=1e-4)
 @pytest.mark.parametrize("preset", ["crossan-tiva", "iisan-ti"])
 def test_training_step_matches_reference(preset: str, seed: int, toy_root: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
-    modalities = zoo.preset_config(preset).modalities
+    modalities = crossan.preset_config(preset).modalities
     generator = torch.Generator().manual_seed(seed)
     states = {m: torch.randn(dataset.num_items, 3, 24, generator=generator) for m in modalities}
     features = ItemFeatures(dataset.num_items, states)
     losses, grads = {}, {}
     for backend in ("torch", "triton"):
         torch.manual_seed(0)
-        model = zoo.create_model(preset, backbone_widths=(24,) * len(modalities), num_states=3, adapter_dim=40,
+        model = crossan.create_model(preset, backbone_widths=(24,) * len(modalities), num_states=3, adapter_dim=40,
                                  dropout=0.0, attention_dropout=0.0, mixer_backend=backend)
         gates = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # non-trivial but unsaturated gates, so every mixing weight matters

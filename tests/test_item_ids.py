@@ -11,14 +11,14 @@ import pytest
 import torch
 from rich.console import Console
 
-from export import export_model
-from export.content import NO_ID_ROW as SERVED_NO_ID_ROW
-from zoo.data import read_microlens
-from zoo.errors import ConfigError
-from zoo.features import ItemFeatures
-from zoo.layers.item_ids import NO_ID_ROW, ItemIdEmbedding
-from zoo.registry import build_model, preset_config
-from zoo.training.trainer import TrainConfig, Trainer
+from crossan.export.exporter import export_model
+from crossan.export.content import NO_ID_ROW as SERVED_NO_ID_ROW
+from crossan.zoo.data import read_microlens
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.layers.item_ids import NO_ID_ROW, ItemIdEmbedding
+from crossan.zoo.models import build_model, preset_config
+from crossan.zoo.training.trainer import TrainConfig, Trainer
 
 NUM_STATES, WIDTH = 3, 16
 

@@ -1,4 +1,4 @@
-"""Tests for kernels.gated_mix_down (one side layer, all towers): the Triton path against the
+"""Tests for crossan.kernels.gated_mix_down (one side layer, all towers): the Triton path against the
 PyTorch reference, the reference against a naive loop and gradcheck, dispatch and input errors.
 
 Without a GPU the Triton kernels run in the Triton interpreter on CPU tensors. The variable
@@ -12,16 +12,15 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import importlib  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from kernels import gated_mix_down, gated_mix_down_reference, triton_available  # noqa: E402
-
-kernel_module = importlib.import_module("kernels.gated_mix_down")  # the attribute is the function
+import crossan.kernels.gated_mix_down as kernel_module  # noqa: E402
+from crossan.kernels.gated_mix_down import gated_mix_down, triton_available  # noqa: E402
+from crossan.kernels.reference import gated_mix_down_reference  # noqa: E402
 
 INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -234,12 +233,11 @@ def test_cuda_forward_tiles_cover_r_up_to_512(rank, block_r):
 
 
 COMPILE_SCRIPT = """
-import importlib
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-module = importlib.import_module("kernels.gated_mix_down")
+import crossan.kernels.gated_mix_down as module
 for dt in ("fp16", "bf16", "fp32"):
     for raw, pointers, constants in [
         (module._gated_mix_down_fwd_kernel, ["*" + dt] * 2 + ["*fp32", "*i32"] + ["*" + dt] * 4,

@@ -6,7 +6,7 @@ import torch
 
 from torch.func import functional_call
 
-from zoo.layers import (ConcatFusion, DynamicGatedFusion, GatedAdapterLayer, GateGroup, GatedCrossModalMixer,
+from crossan.zoo.layers import (ConcatFusion, DynamicGatedFusion, GatedAdapterLayer, GateGroup, GatedCrossModalMixer,
                         HoulsbyAdapter, MOMEFRouter, SASRec, SideGates, SideNetwork, SigmoidGatedMixer,
                         StaticGatedFusion, TowerAdapters, TowerHead)
 

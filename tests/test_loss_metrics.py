@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
-from zoo.training.metrics import metrics_from_ranks, per_user_metric, target_ranks
+from crossan.zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
+from crossan.zoo.training.metrics import metrics_from_ranks, per_user_metric, target_ranks
 
 
 def naive_loss(user_vectors, items, candidates, log_pop, window, row_user, row_target) -> torch.Tensor:

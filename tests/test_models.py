@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-import zoo
-from kernels import triton_available
-from zoo.registry import config_from_dict
+import crossan
+from crossan.kernels.gated_mix_down import triton_available
+from crossan.zoo.models import config_from_dict
 
 
 def trainable(model: torch.nn.Module) -> int:
@@ -22,27 +22,27 @@ def trainable(model: torch.nn.Module) -> int:
     ("iisan-e-tiva", {}, 58_432_824),
 ])
 def test_trainable_parameters_match_paper(name: str, overrides: dict, expected: int) -> None:
-    assert trainable(zoo.create_model(name, **overrides)) == expected
+    assert trainable(crossan.create_model(name, **overrides)) == expected
 
 
-SIDE_PRESETS = [name for name in zoo.list_models()
-                if zoo.preset_config(name).item_features() and zoo.preset_config(name).stored_features == "states"]
+SIDE_PRESETS = [name for name in crossan.list_models()
+                if crossan.preset_config(name).item_features() and crossan.preset_config(name).stored_features == "states"]
 # The uncached baselines carry BERT-base and ViT-base by default; tests/test_end_to_end.py covers
 # them with tiny backbones.
-CACHED_PRESETS = [name for name in zoo.list_models() if zoo.preset_config(name).architecture != "end-to-end"]
+CACHED_PRESETS = [name for name in crossan.list_models() if crossan.preset_config(name).architecture != "end-to-end"]
 
 
-def small_model(name: str, **overrides) -> zoo.models.Recommender:
+def small_model(name: str, **overrides) -> crossan.zoo.models.Recommender:
     """The preset fitted to 30 items and 3 states of differing widths (so projections are used)."""
-    config = zoo.preset_config(name, **overrides)
+    config = crossan.preset_config(name, **overrides)
     shapes = {m: (3, 12 + 4 * i) for i, m in enumerate(config.item_features())}
     config = config.fit_to_data(30, shapes)
     if shapes:
         config = dataclasses.replace(config, adapter_dim=8, side_width=16)
-    return zoo.build_model(config)
+    return crossan.build_model(config)
 
 
-def item_inputs(model: zoo.models.Recommender, n: int) -> tuple[torch.Tensor, ...]:
+def item_inputs(model: crossan.zoo.models.Recommender, n: int) -> tuple[torch.Tensor, ...]:
     return model.random_item_inputs(n, torch.Generator().manual_seed(n))
 
 
@@ -66,13 +66,13 @@ def test_config_round_trips_through_json_dict(name: str) -> None:
 
 def test_create_model_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="unknown model 'nope'"):
-        zoo.create_model("nope")
+        crossan.create_model("nope")
     with pytest.raises(ValueError, match="unknown config field.*adaptor_dim"):
-        zoo.create_model("crossan-tiva", adaptor_dim=3)
+        crossan.create_model("crossan-tiva", adaptor_dim=3)
     with pytest.raises(ValueError, match="top_k"):
-        zoo.create_model("crossan-ti", top_k=3)
+        crossan.create_model("crossan-ti", top_k=3)
     with pytest.raises(ValueError, match="IISAN needs at least two"):
-        zoo.create_model("iisan-ti", modalities=("text",), backbone_widths=(768,))
+        crossan.create_model("iisan-ti", modalities=("text",), backbone_widths=(768,))
 
 
 @pytest.mark.parametrize("name", ["sasrec-id", "crossan-ti"])
@@ -81,7 +81,7 @@ def test_score_temperature_scores_cosines_over_the_temperature(name: str) -> Non
     over the temperature; each user's ranking is the dot product's over those items."""
     torch.manual_seed(0)
     dot_model = small_model(name).eval()
-    cosine_model = zoo.build_model(dataclasses.replace(dot_model.config, score_temperature=0.05)).eval()
+    cosine_model = crossan.build_model(dataclasses.replace(dot_model.config, score_temperature=0.05)).eval()
     cosine_model.load_state_dict(dot_model.state_dict())
     inputs = item_inputs(dot_model, 9)
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_backbone_prior_adds_the_frozen_history_cosine() -> None:
     back, while the learned part of the score is unchanged; the padding's values are ignored."""
     torch.manual_seed(0)
     plain = small_model("crossan-ti", score_temperature=0.2).eval()
-    prior = zoo.build_model(dataclasses.replace(plain.config, backbone_prior_weight=0.7,
+    prior = crossan.build_model(dataclasses.replace(plain.config, backbone_prior_weight=0.7,
                                                 backbone_prior_decay=0.5)).eval()
     prior.load_state_dict(plain.state_dict())
     inputs = item_inputs(plain, 9)
@@ -155,31 +155,31 @@ def test_backbone_prior_inference_weight_applies_outside_training(training_weigh
 
 def test_backbone_prior_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="backbone_prior_weight needs cosine scores"):
-        zoo.create_model("crossan-t", backbone_prior_weight=1.0)
+        crossan.create_model("crossan-t", backbone_prior_weight=1.0)
     with pytest.raises(ValueError, match="backbone_prior_decay must lie in"):
-        zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=1.0, backbone_prior_decay=0.0)
+        crossan.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=1.0, backbone_prior_decay=0.0)
     with pytest.raises(ValueError, match="backbone_prior_weight must be non-negative"):
-        zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=-1.0)
+        crossan.create_model("crossan-t", score_temperature=0.1, backbone_prior_weight=-1.0)
     with pytest.raises(ValueError, match="backbone_prior_inference_weight must be non-negative"):
-        zoo.create_model("crossan-t", score_temperature=0.1, backbone_prior_inference_weight=-0.5)
+        crossan.create_model("crossan-t", score_temperature=0.1, backbone_prior_inference_weight=-0.5)
     with pytest.raises(ValueError, match="needs cosine scores"):
-        zoo.create_model("crossan-t", backbone_prior_inference_weight=1.0)
+        crossan.create_model("crossan-t", backbone_prior_inference_weight=1.0)
 
 
 def test_negative_score_temperature_is_refused() -> None:
     with pytest.raises(ValueError, match="score_temperature must be non-negative"):
-        zoo.create_model("crossan-t", score_temperature=-0.1)
+        crossan.create_model("crossan-t", score_temperature=-0.1)
 
 
 def test_none_overrides_are_ignored() -> None:
-    assert zoo.create_model("crossan-ti", adapter_dim=None).config.adapter_dim == 512
+    assert crossan.create_model("crossan-ti", adapter_dim=None).config.adapter_dim == 512
 
 
 def test_crossan_mixes_other_modalities_and_indsan_does_not() -> None:
     """Changing the image states moves CROSSAN's text tower but not INDSAN's."""
     for name, should_change in (("crossan-ti", True), ("indsan-ti", False)):
         torch.manual_seed(0)
-        model = zoo.create_model(name, backbone_widths=(16, 16), num_states=3, adapter_dim=8).eval()
+        model = crossan.create_model(name, backbone_widths=(16, 16), num_states=3, adapter_dim=8).eval()
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
@@ -194,9 +194,9 @@ def test_gate_parameter_counts() -> None:
         return sum(p.numel() for n, p in model.named_parameters() if n.endswith(("logits", "theta"))
                    and "fusion" not in n)
 
-    assert gates(zoo.create_model("crossan-tiva")) == 140
-    assert gates(zoo.create_model("iisan-e-tiva")) == 56
-    assert gates(zoo.create_model("iisan-ti")) == 21
+    assert gates(crossan.create_model("crossan-tiva")) == 140
+    assert gates(crossan.create_model("iisan-e-tiva")) == 56
+    assert gates(crossan.create_model("iisan-ti")) == 21
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -268,12 +268,12 @@ def test_gate_table_reads_every_tower_layer_and_input() -> None:
 
 def test_optimizer_step_changes_only_trainable_parameters() -> None:
     """A frozen backbone feeding the side network: one step moves the side network only."""
-    from zoo.backbones import BackboneSpec, StateExtractor, load_backbone
+    from crossan.zoo.backbones import BackboneSpec, StateExtractor, load_backbone
 
     backbone = load_backbone(BackboneSpec("text", "tiny"))
     extractor = StateExtractor(backbone, side_layers=6)
     frozen_before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-    model = zoo.create_model("crossan-t", backbone_widths=(backbone.width,), num_states=7, adapter_dim=16)
+    model = crossan.create_model("crossan-t", backbone_widths=(backbone.width,), num_states=7, adapter_dim=16)
     trainable_before = {k: v.clone() for k, v in model.named_parameters()}
     assert not any(p.requires_grad for p in backbone.model.parameters())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -290,12 +290,12 @@ def test_optimizer_step_changes_only_trainable_parameters() -> None:
 
 
 def test_load_model_round_trip(tmp_path) -> None:
-    from zoo.training.checkpoint import save_weights, write_json
+    from crossan.zoo.training.checkpoint import save_weights, write_json
 
     model = small_model("crossan-tiva").eval()
     write_json(tmp_path / "config.json", {"model": model.config.to_dict()})
     save_weights(tmp_path / "model.safetensors", model.state_dict())
-    loaded = zoo.load_model(tmp_path)
+    loaded = crossan.load_model(tmp_path)
     inputs = item_inputs(model, 4)
     torch.testing.assert_close(loaded.encode_items(*inputs), model.encode_items(*inputs), atol=0, rtol=0)
     assert dataclasses.asdict(loaded.config) == dataclasses.asdict(model.config)

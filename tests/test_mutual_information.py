@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.analysis.mutual_information import (MutualInformationEstimator, gaussian_mutual_information,
+from crossan.zoo.analysis.mutual_information import (MutualInformationEstimator, gaussian_mutual_information,
                                              pairwise_mutual_information)
-from zoo.errors import ConfigError
+from crossan.zoo.errors import ConfigError
 
 ROWS = 4000
 

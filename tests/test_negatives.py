@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import zoo
-from zoo.errors import ConfigError
-from zoo.features import ItemFeatures
-from zoo.training.negatives import CrossBatchMemory, ExtraNegatives, sampling_log_weights
-from zoo.training.objective import InBatchObjective
-from zoo.training.trainer import TrainConfig
+import crossan
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.training.negatives import CrossBatchMemory, ExtraNegatives, sampling_log_weights
+from crossan.zoo.training.objective import InBatchObjective
+from crossan.zoo.training.trainer import TrainConfig
 
 NUM_ITEMS = 12
 # Users 0 and 1 share item 3; item 9 is only user 1's.
@@ -21,7 +21,7 @@ WINDOW = torch.tensor([[0, 3, 5, 7], [2, 3, 9, 4], [0, 0, 8, 5]])
 @pytest.fixture
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = zoo.create_model("sasrec-id", num_items=NUM_ITEMS, max_seq_len=3, dropout=0.0, attention_dropout=0.0)
+    model = crossan.create_model("sasrec-id", num_items=NUM_ITEMS, max_seq_len=3, dropout=0.0, attention_dropout=0.0)
     return model.double().eval()
 
 

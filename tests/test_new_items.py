@@ -5,7 +5,7 @@ training catalogue, in a process that never imports torch, transformers or trito
 
 Tolerances: pixels and token ids exactly equal; audio filter banks within 1e-5 (float64 NumPy
 on both sides, summed in another order); served states within 1e-3 of PyTorch's
-(`export.backbones.BACKBONE_TOLERANCE`; measured about 5e-6); a re-added item's embedding within
+(`crossan.export.backbones.BACKBONE_TOLERANCE`; measured about 5e-6); a re-added item's embedding within
 1e-4 of its catalogue row (measured about 4e-7).
 """
 from __future__ import annotations
@@ -22,15 +22,15 @@ import torch
 from PIL import Image
 from transformers import ASTFeatureExtractor, VideoMAEImageProcessorPil, ViTImageProcessorPil
 
-from export import OnnxRecommender
-from export.backbones import BACKBONE_TOLERANCE, serving_preprocessor
-from export.item_table import TABLE_FILE, load_item_table, save_item_table
-from export.preprocessing import load_preprocessing, save_preprocessing
-from export.providers import CPU, CUDA, execution_providers
-from zoo.backbones import BackboneSpec, StateExtractor, load_backbone
-from zoo.data import DataError
-from zoo.errors import ConfigError
-from zoo.runs import open_run
+from crossan.export.serve import OnnxRecommender
+from crossan.export.backbones import BACKBONE_TOLERANCE, serving_preprocessor
+from crossan.export.item_table import TABLE_FILE, load_item_table, save_item_table
+from crossan.export.preprocessing import load_preprocessing, save_preprocessing
+from crossan.export.providers import CPU, CUDA, execution_providers
+from crossan.zoo.backbones import BackboneSpec, StateExtractor, load_backbone
+from crossan.zoo.data import DataError
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.runs import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "video", "audio")
@@ -125,7 +125,7 @@ def test_export_with_backbones_validates_every_modality(toy_export: Path) -> Non
 
 
 def test_changed_backbone_is_refused(toy_run: Path, tmp_path: Path) -> None:
-    from export.exporter import run_extractors
+    from crossan.export.exporter import run_extractors
 
     run = open_run(toy_run)
     run.config["features"]["backbones"]["image"]["weights_hash"] = "0" * 16
@@ -137,7 +137,7 @@ HELD_BACK = 5
 SERVE_NEW_ITEM = """
 import json, sys
 import numpy as np
-from export import OnnxRecommender
+from crossan.export.serve import OnnxRecommender
 arguments = json.loads(sys.argv[1])
 recommender = OnnxRecommender(arguments["folder"], index=arguments["index"])
 embedding = recommender.add_items([arguments["item"]], arguments["content"], save=True)
@@ -203,7 +203,7 @@ def test_add_items_refuses_bad_requests(toy_run: Path, toy_export: Path, tmp_pat
 # --- execution providers -------------------------------------------------------------------
 
 def test_cuda_is_asked_for_only_with_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    import export.providers as providers
+    import crossan.export.providers as providers
 
     assert torch.cuda.is_available() == (providers.cuda_device_count() > 0)
     monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [CUDA, CPU])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.errors import ConfigError
-from zoo.training.trainer import TrainConfig, resolve_precision
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.training.trainer import TrainConfig, resolve_precision
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -43,9 +43,9 @@ def test_bf16_on_cpu_stays_within_002_of_fp32(toy_root: Path, cache_dir: Path, t
 
 def test_bf16_autocast_runs_the_side_network_in_bf16() -> None:
     """Under CPU autocast the adapter products run in bf16 and the item embeddings stay finite."""
-    import zoo
+    import crossan
 
-    model = zoo.create_model("crossan-ti", backbone_widths=(16, 16), num_states=3, adapter_dim=8)
+    model = crossan.create_model("crossan-ti", backbone_widths=(16, 16), num_states=3, adapter_dim=8)
     inputs = model.random_item_inputs(5, torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model.tower_outputs(model.side_states(inputs))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.backbones import BackboneSpec, StateExtractor, load_backbone
-from zoo.backbones.tiny import save_tiny_backbone
-from zoo.data import DataError, read_microlens
+from crossan.zoo.backbones import BackboneSpec, StateExtractor, load_backbone
+from crossan.zoo.backbones.tiny import save_tiny_backbone
+from crossan.zoo.data import DataError, read_microlens
 
 PROJECT = Path(__file__).resolve().parents[1]
 

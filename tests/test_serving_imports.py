@@ -1,6 +1,6 @@
-"""The serving seam stays torch-free: `export.serve` and `from export import OnnxRecommender` load
-NumPy, onnxruntime, safetensors and faiss only (building and searching a FAISS index too), while
-the export side still resolves on first access.
+"""The serving seam stays torch-free: `crossan.export.serve` and `from crossan import OnnxRecommender`
+load NumPy, onnxruntime, safetensors and faiss only (building and searching a FAISS index too), while
+the short API's training names still resolve on first access.
 
 Each import check runs in a fresh interpreter, since this test process has PyTorch loaded already.
 """
@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from export.ranking import PAD as RANKING_PAD
-from zoo.data import PAD
+from crossan.export.ranking import PAD as RANKING_PAD
+from crossan.zoo.data import PAD
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = ("torch", "transformers", "triton", "rich")
@@ -31,7 +31,7 @@ def training_packages_loaded_by(code: str) -> str:
 
 
 def test_serving_imports_load_no_training_packages() -> None:
-    loaded = training_packages_loaded_by("import export.serve\nfrom export import OnnxRecommender\n")
+    loaded = training_packages_loaded_by("import crossan.export.serve\nfrom crossan import OnnxRecommender\n")
     assert loaded == "", f"serving imports loaded {loaded}"
 
 
@@ -40,8 +40,8 @@ def test_faiss_index_path_loads_no_training_packages(tmp_path: Path) -> None:
     code = (
         "from pathlib import Path\n"
         "import numpy as np\n"
-        "from export.ann_index import HnswParameters, ann_top_k_rows, open_index\n"
-        "from export.item_table import save_item_table\n"
+        "from crossan.export.ann_index import HnswParameters, ann_top_k_rows, open_index\n"
+        "from crossan.export.item_table import save_item_table\n"
         "table = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)\n"
         f"path = save_item_table(Path({str(tmp_path)!r}) / 'items.safetensors', table, "
         "[f'i{n}' for n in range(200)], 'test')\n"
@@ -54,16 +54,16 @@ def test_faiss_index_path_loads_no_training_packages(tmp_path: Path) -> None:
     assert loaded == "", f"the FAISS path loaded {loaded}"
 
 
-def test_export_side_names_resolve_lazily() -> None:
+def test_short_api_resolves_lazily() -> None:
     code = (
         "import sys\n"
-        "import export\n"
-        "assert 'torch' not in sys.modules, 'import export loaded torch'\n"
-        "resolved = export.export_run\n"
+        "import crossan\n"
+        "assert 'torch' not in sys.modules, 'import crossan loaded torch'\n"
+        "resolved = crossan.create_model\n"
         "assert 'torch' in sys.modules\n"
-        "from export.exporter import export_run\n"
-        "assert resolved is export_run\n"
-        "assert callable(export.ItemEncoder) and 'ItemEncoder' in dir(export)\n"
+        "from crossan.zoo.models import create_model\n"
+        "assert resolved is create_model\n"
+        "assert set(crossan.__all__) <= set(dir(crossan))\n"
         "print('ok')\n"
     )
     result = run_python(code)
@@ -72,11 +72,11 @@ def test_export_side_names_resolve_lazily() -> None:
 
 
 def test_unknown_attribute_still_raises() -> None:
-    result = run_python("import export\nexport.no_such_name\n")
+    result = run_python("import crossan\ncrossan.no_such_name\n")
     assert result.returncode != 0
-    assert "AttributeError: module 'export' has no attribute 'no_such_name'" in result.stderr
+    assert "AttributeError: module 'crossan' has no attribute 'no_such_name'" in result.stderr
 
 
 def test_ranking_padding_index_is_the_data_sets() -> None:
-    """export.ranking defines PAD itself to stay torch-free; it must stay equal to zoo.data.PAD."""
+    """crossan.export.ranking defines PAD itself to stay torch-free; it must stay equal to crossan.zoo.data.PAD."""
     assert RANKING_PAD == PAD == 0

@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from zoo.data.dataset import SequenceDataset
-from zoo.experiments.report import per_user_values
-from zoo.training.metrics import METRIC_NAMES
-from zoo.training.significance import cold_item_users, paired_t_test
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.experiments.report import per_user_values
+from crossan.zoo.training.metrics import METRIC_NAMES
+from crossan.zoo.training.significance import cold_item_users, paired_t_test
 
 FIRST_RANKS = torch.tensor([1.0, 3.0, 15.0, math.inf, 2.0, 25.0])
 SECOND_RANKS = torch.tensor([2.0, 12.0, 5.0, 30.0, 1.0, 8.0])

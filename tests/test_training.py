@@ -11,15 +11,15 @@ import pytest
 import torch
 from rich.console import Console
 
-import zoo
-from zoo.data import read_microlens
-from zoo.data.dataset import SequenceDataset
-from zoo.errors import ConfigError
-from zoo.features import ItemFeatures
-from zoo.pipeline import FeatureSettings, describe_data, train_and_save
-from zoo.runs import open_run
-from zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
-from zoo.training.trainer import TrainConfig, Trainer, training_windows
+import crossan
+from crossan.zoo.data import read_microlens
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.pipeline import FeatureSettings, describe_data, train_and_save
+from crossan.zoo.runs import open_run
+from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
+from crossan.zoo.training.trainer import TrainConfig, Trainer, training_windows
 
 PROJECT = Path(__file__).resolve().parents[1]
 QUICK = TrainConfig(epochs=4, patience=4, seed=7)
@@ -88,7 +88,7 @@ def test_same_seed_gives_identical_metrics(crossan_run: tuple[Path, dict], toy_r
 def test_evaluation_ranks_by_the_models_scores(toy_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A model whose scores ignore the user and are the training counts ranks like the popularity baseline."""
     dataset = read_microlens(toy_root, name="toy")
-    model = zoo.create_model("sasrec-id", num_items=dataset.num_items)
+    model = crossan.create_model("sasrec-id", num_items=dataset.num_items)
     counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
     monkeypatch.setattr(model, "scores", lambda users, items: counts.expand(len(users), -1))
     for split in ("valid", "test"):
@@ -102,10 +102,10 @@ def test_a_prior_without_its_learned_part_ranks_like_the_history_similarity_base
     so its ranks are the untrained history-similarity baseline's over the same embeddings."""
     dataset = read_microlens(toy_root, name="toy")
     states = torch.randn(dataset.num_items, 3, 16, generator=torch.Generator().manual_seed(0))
-    config = zoo.preset_config("crossan-t", score_temperature=0.1, backbone_prior_weight=2.0,
+    config = crossan.preset_config("crossan-t", score_temperature=0.1, backbone_prior_weight=2.0,
                                backbone_prior_decay=0.6, adapter_dim=8).fit_to_data(dataset.num_items,
                                                                                    {"text": (3, 16)})
-    model = zoo.build_model(config).eval()
+    model = crossan.build_model(config).eval()
     with torch.no_grad():
         for parameter in model.heads.parameters():
             parameter.zero_()
@@ -120,7 +120,7 @@ def test_a_prior_without_its_learned_part_ranks_like_the_history_similarity_base
 
 def test_id_baseline_trains(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     metrics = train(toy_root, cache_dir, tmp_path / "id", "sasrec-id", overrides={})
-    model = zoo.create_model("sasrec-id", num_items=128)
+    model = crossan.create_model("sasrec-id", num_items=128)
     assert metrics["trainable_parameters"] == sum(p.numel() for p in model.parameters())
     assert metrics["test"]["NDCG@10"] > metrics["popularity"]["test"]["NDCG@10"]
 
@@ -198,7 +198,7 @@ def test_default_windows_are_one_per_user_and_keep_the_newest_items() -> None:
 def test_trainer_groups_a_users_windows_only_when_sliding(toy_root: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
     features = ItemFeatures(dataset.num_items)
-    model = zoo.create_model("sasrec-id", num_items=dataset.num_items, max_seq_len=3, dropout=0.0,
+    model = crossan.create_model("sasrec-id", num_items=dataset.num_items, max_seq_len=3, dropout=0.0,
                              attention_dropout=0.0)
     plain = Trainer(model, dataset, features, TrainConfig(), console=Console(quiet=True))
     assert plain.window_users is None and len(plain.windows) == dataset.num_users
@@ -215,7 +215,7 @@ def test_trainer_groups_a_users_windows_only_when_sliding(toy_root: Path) -> Non
 
 def test_steps_per_epoch_takes_the_first_batches_of_each_shuffle(toy_root: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
-    model = zoo.create_model("sasrec-id", num_items=dataset.num_items)
+    model = crossan.create_model("sasrec-id", num_items=dataset.num_items)
     config = TrainConfig(epochs=2, patience=2, batch_size=16, steps_per_epoch=3)
     trainer = Trainer(model, dataset, ItemFeatures(dataset.num_items), config, console=Console(quiet=True))
     full = Trainer(model, dataset, ItemFeatures(dataset.num_items), TrainConfig(batch_size=16),

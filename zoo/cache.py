@@ -17,11 +17,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from zoo.atomic import atomic_write
-from zoo.backbones.extractor import StateExtractor
-from zoo.data.dataset import SequenceDataset
-from zoo.data.errors import DataError
-from zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.atomic import atomic_write
+from crossan.zoo.backbones.extractor import StateExtractor
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.data.errors import DataError
+from crossan.zoo.training.distributed import SINGLE, Processes
 
 __all__ = ["FORMAT_VERSION", "cache_metadata", "dataset_metadata", "cache_path", "open_states", "build_states",
            "extract_rows", "check_media"]

@@ -6,8 +6,8 @@ from typing import Callable
 
 from rich.table import Table
 
-from zoo.errors import UserError
-from zoo.training.metrics import METRIC_NAMES
+from crossan.zoo.errors import UserError
+from crossan.zoo.training.metrics import METRIC_NAMES
 
 __all__ = ["METRIC_NAMES", "metrics_table", "run_cli"]
 

@@ -11,7 +11,7 @@ class ItemFeatures:
     """Gathers what `model.encode_items` takes for a set of catalogue rows.
 
     `states` maps a name to one tensor `[N, ...]` per model input, in input order: the `[N, S, W]`
-    states of a modality, normally the memory-mapped float16 cache (`zoo.cache.open_states`), or
+    states of a modality, normally the memory-mapped float16 cache (`crossan.zoo.cache.open_states`), or
     stored backbone inputs (token ids, pixels). They are kept as given, so only the pages of
     gathered rows are ever read and the cache never has to fit in (device) memory; each gathered
     batch goes to `device`, floating-point tensors as float32. With `with_rows` the gathered rows

@@ -17,12 +17,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from zoo.atomic import atomic_write
-from zoo.backbones.extractor import StateExtractor
-from zoo.cache import cache_path, check_media, dataset_metadata
-from zoo.data.dataset import SequenceDataset
-from zoo.errors import ConfigError
-from zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.atomic import atomic_write
+from crossan.zoo.backbones.extractor import StateExtractor
+from crossan.zoo.cache import cache_path, check_media, dataset_metadata
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.training.distributed import SINGLE, Processes
 
 __all__ = ["STORED_DTYPES", "input_metadata", "input_cache_path", "open_inputs", "build_inputs"]
 

@@ -15,19 +15,19 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zoo.analysis.curves import draw_training_curves
-from zoo.backbones import TEXT_MAX_TOKENS, Backbone, BackboneSpec, StateExtractor, load_backbone
-from zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
-from zoo.input_cache import build_inputs, input_cache_path, input_metadata, open_inputs
-from zoo.data import SequenceDataset
-from zoo.errors import ConfigError, MissingFileError
-from zoo.features import ItemFeatures
-from zoo.registry import build_model, config_from_dict, preset_config
-from zoo.runs import Run, recorded_dataset
-from zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
-from zoo.training.distributed import SINGLE, Processes
-from zoo.training.evaluation import evaluate_popularity
-from zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
+from crossan.zoo.analysis.curves import draw_training_curves
+from crossan.zoo.backbones import TEXT_MAX_TOKENS, Backbone, BackboneSpec, StateExtractor, load_backbone
+from crossan.zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
+from crossan.zoo.input_cache import build_inputs, input_cache_path, input_metadata, open_inputs
+from crossan.zoo.data import SequenceDataset
+from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.models import build_model, config_from_dict, preset_config
+from crossan.zoo.runs import Run, recorded_dataset
+from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
+from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.training.evaluation import evaluate_popularity
+from crossan.zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
 __all__ = ["FeatureSettings", "prepare_features", "train_and_save", "resume_run",
            "resolve_device", "code_fingerprint", "differing_options", "split_options"]

@@ -1,24 +1,24 @@
 """Registry: architecture names -> (config class, model class), preset names -> config fields.
 
 A model file registers its architecture and presets with `@register_model` on its model
-class (timm-style); `zoo.models` imports every model file in its folder, so a new
-architecture is one new file there. Every lookup imports `zoo.models` first, so the registry
-is complete whichever module a caller imported.
+class (timm-style). The registry imports no model file: `crossan.zoo.models` imports every
+model file in its folder (a new architecture is one new file there) and re-exports the
+lookups below, so callers import them from `crossan.zoo.models` (or `crossan`), where the
+registry is complete.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.errors import ConfigError, MissingFileError
 
-if TYPE_CHECKING:  # zoo.models imports this module to register itself
-    from zoo.models.base import Recommender
-    from zoo.models.config import RecommenderConfig
+if TYPE_CHECKING:
+    from crossan.zoo.models.base import Recommender
+    from crossan.zoo.models.config import RecommenderConfig
 
 __all__ = ["register_model", "architectures", "create_model", "list_models", "preset_config", "config_from_dict",
            "build_model", "load_model"]
@@ -47,26 +47,18 @@ def register_model(config_class: type[RecommenderConfig], presets: Mapping[str, 
     return register
 
 
-def _registered() -> None:
-    """Import every model file (once; later calls find the module loaded)."""
-    importlib.import_module("zoo.models")
-
-
 def architectures() -> dict[str, tuple[type[RecommenderConfig], type[Recommender]]]:
     """Registered architectures: name -> (config class, model class)."""
-    _registered()
     return dict(_ARCHITECTURES)
 
 
 def list_models() -> list[str]:
     """Names of every registered preset, sorted."""
-    _registered()
     return sorted(_PRESETS)
 
 
 def preset_config(name: str, **overrides: Any) -> RecommenderConfig:
     """The config of preset `name` with `overrides` applied (None values are ignored)."""
-    _registered()
     if name not in _PRESETS:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     architecture, fields = _PRESETS[name]
@@ -82,7 +74,6 @@ def preset_config(name: str, **overrides: Any) -> RecommenderConfig:
 
 def config_from_dict(values: dict[str, Any]) -> RecommenderConfig:
     """Rebuild a config saved with `to_dict` (dispatching on its `architecture`)."""
-    _registered()
     architecture = values.get("architecture")
     if architecture not in _ARCHITECTURES:
         raise ConfigError(f"unknown architecture {architecture!r}; known: {', '.join(_ARCHITECTURES)}")
@@ -91,7 +82,6 @@ def config_from_dict(values: dict[str, Any]) -> RecommenderConfig:
 
 def build_model(config: RecommenderConfig) -> Recommender:
     """Instantiate the model class registered for `config`'s architecture."""
-    _registered()
     return _ARCHITECTURES[config.architecture][1](config)
 
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import torch
 
-from zoo.cache import open_states
-from zoo.input_cache import open_inputs
-from zoo.data import DataError, SequenceDataset, load_dataset
-from zoo.errors import MissingFileError
-from zoo.features import ItemFeatures
-from zoo.models.base import Recommender
-from zoo.registry import load_model
-from zoo.training.checkpoint import CheckpointStore, read_json
+from crossan.zoo.cache import open_states
+from crossan.zoo.input_cache import open_inputs
+from crossan.zoo.data import DataError, SequenceDataset, load_dataset
+from crossan.zoo.errors import MissingFileError
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.models.base import Recommender
+from crossan.zoo.models import load_model
+from crossan.zoo.training.checkpoint import CheckpointStore, read_json
 
 __all__ = ["Run", "open_run", "recorded_dataset"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.atomic import atomic_write
-from zoo.training.trainer import SELECTION_METRIC
+from crossan.zoo.atomic import atomic_write
+from crossan.zoo.training.trainer import SELECTION_METRIC
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -6,9 +6,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.backbones.loading import Backbone
-from zoo.data.dataset import SequenceDataset
-from zoo.errors import ConfigError
+from crossan.zoo.backbones.loading import Backbone
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.errors import ConfigError
 
 __all__ = ["kept_state_indices", "StateExtractor", "TEXT_MAX_TOKENS", "VIDEO_FRAMES", "CLIP_SECONDS"]
 
@@ -70,7 +70,7 @@ class StateExtractor:
 
     def read_item(self, dataset: SequenceDataset, row: int) -> Any:
         """Raw content of catalogue row `row` (raises `DataError` for unreadable media)."""
-        from zoo.data.media import read_audio, read_cover, read_video_frames
+        from crossan.zoo.data.media import read_audio, read_cover, read_video_frames
 
         if self.modality == "text":
             return dataset.titles[row]

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from zoo.backbones.minilm import MINILM_ALIAS, minilm_dir
-from zoo.backbones.tiny import tiny_backbone
-from zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.backbones.minilm import MINILM_ALIAS, minilm_dir
+from crossan.zoo.backbones.tiny import tiny_backbone
+from crossan.zoo.errors import ConfigError, MissingFileError
 
 __all__ = ["PAPER_BACKBONES", "POOLINGS", "SOURCES", "Backbone", "BackboneSpec", "load_backbone"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo.errors import MissingFileError
+from crossan.zoo.errors import MissingFileError
 
 __all__ = ["MINILM_ALIAS", "minilm_dir"]
 

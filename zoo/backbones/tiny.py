@@ -15,7 +15,7 @@ from transformers import ASTModel, BertModel, VideoMAEConfig, VideoMAEModel, ViT
 # The PIL processors: the default ones need torchvision, which this project does not install.
 from transformers import VideoMAEImageProcessorPil, ViTImageProcessorPil
 
-from zoo.backbones.minilm import minilm_dir
+from crossan.zoo.backbones.minilm import minilm_dir
 
 __all__ = ["TINY_WIDTH", "TINY_LAYERS", "tiny_backbone", "save_tiny_backbone"]
 

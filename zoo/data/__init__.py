@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo.data.dataset import MIN_INTERACTIONS, PAD, SequenceDataset
-from zoo.data.errors import DataError
-from zoo.data.readers import read_amazon, read_microlens
-from zoo.errors import ConfigError
+from crossan.zoo.data.dataset import MIN_INTERACTIONS, PAD, SequenceDataset
+from crossan.zoo.data.errors import DataError
+from crossan.zoo.data.readers import read_amazon, read_microlens
+from crossan.zoo.errors import ConfigError
 
 __all__ = ["DATA_KINDS", "MIN_INTERACTIONS", "PAD", "DataError", "SequenceDataset", "load_dataset",
            "read_amazon", "read_microlens"]
@@ -22,7 +22,7 @@ def load_dataset(kind: str, root: Path | None, cache_dir: Path, cover_dir: str =
     `root` when that folder holds no finished toy set; a finished one is read as it is.
     """
     if kind == "toy":
-        from zoo.data.toy import generate_toy
+        from crossan.zoo.data.toy import generate_toy
 
         if root is None:
             root = generate_toy(Path(cache_dir) / "data" / "toy")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.errors import ConfigError
+from crossan.zoo.errors import ConfigError
 
 __all__ = ["SequenceDataset", "PAD", "MIN_INTERACTIONS"]
 

@@ -13,7 +13,7 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from zoo.data.errors import DataError
+from crossan.zoo.data.errors import DataError
 
 __all__ = ["read_cover", "read_video_frames", "read_audio"]
 

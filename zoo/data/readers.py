@@ -13,9 +13,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from zoo.data.dataset import SequenceDataset
-from zoo.data.errors import DataError
-from zoo.data.text_files import (read_item_titles_csv, read_item_titles_tsv, read_user_sequences_csv,
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.data.errors import DataError
+from crossan.zoo.data.text_files import (read_item_titles_csv, read_item_titles_tsv, read_user_sequences_csv,
                                  read_user_sequences_tsv)
 
 __all__ = ["read_microlens", "read_amazon", "microlens_name"]

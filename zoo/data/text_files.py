@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data.dataset import MIN_INTERACTIONS
-from zoo.data.errors import DataError
+from crossan.zoo.data.dataset import MIN_INTERACTIONS
+from crossan.zoo.data.errors import DataError
 
 __all__ = ["read_text", "read_item_titles_csv", "read_item_titles_tsv", "read_user_sequences_tsv",
            "read_user_sequences_csv"]

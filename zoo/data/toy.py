@@ -62,7 +62,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from zoo.data.errors import DataError
+from crossan.zoo.data.errors import DataError
 
 __all__ = [
     "TOY_ATTRIBUTES",
@@ -396,7 +396,7 @@ def generate_toy(
         raise ValueError(f"follow_prob must be in [0, 1], got {follow_prob}")
     root = Path(root)
     params = {
-        "generator": "zoo.data.toy",
+        "generator": "crossan.zoo.data.toy",
         "version": GENERATOR_VERSION,
         "seed": seed,
         "num_users": num_users,

@@ -1,9 +1,9 @@
 """Train (only what is missing) and summarise one of the paper's experiment tables.
 
-    python -m zoo.experiments fusion --data toy --seeds 42 43 44
-    python -m zoo.experiments modalities --data microlens --data-root DIR --backbones pretrained
-    python -m zoo.experiments my-table.toml --data toy --out experiments/
-    python -m zoo.experiments uncached --data toy --seeds 42 43 --epochs 10 --train steps_per_epoch=16
+    python -m crossan.zoo.experiments fusion --data toy --seeds 42 43 44
+    python -m crossan.zoo.experiments modalities --data microlens --data-root DIR --backbones pretrained
+    python -m crossan.zoo.experiments my-table.toml --data toy --out experiments/
+    python -m crossan.zoo.experiments uncached --data toy --seeds 42 43 --epochs 10 --train steps_per_epoch=16
 
 Writes `OUT/TABLE/<run>-seed<N>/` (one run folder each, as train.py does), then `TABLE.md`,
 `TABLE.json` and, for sweeps, `TABLE.png` in `OUT/TABLE/`. Finished runs are kept and unfinished
@@ -17,20 +17,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from zoo.backbones import SOURCES
-from zoo.cli import run_cli
-from zoo.data import DATA_KINDS, load_dataset
-from zoo.experiments.definition import builtin_tables, load_table
-from zoo.experiments.report import write_report
-from zoo.experiments.runner import TableRuns, train_missing
-from zoo.errors import ConfigError
-from zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device,
+from crossan.zoo.backbones import SOURCES
+from crossan.zoo.cli import run_cli
+from crossan.zoo.data import DATA_KINDS, load_dataset
+from crossan.zoo.experiments.definition import builtin_tables, load_table
+from crossan.zoo.experiments.report import write_report
+from crossan.zoo.experiments.runner import TableRuns, train_missing
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device,
                           split_options)
-from zoo.training.trainer import TrainConfig
+from crossan.zoo.training.trainer import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m zoo.experiments", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m crossan.zoo.experiments", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", help=f"a built-in table ({', '.join(builtin_tables())}) or a .toml/.json file")
     parser.add_argument("--data", default="toy", choices=DATA_KINDS)

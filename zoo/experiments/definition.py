@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ConfigError, MissingFileError
-from zoo.pipeline import split_options
-from zoo.registry import list_models, preset_config
-from zoo.training.trainer import TrainConfig
+from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.pipeline import split_options
+from crossan.zoo.models import list_models, preset_config
+from crossan.zoo.training.trainer import TrainConfig
 
 __all__ = ["RunSpec", "Sweep", "TableDefinition", "builtin_tables", "load_table"]
 

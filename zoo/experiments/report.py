@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.atomic import atomic_write
-from zoo.experiments.definition import TableDefinition
-from zoo.experiments.runner import TableRuns
-from zoo.training.checkpoint import read_json, write_json
-from zoo.training.metrics import METRIC_NAMES, per_user_metric
+from crossan.zoo.atomic import atomic_write
+from crossan.zoo.experiments.definition import TableDefinition
+from crossan.zoo.experiments.runner import TableRuns
+from crossan.zoo.training.checkpoint import read_json, write_json
+from crossan.zoo.training.metrics import METRIC_NAMES, per_user_metric
 
 __all__ = ["SIGNIFICANCE_LEVEL", "summarise", "write_report", "table_markdown", "per_user_values"]
 

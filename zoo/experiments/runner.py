@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from zoo.data import SequenceDataset
-from zoo.experiments.definition import RunSpec, TableDefinition
-from zoo.errors import ConfigError
-from zoo.pipeline import FeatureSettings, differing_options, resume_run, split_options, train_and_save
-from zoo.training.checkpoint import CheckpointStore, read_json
-from zoo.training.trainer import TrainConfig
+from crossan.zoo.data import SequenceDataset
+from crossan.zoo.experiments.definition import RunSpec, TableDefinition
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.pipeline import FeatureSettings, differing_options, resume_run, split_options, train_and_save
+from crossan.zoo.training.checkpoint import CheckpointStore, read_json
+from crossan.zoo.training.trainer import TrainConfig
 
 __all__ = ["TableRuns", "run_directory", "train_missing"]
 

@@ -1,8 +1,9 @@
-"""Reusable building blocks: adapters, the cross-modal mixer, the batched side network, fusions, SASRec."""
-from kernels import BACKENDS
-from zoo.layers.activations import ACTIVATIONS, activation_function, make_activation
-from zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
-from zoo.layers.fusion import (
+"""Reusable building blocks: adapters, the cross-modal mixer, the batched side network, fusions, SASRec,
+the item ID term. Each works on its own (eager, TorchScript trace and script, ONNX)."""
+from crossan.kernels.gated_mix_down import BACKENDS
+from crossan.zoo.layers.activations import ACTIVATIONS, activate, check_activation, make_activation
+from crossan.zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
+from crossan.zoo.layers.fusion import (
     FUSIONS,
     ConcatFusion,
     DynamicGatedFusion,
@@ -10,11 +11,12 @@ from zoo.layers.fusion import (
     StaticGatedFusion,
     make_fusion,
 )
-from zoo.layers.head import TowerHead
-from zoo.layers.mixer import GatedCrossModalMixer, SigmoidGatedMixer
-from zoo.layers.sasrec import SASRec
-from zoo.layers.side_layer import GatedAdapterLayer
-from zoo.layers.side_network import GateGroup, SideGates, SideNetwork
+from crossan.zoo.layers.head import TowerHead
+from crossan.zoo.layers.item_ids import ItemIdEmbedding
+from crossan.zoo.layers.mixer import GatedCrossModalMixer, SigmoidGatedMixer
+from crossan.zoo.layers.sasrec import SASRec
+from crossan.zoo.layers.side_layer import GatedAdapterLayer
+from crossan.zoo.layers.side_network import GateGroup, SideGates, SideNetwork
 
 __all__ = [
     "ACTIVATIONS",
@@ -26,6 +28,7 @@ __all__ = [
     "GatedAdapterLayer",
     "GatedCrossModalMixer",
     "HoulsbyAdapter",
+    "ItemIdEmbedding",
     "MOMEFRouter",
     "SASRec",
     "SideGates",
@@ -34,7 +37,8 @@ __all__ = [
     "StaticGatedFusion",
     "TowerAdapters",
     "TowerHead",
-    "activation_function",
+    "activate",
+    "check_activation",
     "make_activation",
     "make_fusion",
 ]

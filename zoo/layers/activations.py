@@ -1,27 +1,35 @@
-"""Name -> activation, shared by adapters and the fused kernel's epilogue."""
-from __future__ import annotations
+"""Name -> activation, shared by adapters and the fused kernel's epilogue.
 
-from collections.abc import Callable
+`activate` branches on the name instead of looking a function up, so modules that call it
+from `forward` stay scriptable (`torch.jit.script`).
+"""
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import ACTIVATIONS  # the fused kernel's epilogues: adapters accept exactly these
+from crossan.kernels.reference import ACTIVATIONS  # the fused kernel's epilogues: adapters accept exactly these
 
-__all__ = ["ACTIVATIONS", "activation_function", "make_activation"]
-
-_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+__all__ = ["ACTIVATIONS", "activate", "check_activation", "make_activation"]
 
 
-def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The activation called `name` as a function (`relu` or exact-erf `gelu`)."""
-    if name not in _FUNCTIONS:
+def check_activation(name: str) -> str:
+    """`name` if it is a known activation (`relu` or exact-erf `gelu`), else a ValueError."""
+    if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
-    return _FUNCTIONS[name]
+    return name
+
+
+def activate(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The activation called `name` applied to `x`."""
+    if name == "relu":
+        return F.relu(x)
+    if name == "gelu":
+        return F.gelu(x)
+    raise ValueError("unknown activation " + name + "; choose relu or gelu")
 
 
 def make_activation(name: str) -> nn.Module:
     """The activation called `name` as a module."""
-    activation_function(name)
-    return nn.ReLU() if name == "relu" else nn.GELU()
+    return nn.ReLU() if check_activation(name) == "relu" else nn.GELU()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers.activations import activation_function
+from crossan.zoo.layers.activations import activate, check_activation
 
 __all__ = ["HoulsbyAdapter", "TowerAdapters", "adapter_hidden", "adapter_output", "ADAPTER_INIT_STD"]
 
@@ -31,7 +31,7 @@ def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 def adapter_hidden(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
                    activation: str) -> torch.Tensor:
     """The activated bottleneck `act(x W_down^T + b_down)`, `[..., r]`."""
-    return activation_function(activation)(_affine(x, down_weight, down_bias))
+    return activate(_affine(x, down_weight, down_bias), activation)
 
 
 def adapter_output(x: torch.Tensor, hidden: torch.Tensor, up_weight: torch.Tensor,
@@ -47,7 +47,7 @@ class HoulsbyAdapter(nn.Module):
         super().__init__()
         if width <= 0 or hidden_dim <= 0:
             raise ValueError(f"adapter width and hidden_dim must be positive, got {width}, {hidden_dim}")
-        activation_function(activation)
+        check_activation(activation)
         self.width = width
         self.hidden_dim = hidden_dim
         self.activation = activation
@@ -80,7 +80,7 @@ class TowerAdapters(nn.Module):
         if num_towers <= 0 or width <= 0 or hidden_dim <= 0:
             raise ValueError(f"towers, adapter width and hidden_dim must be positive, "
                              f"got {num_towers}, {width}, {hidden_dim}")
-        activation_function(activation)
+        check_activation(activation)
         self.num_towers = num_towers
         self.width = width
         self.hidden_dim = hidden_dim

@@ -42,10 +42,11 @@ class GatedCrossModalMixer(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """`inputs [K, ..., W] -> [..., W]` (a mixer with `gate_shape=()`)."""
-        if self.gate_shape:
-            raise ValueError(f"this mixer holds gates of shape {self.gate_shape}; call gate_weights() instead")
+        # str.format, not f-strings: TorchScript compiles these error paths too.
+        if len(self.gate_shape) > 0:
+            raise ValueError("this mixer holds gates of shape {}; call gate_weights() instead".format(self.gate_shape))
         if inputs.shape[0] != self.num_inputs:
-            raise ValueError(f"mixer expects {self.num_inputs} stacked inputs, got {inputs.shape[0]}")
+            raise ValueError("mixer expects {} stacked inputs, got {}".format(self.num_inputs, inputs.shape[0]))
         weights = self.gate_weights().to(inputs.dtype)
         return torch.tensordot(weights, inputs, dims=1)
 

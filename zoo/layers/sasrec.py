@@ -31,14 +31,14 @@ class _SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
         """`x [B, T, D]`, `additive_mask [B, 1, T, T]` -> `[B, T, D]`."""
         batch, length, dim = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + additive_mask
         attention = self.dropout(torch.softmax(scores, dim=-1))
         return self.out((attention @ v).transpose(1, 2).reshape(batch, length, dim))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """`[B, T, D] -> [B, heads, T, D / heads]`."""
+        return t.view(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
 
 class _Block(nn.Module):
@@ -71,6 +71,7 @@ class SASRec(nn.Module):
                  eps: float = 1e-6) -> None:
         super().__init__()
         self.max_len = max_len
+        self.mask_value = MASK_VALUE
         self.position = nn.Embedding(max_len, dim)
         self.input_norm = nn.LayerNorm(dim, eps=eps)
         self.input_dropout = nn.Dropout(dropout)
@@ -88,20 +89,27 @@ class SASRec(nn.Module):
         """Hidden states `[B, T, D]` for `item_embeddings [B, T, D]` and `padding_mask [B, T]`
         (True where padding); padded positions come out as zeros."""
         length = item_embeddings.shape[1]
-        # torch.jit.trace records `length` as a tensor, which torch._check rejects; the check
-        # exists for eager mode and torch.export, which reads it as a bound on T.
-        if not torch.jit.is_tracing():
-            torch._check(length <= self.max_len, lambda: f"sequence longer than max_len={self.max_len}")
+        # torch.export reads torch._check as a bound on T; TorchScript compiles no lambda, and
+        # torch.jit.trace records `length` as a tensor, which torch._check rejects.
+        if torch.jit.is_scripting():
+            if length > self.max_len:
+                raise ValueError("sequence longer than max_len={}".format(self.max_len))
+        elif not torch.jit.is_tracing():
+            self._check_length(length)
         positions = self.position.weight[self.max_len - length:]
         keep = (~padding_mask).unsqueeze(-1).to(item_embeddings.dtype)
         x = self.input_dropout(self.input_norm(item_embeddings + positions)) * keep
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         allowed = causal.unsqueeze(0) & ~padding_mask.unsqueeze(1)
         additive_mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
-        additive_mask = additive_mask.masked_fill(~allowed, MASK_VALUE).unsqueeze(1)
+        additive_mask = additive_mask.masked_fill(~allowed, self.mask_value).unsqueeze(1)
         for block in self.blocks:
             x = block(x, additive_mask) * keep
         return x
+
+    @torch.jit.unused
+    def _check_length(self, length: int) -> None:
+        torch._check(length <= self.max_len, lambda: f"sequence longer than max_len={self.max_len}")
 
     def user_vector(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """User embedding `[B, D]`: the hidden state at the newest (last) position."""

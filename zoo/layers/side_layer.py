@@ -1,6 +1,6 @@
 """One tower's side layer written out on its own: a gated mix of K stacked inputs feeding a Houlsby adapter.
 
-This is the per-tower formulation the batched side network (`zoo.layers.side_network`) is
+This is the per-tower formulation the batched side network (`crossan.zoo.layers.side_network`) is
 tested and benchmarked against; it is also the readable definition of what one tower does.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zoo.layers.adapter import HoulsbyAdapter
-from zoo.layers.mixer import GatedCrossModalMixer
+from crossan.zoo.layers.adapter import HoulsbyAdapter
+from crossan.zoo.layers.mixer import GatedCrossModalMixer
 
 __all__ = ["GatedAdapterLayer"]
 

@@ -8,7 +8,7 @@ the whole layer's gates:
     x = G_l[:, :M] S_l + G_l[:, M:] Z_{l-1}          [T, N, W]
     Z_l = x + W_up act(W_down x + b_down) + b_up       (T adapters with stacked weights)
 
-`kernels.gated_mix_down` computes x and the adapters' bottleneck for all towers at once (one
+`crossan.kernels.gated_mix_down` computes x and the adapters' bottleneck for all towers at once (one
 Triton launch per layer on CUDA; two matrix products over the flattened sources and one
 batched matrix product on CPU), reading each source where it lives.
 
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels import BACKENDS, gated_mix_down
-from zoo.layers.adapter import TowerAdapters
-from zoo.layers.mixer import GatedCrossModalMixer
+from crossan.kernels.gated_mix_down import BACKENDS, gated_mix_down
+from crossan.kernels.reference import mix_down_reference
+from crossan.zoo.layers.adapter import TowerAdapters
+from crossan.zoo.layers.mixer import GatedCrossModalMixer
 
 __all__ = ["GateGroup", "SideGates", "SideNetwork"]
 
@@ -62,7 +63,7 @@ class SideGates(nn.Module):
         self.num_towers = num_towers = len(self.tower_names)
         num_sources = self.num_modalities + num_towers
         self.mixers = nn.ModuleDict({group.name: group.mixer for group in groups})
-        self._wiring: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self._wiring: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (towers, columns)
         pattern = torch.zeros(num_towers, num_sources, dtype=torch.bool)
         fixed_weights = torch.zeros(num_towers, num_sources)
         for group in groups:
@@ -76,7 +77,7 @@ class SideGates(nn.Module):
                 raise ValueError(f"gate group {group.name!r}: source columns must lie in 0..{num_sources - 1}")
             towers = torch.tensor(group.towers, dtype=torch.long)
             pattern[towers.unsqueeze(1), columns] = True
-            self._wiring.append((group.name, towers, columns))
+            self._wiring[group.name] = (towers, columns)
         for tower, source, value in fixed:
             pattern[tower, source] = True
             fixed_weights[tower, source] = value
@@ -93,12 +94,17 @@ class SideGates(nn.Module):
         """The mixing matrices `[L, T, M + T]` in float32 (differentiable in the gate parameters)."""
         num_sources = self.pattern.shape[1]
         mixing = self.fixed_weights.float().expand(self.num_layers, -1, -1)
-        for name, towers, columns in self._wiring:
-            weights = self.mixers[name].gate_weights()  # [L, R, K]
-            block = weights.new_zeros(self.num_layers, len(towers), num_sources)
+        for name, mixer in self.mixers.items():
+            towers, columns = self._wiring[name]
+            weights = mixer.gate_weights()  # [L, R, K]
+            block = weights.new_zeros(self.num_layers, towers.shape[0], num_sources)
             block = block.scatter(-1, columns.to(weights.device).expand(self.num_layers, -1, -1), weights)
             mixing = mixing.index_add(1, towers.to(weights.device), block)
         return mixing
+
+    def forward(self) -> torch.Tensor:
+        """The mixing matrices (`mixing()`), so the gates run as a module of their own."""
+        return self.mixing()
 
 
 class SideNetwork(nn.Module):
@@ -116,14 +122,27 @@ class SideNetwork(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Last side layer's outputs `[T, N, W]` from layer-major backbone states `[L, M, N, W]`."""
-        expected = (len(self.layers), self.gates.num_modalities)
-        if states.dim() != 4 or tuple(states.shape[:2]) != expected:
-            raise ValueError(f"side network states must be [L, M, N, W] with L, M = {expected}, "
-                             f"got {tuple(states.shape)}")
+        num_layers, num_modalities = len(self.layers), self.gates.num_modalities
+        if states.dim() != 4 or states.shape[0] != num_layers or states.shape[1] != num_modalities:
+            raise ValueError("side network states must be [L, M, N, W] with L, M = {}, {}, got {}".format(
+                num_layers, num_modalities, list(states.shape)))
         mixing = self.gates.mixing()
-        previous = None
+        previous: torch.Tensor | None = None
         for layer, adapters in enumerate(self.layers):
-            x, hidden = gated_mix_down(states[layer], previous, mixing[layer], adapters.down_weight,
-                                       adapters.down_bias, adapters.activation, self.backend, self.gates.pattern)
+            if torch.jit.is_scripting():  # TorchScript runs the reference; it cannot call Triton
+                x, hidden = mix_down_reference(states[layer], previous, mixing[layer], adapters.down_weight,
+                                               adapters.down_bias, adapters.activation, self.gates.pattern)
+            else:
+                x, hidden = self._mix_down(states[layer], previous, mixing[layer], adapters.down_weight,
+                                           adapters.down_bias, adapters.activation)
             previous = adapters.up_residual(x, hidden)
+        assert previous is not None  # there is at least one layer
         return previous
+
+    @torch.jit.unused
+    def _mix_down(self, states: torch.Tensor, previous: torch.Tensor | None, mixing: torch.Tensor,
+                  down_weight: torch.Tensor, down_bias: torch.Tensor, activation: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's mix and bottleneck through the dispatcher (Triton on CUDA, else the reference)."""
+        return gated_mix_down(states, previous, mixing, down_weight, down_bias, activation, self.backend,
+                              self.gates.pattern)

@@ -1,20 +1,26 @@
-"""Model families of the zoo: one file per architecture (its config, its module, its presets).
+"""Model families of the zoo: one file per architecture (its config, its module, its presets),
+and the registry's lookups.
 
 Importing this package imports every module in its folder, so that each model file's
-`@register_model` runs; a new architecture needs no other file changed.
+`@register_model` fills the registry; a new architecture needs no other file changed. The
+lookups (`create_model`, `list_models`, ...) are re-exported from here, where every model is
+registered.
 """
 import importlib
 import pkgutil
 
-from zoo.models.base import Recommender, SideNetworkRecommender
-from zoo.models.config import MODALITIES, RecommenderConfig, SideNetworkConfig
+from crossan.zoo.models.base import Recommender, SideNetworkRecommender
+from crossan.zoo.models.config import MODALITIES, RecommenderConfig, SideNetworkConfig
+from crossan.zoo.registry import (architectures, build_model, config_from_dict, create_model, list_models, load_model,
+                                  preset_config)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-from zoo.models.crossan import Crossan, CrossanConfig  # noqa: E402
-from zoo.models.iisan import IISAN, IISANConfig  # noqa: E402
-from zoo.models.sasrec_id import SASRecID, SASRecIDConfig  # noqa: E402
+from crossan.zoo.models.crossan import Crossan, CrossanConfig  # noqa: E402
+from crossan.zoo.models.iisan import IISAN, IISANConfig  # noqa: E402
+from crossan.zoo.models.sasrec_id import SASRecID, SASRecIDConfig  # noqa: E402
 
-__all__ = ["MODALITIES", "IISAN", "Crossan", "CrossanConfig", "IISANConfig", "Recommender",
-           "RecommenderConfig", "SASRecID", "SASRecIDConfig", "SideNetworkConfig", "SideNetworkRecommender"]
+__all__ = ["MODALITIES", "IISAN", "Crossan", "CrossanConfig", "IISANConfig", "Recommender", "RecommenderConfig",
+           "SASRecID", "SASRecIDConfig", "SideNetworkConfig", "SideNetworkRecommender", "architectures", "build_model",
+           "config_from_dict", "create_model", "list_models", "load_model", "preset_config"]

@@ -33,15 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.data.dataset import PAD
-from zoo.errors import ConfigError
-from zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
-from zoo.layers.fusion import make_fusion
-from zoo.layers.head import TowerHead
-from zoo.layers.item_ids import ItemIdEmbedding
-from zoo.layers.sasrec import SASRec
-from zoo.layers.side_network import SideGates, SideNetwork
-from zoo.models.config import ContentConfig, RecommenderConfig, SideNetworkConfig
+from crossan.zoo.data.dataset import PAD
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
+from crossan.zoo.layers.fusion import make_fusion
+from crossan.zoo.layers.head import TowerHead
+from crossan.zoo.layers.item_ids import ItemIdEmbedding
+from crossan.zoo.layers.sasrec import SASRec
+from crossan.zoo.layers.side_network import SideGates, SideNetwork
+from crossan.zoo.models.config import ContentConfig, RecommenderConfig, SideNetworkConfig
 
 __all__ = ["PAD", "ContentRecommender", "Recommender", "SideNetworkRecommender"]
 
@@ -213,7 +213,7 @@ class Recommender(nn.Module):
         return None
 
     def start_from_backbones(self, backbones: Mapping[str, Any]) -> None:
-        """Copy the loaded backbones' weights (`zoo.backbones.Backbone` by modality) into a model
+        """Copy the loaded backbones' weights (`crossan.zoo.backbones.Backbone` by modality) into a model
         that trains through them; models over cached states keep none."""
 
     def mark_trained_items(self, seen: torch.Tensor) -> None:
@@ -281,7 +281,7 @@ class ContentRecommender(Recommender):
 class SideNetworkRecommender(ContentRecommender):
     """Side towers over cached backbone states -> per-tower heads -> fusion -> item embedding.
 
-    The side network is `zoo.layers.side_network.SideNetwork`; subclasses say how its gates are
+    The side network is `crossan.zoo.layers.side_network.SideNetwork`; subclasses say how its gates are
     wired (`make_gates`) and write the same network out one tower at a time
     (`per_tower_outputs`, the slow reference the batched layer is tested against).
     """

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from kernels import BACKENDS
-from zoo.errors import ConfigError
-from zoo.layers.activations import ACTIVATIONS
-from zoo.layers.fusion import FUSIONS
+from crossan.kernels.gated_mix_down import BACKENDS
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.layers.activations import ACTIVATIONS
+from crossan.zoo.layers.fusion import FUSIONS
 
 __all__ = ["MODALITIES", "ContentConfig", "RecommenderConfig", "SideNetworkConfig", "PAPER_BACKBONE_WIDTH",
            "PAPER_NUM_STATES"]
@@ -68,7 +68,7 @@ class RecommenderConfig:
         return self
 
     def fit_to_backbones(self, backbones: Mapping[str, Any]) -> "RecommenderConfig":
-        """This config fitted to the loaded backbones (`zoo.backbones.Backbone` by modality) of a
+        """This config fitted to the loaded backbones (`crossan.zoo.backbones.Backbone` by modality) of a
         model that runs them itself; models over cached states need nothing from them."""
         return self
 
@@ -92,7 +92,7 @@ class RecommenderConfig:
 @dataclass(frozen=True)
 class ContentConfig(RecommenderConfig):
     """A model whose item embedding comes from the items' content, optionally plus a learned
-    per-item ID vector (`zoo.layers.item_ids`)."""
+    per-item ID vector (`crossan.zoo.layers.item_ids`)."""
 
     item_id_term: bool = field(default=False, metadata={
         "help": "add a learned ID vector per training item to the content embedding (zero for cold items)"})

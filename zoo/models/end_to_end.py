@@ -34,13 +34,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, PretrainedConfig, ViTConfig
 
-from zoo.errors import ConfigError
-from zoo.layers.adapter import HoulsbyAdapter
-from zoo.layers.activations import ACTIVATIONS
-from zoo.layers.fusion import FUSIONS, make_fusion
-from zoo.models.base import ContentRecommender
-from zoo.models.config import ContentConfig
-from zoo.registry import register_model
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.layers.adapter import HoulsbyAdapter
+from crossan.zoo.layers.activations import ACTIVATIONS
+from crossan.zoo.layers.fusion import FUSIONS, make_fusion
+from crossan.zoo.models.base import ContentRecommender
+from crossan.zoo.models.config import ContentConfig
+from crossan.zoo.registry import register_model
 
 __all__ = ["METHODS", "SERVED_MODALITIES", "ADAPTER_SITES", "LORA_TARGETS", "EndToEndConfig", "EndToEnd",
            "insert_adapters", "backbone_inputs"]
@@ -136,7 +136,7 @@ class EndToEndConfig(ContentConfig):
 
     def fit_to_backbones(self, backbones: Mapping[str, Any]) -> "EndToEndConfig":
         """This config with each modality's backbone config and pooling taken from the loaded
-        backbones (`zoo.backbones.Backbone`, pretrained or tiny) the run trains from."""
+        backbones (`crossan.zoo.backbones.Backbone`, pretrained or tiny) the run trains from."""
         missing = [m for m in self.modalities if m not in backbones]
         if missing:
             raise ConfigError(f"no backbone for modalities {', '.join(missing)}")

@@ -7,14 +7,14 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call
 
-from zoo.errors import ConfigError
-from zoo.layers.adapter import HoulsbyAdapter
-from zoo.layers.mixer import GatedCrossModalMixer, SigmoidGatedMixer
-from zoo.layers.side_layer import GatedAdapterLayer
-from zoo.layers.side_network import GateGroup, SideGates
-from zoo.models.base import SideNetworkRecommender
-from zoo.models.config import MODALITIES, SideNetworkConfig
-from zoo.registry import register_model
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.layers.adapter import HoulsbyAdapter
+from crossan.zoo.layers.mixer import GatedCrossModalMixer, SigmoidGatedMixer
+from crossan.zoo.layers.side_layer import GatedAdapterLayer
+from crossan.zoo.layers.side_network import GateGroup, SideGates
+from crossan.zoo.models.base import SideNetworkRecommender
+from crossan.zoo.models.config import MODALITIES, SideNetworkConfig
+from crossan.zoo.registry import register_model
 
 __all__ = ["IISAN", "IISANConfig"]
 

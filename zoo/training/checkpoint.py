@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from zoo.atomic import atomic_write
+from crossan.zoo.atomic import atomic_write
 
 __all__ = ["write_json", "read_json", "save_weights", "save_per_user", "TrainingState", "Checkpoint", "CheckpointStore"]
 

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zoo.data.dataset import PAD, SequenceDataset
-from zoo.features import ItemFeatures
-from zoo.models.base import Recommender, decayed_history
-from zoo.training.distributed import SINGLE, Processes
-from zoo.training.metrics import metrics_from_ranks, target_ranks
+from crossan.zoo.data.dataset import PAD, SequenceDataset
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.models.base import Recommender, decayed_history
+from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.training.metrics import metrics_from_ranks, target_ranks
 
 __all__ = ["EvaluationResult", "left_padded", "evaluate_history_similarity", "evaluate_model", "evaluate_popularity",
            "rank_all_users"]

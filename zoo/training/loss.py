@@ -32,7 +32,7 @@ def in_batch_debiased_cross_entropy(scores: torch.Tensor, log_weights: torch.Ten
 
     Shapes: `scores [R, U]` (the model's score of each candidate for each prediction row,
     `model.scores`), `log_weights [U]` (`log q`: each candidate's log sampling weight; for the
-    batch's own items their log popularity, see `zoo.training.negatives`), `target_columns [R]`
+    batch's own items their log popularity, see `crossan.zoo.training.negatives`), `target_columns [R]`
     (column of each row's positive), `masked [R, U]` bool. Subtracting `log q` corrects the
     in-batch sampling bias towards popular items.
     """

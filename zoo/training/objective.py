@@ -12,19 +12,19 @@ local batch B/N optimise the loss one process computes for batch B, up to the or
 additions.
 
 Sampled catalogue items, a cross-batch memory or the full catalogue can join the candidates
-(`zoo.training.negatives.ExtraNegatives`); the same-user masking covers them too.
+(`crossan.zoo.training.negatives.ExtraNegatives`); the same-user masking covers them too.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from zoo.data.dataset import PAD
-from zoo.features import ItemFeatures
-from zoo.models.base import Recommender
-from zoo.training.distributed import SINGLE, Processes
-from zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
-from zoo.training.negatives import ExtraNegatives
+from crossan.zoo.data.dataset import PAD
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.models.base import Recommender
+from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
+from crossan.zoo.training.negatives import ExtraNegatives
 
 __all__ = ["InBatchObjective"]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from zoo.data.dataset import SequenceDataset
-from zoo.training.metrics import METRIC_NAMES, per_user_metric
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.training.metrics import METRIC_NAMES, per_user_metric
 
 __all__ = ["cold_item_users", "paired_t_test"]
 

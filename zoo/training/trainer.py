@@ -12,15 +12,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DistributedSampler
 
-from zoo.data.dataset import SequenceDataset
-from zoo.errors import ConfigError
-from zoo.features import ItemFeatures
-from zoo.models.base import Recommender
-from zoo.training.checkpoint import CheckpointStore, TrainingState
-from zoo.training.distributed import SINGLE, Processes
-from zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
-from zoo.training.negatives import ExtraNegatives, check_negative_options
-from zoo.training.objective import InBatchObjective
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.features import ItemFeatures
+from crossan.zoo.models.base import Recommender
+from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
+from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
+from crossan.zoo.training.negatives import ExtraNegatives, check_negative_options
+from crossan.zoo.training.objective import InBatchObjective
 
 __all__ = ["PRECISIONS", "TrainConfig", "Trainer", "TrainingOutcome", "epoch_batches", "local_batch_size",
            "resolve_precision", "training_windows"]
@@ -156,7 +156,7 @@ def epoch_batches(num_windows: int, batch_size: int, epoch: int, seed: int,
 class Trainer:
     """Trains `model` on cached item features; evaluates every epoch on the validation split.
 
-    With `processes` from `torchrun` (`zoo.training.distributed.launched`), each process takes
+    With `processes` from `torchrun` (`crossan.zoo.training.distributed.launched`), each process takes
     its share of every batch, in-batch negatives span the global batch (`InBatchObjective`),
     gradients are averaged by DistributedDataParallel, evaluation is sharded by users, and only
     the main process prints and writes checkpoints.
