@@ -72,8 +72,9 @@ def gate_heatmap(run: Run, path: Path) -> dict[str, object]:
     return {**data, "path": str(path)}
 
 
-def main() -> int:
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> int:
+    """The command line (`argv`, or the process's arguments); returns the exit status."""
+    args = build_parser().parse_args(argv)
     mask = not args.no_mask_history
     if (args.mutual_information or args.gate_heatmap) and args.run is None:
         raise ConfigError("--mutual-information and --gate-heatmap analyse a run: give --run")

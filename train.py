@@ -21,8 +21,9 @@ from crossan.zoo.cli import metrics_table, run_cli
 from crossan.zoo.data import DATA_KINDS, load_dataset
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.models.config import MODALITIES
-from crossan.zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device, resume_run,
-                          split_options, train_and_save)
+from crossan.zoo.cli import parse_assignments, parse_value, split_options
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.pipeline import describe_data, resolve_device, resume_run, train_and_save
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.distributed import Processes, launched
@@ -129,9 +130,10 @@ def report(args: argparse.Namespace, metrics: dict, run_dir: Path, processes: Pr
          ("popularity test", metrics["popularity"]["test"])]))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """The command line (`argv`, or the process's arguments); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     # Under torchrun: one process group for the whole command (a plain single process otherwise).
     with launched(resolve_device(args.device)) as (processes, device):
         console = Console(stderr=True, quiet=not processes.is_main)

@@ -65,7 +65,7 @@ def _model_and_features(spec: str, widths: str, num_items: int, generator: torch
     """The model `spec` (`preset` or `preset@adapter_dim`) at `widths`, and made-up inputs of
     `num_items` items in the layout it reads."""
     from crossan.zoo.backbones.tiny import tiny_backbone
-    from crossan.zoo.features import ItemFeatures
+    from crossan.zoo.features.store import ItemFeatures
     from crossan.zoo.models import create_model, preset_config
 
     preset, _, adapter_dim = spec.partition("@")

@@ -33,8 +33,9 @@ sys.path.insert(0, str(PROJECT))
 
 from crossan.zoo.cli import run_cli  # noqa: E402
 from crossan.zoo.data import DATA_KINDS, load_dataset  # noqa: E402
-from crossan.zoo.features import ItemFeatures  # noqa: E402
-from crossan.zoo.pipeline import FeatureSettings, prepare_features, resolve_device  # noqa: E402
+from crossan.zoo.features.prepare import prepare_features  # noqa: E402
+from crossan.zoo.features.settings import FeatureSettings  # noqa: E402
+from crossan.zoo.pipeline import resolve_device  # noqa: E402
 from crossan.zoo.models import build_model, preset_config  # noqa: E402
 from crossan.zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -93,12 +94,12 @@ def main() -> int:
     trainers: dict[tuple[str, str], Trainer] = {}
     for model_name in args.models:
         base = preset_config(model_name)
-        states, _, _ = prepare_features(dataset, base.item_features(), settings, device, console)
+        prepared = prepare_features(dataset, base, settings, device, console).features
         for row, (train_settings, model_settings) in option_rows(args.sampled, args.memory).items():
             if not _accepts(base, model_settings):
                 continue
             config = preset_config(model_name, **model_settings)
-            features = ItemFeatures(dataset.num_items, states, device, with_rows=config.reads_item_rows)
+            features = prepared.with_item_rows(config.reads_item_rows)
             torch.manual_seed(0)
             model = build_model(config.fit_to_data(dataset.num_items, features.shapes()))
             train = TrainConfig(sliding_windows=True, steps_per_epoch=args.steps, precision="fp32", **train_settings)

@@ -41,7 +41,8 @@ from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.experiments.report import per_user_values
 from crossan.zoo.experiments.runner import TableRuns, train_missing
 from crossan.zoo.models.config import RecommenderConfig, SideNetworkConfig
-from crossan.zoo.pipeline import FeatureSettings, describe_data, resolve_device
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.pipeline import describe_data, resolve_device
 from crossan.zoo.runs import open_run
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity

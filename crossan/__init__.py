@@ -34,7 +34,7 @@ _SOURCES = {
     "OnnxRecommender": "crossan.export.serve",
 }
 
-__all__ = sorted(_SOURCES)
+__all__ = ["OnnxRecommender", "build_model", "create_model", "list_models", "load_model", "preset_config"]
 
 
 def __getattr__(name: str) -> Any:

@@ -36,7 +36,7 @@ from crossan.zoo.backbones import StateExtractor, load_backbone
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.models.base import Recommender
-from crossan.zoo.pipeline import FeatureSettings
+from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.runs import Run, open_run
 
 __all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "run_extractors",

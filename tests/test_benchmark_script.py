@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT = Path(__file__).resolve().parents[1]
+
+# Each runs a benchmark end to end in a subprocess (10 to 25 s): the slow set.
+pytestmark = pytest.mark.slow
 
 
 def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from crossan.zoo.backbones import BackboneSpec, StateExtractor, kept_state_indices, load_backbone
-from crossan.zoo.cache import build_states, cache_metadata, cache_path, open_states, write_states
+from crossan.zoo.features.prepare import build_state_cache, state_metadata
+from crossan.zoo.features.states import cache_path, open_states, write_states
 from crossan.zoo.data import read_microlens
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.store import ItemFeatures
 
 
 def test_kept_indices_follow_layerdrop() -> None:
@@ -126,9 +127,9 @@ def test_cached_states_equal_backbone_hidden_states(toy_root: Path, tmp_path: Pa
     """Row r of the cache is the CLS state at the kept layers of item r, as the backbone computes it."""
     dataset = read_microlens(toy_root, name="toy")
     extractor = StateExtractor(load_backbone(BackboneSpec(modality, "tiny")), side_layers=3)
-    metadata = cache_metadata(dataset, extractor)
+    metadata = state_metadata(dataset, extractor)
     path = cache_path(tmp_path, metadata, modality)
-    cached = build_states(dataset, extractor, path, batch_size=50)
+    cached = build_state_cache(dataset, extractor, path, batch_size=50)
     assert cached.shape == (dataset.num_items, 4, extractor.backbone.width)
     row = 37
     inputs = extractor.model_inputs([extractor.read_item(dataset, row)])
@@ -143,10 +144,10 @@ def test_cached_states_equal_backbone_hidden_states(toy_root: Path, tmp_path: Pa
 def test_stale_fingerprint_changes_the_cache_key(toy_root: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
     extractor = StateExtractor(load_backbone(BackboneSpec("text", "tiny")), side_layers=6)
-    before = cache_metadata(dataset, extractor)
+    before = state_metadata(dataset, extractor)
     dataset.titles[0] = dataset.titles[0] + " changed"
     dataset._fingerprint = None
-    after = cache_metadata(dataset, extractor)
+    after = state_metadata(dataset, extractor)
     assert before["dataset_fingerprint"] != after["dataset_fingerprint"]
     assert cache_path(Path("c"), before, "text") != cache_path(Path("c"), after, "text")
 
@@ -165,12 +166,30 @@ def test_text_max_tokens_cuts_long_titles_and_keys_the_cache(toy_root: Path) -> 
     assert not torch.allclose(short_cut.encode([long_title]), long_cut.encode([long_title]))
     torch.testing.assert_close(short_cut.encode(["red"]), long_cut.encode(["red"]))
     dataset = read_microlens(toy_root, name="toy")
-    keyed = {cache_path(Path("c"), cache_metadata(dataset, e), "text") for e in (short_cut, long_cut)}
+    keyed = {cache_path(Path("c"), state_metadata(dataset, e), "text") for e in (short_cut, long_cut)}
     assert len(keyed) == 2
-    assert json.loads(cache_metadata(dataset, short_cut)["preprocessing"])["max_tokens"] == 4
+    assert json.loads(state_metadata(dataset, short_cut)["preprocessing"])["max_tokens"] == 4
 
 
 @pytest.mark.parametrize("tokens, message", [(0, "at least 1"), (65, "exceeds the text backbone's 64 positions")])
 def test_text_max_tokens_out_of_range_is_an_error(tokens: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StateExtractor(load_backbone(BackboneSpec("text", "tiny")), 6, text_max_tokens=tokens)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The modules a source file imports (absolute names)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_storage_and_extraction_stay_apart() -> None:
+    """The feature package orchestrates: its storage modules never reach the backbones, and the
+    extractor never reaches the feature package, so preparation has no back and forth."""
+    zoo = Path(__file__).resolve().parents[1] / "zoo"
+    for storage in ("states.py", "inputs.py", "store.py"):
+        assert not {m for m in imported_modules(zoo / "features" / storage) if m.startswith("crossan.zoo.backbones")}
+    assert not {m for m in imported_modules(zoo / "backbones" / "extractor.py") if m.startswith("crossan.zoo.features")}

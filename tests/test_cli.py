@@ -1,18 +1,15 @@
 """`run_cli`: a user error is one `error: ...` line and exit status 2; a bug keeps its traceback."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import traceback
-from pathlib import Path
 
 import pytest
+from scripts import run_script
 
 from crossan.zoo.cli import run_cli
 from crossan.zoo.data import DataError
 from crossan.zoo.errors import ConfigError, MissingFileError, UserError
 
-PROJECT = Path(__file__).resolve().parents[1]
 
 
 def _run_failing(error: BaseException, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -65,7 +62,6 @@ def test_plain_value_error_is_a_bug_and_keeps_its_traceback(capsys: pytest.Captu
 
 
 def test_train_without_data_root_is_one_line_end_to_end() -> None:
-    result = subprocess.run([sys.executable, "train.py", "--preset", "crossan-t", "--data", "amazon"],
-                            cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    result = run_script("train", "--preset", "crossan-t", "--data", "amazon")
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: --data amazon needs --data-root DIR"]

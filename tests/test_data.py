@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from scripts import run_script
 
 from crossan.zoo.data import DataError, read_amazon, read_microlens
 from crossan.zoo.data.dataset import MIN_INTERACTIONS
@@ -86,7 +85,7 @@ def test_non_utf8_title_file(microlens: Path) -> None:
 
 
 def test_missing_cover_and_video_are_errors_unless_allowed(microlens: Path) -> None:
-    from crossan.zoo.cache import check_media
+    from crossan.zoo.features.prepare import check_media
 
     (microlens / "covers" / "i0003.jpg").unlink()
     (microlens / "videos" / "i0005.mp4").unlink()
@@ -101,10 +100,8 @@ def test_missing_cover_and_video_are_errors_unless_allowed(microlens: Path) -> N
 
 def test_cli_reports_bad_input_in_one_line_without_traceback(microlens: Path, tmp_path: Path) -> None:
     (microlens / "videos" / "i0005.mp4").unlink()
-    result = subprocess.run(
-        [sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens", "--data-root", str(microlens),
-         "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run")],
-        cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    result = run_script("train", "--preset", "crossan-tiva", "--data", "microlens", "--data-root", str(microlens),
+                        "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {microlens / 'videos' / 'i0005.mp4'}: missing video file")

@@ -153,7 +153,7 @@ def test_train_py_trains_an_uncached_model_from_stored_inputs(toy_root, cache_di
     import sys
     from pathlib import Path
 
-    from crossan.zoo.input_cache import open_inputs
+    from crossan.zoo.features.inputs import open_inputs
     from crossan.zoo.runs import open_run
 
     run_dir = tmp_path / "run"

@@ -18,7 +18,8 @@ from crossan.zoo.experiments.__main__ import build_parser, training_overrides
 from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.experiments.report import summarise, write_report
 from crossan.zoo.experiments.runner import TableRuns, train_missing
-from crossan.zoo.pipeline import FeatureSettings, describe_data
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.pipeline import describe_data
 from crossan.zoo.training.checkpoint import read_json, write_json
 
 MINI = """

@@ -14,7 +14,7 @@ from rich.console import Console
 import crossan
 from crossan.kernels.gated_mix_down import triton_available
 from crossan.zoo.data import read_microlens
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.training.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(

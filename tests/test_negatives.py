@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import crossan
 from crossan.zoo.errors import ConfigError
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.training.negatives import CrossBatchMemory, ExtraNegatives, sampling_log_weights
 from crossan.zoo.training.objective import InBatchObjective
 from crossan.zoo.training.trainer import TrainConfig

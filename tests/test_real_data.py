@@ -104,6 +104,7 @@ def test_pretrained_source_never_falls_back_when_offline(tmp_path: Path) -> None
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot load the text backbone 'bert-base-uncased'")
 
 
+@pytest.mark.slow
 def test_local_pretrained_directories_train_end_to_end(fixtures: dict[str, Path], tmp_path: Path) -> None:
     """Different widths and depths per modality, loaded from `save_pretrained` folders."""
     shapes = {"text": (32, 6), "image": (48, 12), "video": (64, 8), "audio": (40, 6)}

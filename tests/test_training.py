@@ -2,26 +2,25 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from rich.console import Console
+from scripts import run_script
 
 import crossan
 from crossan.zoo.data import read_microlens
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.errors import ConfigError
-from crossan.zoo.features import ItemFeatures
-from crossan.zoo.pipeline import FeatureSettings, describe_data, train_and_save
+from crossan.zoo.features.store import ItemFeatures
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.pipeline import describe_data, train_and_save
 from crossan.zoo.runs import open_run
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
 from crossan.zoo.training.trainer import TrainConfig, Trainer, training_windows
 
-PROJECT = Path(__file__).resolve().parents[1]
 QUICK = TrainConfig(epochs=4, patience=4, seed=7)
 
 
@@ -127,8 +126,8 @@ def test_id_baseline_trains(toy_root: Path, cache_dir: Path, tmp_path: Path) -> 
 
 def test_evaluate_cli_prints_json(crossan_run: tuple[Path, dict]) -> None:
     run_dir, metrics = crossan_run
-    result = subprocess.run([sys.executable, "evaluate.py", "--run", str(run_dir), "--json"], cwd=PROJECT,
-                            capture_output=True, text=True, timeout=300, check=True)
+    result = run_script("evaluate", "--run", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["metrics"] == pytest.approx(metrics["test"], abs=1e-6)
 
@@ -136,9 +135,9 @@ def test_evaluate_cli_prints_json(crossan_run: tuple[Path, dict]) -> None:
 def test_evaluate_cli_analyses_towers_and_gates(crossan_run: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, _ = crossan_run
     heatmap = tmp_path / "gates.png"
-    result = subprocess.run([sys.executable, "evaluate.py", "--run", str(run_dir), "--mutual-information",
-                             "--mi-components", "4", "--gate-heatmap", str(heatmap), "--json"], cwd=PROJECT,
-                            capture_output=True, text=True, timeout=300, check=True)
+    result = run_script("evaluate", "--run", str(run_dir), "--mutual-information", "--mi-components", "4",
+                        "--gate-heatmap", str(heatmap), "--json")
+    assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     information = report["mutual_information"]
     assert information["estimator"]["estimator"].startswith("Kraskov-Stoegbauer-Grassberger")
@@ -156,8 +155,7 @@ def test_evaluate_cli_refuses_analyses_a_model_cannot_give(toy_root: Path, cache
     run_dir = tmp_path / "id"
     train(toy_root, cache_dir, run_dir, "sasrec-id", overrides={})
     for option in (["--mutual-information"], ["--gate-heatmap", str(tmp_path / "g.png")]):
-        result = subprocess.run([sys.executable, "evaluate.py", "--run", str(run_dir), *option], cwd=PROJECT,
-                                capture_output=True, text=True, timeout=300)
+        result = run_script("evaluate", "--run", str(run_dir), *option)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "sasrec-id has" in result.stderr
 

@@ -1,27 +1,19 @@
-"""From raw data to a trained run directory: data, backbones, feature cache, training, files."""
+"""From a data set and feature settings to a trained run directory: training, resuming, files."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from crossan.zoo.analysis.curves import draw_training_curves
-from crossan.zoo.backbones import TEXT_MAX_TOKENS, Backbone, BackboneSpec, StateExtractor, load_backbone
-from crossan.zoo.cache import build_states, cache_metadata, cache_path, check_media, open_states
-from crossan.zoo.input_cache import build_inputs, input_cache_path, input_metadata, open_inputs
 from crossan.zoo.data import SequenceDataset
 from crossan.zoo.errors import ConfigError, MissingFileError
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.prepare import prepare_features
+from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import build_model, config_from_dict, preset_config
 from crossan.zoo.runs import Run, recorded_dataset
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
@@ -29,38 +21,8 @@ from crossan.zoo.training.distributed import SINGLE, Processes
 from crossan.zoo.training.evaluation import evaluate_popularity
 from crossan.zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
-__all__ = ["FeatureSettings", "prepare_features", "train_and_save", "resume_run",
-           "resolve_device", "code_fingerprint", "differing_options", "split_options"]
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """How item features are produced: backbone source, per-modality overrides, caching."""
-
-    source: str = "tiny"
-    overrides: tuple[tuple[str, str], ...] = ()
-    poolings: tuple[tuple[str, str], ...] = ()
-    side_layers: int = 6
-    text_max_tokens: int = TEXT_MAX_TOKENS
-    cache_dir: Path = Path(".cache")
-    batch_size: int = 32
-    allow_missing_media: bool = False
-    backbone_seed: int = 0
-
-    def spec(self, modality: str) -> BackboneSpec:
-        return BackboneSpec.resolve(modality, self.source, dict(self.overrides).get(modality),
-                                    dict(self.poolings).get(modality), self.backbone_seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (recorded in `config.json`, read back by `--resume`)."""
-        values = dataclasses.asdict(self)
-        return {**values, "overrides": [list(p) for p in self.overrides], "poolings": [list(p) for p in self.poolings],
-                "cache_dir": str(self.cache_dir)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "FeatureSettings":
-        return cls(**{**values, "overrides": tuple(map(tuple, values["overrides"])),
-                      "poolings": tuple(map(tuple, values["poolings"])), "cache_dir": Path(values["cache_dir"])})
+__all__ = ["train_and_save", "resume_run", "resolve_device", "code_fingerprint", "differing_options",
+           "describe_data"]
 
 
 def code_fingerprint() -> str:
@@ -84,62 +46,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_features(dataset: SequenceDataset, modalities: tuple[str, ...], settings: FeatureSettings,
-                     device: torch.device, console: Console, processes: Processes = SINGLE,
-                     stored: str = "states") -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Backbone]]:
-    """Per-modality item features, built on first use (over all `processes`): the backbones'
-    cached states (`stored="states"`), or their stored inputs (`"inputs"`: token ids, pixels, for
-    models that run the backbones themselves). Returns the features by input name, a description
-    of each backbone, and, for `"inputs"`, the loaded backbones (the model starts from them)."""
-    dataset.require_modalities(modalities)
-    for modality in modalities:  # fail on missing media before spending time on any backbone
-        check_media(dataset, modality, settings.allow_missing_media)
-    features: dict[str, torch.Tensor] = {}
-    described: dict[str, Any] = {}
-    loaded: dict[str, Backbone] = {}
-    for modality in modalities:
-        backbone = load_backbone(settings.spec(modality))
-        extractor = StateExtractor(backbone, settings.side_layers, settings.text_max_tokens)
-        if stored == "inputs":
-            metadata = input_metadata(dataset, extractor)
-            path = input_cache_path(settings.cache_dir, metadata, modality)
-            inputs = open_inputs(path, metadata)
-            if processes.any(inputs is None):
-                with _progress(f"preparing {modality} inputs", dataset.num_items, console) as advance:
-                    inputs = build_inputs(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
-                                          on_batch=advance, processes=processes)
-                console.print(f"stored {modality} inputs -> {path}")
-            features.update({f"{modality}_{name}": inputs[name] for name in extractor.input_names})
-            loaded[modality] = backbone
-        else:
-            metadata = cache_metadata(dataset, extractor)
-            path = cache_path(settings.cache_dir, metadata, modality)
-            cached = open_states(path, metadata)
-            # Every process builds (its share) if any lacks the file, so they all meet at its barriers.
-            if processes.any(cached is None):
-                started = time.perf_counter()
-                with _progress(f"caching {modality}", len(processes.shard(dataset.num_items)), console) as advance:
-                    cached = build_states(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
-                                          device, on_batch=advance, processes=processes)
-                console.print(f"cached {modality} states {tuple(cached.shape)} with "
-                              f"{backbone.identity['architecture']} in {time.perf_counter() - started:.1f}s -> {path}")
-            else:
-                console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
-            features[modality] = cached
-        described[modality] = {**backbone.identity, "preprocessing": extractor.preprocessing(),
-                               "kept_indices": extractor.indices, "cache_file": str(path), "stored": stored}
-    return features, described, loaded
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int, console: Console) -> Iterator[Callable[[int], None]]:
-    """A transient progress bar over `total` items; yields the function that advances it."""
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
-
-
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
                    run_dir: Path, device: torch.device, console: Console,
@@ -151,13 +57,12 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     weights), so callers that evaluate further need not reopen it from disk.
     """
     base = preset_config(preset, **model_overrides)
-    states, backbones, loaded = prepare_features(dataset, base.item_features(), settings, device, console, processes,
-                                                 base.stored_features)
-    features = ItemFeatures(dataset.num_items, states, device, with_rows=base.reads_item_rows)
+    prepared = prepare_features(dataset, base, settings, device, console, processes)
+    features, backbones = prepared.features, prepared.backbones
     torch.manual_seed(train_config.seed)
-    model = build_model(base.fit_to_data(dataset.num_items, features.shapes()).fit_to_backbones(loaded))
-    model.start_from_backbones(loaded)
-    del loaded
+    model = build_model(base.fit_to_data(dataset.num_items, features.shapes()).fit_to_backbones(prepared.loaded))
+    model.start_from_backbones(prepared.loaded)
+    del prepared
     config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
               "data": data_description, "feature_settings": settings.to_dict(), "code": code_fingerprint(),
               "threads": torch.get_num_threads(), "processes": processes.world_size,
@@ -198,9 +103,7 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
         console.print(f"note: {run_dir} ran with {config.get('threads')} threads, this process has "
                       f"{torch.get_num_threads()}: the continuation will differ in the last digits")
     model_config = config_from_dict(config["model"])
-    states, _, _ = prepare_features(dataset, model_config.item_features(), settings, device, console, processes,
-                                    model_config.stored_features)
-    features = ItemFeatures(dataset.num_items, states, device, with_rows=model_config.reads_item_rows)
+    features = prepare_features(dataset, model_config, settings, device, console, processes).features
     # The precision `auto` chose when the run started, whatever this machine would choose now.
     train_config = TrainConfig(**{**config["train"], "precision": config["precision"]})
     torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint
@@ -254,30 +157,3 @@ def describe_data(kind: str, dataset: SequenceDataset, cover_dir: str = "covers"
     return {"kind": kind, "root": str(dataset.root.resolve()), "name": dataset.name,
             "fingerprint": dataset.fingerprint(), "num_users": dataset.num_users, "num_items": dataset.num_items,
             "cover_dir": cover_dir, "video_dir": video_dir}
-
-
-def split_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Sort `{field: value}` into training-config fields and model-config overrides (the model
-    fields are checked when the preset's config is built)."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    train = {k: v for k, v in values.items() if k in train_fields}
-    return train, {k: v for k, v in values.items() if k not in train_fields}
-
-
-def parse_assignments(pairs: list[str], what: str) -> dict[str, str]:
-    """`KEY=VALUE` strings -> dict; a malformed pair is a clear error."""
-    parsed: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key or not value:
-            raise ConfigError(f"{what} expects KEY=VALUE, got {pair!r}")
-        parsed[key.strip()] = value.strip()
-    return parsed
-
-
-def parse_value(text: str) -> Any:
-    """JSON when it parses (numbers, booleans, lists), else the plain string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text

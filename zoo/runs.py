@@ -7,11 +7,10 @@ from typing import Any
 
 import torch
 
-from crossan.zoo.cache import open_states
-from crossan.zoo.input_cache import open_inputs
 from crossan.zoo.data import DataError, SequenceDataset, load_dataset
 from crossan.zoo.errors import MissingFileError
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.prepare import open_recorded_features
+from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
 from crossan.zoo.models import load_model
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json
@@ -52,17 +51,6 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     if dataset.fingerprint() != data["fingerprint"]:
         raise DataError(f"the data set at {data['root']} changed since {run_dir} was trained "
                         f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']})")
-    states: dict[str, torch.Tensor] = {}
-    for modality, backbone in config["features"]["backbones"].items():
-        cache_file = Path(backbone["cache_file"])
-        stored = backbone.get("stored", "states")
-        opened = open_states(cache_file) if stored == "states" else open_inputs(cache_file)
-        if opened is None:
-            raise MissingFileError(f"{cache_file}: cached {modality} {stored} are missing or unreadable; "
-                                   f"rerun train.py with the same options to rebuild them")
-        if stored == "states":
-            states[modality] = opened
-        else:
-            states.update({f"{modality}_{name}": tensor for name, tensor in opened.items()})
-    return Run(run_dir, config, model, dataset,
-               ItemFeatures(dataset.num_items, states, device, with_rows=model.config.reads_item_rows))
+    features = open_recorded_features(config["features"]["backbones"], dataset.num_items, device,
+                                      with_rows=model.config.reads_item_rows)
+    return Run(run_dir, config, model, dataset, features)

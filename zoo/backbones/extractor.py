@@ -1,4 +1,4 @@
-"""Per-layer pooled hidden states of a frozen backbone, one item batch at a time."""
+"""Per-layer pooled hidden states of a frozen backbone, and its processors' inputs, over a catalogue."""
 from __future__ import annotations
 
 from typing import Any
@@ -122,3 +122,16 @@ class StateExtractor:
         """Kept pooled states `[B, num_states, width]` (float32) for a batch of raw contents."""
         inputs = self.model_inputs(contents)
         return self.pooled_states(*(inputs[name].to(device) for name in self.input_names))
+
+    def encode_rows(self, dataset: SequenceDataset, rows: list[int], device: torch.device | str = "cpu"
+                    ) -> torch.Tensor:
+        """Kept pooled states `[len(rows), S, W]` (float32) of catalogue `rows`, from their raw content."""
+        return self.encode([self.read_item(dataset, row) for row in rows], device)
+
+    def stored_input_rows(self, dataset: SequenceDataset, rows: list[int]) -> dict[str, torch.Tensor]:
+        """The backbone inputs (`input_names`) of catalogue `rows`, titles padded to the token limit,
+        as stored for the uncached models."""
+        if self.modality not in ("text", "image"):
+            raise ConfigError(f"stored inputs cover text and image; {self.modality} is not served to uncached models")
+        inputs = self.model_inputs([self.read_item(dataset, row) for row in rows], pad_to_limit=True)
+        return {name: inputs[name] for name in self.input_names}

@@ -4,14 +4,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel
 
 from crossan.zoo.backbones.minilm import MINILM_ALIAS, minilm_dir
-from crossan.zoo.backbones.tiny import tiny_backbone
 from crossan.zoo.errors import ConfigError, MissingFileError
+
+if TYPE_CHECKING:  # transformers loads with the first backbone: importing the zoo stays quick
+    from transformers import PreTrainedModel
 
 __all__ = ["PAPER_BACKBONES", "POOLINGS", "SOURCES", "Backbone", "BackboneSpec", "load_backbone"]
 
@@ -113,6 +114,8 @@ def _load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any]:
 def load_backbone(spec: BackboneSpec) -> Backbone:
     """Load `spec`'s model in eval mode with gradients off (it stays frozen)."""
     if spec.source == "tiny":
+        from crossan.zoo.backbones.tiny import tiny_backbone
+
         model, processor = tiny_backbone(spec.modality, spec.seed)
     else:
         model, processor = _load_pretrained(spec)

@@ -24,8 +24,9 @@ from crossan.zoo.experiments.definition import builtin_tables, load_table
 from crossan.zoo.experiments.report import write_report
 from crossan.zoo.experiments.runner import TableRuns, train_missing
 from crossan.zoo.errors import ConfigError
-from crossan.zoo.pipeline import (FeatureSettings, describe_data, parse_assignments, parse_value, resolve_device,
-                          split_options)
+from crossan.zoo.cli import parse_assignments, parse_value, split_options
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.pipeline import describe_data, resolve_device
 from crossan.zoo.training.trainer import TrainConfig
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crossan.zoo.errors import ConfigError, MissingFileError
-from crossan.zoo.pipeline import split_options
+from crossan.zoo.cli import split_options
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.training.trainer import TrainConfig
 

@@ -12,7 +12,9 @@ from rich.console import Console
 from crossan.zoo.data import SequenceDataset
 from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.errors import ConfigError
-from crossan.zoo.pipeline import FeatureSettings, differing_options, resume_run, split_options, train_and_save
+from crossan.zoo.cli import split_options
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.pipeline import differing_options, resume_run, train_and_save
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json
 from crossan.zoo.training.trainer import TrainConfig
 

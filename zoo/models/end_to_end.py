@@ -28,11 +28,10 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertConfig, PretrainedConfig, ViTConfig
 
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.layers.adapter import HoulsbyAdapter
@@ -41,6 +40,9 @@ from crossan.zoo.layers.fusion import FUSIONS, make_fusion
 from crossan.zoo.models.base import ContentRecommender
 from crossan.zoo.models.config import ContentConfig
 from crossan.zoo.registry import register_model
+
+if TYPE_CHECKING:  # transformers loads when a backbone is built: importing the zoo stays quick
+    from transformers import PretrainedConfig
 
 __all__ = ["METHODS", "SERVED_MODALITIES", "ADAPTER_SITES", "LORA_TARGETS", "EndToEndConfig", "EndToEnd",
            "insert_adapters", "backbone_inputs"]
@@ -60,6 +62,8 @@ ADDED_WEIGHT = re.compile(r"\.1\.(down|up)\.|lora_")
 
 def _default_backbone(modality: str) -> dict[str, Any]:
     """The paper's backbone config for `modality` (BERT-base, ViT-base/16 at 224) as a plain dict."""
+    from transformers import BertConfig, ViTConfig
+
     return (BertConfig() if modality == "text" else ViTConfig()).to_dict()
 
 
@@ -117,6 +121,8 @@ class EndToEndConfig(ContentConfig):
             raise ConfigError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
 
     def backbone_config(self, index: int) -> PretrainedConfig:
+        from transformers import AutoConfig
+
         values = dict(self.backbones[index])
         return AutoConfig.for_model(values.pop("model_type"), **values)
 
@@ -171,6 +177,8 @@ def insert_adapters(backbone: nn.Module, adapter_dim: int, activation: str) -> l
 def _adapted_backbone(config: EndToEndConfig, index: int) -> nn.Module:
     """One modality's backbone, adapted as `config.method` says, with only its trainable part
     requiring gradients."""
+    from transformers import AutoModel
+
     backbone: nn.Module = AutoModel.from_config(config.backbone_config(index), add_pooling_layer=False)
     if config.activation_checkpointing:
         backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

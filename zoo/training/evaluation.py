@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from crossan.zoo.data.dataset import PAD, SequenceDataset
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender, decayed_history
 from crossan.zoo.training.distributed import SINGLE, Processes
 from crossan.zoo.training.metrics import metrics_from_ranks, target_ranks

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from crossan.zoo.data.dataset import PAD
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
 from crossan.zoo.training.distributed import SINGLE, Processes
 from crossan.zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask

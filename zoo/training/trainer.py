@@ -14,7 +14,7 @@ from torch.utils.data import DistributedSampler
 
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.errors import ConfigError
-from crossan.zoo.features import ItemFeatures
+from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
 from crossan.zoo.training.distributed import SINGLE, Processes

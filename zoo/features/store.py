@@ -11,7 +11,7 @@ class ItemFeatures:
     """Gathers what `model.encode_items` takes for a set of catalogue rows.
 
     `states` maps a name to one tensor `[N, ...]` per model input, in input order: the `[N, S, W]`
-    states of a modality, normally the memory-mapped float16 cache (`crossan.zoo.cache.open_states`), or
+    states of a modality, normally the memory-mapped float16 cache (`crossan.zoo.features.states.open_states`), or
     stored backbone inputs (token ids, pixels). They are kept as given, so only the pages of
     gathered rows are ever read and the cache never has to fit in (device) memory; each gathered
     batch goes to `device`, floating-point tensors as float32. With `with_rows` the gathered rows
@@ -34,6 +34,10 @@ class ItemFeatures:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Each input's shape after the item axis (for states: `(num_states, width)`)."""
         return {m: tuple(t.shape[1:]) for m, t in zip(self.modalities, self._states)}
+
+    def with_item_rows(self, with_rows: bool) -> ItemFeatures:
+        """The same tensors, gathered with or without the rows appended (for another model config)."""
+        return ItemFeatures(self.num_items, dict(zip(self.modalities, self._states)), self.device, with_rows)
 
     def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Model inputs for catalogue `rows [U]` (0-based): `[U, ...]` per input on `device`

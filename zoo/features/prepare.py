@@ -1,0 +1,232 @@
+"""The one entry point of item features: build or open whatever a model config asks for.
+
+For each modality it loads the backbone, asks the state cache (or the stored-input file) for a
+file with matching metadata, has the extractor compute the rows when there is none, stores
+them, and returns an `ItemFeatures` over the memory-mapped result. The storage modules never
+call the extractor; the extractor never calls them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from crossan.zoo.backbones import Backbone, StateExtractor, load_backbone
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.data.errors import DataError
+from crossan.zoo.errors import MissingFileError
+from crossan.zoo.features import inputs as stored_inputs
+from crossan.zoo.features import states as state_cache
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.features.store import ItemFeatures
+from crossan.zoo.training.distributed import SINGLE, Processes
+
+if TYPE_CHECKING:
+    from crossan.zoo.models.config import RecommenderConfig
+
+__all__ = ["PreparedFeatures", "prepare_features", "open_recorded_features", "state_metadata", "input_metadata",
+           "build_state_cache", "extract_states", "gather_stored_inputs", "check_media"]
+
+
+@dataclass
+class PreparedFeatures:
+    """What `prepare_features` returns: the features, a record of each backbone for `config.json`
+    (`features.backbones`), and, for models that run their backbones, the loaded backbones."""
+
+    features: ItemFeatures
+    backbones: dict[str, Any]
+    loaded: dict[str, Backbone]
+
+
+def prepare_features(dataset: SequenceDataset, config: RecommenderConfig, settings: FeatureSettings,
+                     device: torch.device, console: Console, processes: Processes = SINGLE) -> PreparedFeatures:
+    """Item features for `config` (its `item_features()` modalities, as `stored_features` says:
+    cached backbone states, or stored backbone inputs for the uncached models), built on first use
+    over all `processes`, gathered to `device`. A model with no modalities gets item rows."""
+    modalities, stored = config.item_features(), config.stored_features
+    dataset.require_modalities(modalities)
+    for modality in modalities:  # fail on missing media before spending time on any backbone
+        check_media(dataset, modality, settings.allow_missing_media)
+    tensors: dict[str, torch.Tensor] = {}
+    described: dict[str, Any] = {}
+    loaded: dict[str, Backbone] = {}
+    for modality in modalities:
+        backbone = load_backbone(settings.spec(modality))
+        extractor = StateExtractor(backbone, settings.side_layers, settings.text_max_tokens)
+        if stored == "inputs":
+            path, opened = _stored_inputs(dataset, extractor, settings, console, processes)
+            tensors.update({f"{modality}_{name}": opened[name] for name in extractor.input_names})
+            loaded[modality] = backbone
+        else:
+            path, tensors[modality] = _cached_states(dataset, extractor, settings, device, console, processes)
+        described[modality] = {**backbone.identity, "preprocessing": extractor.preprocessing(),
+                               "kept_indices": extractor.indices, "cache_file": str(path), "stored": stored}
+    return PreparedFeatures(ItemFeatures(dataset.num_items, tensors, device, with_rows=config.reads_item_rows),
+                            described, loaded)
+
+
+def open_recorded_features(backbones: dict[str, Any], num_items: int, device: torch.device | str,
+                           with_rows: bool) -> ItemFeatures:
+    """The features a trained run used, from the files its `config.json` records
+    (`features.backbones`, as `prepare_features` described them); nothing is rebuilt."""
+    tensors: dict[str, torch.Tensor] = {}
+    for modality, backbone in backbones.items():
+        cache_file = Path(backbone["cache_file"])
+        stored = backbone.get("stored", "states")
+        opened = state_cache.open_states(cache_file) if stored == "states" else stored_inputs.open_inputs(cache_file)
+        if opened is None:
+            raise MissingFileError(f"{cache_file}: cached {modality} {stored} are missing or unreadable; "
+                                   f"rerun train.py with the same options to rebuild them")
+        if stored == "states":
+            tensors[modality] = opened
+        else:
+            tensors.update({f"{modality}_{name}": tensor for name, tensor in opened.items()})
+    return ItemFeatures(num_items, tensors, device, with_rows=with_rows)
+
+
+def _cached_states(dataset: SequenceDataset, extractor: StateExtractor, settings: FeatureSettings,
+                   device: torch.device, console: Console, processes: Processes) -> tuple[Path, torch.Tensor]:
+    """The modality's cache file and its mapped states, built first if no process has it."""
+    modality = extractor.modality
+    metadata = state_metadata(dataset, extractor)
+    path = state_cache.cache_path(settings.cache_dir, metadata, modality)
+    cached = state_cache.open_states(path, metadata)
+    # Every process builds (its share) if any lacks the file, so they all meet at its barriers.
+    if not processes.any(cached is None):
+        console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
+        return path, cached
+    started = time.perf_counter()
+    with _progress(f"caching {modality}", len(processes.shard(dataset.num_items)), console) as advance:
+        cached = build_state_cache(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
+                                   device, advance, processes)
+    console.print(f"cached {modality} states {tuple(cached.shape)} with "
+                  f"{extractor.backbone.identity['architecture']} in {time.perf_counter() - started:.1f}s -> {path}")
+    return path, cached
+
+
+def build_state_cache(dataset: SequenceDataset, extractor: StateExtractor, path: Path, batch_size: int = 32,
+                      allow_missing_media: bool = False, device: torch.device | str = "cpu",
+                      on_batch: Callable[[int], None] | None = None, processes: Processes = SINGLE) -> torch.Tensor:
+    """Run the backbone over (each process's share of) the catalogue, write the cache, map it.
+    Missing media rows (when allowed) are zero-filled; `on_batch(n)` reports progress."""
+    missing = check_media(dataset, extractor.modality, allow_missing_media)
+    share = extract_states(extractor, dataset, processes.shard(dataset.num_items), batch_size, missing, device,
+                           on_batch)
+    return state_cache.save_states(path, share, state_metadata(dataset, extractor), processes)
+
+
+def extract_states(extractor: StateExtractor, dataset: SequenceDataset, rows: range, batch_size: int = 32,
+                   missing: Collection[int] = frozenset(), device: torch.device | str = "cpu",
+                   on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """States `[len(rows), S, W]` (float16) of catalogue `rows`, a batch at a time; rows in `missing`
+    stay zero. `on_batch(n)` reports progress."""
+    num_states, width = extractor.output_shape
+    states = torch.zeros(len(rows), num_states, width, dtype=torch.float16)
+    extractor.backbone.model.to(device)
+    for start in range(rows.start, rows.stop, batch_size):
+        batch_rows = [r for r in range(start, min(start + batch_size, rows.stop)) if r not in missing]
+        if batch_rows:
+            encoded = extractor.encode_rows(dataset, batch_rows, device)
+            states[torch.tensor(batch_rows) - rows.start] = encoded.to(torch.float16).cpu()
+        if on_batch is not None:
+            on_batch(min(batch_size, rows.stop - start))
+    if not torch.isfinite(states).all():
+        raise RuntimeError(f"the {extractor.modality} backbone produced non-finite features (float16 overflow?)")
+    return states
+
+
+def gather_stored_inputs(extractor: StateExtractor, dataset: SequenceDataset, batch_size: int = 32,
+                         missing: Collection[int] = frozenset(),
+                         on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    """Every item's backbone inputs as `[N, ...]` tensors in their stored dtypes, a batch at a
+    time; rows in `missing` stay zero."""
+    tensors: dict[str, torch.Tensor] = {}
+    for start in range(0, dataset.num_items, batch_size):
+        rows = [r for r in range(start, min(start + batch_size, dataset.num_items)) if r not in missing]
+        if rows:
+            for name, value in extractor.stored_input_rows(dataset, rows).items():
+                value = value.to(stored_inputs.STORED_DTYPES[name])
+                if name not in tensors:
+                    tensors[name] = torch.zeros(dataset.num_items, *value.shape[1:], dtype=value.dtype)
+                tensors[name][torch.tensor(rows)] = value
+        if on_batch is not None:
+            on_batch(min(batch_size, dataset.num_items - start))
+    return tensors
+
+
+def _stored_inputs(dataset: SequenceDataset, extractor: StateExtractor, settings: FeatureSettings, console: Console,
+                   processes: Processes) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The modality's stored-input file and its mapped tensors; the main process prepares them
+    (tokenising and resizing are cheap next to a backbone) while the others wait."""
+    modality = extractor.modality
+    metadata = input_metadata(dataset, extractor)
+    path = stored_inputs.input_cache_path(settings.cache_dir, metadata, modality)
+    opened = stored_inputs.open_inputs(path, metadata)
+    if not processes.any(opened is None):
+        return path, opened
+    tensors = None
+    if processes.is_main:
+        missing = check_media(dataset, modality, settings.allow_missing_media)
+        with _progress(f"preparing {modality} inputs", dataset.num_items, console) as advance:
+            tensors = gather_stored_inputs(extractor, dataset, settings.batch_size, missing, advance)
+    opened = stored_inputs.save_inputs(path, tensors, metadata, processes)
+    console.print(f"stored {modality} inputs -> {path}")
+    return path, opened
+
+
+def state_metadata(dataset: SequenceDataset, extractor: StateExtractor) -> dict[str, str]:
+    """The metadata a valid state-cache file for this data set and extractor must carry."""
+    return {
+        "format_version": state_cache.FORMAT_VERSION,
+        "backbone": json.dumps(extractor.backbone.identity, sort_keys=True),
+        "kept_indices": json.dumps(extractor.indices),
+        "preprocessing": json.dumps(extractor.preprocessing(), sort_keys=True, default=str),
+        **_dataset_metadata(dataset),
+    }
+
+
+def input_metadata(dataset: SequenceDataset, extractor: StateExtractor) -> dict[str, str]:
+    """The metadata a valid stored-input file for this data set and processor must carry."""
+    return {
+        "format_version": stored_inputs.FORMAT_VERSION,
+        "kind": "backbone inputs",
+        "processor": json.dumps(extractor.preprocessing(), sort_keys=True, default=str),
+        "tokenizer": json.dumps(getattr(extractor.backbone.processor, "name_or_path", ""), default=str),
+        **_dataset_metadata(dataset),
+    }
+
+
+def _dataset_metadata(dataset: SequenceDataset) -> dict[str, str]:
+    """The data set entries of a file's metadata: a file of another data set never loads."""
+    return {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
+            "num_items": str(dataset.num_items)}
+
+
+def check_media(dataset: SequenceDataset, modality: str, allow_missing: bool) -> set[int]:
+    """Rows whose media file is missing; an error unless `allow_missing` (then zero-filled)."""
+    paths = {"image": dataset.cover_paths, "video": dataset.video_paths, "audio": dataset.video_paths}.get(modality)
+    if paths is None:
+        return set()
+    missing = {row for row, path in enumerate(paths) if not path.is_file()}
+    if missing and not allow_missing:
+        first = paths[min(missing)]
+        raise DataError(f"missing {modality} file ({len(missing)} of {len(paths)} items lack one; "
+                        f"--allow-missing-media zero-fills them)", first)
+    return missing
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int, console: Console) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar over `total` items; yields the function that advances it."""
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
