@@ -22,7 +22,7 @@ from crossan.zoo.layers import (ConcatFusion, DynamicGatedFusion, GateGroup, Gat
 
 WIDTH, DIM, MODALITIES, LENGTH = 6, 8, 3, 4
 EXPORT_BATCH, CHECK_BATCH = 5, 3
-TOLERANCE = 1e-5
+TOLERANCE = 2e-6  # float32: measured at most 7.2e-7 (ONNX), a few units in the last place
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from crossan.zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec
+from crossan.zoo.field_types import check_field_types
 
 __all__ = ["FeatureSettings"]
 
@@ -24,6 +25,9 @@ class FeatureSettings:
     batch_size: int = 32
     allow_missing_media: bool = False
     backbone_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     def spec(self, modality: str) -> BackboneSpec:
         return BackboneSpec.resolve(modality, self.source, dict(self.overrides).get(modality),

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from crossan.kernels.gated_mix_down import BACKENDS
 from crossan.zoo.errors import ConfigError
+from crossan.zoo.field_types import check_field_types
 from crossan.zoo.layers.activations import ACTIVATIONS
 from crossan.zoo.layers.fusion import FUSIONS
 
@@ -42,6 +43,7 @@ class RecommenderConfig:
                 "score = cosine(user, item) / temperature"})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("embedding_dim", "max_seq_len", "num_blocks", "num_heads", "ffn_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -14,6 +14,7 @@ from torch.utils.data import DistributedSampler
 
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.errors import ConfigError
+from crossan.zoo.field_types import check_field_types
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
@@ -73,6 +74,7 @@ class TrainConfig:
         "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_batch_size < 1:
