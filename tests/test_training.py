@@ -227,3 +227,30 @@ def test_steps_per_epoch_takes_the_first_batches_of_each_shuffle(toy_root: Path)
     assert steps == {6}
     with pytest.raises(ConfigError, match="steps_per_epoch"):
         TrainConfig(steps_per_epoch=-1)
+
+
+def test_prior_inference_weight_auto_is_chosen_on_validation_and_recorded(toy_root: Path, cache_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """`backbone_prior_inference_weight=auto` tries each grid weight on the validation split at
+    the best epoch, keeps the best, reports validation at it, and saves it as the run's config."""
+    grid = (0.0, 1.0, 3.0)
+    overrides = {"adapter_dim": 16, "score_temperature": 0.1, "backbone_prior_weight": 0.25,
+                 "backbone_prior_inference_weight": "auto", "backbone_prior_inference_grid": grid}
+    metrics = train(toy_root, cache_dir, tmp_path / "auto", "crossan-t", overrides)
+    chosen = metrics["chosen_on_validation"]["backbone_prior_inference_weight"]
+    scores = {entry["value"]: entry["NDCG@10"] for entry in chosen["valid"]}
+    assert list(scores) == list(grid)
+    assert chosen["chosen"] == max(grid, key=lambda weight: (scores[weight], -grid.index(weight)))
+    assert metrics["valid"]["NDCG@10"] == pytest.approx(scores[chosen["chosen"]], abs=1e-9)
+    assert len(set(scores.values())) > 1, "the weight must move validation, or the choice means nothing"
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())["model"]
+    assert saved["backbone_prior_inference_weight"] == chosen["chosen"]
+    reopened = open_run(tmp_path / "auto")
+    assert reopened.model.prior_inference_weight == chosen["chosen"]
+    result = evaluate_model(reopened.model, reopened.dataset, reopened.features, "test")
+    assert result.metrics == pytest.approx(metrics["test"], abs=1e-6)
+
+
+def test_prior_inference_weight_refuses_other_words() -> None:
+    with pytest.raises(ConfigError, match="must be a number, null or 'auto', got 'best'"):
+        crossan.create_model("crossan-t", score_temperature=0.1, backbone_prior_inference_weight="best")

@@ -139,8 +139,13 @@ def _train(run: Run, train_config: TrainConfig, device: torch.device, console: C
     metrics = {"valid": outcome.valid.metrics, "test": outcome.test.metrics, "best_epoch": outcome.best_epoch,
                "trainable_parameters": num_trainable, "mask_history": train_config.mask_history,
                "popularity": popularity}
+    if outcome.choices:
+        metrics["chosen_on_validation"] = outcome.choices
+        run.config["model"] = model.config.to_dict()  # the chosen values, for loading, export and serving
     if not processes.is_main:
         return outcome, metrics, run
+    if outcome.choices:
+        write_json(run_dir / "config.json", run.config)
     save_weights(run_dir / "model.safetensors", outcome.best_state, {"preset": run.config["preset"]})
     for result in (outcome.valid, outcome.test):
         save_per_user(run_dir / f"per_user_{result.split}.json", dataset.user_ids, result.ranks)

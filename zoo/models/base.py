@@ -26,6 +26,7 @@ none of them looks inside a model or at its config class.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,7 +42,7 @@ from crossan.zoo.layers.head import TowerHead
 from crossan.zoo.layers.item_ids import ItemIdEmbedding
 from crossan.zoo.layers.sasrec import SASRec
 from crossan.zoo.layers.side_network import SideGates, SideNetwork
-from crossan.zoo.models.config import ContentConfig, RecommenderConfig, SideNetworkConfig
+from crossan.zoo.models.config import AUTO, ContentConfig, RecommenderConfig, SideNetworkConfig
 
 __all__ = ["PAD", "ContentRecommender", "Recommender", "SideNetworkRecommender"]
 
@@ -74,6 +75,15 @@ class Recommender(nn.Module):
     def item_input_names(self) -> tuple[str, ...]:
         """Names of the tensors `encode_items` takes, in order (also the ONNX input names)."""
         raise NotImplementedError
+
+    def validation_choices(self) -> dict[str, tuple[Any, ...]]:
+        """Config fields to choose after training, on the validation split at the best epoch, each
+        with its candidate values: settings that change ranking but no trained weight (none here)."""
+        return {}
+
+    def apply_choice(self, name: str, value: Any) -> None:
+        """Set config field `name` (from `validation_choices`) to one of its candidates, in place."""
+        self.config = dataclasses.replace(self.config, **{name: value})
 
     def encode_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         """Item embeddings `[N, D]`: `embed_items`, L2-normalised when the scores are cosines
@@ -356,8 +366,14 @@ class SideNetworkRecommender(ContentRecommender):
 
     @property
     def prior_inference_weight(self) -> float:
+        """The inference weight; until `auto` is chosen, the training weight."""
         weight = self.config.backbone_prior_inference_weight
-        return self.config.backbone_prior_weight if weight is None else weight
+        return self.config.backbone_prior_weight if weight is None or weight == AUTO else weight
+
+    def validation_choices(self) -> dict[str, tuple[Any, ...]]:
+        if self.config.backbone_prior_inference_weight == AUTO:
+            return {"backbone_prior_inference_weight": self.config.backbone_prior_inference_grid}
+        return {}
 
     @property
     def prior_decay(self) -> float:

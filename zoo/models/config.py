@@ -14,9 +14,11 @@ from crossan.zoo.field_types import check_field_types
 from crossan.zoo.layers.activations import ACTIVATIONS
 from crossan.zoo.layers.fusion import FUSIONS
 
-__all__ = ["MODALITIES", "ContentConfig", "RecommenderConfig", "SideNetworkConfig", "PAPER_BACKBONE_WIDTH",
+__all__ = ["AUTO", "MODALITIES", "ContentConfig", "RecommenderConfig", "SideNetworkConfig", "PAPER_BACKBONE_WIDTH",
            "PAPER_NUM_STATES"]
 
+AUTO = "auto"
+"""The value of a setting chosen after training on the validation split."""
 MODALITIES = ("text", "image", "video", "audio")
 PAPER_BACKBONE_WIDTH = 768
 PAPER_NUM_STATES = 7
@@ -140,9 +142,13 @@ class SideNetworkConfig(ContentConfig):
     backbone_prior_weight: float = field(default=0.0, metadata={
         "help": "0: off (the paper); > 0: add weight x the cosine between a candidate's frozen backbone "
                 "embedding and the user's decayed history of them to every score (needs score_temperature)"})
-    backbone_prior_inference_weight: float | None = field(default=None, metadata={
+    backbone_prior_inference_weight: float | str | None = field(default=None, metadata={
         "help": "weight of the prior outside training (validation, test, export, serving); "
-                "None: backbone_prior_weight. Lets the trained residual lean on the prior more when ranking"})
+                "None: backbone_prior_weight; 'auto': the value of backbone_prior_inference_grid with the best "
+                "validation NDCG@10 at the best epoch (no retraining; the test split is never looked at). Lets "
+                "the trained residual lean on the prior more when ranking"})
+    backbone_prior_inference_grid: tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0), metadata={
+        "help": "the weights backbone_prior_inference_weight=auto compares on the validation split"})
     backbone_prior_decay: float = field(default=0.5, metadata={
         "help": "weight ratio of each older history item in the prior's pooled history, in (0, 1]"})
 
@@ -168,8 +174,14 @@ class SideNetworkConfig(ContentConfig):
         if not self.backbone_prior_weight >= 0.0:
             raise ConfigError(f"backbone_prior_weight must be non-negative, got {self.backbone_prior_weight}")
         inference_weight = self.backbone_prior_inference_weight
-        if inference_weight is not None and not inference_weight >= 0.0:
+        if isinstance(inference_weight, str) and inference_weight != AUTO:
+            raise ConfigError(f"backbone_prior_inference_weight must be a number, null or {AUTO!r}, "
+                              f"got {inference_weight!r}")
+        if isinstance(inference_weight, (int, float)) and not inference_weight >= 0.0:
             raise ConfigError(f"backbone_prior_inference_weight must be non-negative, got {inference_weight}")
+        if not self.backbone_prior_inference_grid or min(self.backbone_prior_inference_grid) < 0.0:
+            raise ConfigError("backbone_prior_inference_grid must hold at least one weight, none negative, "
+                              f"got {self.backbone_prior_inference_grid}")
         if (self.backbone_prior_weight or inference_weight) and not self.score_temperature:
             name = "backbone_prior_weight" if self.backbone_prior_weight else "backbone_prior_inference_weight"
             raise ConfigError(f"{name} needs cosine scores (score_temperature > 0): the prior "

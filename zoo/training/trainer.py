@@ -101,6 +101,9 @@ class TrainingOutcome:
     test: EvaluationResult
     history: list[dict[str, Any]]
     best_state: dict[str, torch.Tensor]
+    choices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Settings chosen on validation after training (`Recommender.validation_choices`): the
+    candidates' validation scores and the chosen value, by config field."""
 
 
 def training_windows(dataset: SequenceDataset, length: int,
@@ -348,5 +351,27 @@ class Trainer:
                     checkpoints.save(state, self.model.state_dict(), best_valid.ranks, self.optimizer.state_dict(),
                                      self.scaler.state_dict(), random_states)
         self.model.load_state_dict(best_state)
+        best_valid, choices = self._choose_on_validation(best_valid)
         test = self._evaluate("test")
-        return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state)
+        return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state, choices)
+
+    def _choose_on_validation(self, best_valid: EvaluationResult
+                              ) -> tuple[EvaluationResult, dict[str, dict[str, Any]]]:
+        """Set each of the model's `validation_choices` to the candidate with the best validation
+        score at the best epoch (the first on ties); the test split plays no part. Returns the
+        validation result under the chosen settings and, per setting, the scores and the choice."""
+        choices: dict[str, dict[str, Any]] = {}
+        for name, candidates in self.model.validation_choices().items():
+            scored = []
+            for value in candidates:
+                self.model.apply_choice(name, value)
+                scored.append((value, self._evaluate("valid")))
+            chosen, best_valid = max(scored, key=lambda pair: pair[1].metrics[SELECTION_METRIC])
+            self.model.apply_choice(name, chosen)
+            choices[name] = {"chosen": chosen, "metric": SELECTION_METRIC,
+                             "valid": [{"value": value, SELECTION_METRIC: result.metrics[SELECTION_METRIC]}
+                                       for value, result in scored]}
+            self.console.print(f"{name}: {chosen} (valid {SELECTION_METRIC} "
+                               + ", ".join(f"{value}: {result.metrics[SELECTION_METRIC]:.4f}"
+                                           for value, result in scored) + ")")
+        return best_valid, choices
