@@ -1,6 +1,7 @@
 """Train a zoo model on cached backbone features and report validation and test metrics.
 
     python train.py --preset crossan-tiva                 # embedded toy data, tiny backbones
+    python train.py --recipe weights/tune/<study>/best-recipe.json   # a tuned recipe
     python train.py --resume weights/<run>                # continue a killed run
     torchrun --nproc-per-node 2 train.py --preset crossan-tiva   # data-parallel over 2 processes
     python train.py --preset crossan-t --data amazon --data-root ../shared/data/amazon-scientific \
@@ -16,15 +17,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from crossan.zoo.backbones import POOLINGS, SOURCES, TEXT_MAX_TOKENS
-from crossan.zoo.cli import metrics_table, run_cli
-from crossan.zoo.data import DATA_KINDS, load_dataset
+from crossan.zoo.cli import (add_data_options, data_and_settings, metrics_table, parse_assignments, parse_value,
+                             run_cli, split_options)
 from crossan.zoo.errors import ConfigError
-from crossan.zoo.models.config import MODALITIES
-from crossan.zoo.cli import parse_assignments, parse_value, split_options
-from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.pipeline import describe_data, resolve_device, resume_run, train_and_save
 from crossan.zoo.models import list_models, preset_config
+from crossan.zoo.pipeline import resolve_device, resume_run, train_and_save
+from crossan.zoo.tune.recipe import read_recipe
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.distributed import Processes, launched
 from crossan.zoo.training.trainer import PRECISIONS, TrainConfig
@@ -35,19 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--preset", choices=list_models(), metavar="NAME",
                        help=f"model preset: {', '.join(list_models())}")
+    start.add_argument("--recipe", type=Path, metavar="FILE",
+                       help="a recipe file (from python -m crossan.zoo.tune): its preset and values; "
+                            "--set and the options above override them")
     start.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue a killed run from its last checkpoint; everything comes from RUN_DIR")
-    parser.add_argument("--data", default="toy", choices=DATA_KINDS)
-    parser.add_argument("--data-root", type=Path, help="data folder (toy: generated under the cache dir)")
-    parser.add_argument("--cover-dir", default="covers", help="MicroLens cover folder, relative to --data-root")
-    parser.add_argument("--video-dir", default="videos", help="MicroLens video folder, relative to --data-root")
-    parser.add_argument("--backbones", default="tiny", choices=SOURCES,
-                        help="tiny: random small models (tests, demo); pretrained: the paper's hub models")
-    parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR",
-                        help="per-modality backbone (hub id, local dir, or 'minilm' for text); repeatable")
-    parser.add_argument("--pooling", action="append", default=[], metavar="MODALITY=cls|mean")
-    parser.add_argument("--text-max-tokens", type=int, default=TEXT_MAX_TOKENS, metavar="N",
-                        help=f"cut titles at N tokens for the text backbone (default {TEXT_MAX_TOKENS}, as the paper)")
+    add_data_options(parser)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
@@ -58,13 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (default: bf16 on CUDA devices that support it, else fp32), fp32, bf16, fp16")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--run-dir", type=Path, help="default: weights/<preset>-<data>-<time>")
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any model or training config field, e.g. --set adapter_dim=256")
     parser.add_argument("--no-mask-history", action="store_true",
                         help="keep history items in the ranking (data with repeat consumption)")
-    parser.add_argument("--allow-missing-media", action="store_true",
-                        help="zero-fill the features of items whose cover or video is missing (counted)")
     parser.add_argument("--json", action="store_true", help="print metrics.json on stdout")
     return parser
 
@@ -77,8 +65,12 @@ def split_overrides(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     train_values = {k: v for k, v in train_values.items() if v is not None}
     if args.no_mask_history:
         train_values["mask_history"] = False
-    set_train, model_values = split_options({k: parse_value(v) for k, v in parse_assignments(args.set, "--set").items()})
-    train_values.update(set_train)
+    recipe = {} if args.recipe is None else read_recipe(args.recipe)[1]
+    given = {k: parse_value(v) for k, v in parse_assignments(args.set, "--set").items()}
+    recipe_train, recipe_model = split_options(recipe)
+    set_train, model_values = split_options(given)
+    train_values = {**recipe_train, **train_values, **set_train}
+    model_values = {**recipe_model, **model_values}
     preset_config(args.preset, **model_values)  # validates model field names and values early
     return TrainConfig(**train_values), model_values
 
@@ -144,27 +136,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, console: Console, device: torch.device, processes: Processes) -> int:
     """`--preset NAME`: a new run."""
+    if args.recipe is not None:
+        args.preset = read_recipe(args.recipe)[0]
     train_config, model_overrides = split_overrides(args)
-    for pair in (*args.backbone, *args.pooling):
-        modality = pair.partition("=")[0]
-        if modality not in MODALITIES:
-            raise ConfigError(f"unknown modality {modality!r} in {pair!r}; use one of {MODALITIES}")
-    poolings = parse_assignments(args.pooling, "--pooling")
-    bad = {p for p in poolings.values() if p not in POOLINGS}
-    if bad:
-        raise ConfigError(f"pooling must be one of {POOLINGS}, got {', '.join(sorted(bad))}")
-    overrides = parse_assignments(args.backbone, "--backbone")
-    settings = FeatureSettings(source=args.backbones, overrides=tuple(overrides.items()),
-                               poolings=tuple(poolings.items()), text_max_tokens=args.text_max_tokens,
-                               cache_dir=args.cache_dir,
-                               allow_missing_media=args.allow_missing_media)
     started = time.perf_counter()
-    dataset = load_dataset(args.data, args.data_root, args.cache_dir, args.cover_dir, args.video_dir)
+    dataset, data_description, settings = data_and_settings(args)
     console.print(dataset.summary())
     # The main process's clock names the run folder for all processes.
     run_dir = Path(processes.broadcast_text(str(
         args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}")))
-    data_description = describe_data(args.data, dataset, args.cover_dir, args.video_dir)
     _, metrics, _ = train_and_save(args.preset, dataset, data_description, settings, train_config, model_overrides,
                                    run_dir, device, console, processes)
     report(args, metrics, run_dir, processes)

@@ -71,9 +71,11 @@ def test_sampling_correction_scales_log_q(model: torch.nn.Module, strength: floa
     assert abs(float(loss) - float(full)) > 1e-3
 
 
-@pytest.mark.parametrize("strength", [-0.1, 1.5, True])
-def test_sampling_correction_outside_zero_to_one_is_refused(strength: float) -> None:
-    with pytest.raises(ConfigError, match="sampling_correction must lie in"):
+@pytest.mark.parametrize(("strength", "message"), [(-0.1, "sampling_correction must lie in"),
+                                                  (1.5, "sampling_correction must lie in"),
+                                                  (True, r"sampling_correction needs a number, got True \(bool\)")])
+def test_sampling_correction_outside_zero_to_one_is_refused(strength: float, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         TrainConfig(sampling_correction=strength)
 
 
@@ -170,7 +172,7 @@ def test_correction_is_a_constant_shift_without_extra_negatives() -> None:
     ({"negative_sampling": "hard"}, "negative_sampling must be one of uniform, popularity"),
     ({"sampled_negatives": -1}, "sampled_negatives must be a non-negative integer"),
     ({"memory_max_age": 0}, "memory_max_age must be at least 1"),
-    ({"full_softmax": "yes"}, "full_softmax must be true or false"),
+    ({"full_softmax": "yes"}, "full_softmax needs true or false, got 'yes'"),
 ])
 def test_bad_negative_options_are_one_line_errors(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

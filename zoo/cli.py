@@ -1,9 +1,11 @@
 """Shared command-line plumbing: one-line errors, `KEY=VALUE` options, the metrics table."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from rich.table import Table
@@ -12,7 +14,8 @@ from crossan.zoo.errors import ConfigError, UserError
 from crossan.zoo.training.metrics import METRIC_NAMES
 from crossan.zoo.training.trainer import TrainConfig
 
-__all__ = ["METRIC_NAMES", "metrics_table", "parse_assignments", "parse_value", "run_cli", "split_options"]
+__all__ = ["METRIC_NAMES", "add_data_options", "data_and_settings", "metrics_table", "parse_assignments",
+           "parse_value", "run_cli", "split_options"]
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -68,3 +71,49 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The options that name a data set and how its item features are made (train.py, the tuner)."""
+    from crossan.zoo.backbones import SOURCES, TEXT_MAX_TOKENS
+    from crossan.zoo.data import DATA_KINDS
+
+    parser.add_argument("--data", default="toy", choices=DATA_KINDS)
+    parser.add_argument("--data-root", type=Path, help="data folder (toy: generated under the cache dir)")
+    parser.add_argument("--cover-dir", default="covers", help="MicroLens cover folder, relative to --data-root")
+    parser.add_argument("--video-dir", default="videos", help="MicroLens video folder, relative to --data-root")
+    parser.add_argument("--backbones", default="tiny", choices=SOURCES,
+                        help="tiny: random small models (tests, demo); pretrained: the paper's hub models")
+    parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR",
+                        help="per-modality backbone (hub id, local dir, or 'minilm' for text); repeatable")
+    parser.add_argument("--pooling", action="append", default=[], metavar="MODALITY=cls|mean")
+    parser.add_argument("--text-max-tokens", type=int, default=TEXT_MAX_TOKENS, metavar="N",
+                        help=f"cut titles at N tokens for the text backbone (default {TEXT_MAX_TOKENS}, as the paper)")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--allow-missing-media", action="store_true",
+                        help="zero-fill the features of items whose cover or video is missing (counted)")
+
+
+def data_and_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
+    """The data set the `add_data_options` options name, its `config.json` description, and the
+    feature settings; bad modality names or poolings are one line."""
+    from crossan.zoo.backbones import POOLINGS
+    from crossan.zoo.data import load_dataset
+    from crossan.zoo.features.settings import FeatureSettings
+    from crossan.zoo.models.config import MODALITIES
+    from crossan.zoo.pipeline import describe_data
+
+    for pair in (*args.backbone, *args.pooling):
+        modality = pair.partition("=")[0]
+        if modality not in MODALITIES:
+            raise ConfigError(f"unknown modality {modality!r} in {pair!r}; use one of {MODALITIES}")
+    poolings = parse_assignments(args.pooling, "--pooling")
+    bad = {p for p in poolings.values() if p not in POOLINGS}
+    if bad:
+        raise ConfigError(f"pooling must be one of {POOLINGS}, got {', '.join(sorted(bad))}")
+    overrides = parse_assignments(args.backbone, "--backbone")
+    settings = FeatureSettings(source=args.backbones, overrides=tuple(overrides.items()),
+                               poolings=tuple(poolings.items()), text_max_tokens=args.text_max_tokens,
+                               cache_dir=args.cache_dir, allow_missing_media=args.allow_missing_media)
+    dataset = load_dataset(args.data, args.data_root, args.cache_dir, args.cover_dir, args.video_dir)
+    return dataset, describe_data(args.data, dataset, args.cover_dir, args.video_dir), settings

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,9 @@ def resolve_device(name: str) -> torch.device:
 
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
-                   run_dir: Path, device: torch.device, console: Console,
-                   processes: Processes = SINGLE) -> tuple[TrainingOutcome, dict[str, Any], Run]:
+                   run_dir: Path, device: torch.device, console: Console, processes: Processes = SINGLE,
+                   on_validation: Callable[[int, float], None] | None = None
+                   ) -> tuple[TrainingOutcome, dict[str, Any], Run]:
     """Everything `train.py` does after argument parsing: a new run in `run_dir`, checkpointed
     every epoch (`resume_run` continues it after a kill), trained by all `processes`.
 
@@ -70,11 +72,13 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
               "features": {"side_layers": settings.side_layers, "backbones": backbones}}
     if processes.is_main:
         write_json(run_dir / "config.json", config)
-    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes)
+    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes,
+                  on_validation)
 
 
 def resume_run(run_dir: Path, device: torch.device, console: Console, given: dict[str, Any] | None = None,
-               processes: Processes = SINGLE) -> tuple[TrainingOutcome | None, dict[str, Any], Run | None]:
+               processes: Processes = SINGLE, on_validation: Callable[[int, float], None] | None = None
+               ) -> tuple[TrainingOutcome | None, dict[str, Any], Run | None]:
     """Continue the run in `run_dir` from its last checkpoint, with everything from its files
     (and as many processes as it started with: each has its own random state).
 
@@ -108,7 +112,8 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
     train_config = TrainConfig(**{**config["train"], "precision": config["precision"]})
     torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint
     model = build_model(model_config)
-    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes)
+    return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes,
+                  on_validation)
 
 
 def differing_options(config: dict[str, Any], given: dict[str, Any]) -> list[str]:
@@ -124,8 +129,8 @@ def _recorded(config: dict[str, Any], dotted_key: str) -> Any:
     return value
 
 
-def _train(run: Run, train_config: TrainConfig, device: torch.device, console: Console,
-           processes: Processes) -> tuple[TrainingOutcome, dict[str, Any], Run]:
+def _train(run: Run, train_config: TrainConfig, device: torch.device, console: Console, processes: Processes,
+           on_validation: Callable[[int, float], None] | None) -> tuple[TrainingOutcome, dict[str, Any], Run]:
     """Train (from the run's last checkpoint, if any), then write the finished run's files (the
     main process only); the last one written marks the run finished, so nothing a killed
     process leaves looks finished."""
@@ -133,7 +138,8 @@ def _train(run: Run, train_config: TrainConfig, device: torch.device, console: C
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     console.print(f"{run.config['preset']}: {num_trainable:,} trainable parameters")
     checkpoints = CheckpointStore(run_dir)
-    outcome = Trainer(model, dataset, run.features, train_config, device, console, processes).fit(checkpoints)
+    outcome = Trainer(model, dataset, run.features, train_config, device, console, processes,
+                      on_validation).fit(checkpoints)
     popularity = {split: evaluate_popularity(dataset, split, train_config.mask_history).metrics
                   for split in ("valid", "test")}
     metrics = {"valid": outcome.valid.metrics, "test": outcome.test.metrics, "best_epoch": outcome.best_epoch,

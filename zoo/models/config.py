@@ -107,8 +107,6 @@ class ContentConfig(RecommenderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.item_id_term, bool):
-            raise ConfigError(f"item_id_term must be true or false, got {self.item_id_term!r}")
         if not 0.0 <= self.item_id_dropout < 1.0:
             raise ConfigError(f"item_id_dropout must lie in [0, 1), got {self.item_id_dropout}")
         if self.item_id_dropout and not self.item_id_term:

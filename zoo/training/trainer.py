@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 import math
 import time
 from dataclasses import dataclass, field
@@ -89,9 +90,6 @@ class TrainConfig:
             raise ConfigError("lr must be positive")
         check_negative_options(self.sampled_negatives, self.negative_sampling, self.memory_size,
                                self.memory_max_age, self.full_softmax, self.sampling_correction)
-        for name in ("mask_history", "sliding_windows"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -169,8 +167,12 @@ class Trainer:
 
     def __init__(self, model: Recommender, dataset: SequenceDataset, features: ItemFeatures, config: TrainConfig,
                  device: torch.device | str = "cpu", console: Console | None = None,
-                 processes: Processes = SINGLE) -> None:
+                 processes: Processes = SINGLE, on_validation: Callable[[int, float], None] | None = None) -> None:
+        """`on_validation(epoch, score)` hears each epoch's validation score (NDCG@10) after the
+        epoch's checkpoint is written; an exception it raises stops training there (a tuner's
+        pruning), leaving a run that resumes from that checkpoint."""
         self.model = model.to(device)
+        self.on_validation = on_validation
         self.dataset = dataset
         self.features = features
         self.config = config
@@ -350,6 +352,8 @@ class Trainer:
                 if self.processes.is_main:
                     checkpoints.save(state, self.model.state_dict(), best_valid.ranks, self.optimizer.state_dict(),
                                      self.scaler.state_dict(), random_states)
+            if self.on_validation is not None and not state.stopped:
+                self.on_validation(epoch, score)
         self.model.load_state_dict(best_state)
         best_valid, choices = self._choose_on_validation(best_valid)
         test = self._evaluate("test")

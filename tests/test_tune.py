@@ -1,0 +1,91 @@
+"""The tuner: shipped search spaces, one-line errors in spaces and recipes, recipes that train.py
+takes, and a study killed with SIGKILL that resumes without retraining finished trials."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from killing import PROJECT, kill_when
+from scripts import run_script
+
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.models import list_models, preset_config
+from crossan.zoo.tune.recipe import read_recipe, write_recipe
+from crossan.zoo.tune.space import default_space, load_space
+
+TUNED_PRESETS = [name for name in list_models() if preset_config(name).architecture != "end-to-end"]
+
+
+@pytest.mark.parametrize("preset", TUNED_PRESETS)
+def test_the_shipped_space_of_every_cached_preset_loads(preset: str) -> None:
+    space = load_space(default_space(preset), preset)
+    assert space.parameters and "lr" in {p.name for p in space.parameters}
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('[params.lrr]\ntype = "float"\nlow = 0.1\nhigh = 1.0\n', "unknown config field(s) lrr"),
+    ('[params.lr]\ntype = "float"\nlow = "fast"\nhigh = 1.0\n', "params.lr: low needs a number, got 'fast'"),
+    ('[params.lr]\ntype = "normal"\n', "params.lr needs type = one of float, int, categorical"),
+    ('[params.epochs]\ntype = "categorical"\nchoices = ["abc"]\n', "epochs needs an integer, got 'abc' (str)"),
+    ('[params.lr]\ntype = "float"\nlow = 0.0\nhigh = 1.0\nlog = true\n', "low > 0 on a log scale"),
+    ('[fixed]\nepochs = 2\n', "no [params.NAME] table")])
+def test_a_bad_space_is_one_line_naming_the_file_and_field(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "space.toml"
+    path.write_text(table)
+    with pytest.raises(ConfigError, match=None) as raised:
+        load_space(path, "sasrec-id")
+    assert message in str(raised.value) and str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_recipe_round_trips_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path / "recipe.json", "sasrec-id", {"lr": 0.002, "dropout": 0.2, "epochs": 3}, {})
+    assert read_recipe(path) == ("sasrec-id", {"lr": 0.002, "dropout": 0.2, "epochs": 3})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"preset": "sasrec-id", "set": {"lr": "fast"}}))
+    result = run_script("train", "--recipe", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {bad}: lr needs a number, got 'fast' (str)"]
+
+
+def finished_runs(study: Path) -> dict[str, float]:
+    """Trial run folders that finished, with the time their metrics.json was written."""
+    return {path.parent.name: path.stat().st_mtime for path in (study / "trials").glob("*/metrics.json")}
+
+
+@pytest.mark.slow
+def test_a_killed_study_keeps_finished_trials_resumes_the_killed_one_and_stops_at_the_budget(
+        toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    command = [sys.executable, "-m", "crossan.zoo.tune", "--preset", "sasrec-id", "--data", "toy", "--data-root",
+               str(toy_root), "--cache-dir", str(cache_dir), "--study", str(study), "--trials", "3", "--heartbeat",
+               "1", "--set", "epochs=3", "--set", "patience=3", "--pruner", "median"]
+
+    def second_trial_checkpointed(lines: list[str]) -> bool:
+        folders = list((study / "trials").glob("*/trainer_state.json"))
+        return len(finished_runs(study)) == 1 and len(folders) == 2
+
+    kill_when(command, second_trial_checkpointed)
+    before = finished_runs(study)
+    (killed,) = {path.parent.name for path in (study / "trials").glob("*/trainer_state.json")} - set(before)
+    started = (study / "trials" / killed / "config.json").stat().st_mtime
+    time.sleep(3)  # past the grace period (twice the heartbeat): the killed trial counts as failed
+    result = subprocess.run([*command, "--json"], cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["finished_trials"] == 3
+    after = finished_runs(study)
+    assert {name: after[name] for name in before} == before, "a finished trial was trained again"
+    assert killed in after, "the killed trial's run was not resumed to its end"
+    # Resumed, not started over: a new run writes its config.json first.
+    assert (study / "trials" / killed / "config.json").stat().st_mtime == started
+    with sqlite3.connect(study / "study.db") as db:
+        states = [state for (state,) in db.execute("select state from trials order by number")]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") + states.count("PRUNED") == 3
+    recipe = json.loads((study / "best-recipe.json").read_text())
+    assert recipe["preset"] == "sasrec-id" and recipe["set"]["epochs"] == 3
+    assert (study / "trials.png").read_bytes().startswith(b"\x89PNG") and (study / "report.md").is_file()

@@ -1,0 +1,10 @@
+"""Recipes found by a procedure: Optuna search on the validation split, equal budgets per family.
+
+- `space`: search spaces as data files (`spaces/*.toml`), checked field by field;
+- `recipe`: the recipe file a study writes and `train.py --recipe FILE` reads;
+- `study`: the study itself (TPE sampling, pruning on per-epoch validation NDCG@10, an Optuna
+  RDB storage, every trial an ordinary run folder, resumable after a kill);
+- `report`: the trials table, the best trial, parameter importances and the validation plot.
+
+    python -m crossan.zoo.tune --preset crossan-t --data amazon --data-root DIR --trials 24
+"""

@@ -1,0 +1,73 @@
+"""Tune a preset on a data set's validation split with Optuna, then write its best recipe.
+
+    python -m crossan.zoo.tune --preset sasrec-id --data amazon --data-root DIR --trials 24
+    python -m crossan.zoo.tune --preset crossan-t --data amazon --data-root DIR --backbone text=minilm \\
+        --trials 24 --timeout 600 --study weights/tune/crossan-t-scientific
+    python train.py --recipe weights/tune/crossan-t-scientific/best-recipe.json --data amazon ...
+
+Rerunning the same command continues the study: finished trials are kept, a killed trial is
+retried (and its run folder resumed) once its heartbeat is older than twice --heartbeat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from crossan.zoo.cli import add_data_options, data_and_settings, parse_assignments, parse_value, run_cli
+from crossan.zoo.models import list_models
+from crossan.zoo.pipeline import resolve_device
+from crossan.zoo.tune.report import write_outputs
+from crossan.zoo.tune.space import default_space, load_space
+from crossan.zoo.tune.study import PRUNERS, StudySettings, run_study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m crossan.zoo.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", required=True, choices=list_models(), metavar="NAME")
+    parser.add_argument("--space", type=Path, help="search space file (default: the one shipped for the preset)")
+    parser.add_argument("--trials", type=int, default=24, help="finished trials to reach, pruned ones included")
+    parser.add_argument("--timeout", type=float, metavar="MINUTES", help="stop starting trials after this long")
+    parser.add_argument("--study", type=Path, metavar="DIR",
+                        help="study folder (default: weights/tune/<preset>-<data>): trials, study.db, report")
+    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the study folder)")
+    parser.add_argument("--pruner", default="median", choices=PRUNERS)
+    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    parser.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
+                        help="a trial's heartbeat; one silent for twice this long is retried")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value every trial uses, over the space (e.g. --set epochs=10)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_data_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    space = load_space(args.space or default_space(args.preset), args.preset)
+    overrides = tuple((k, parse_value(v)) for k, v in parse_assignments(args.set, "--set").items())
+    settings = StudySettings(args.preset, space, args.trials, args.study or Path("weights") / "tune" /
+                             f"{args.preset}-{args.data}", args.storage, args.timeout, args.pruner, args.seed,
+                             args.heartbeat, overrides)
+    if overrides:
+        from crossan.zoo.tune.recipe import check_recipe
+
+        check_recipe(args.preset, {**space.fixed, **dict(overrides)}, Path("--set"))
+    dataset, description, features = data_and_settings(args)
+    study = run_study(settings, dataset, description, features, resolve_device(args.device), console)
+    summary = write_outputs(study, settings)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        console.print(f"best trial {summary['best_trial']}: valid NDCG@10 {summary['valid NDCG@10']:.4f}; "
+                      f"recipe {settings.study_dir / 'best-recipe.json'}, report {settings.study_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

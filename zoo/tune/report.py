@@ -1,0 +1,98 @@
+"""A study's outputs: the best recipe, a Markdown report and the validation-against-trial plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from crossan.zoo.tune.recipe import write_recipe
+from crossan.zoo.tune.study import FINISHED, METRIC, StudySettings
+
+__all__ = ["write_outputs"]
+
+
+def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
+    """Write `best-recipe.json`, `report.md` and `trials.png` into the study folder; return a summary."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"study {study.study_name!r} has no complete trial yet: nothing to recommend")
+    best = study.best_trial
+    values = {**settings.space.fixed, **best.params, **dict(settings.overrides)}
+    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                  if t.datetime_complete is not None and t.datetime_start is not None)
+    summary = {"study": study.study_name, "storage": settings.storage_url, "preset": settings.preset,
+               "space": str(settings.space.path), "best_trial": best.number, f"valid {METRIC}": best.value,
+               "finished_trials": sum(t.state in FINISHED for t in trials),
+               "pruned_trials": sum(t.state == TrialState.PRUNED for t in trials),
+               "trial_minutes": round(seconds / 60, 2), "run_dir": best.user_attrs.get("run_dir")}
+    write_recipe(settings.study_dir / "best-recipe.json", settings.preset, values, summary)
+    importances = _importances(study)
+    _plot(trials, settings.study_dir / "trials.png", f"{settings.preset}: {study.study_name}")
+    (settings.study_dir / "report.md").write_text(_markdown(trials, best, summary, importances, values))
+    return {**summary, "importances": importances, "recipe": values}
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA) over the complete trials; empty below two."""
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return {}
+    return {name: round(value, 4) for name, value in optuna.importance.get_param_importances(study).items()}
+
+
+def _markdown(trials: list, best: optuna.trial.FrozenTrial, summary: dict[str, Any], importances: dict[str, float],
+              values: dict[str, Any]) -> str:
+    names = sorted({name for t in trials for name in t.params})
+    lines = [f"# Study {summary['study']} ({summary['preset']})", "",
+             f"{summary['finished_trials']} finished trials ({summary['pruned_trials']} pruned), "
+             f"{summary['trial_minutes']} minutes of trials; storage `{summary['storage']}`; "
+             f"space `{summary['space']}`.", "",
+             f"**Best trial {best.number}**: valid {METRIC} {best.value:.4f}, run `{summary['run_dir']}`.", "",
+             "Recipe (`best-recipe.json`, for `python train.py --recipe`):", "", "```json",
+             json.dumps(values, indent=1, sort_keys=True), "```", "", "## Parameter importances (fANOVA)", ""]
+    lines += ([f"- `{name}`: {value:.3f}" for name, value in importances.items()] if importances
+              else ["(needs at least two complete trials)"])
+    lines += ["", "## Trials", "", "| trial | state | valid " + METRIC + " | epochs | " + " | ".join(names) + " |",
+              "|---" * (4 + len(names)) + "|"]
+    for t in trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        if t.state == TrialState.PRUNED and t.intermediate_values:
+            value = f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
+        cells = [str(t.number), t.state.name.lower(), value, str(len(t.intermediate_values))]
+        cells += [_cell(t.params.get(name)) for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _plot(trials: list, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    complete = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials
+              if t.state == TrialState.PRUNED and t.intermediate_values]
+    if complete:
+        axes.scatter(*zip(*complete), label="complete", color="tab:blue")
+        best, numbers = [], sorted(complete)
+        for _, value in numbers:
+            best.append(max(value, best[-1]) if best else value)
+        axes.step([n for n, _ in numbers], best, where="post", color="tab:blue", alpha=0.5, label="best so far")
+    if pruned:
+        axes.scatter(*zip(*pruned), label="pruned (last epoch reported)", color="tab:gray", marker="x")
+    axes.set_xlabel("trial")
+    axes.set_ylabel(f"validation {METRIC}")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

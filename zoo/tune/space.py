@@ -1,0 +1,135 @@
+"""Search spaces as data: one TOML file per model family, shipped in `spaces/`.
+
+    [fixed]                      # values every trial uses (config fields)
+    epochs = 30
+
+    [params.lr]                  # one table per tuned config field
+    type = "float"               # float | int | categorical
+    low = 1e-4
+    high = 1e-2
+    log = true
+
+    [params.sliding_windows]
+    type = "categorical"
+    choices = [false, true]
+
+Every name must be a model-config or training-config field of the preset, and every value of
+the right type: both are checked when the space is loaded, so a typo is one line naming it.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.tune.recipe import check_recipe
+
+__all__ = ["SPACES_DIR", "Parameter", "SearchSpace", "default_space", "load_space"]
+
+SPACES_DIR = Path(__file__).with_name("spaces")
+KINDS = ("float", "int", "categorical")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One tuned config field: a float or int range (optionally log-scaled) or a list of choices."""
+
+    name: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def corners(self) -> list[Any]:
+        """The values a space check builds configs with: the range ends, or every choice."""
+        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The tuned parameters and the fixed values of one family, from `path`."""
+
+    path: Path
+    fixed: dict[str, Any]
+    parameters: tuple[Parameter, ...]
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """A trial's config values: the fixed ones and one sample of each parameter."""
+        return {**self.fixed, **{p.name: p.suggest(trial) for p in self.parameters}}
+
+    def check(self, preset: str) -> None:
+        """Build the preset's configs at every parameter's corner values (others at their first)."""
+        first = {p.name: p.corners()[0] for p in self.parameters}
+        for parameter in self.parameters:
+            for value in parameter.corners():
+                check_recipe(preset, {**self.fixed, **first, parameter.name: value}, self.path)
+
+
+def default_space(preset: str) -> Path:
+    """The shipped space for `preset`: `spaces/<preset>.toml` if there is one, else the side
+    networks' (`side-network.toml`) or the ID model's (`sasrec-id.toml`) by architecture."""
+    from crossan.zoo.models import preset_config
+
+    own = SPACES_DIR / f"{preset}.toml"
+    if own.is_file():
+        return own
+    return SPACES_DIR / ("sasrec-id.toml" if preset_config(preset).architecture == "sasrec-id"
+                         else "side-network.toml")
+
+
+def load_space(path: Path, preset: str) -> SearchSpace:
+    """Read and check a space file for `preset`."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path}: no such search space file")
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not TOML ({error})") from None
+    unknown = sorted(set(data) - {"fixed", "params"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; a space has [fixed] and [params.NAME]")
+    parameters = tuple(_parameter(path, name, spec) for name, spec in data.get("params", {}).items())
+    if not parameters:
+        raise ConfigError(f"{path}: no [params.NAME] table, nothing to tune")
+    space = SearchSpace(Path(path), dict(data.get("fixed", {})), parameters)
+    space.check(preset)
+    return space
+
+
+def _parameter(path: Path, name: str, spec: Any) -> Parameter:
+    where = f"{path}: params.{name}"
+    if not isinstance(spec, dict) or spec.get("type") not in KINDS:
+        raise ConfigError(f"{where} needs type = one of {', '.join(KINDS)}")
+    kind = spec["type"]
+    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log"}
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: {', '.join(extra)} do not apply to type {kind!r}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where} needs a non-empty list of choices")
+        return Parameter(name, kind, choices=tuple(choices))
+    number = float if kind == "float" else int
+    low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
+    for label, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int):
+            raise ConfigError(f"{where}: {label} needs {'a number' if number is float else 'an integer'}, "
+                              f"got {value!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: log needs true or false, got {log!r}")
+    if not low < high or (log and low <= 0):
+        raise ConfigError(f"{where}: needs low < high (and low > 0 on a log scale), got {low}, {high}")
+    return Parameter(name, kind, number(low), number(high), log)
