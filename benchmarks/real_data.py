@@ -3,6 +3,13 @@ each with its own recipe, over several seeds.
 
     python benchmarks/real_data.py --data-root ../shared/data/amazon-scientific --seeds 42 43 44 [--json]
     python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --seeds 42
+    python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --tune 24 --seeds 42 43 44
+
+With `--tune TRIALS`, every model family (preset) among the chosen rows is first tuned on the
+data set's validation split with the same budget (`python -m crossan.zoo.tune`: TRIALS finished
+trials each, `--tune-timeout` minutes at most each), and its best recipe becomes one more row,
+`<preset>, tuned`, trained over the seeds like the others; the report adds each family's budget
+spent and its chosen recipe.
 
 Every row is a recipe (`RECIPES`: a preset, training settings, model settings), trained once per
 seed under the same protocol (leave-one-out, full ranking, history masked, test at the best
@@ -33,7 +40,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from crossan.zoo.cli import run_cli
+from crossan.zoo.cli import run_cli, split_options
 from crossan.zoo.data import DATA_KINDS, load_dataset
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.errors import ConfigError
@@ -48,6 +55,9 @@ from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
 from crossan.zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
 from crossan.zoo.training.significance import cold_item_users
+from crossan.zoo.tune.report import write_outputs
+from crossan.zoo.tune.space import default_space, load_space
+from crossan.zoo.tune.study import StudySettings, run_study
 
 TEXT_BACKBONE = "minilm"
 TEXT_MAX_TOKENS = 64  # 44% of Amazon Scientific's titles are longer than 30 tokens
@@ -108,13 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     parser.add_argument("--out", type=Path, help="folder for the runs (default weights/bench-<data>)")
+    parser.add_argument("--tune", type=int, metavar="TRIALS",
+                        help="tune every chosen family first, with this many finished trials each")
+    parser.add_argument("--tune-timeout", type=float, metavar="MINUTES", help="at most this long per family")
     parser.add_argument("--json", action="store_true", help="print one JSON object: row -> mean test metrics")
     return parser
 
 
-def benchmark_table(models: list[str], epochs: int, patience: int) -> TableDefinition:
+def benchmark_table(recipes: dict[str, Recipe], models: list[str], epochs: int, patience: int) -> TableDefinition:
     """The chosen rows as an experiment table (its runner keeps, resumes and trains runs)."""
-    runs = tuple(RunSpec(name, RECIPES[name].preset, {**RECIPES[name].train, **RECIPES[name].model})
+    runs = tuple(RunSpec(name, recipes[name].preset, {**recipes[name].train, **recipes[name].model})
                  for name in models)
     return TableDefinition("real-data", "real data", runs, runs[0].name, {"epochs": epochs, "patience": patience})
 
@@ -130,10 +143,17 @@ def main() -> int:
     if not any(RECIPES[name].preset == ID_PRESET for name in models):
         raise ConfigError(f"--models needs a {ID_PRESET} row: the reference every row is compared with")
     seeds = tuple(dict.fromkeys(args.seeds))
-    table = TableRuns(benchmark_table(models, args.epochs, args.patience),
-                      args.out or Path("weights") / f"bench-{args.data}", seeds)
+    out = args.out or Path("weights") / f"bench-{args.data}"
     settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS,
                                overrides=(("text", TEXT_BACKBONE),))
+    recipes, tuning = dict(RECIPES), {}
+    if args.tune is not None:
+        for preset in dict.fromkeys(RECIPES[name].preset for name in models):
+            tuning[preset] = tune_family(preset, args, out, dataset, data_description, settings, device, console)
+            train_values, model_values = split_options(tuning[preset]["recipe"])
+            recipes[f"{preset}, tuned"] = Recipe(preset, train_values, model_values)
+            models.append(f"{preset}, tuned")
+    table = TableRuns(benchmark_table(recipes, models, args.epochs, args.patience), out, seeds)
     train_missing(table, dataset, data_description, settings, {}, device, console)
 
     cold = cold_item_users(dataset, "test")
@@ -166,18 +186,32 @@ def main() -> int:
         results[spec.name] = _mean_over_seeds(per_seed) | {"recipe": spec.options, "preset": spec.preset}
     if frozen_text is not None:
         results[SIMILARITY_ROW] = history_similarity_row(dataset, frozen_text, cold)
-    reference = max((name for name in models if RECIPES[name].preset == ID_PRESET),
+    reference = max((name for name in models if recipes[name].preset == ID_PRESET),
                     key=lambda name: results[name]["valid_ndcg10"])
     comparisons = {name: _paired_test(ranks[name], ranks[reference]) for name in models if name != reference}
     report = {"data": data_description, "seeds": list(seeds), "cold_test_users": int(cold.sum()),
               "reference": reference, "rows": results, "paired_t_tests": comparisons,
-              "text_backbone": TEXT_BACKBONE, "text_max_tokens": TEXT_MAX_TOKENS}
+              "text_backbone": TEXT_BACKBONE, "text_max_tokens": TEXT_MAX_TOKENS, "tuning": tuning}
     if args.json:
         print(json.dumps({name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]}
                           for name, r in results.items()} | {"details": report}))
         return 0
     print_tables(report, dataset.name)
     return 0
+
+
+def tune_family(preset: str, args: argparse.Namespace, out: Path, dataset: SequenceDataset,
+                data_description: dict[str, Any], settings: FeatureSettings, device: torch.device,
+                console: Console) -> dict[str, Any]:
+    """Tune `preset` on validation with the benchmark's budget (`--tune` finished trials, the
+    benchmark's epochs and patience); returns the study's summary with its best recipe."""
+    space = load_space(default_space(preset), preset)
+    study_settings = StudySettings(preset, space, args.tune, out / "tune" / preset,
+                                   timeout_minutes=args.tune_timeout,
+                                   overrides=(("epochs", args.epochs), ("patience", args.patience)))
+    console.print(f"tuning {preset}: {args.tune} trials on the validation split")
+    return write_outputs(run_study(study_settings, dataset, data_description, settings, device, console),
+                         study_settings)
 
 
 def history_similarity_row(dataset: SequenceDataset, frozen_text: torch.Tensor, cold: torch.Tensor) -> dict[str, Any]:
@@ -250,6 +284,14 @@ def print_tables(report: dict[str, Any], name: str) -> None:
         for row, result in rows.items():
             extra.add_row(row, *(f"{result[key][m]:.4f}" for m in METRIC_NAMES))
         console.print(extra)
+    if report["tuning"]:
+        budget = Table(title=f"{name}: tuning on the validation split, the same budget per family")
+        for column in ("family", "finished trials", "pruned", "trial minutes", "best valid NDCG@10", "study"):
+            budget.add_column(column, justify="left" if column in ("family", "study") else "right")
+        for preset, summary in report["tuning"].items():
+            budget.add_row(preset, str(summary["finished_trials"]), str(summary["pruned_trials"]),
+                           f"{summary['trial_minutes']:.1f}", f"{summary['valid NDCG@10']:.4f}", summary["study"])
+        console.print(budget)
 
 
 if __name__ == "__main__":

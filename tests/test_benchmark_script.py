@@ -113,3 +113,23 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
             assert entry["steps_per_epoch"] == -(-len(windows) // 64)
             assert entry["seconds_per_step"] > 0
             assert abs(entry["seconds_per_epoch"] - entry["seconds_per_step"] * entry["steps_per_epoch"]) < 1e-9
+
+
+def test_real_data_benchmark_tunes_every_family_with_the_same_budget(toy_root: Path, cache_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """`--tune 2`: each family's study reaches two finished trials, and its best recipe is one more
+    row, trained over the seeds and compared like the hand rows."""
+    command = [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs",
+               "2", "--patience", "2", "--models", "sasrec-id", "crossan-t", "--seeds", "1", "--tune", "2",
+               "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    tuning = report["details"]["tuning"]
+    assert set(tuning) == {"sasrec-id", "crossan-t"}
+    for preset, summary in tuning.items():
+        assert summary["finished_trials"] == 2 and summary["recipe"]["epochs"] == 2
+        row = report["details"]["rows"][f"{preset}, tuned"]
+        assert row["recipe"] == {k: v for k, v in summary["recipe"].items()}
+        assert (tmp_path / "bench" / "tune" / preset / "best-recipe.json").is_file()
+    assert report["details"]["reference"] in ("sasrec-id", "sasrec-id, tuned")
