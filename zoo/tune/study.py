@@ -83,7 +83,7 @@ def open_study(settings: StudySettings, data_fingerprint: str) -> optuna.Study:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = RDBStorage(settings.storage_url, heartbeat_interval=settings.heartbeat_seconds,
                          grace_period=2 * settings.heartbeat_seconds,
-                         failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     startup = max(1, min(8, settings.trials // 3))  # random trials before TPE models the space
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2) if settings.pruner == "median"
