@@ -254,3 +254,26 @@ def test_prior_inference_weight_auto_is_chosen_on_validation_and_recorded(toy_ro
 def test_prior_inference_weight_refuses_other_words() -> None:
     with pytest.raises(ConfigError, match="must be a number, null or 'auto', got 'best'"):
         crossan.create_model("crossan-t", score_temperature=0.1, backbone_prior_inference_weight="best")
+
+
+def test_weight_decay_shrinks_matrices_and_spares_biases_and_norms(toy_root: Path) -> None:
+    """One AdamW step with no gradient signal: decayed parameters shrink by exactly lr x decay,
+    1-d parameters (biases, norm scales) stay; with no decay the step is Adam's."""
+    dataset = read_microlens(toy_root, name="toy")
+    model = crossan.create_model("sasrec-id", num_items=dataset.num_items)
+    trainer = Trainer(model, dataset, ItemFeatures(dataset.num_items), TrainConfig(lr=0.01, weight_decay=0.1),
+                      console=Console(quiet=True))
+    groups = {group["name"]: group for group in trainer.optimizer.param_groups}
+    assert groups["rest"]["weight_decay"] == 0.1 and groups["rest (no decay)"]["weight_decay"] == 0.0
+    assert all(p.dim() > 1 for p in groups["rest"]["params"])
+    assert all(p.dim() == 1 for p in groups["rest (no decay)"]["params"])
+    assert len(groups["rest"]["params"]) + len(groups["rest (no decay)"]["params"]) == len(list(model.parameters()))
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    for old, new in zip(before, model.parameters()):
+        expected = old * (1 - 0.01 * 0.1) if old.dim() > 1 else old
+        torch.testing.assert_close(new.detach(), expected, rtol=0, atol=1e-7)
+    with pytest.raises(ConfigError, match="weight_decay"):
+        TrainConfig(weight_decay=1.5)

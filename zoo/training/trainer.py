@@ -53,6 +53,8 @@ class TrainConfig:
     adapter_lr: float = field(default=0.0, metadata={
         "help": "learning rate of what adapts the backbones (side adapters; inserted adapters, LoRA or the "
                 "backbone weights of uncached models); 0 = same as lr"})
+    weight_decay: float = field(default=0.0, metadata={
+        "help": "decoupled (AdamW) weight decay of weight matrices and embeddings; biases and norms never decay"})
     patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
     seed: int = field(default=42, metadata={"help": "seed of initialisation, shuffling and dropout"})
     mask_history: bool = field(default=True, metadata={"help": "remove history items from the ranking"})
@@ -88,6 +90,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must lie in [0, 1], got {value}")
         if self.lr == 0:
             raise ConfigError("lr must be positive")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"weight_decay must lie in [0, 1), got {self.weight_decay}")
         check_negative_options(self.sampled_negatives, self.negative_sampling, self.memory_size,
                                self.memory_max_age, self.full_softmax, self.sampling_correction)
 
@@ -191,7 +195,8 @@ class Trainer:
                                         config.negative_sampling, config.memory_size, config.memory_max_age,
                                         config.full_softmax, config.sampling_correction, processes)
         self.objective = processes.wrap(InBatchObjective(self.model, features, self.negatives, processes))
-        self.optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=0.0)
+        # AdamW with no decay is Adam, step for step.
+        self.optimizer = torch.optim.AdamW(self.parameter_groups())
         self.precision = resolve_precision(config.precision, self.device)
         # Parameters and optimizer state stay fp32; autocast runs the model in half precision
         # (the fused kernel takes its half-precision paths on CUDA) and fp16 scales the loss.
@@ -204,13 +209,18 @@ class Trainer:
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """What adapts the backbones (`model.adapter_parameters`) and everything else, each with
-        its own learning rate."""
+        its own learning rate, and each split into what decays (matrices, embeddings) and what
+        does not (biases and norm scales, the 1-d parameters)."""
         adapter_ids = {id(p) for p in self.model.adapter_parameters()}
-        adapters = [p for p in self.model.parameters() if id(p) in adapter_ids and p.requires_grad]
-        rest = [p for p in self.model.parameters() if id(p) not in adapter_ids and p.requires_grad]
-        groups = [{"name": "rest", "params": rest, "lr": self.config.lr}]
-        if adapters:
-            groups.append({"name": "adapters", "params": adapters, "lr": self.config.adapter_lr or self.config.lr})
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        groups = []
+        for name, lr, members in (
+                ("rest", self.config.lr, [p for p in trainable if id(p) not in adapter_ids]),
+                ("adapters", self.config.adapter_lr or self.config.lr, [p for p in trainable if id(p) in adapter_ids])):
+            for suffix, decay, params in (("", self.config.weight_decay, [p for p in members if p.dim() > 1]),
+                                          (" (no decay)", 0.0, [p for p in members if p.dim() <= 1])):
+                if params:
+                    groups.append({"name": name + suffix, "params": params, "lr": lr, "weight_decay": decay})
         return groups
 
     def loss(self, window: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
