@@ -44,7 +44,7 @@ def test_short_users_are_dropped_and_counted(microlens: Path) -> None:
     pairs.write_text(pairs.read_text() + "short\ti0001 i0002\n")
     dataset = read_microlens(microlens)
     assert dataset.dropped_users == 1 and "short" not in dataset.user_ids
-    assert all(len(s) >= MIN_INTERACTIONS for s in dataset.sequences)
+    assert (dataset.lengths >= MIN_INTERACTIONS).all()
 
 
 def _error(call) -> str:
@@ -117,7 +117,7 @@ def test_asking_for_a_modality_the_data_lacks_is_an_error() -> None:
 def test_reads_amazon_scientific() -> None:
     dataset = read_amazon(AMAZON)
     assert (dataset.num_users, dataset.num_items) == (12_076, 20_825)
-    assert sum(len(s) for s in dataset.sequences) == 85_211
+    assert dataset.num_interactions == 85_211
     assert dataset.modalities == ("text",)
 
 

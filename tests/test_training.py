@@ -166,8 +166,8 @@ def _dataset_of(prefix_lengths: list[int]) -> SequenceDataset:
     for length in prefix_lengths:
         sequences.append(np.arange(next_item, next_item + length + 2))  # + valid and test items
         next_item += length + 2
-    return SequenceDataset(name="windows", root=Path("."), item_ids=[str(i) for i in range(1, next_item)],
-                           user_ids=[f"u{u}" for u in range(len(sequences))], sequences=sequences)
+    return SequenceDataset.from_sequences(name="windows", root=Path("."), item_ids=[str(i) for i in range(1, next_item)],
+                                          user_ids=[f"u{u}" for u in range(len(sequences))], sequences=sequences)
 
 
 @pytest.mark.parametrize("length", [3, 5, 11])
@@ -277,3 +277,23 @@ def test_weight_decay_shrinks_matrices_and_spares_biases_and_norms(toy_root: Pat
         torch.testing.assert_close(new.detach(), expected, rtol=0, atol=1e-7)
     with pytest.raises(ConfigError, match="weight_decay"):
         TrainConfig(weight_decay=1.5)
+
+
+def test_valid_users_validates_a_fixed_sample_and_tests_everyone(toy_root: Path, cache_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    dataset = read_microlens(toy_root, name="toy")
+    config = TrainConfig(epochs=2, patience=2, seed=7, valid_users=40)
+    console = Console(record=True, width=200)
+    outcome, metrics, _ = train_and_save("sasrec-id", dataset, describe_data("toy", dataset),
+                                         FeatureSettings(cache_dir=cache_dir), config, {}, tmp_path / "run",
+                                         torch.device("cpu"), console)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["valid_users"] == 40
+    valid = json.loads((tmp_path / "run" / "per_user_valid.json").read_text())
+    test = json.loads((tmp_path / "run" / "per_user_test.json").read_text())
+    assert len(test["ranks"]) == dataset.num_users and len(valid["ranks"]) == 40
+    assert len(set(valid["user_ids"])) == 40 and set(valid["user_ids"]) <= set(dataset.user_ids)
+    history = outcome.history
+    assert all(0 < epoch["valid_standard_error"]["NDCG@10"] < 0.2 for epoch in history)
+    printed = console.export_text()
+    assert "± " in printed and "(40 users)" in printed
+    assert metrics["valid"]["NDCG@10"] == pytest.approx(outcome.valid.metrics["NDCG@10"])

@@ -154,7 +154,7 @@ def _train(run: Run, train_config: TrainConfig, device: torch.device, console: C
         write_json(run_dir / "config.json", run.config)
     save_weights(run_dir / "model.safetensors", outcome.best_state, {"preset": run.config["preset"]})
     for result in (outcome.valid, outcome.test):
-        save_per_user(run_dir / f"per_user_{result.split}.json", dataset.user_ids, result.ranks)
+        save_per_user(run_dir / f"per_user_{result.split}.json", result.user_ids(dataset), result.ranks)
     write_json(run_dir / "metrics.json", metrics)
     draw_training_curves(outcome.history, outcome.best_epoch, run_dir / "curves.png",
                          title=f"{run.config['preset']} ({run_dir.name})")

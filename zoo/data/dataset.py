@@ -17,25 +17,52 @@ PAD = 0
 MIN_INTERACTIONS = 3
 """Leave-one-out needs a training prefix, a validation item and a test item."""
 
+ITEM_DTYPE = np.int32
+"""Item indices fit 32 bits up to two billion items, half the memory of int64."""
+
 
 @dataclass
 class SequenceDataset:
     """Users' chronological item sequences over a catalogue, plus where item content lives.
 
-    `sequences[u]` holds item indices in 1..num_items. Split per user: the last item is the
-    test target, the second-to-last the validation target, the rest the training prefix.
+    The sequences are stored flat: `items` holds every user's item indices (1..num_items) one
+    user after another, and user u's sequence is `items[offsets[u]:offsets[u + 1]]`. Two arrays
+    instead of one array object per user keep memory at the interactions' bytes and let
+    per-user work run as whole-array operations (10^6 users cost what their items cost).
+    Split per user: the last item is the test target, the second-to-last the validation
+    target, the rest the training prefix.
     """
 
     name: str
     root: Path
     item_ids: list[str]
     user_ids: list[str]
-    sequences: list[np.ndarray]
+    items: np.ndarray
+    offsets: np.ndarray
     titles: list[str] | None = None
     cover_paths: list[Path] | None = None
     video_paths: list[Path] | None = None
     dropped_users: int = 0
     _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.items = np.asarray(self.items, dtype=ITEM_DTYPE)
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        if self.offsets.shape != (len(self.user_ids) + 1,) or self.offsets[0] != 0 \
+                or self.offsets[-1] != len(self.items):
+            raise ValueError(f"offsets must run from 0 to {len(self.items)} with one entry per user plus one")
+        if (self.lengths < MIN_INTERACTIONS).any():
+            raise ValueError(f"every user needs at least {MIN_INTERACTIONS} interactions")
+
+    @classmethod
+    def from_sequences(cls, name: str, root: Path, item_ids: list[str], user_ids: list[str],
+                       sequences: list[np.ndarray] | list[list[int]], **content: object) -> SequenceDataset:
+        """A data set from one item-index sequence per user (small sets and tests)."""
+        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+        items = np.concatenate([np.asarray(s, dtype=ITEM_DTYPE) for s in sequences]) if sequences \
+            else np.zeros(0, dtype=ITEM_DTYPE)
+        return cls(name, root, item_ids, user_ids, items, np.concatenate([[0], np.cumsum(lengths)]),
+                   **content)  # type: ignore[arg-type]
 
     @property
     def num_items(self) -> int:
@@ -44,6 +71,15 @@ class SequenceDataset:
     @property
     def num_users(self) -> int:
         return len(self.user_ids)
+
+    @property
+    def num_interactions(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Interactions per user `[num_users]`."""
+        return np.diff(self.offsets)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -64,29 +100,73 @@ class SequenceDataset:
             raise ConfigError(f"data set {self.name!r} at {self.root} has no {', '.join(missing)} content "
                               f"(it provides: {', '.join(self.modalities) or 'nothing'})")
 
+    def sequence(self, user: int) -> np.ndarray:
+        """User `user`'s whole sequence (a view into `items`)."""
+        return self.items[self.offsets[user]:self.offsets[user + 1]]
+
+    def history_ends(self, split: str) -> np.ndarray:
+        """Per user, the end (exclusive, into `items`) of the history before the `split` target
+        (`train` = the training prefix, which validation also sees)."""
+        if split in ("train", "valid"):
+            return self.offsets[1:] - 2
+        if split == "test":
+            return self.offsets[1:] - 1
+        raise ValueError(f"split must be train, valid or test, got {split!r}")
+
     def history(self, user: int, split: str) -> np.ndarray:
         """Items the user had before the `split` target (`train` = the training prefix)."""
-        seq = self.sequences[user]
         if split in ("train", "valid"):
-            return seq[:-2]
+            return self.items[self.offsets[user]:self.offsets[user + 1] - 2]
         if split == "test":
-            return seq[:-1]
+            return self.items[self.offsets[user]:self.offsets[user + 1] - 1]
         raise ValueError(f"split must be train, valid or test, got {split!r}")
+
+    def targets(self, split: str) -> np.ndarray:
+        """Every user's `split` target item `[num_users]`."""
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be valid or test, got {split!r}")
+        return self.items[self.history_ends(split)].astype(np.int64)
 
     def target(self, user: int, split: str) -> int:
         if split == "valid":
-            return int(self.sequences[user][-2])
+            return int(self.items[self.offsets[user + 1] - 2])
         if split == "test":
-            return int(self.sequences[user][-1])
+            return int(self.items[self.offsets[user + 1] - 1])
         raise ValueError(f"split must be valid or test, got {split!r}")
+
+    def recent_histories(self, users: np.ndarray, split: str, length: int) -> np.ndarray:
+        """The last `length` history items before each user's `split` target, left-padded with
+        `PAD`: `[len(users), length]` int64, built without a per-user loop."""
+        users = np.asarray(users, dtype=np.int64)
+        return self.windows(self.offsets[users], self.history_ends(split)[users], length)
+
+    def windows(self, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+        """`items[max(start, end - length):end]` for each pair, left-padded with `PAD` to
+        `[len(ends), length]` int64 (`starts` bound each window to its user's sequence)."""
+        positions = ends[:, None] - length + np.arange(length)
+        inside = positions >= starts[:, None]
+        return np.where(inside, self.items[np.where(inside, positions, 0)], PAD).astype(np.int64)
+
+    def history_items(self, users: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every history item before the `split` targets of `users`, flat: `(row, item)` pairs,
+        `row` indexing `users`."""
+        users = np.asarray(users, dtype=np.int64)
+        starts, ends = self.offsets[users], self.history_ends(split)[users]
+        lengths = ends - starts
+        rows = np.repeat(np.arange(len(users)), lengths)
+        first_of_row = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        positions = np.repeat(starts, lengths) + np.arange(int(lengths.sum())) - first_of_row
+        return rows, self.items[positions].astype(np.int64)
 
     def train_counts(self) -> np.ndarray:
         """Occurrences of each item index (0..num_items) in the training prefixes."""
-        counts = np.zeros(self.num_items + 1, dtype=np.int64)
-        for user in range(self.num_users):
-            np.add.at(counts, self.history(user, "train"), 1)
-        counts[PAD] = 0
-        return counts
+        return np.bincount(self.items[self.train_positions()], minlength=self.num_items + 1).astype(np.int64)
+
+    def train_positions(self) -> np.ndarray:
+        """Bool `[num_interactions]`: which entries of `items` belong to training prefixes."""
+        lengths = self.lengths
+        position_in_sequence = np.arange(len(self.items)) - np.repeat(self.offsets[:-1], lengths)
+        return position_in_sequence < np.repeat(lengths - 2, lengths)
 
     def fingerprint(self) -> str:
         """Hash of the catalogue and item content (ids, titles, media file names and sizes).
@@ -106,7 +186,7 @@ class SequenceDataset:
         return self._fingerprint
 
     def summary(self) -> str:
-        lengths = np.array([len(s) for s in self.sequences])
+        lengths = self.lengths
         return (f"{self.name}: {self.num_users:,} users, {self.num_items:,} items, {int(lengths.sum()):,} "
                 f"interactions (mean length {lengths.mean():.2f}); {self.dropped_users:,} users with fewer "
                 f"than {MIN_INTERACTIONS} interactions dropped; modalities: {', '.join(self.modalities)}")

@@ -55,12 +55,12 @@ def read_microlens(root: Path, name: str | None = None, cover_dir: str = "covers
     if tsv.is_file() and csv_pairs.is_file():
         raise DataError(f"both {tsv.name} and {csv_pairs.name} exist; keep one", root)
     if csv_pairs.is_file():
-        user_ids, sequences, dropped = read_user_sequences_csv(csv_pairs, index)
+        user_ids, items, offsets, dropped = read_user_sequences_csv(csv_pairs, index)
     else:
-        user_ids, sequences, dropped = read_user_sequences_tsv(tsv, index)
+        user_ids, items, offsets, dropped = read_user_sequences_tsv(tsv, index)
     covers, videos = root / cover_dir, root / video_dir
     return SequenceDataset(
-        name=name, root=root, item_ids=item_ids, user_ids=user_ids, sequences=sequences, titles=titles,
+        name=name, root=root, item_ids=item_ids, user_ids=user_ids, items=items, offsets=offsets, titles=titles,
         cover_paths=[covers / f"{item}.jpg" for item in item_ids] if covers.is_dir() else None,
         video_paths=[videos / f"{item}.mp4" for item in item_ids] if videos.is_dir() else None,
         dropped_users=dropped)
@@ -73,6 +73,6 @@ def read_amazon(root: Path) -> SequenceDataset:
     item_ids, escaped_titles = read_item_titles_tsv(root / "items.tsv")
     titles = [html.unescape(title) for title in escaped_titles]
     index = {item: i + 1 for i, item in enumerate(item_ids)}
-    user_ids, sequences, dropped = read_user_sequences_tsv(root / "users.tsv", index)
-    return SequenceDataset(name=root.name, root=root, item_ids=item_ids, user_ids=user_ids,
-                           sequences=sequences, titles=titles, dropped_users=dropped)
+    user_ids, items, offsets, dropped = read_user_sequences_tsv(root / "users.tsv", index)
+    return SequenceDataset(name=root.name, root=root, item_ids=item_ids, user_ids=user_ids, items=items,
+                           offsets=offsets, titles=titles, dropped_users=dropped)

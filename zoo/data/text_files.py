@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import io
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,8 @@ import numpy as np
 from crossan.zoo.data.dataset import MIN_INTERACTIONS
 from crossan.zoo.data.errors import DataError
 
-__all__ = ["read_text", "read_item_titles_csv", "read_item_titles_tsv", "read_user_sequences_tsv",
-           "read_user_sequences_csv"]
+__all__ = ["read_text", "iter_lines", "read_item_titles_csv", "read_item_titles_tsv", "read_user_sequences_tsv",
+           "read_user_sequences_csv", "UserSequences"]
 
 
 def read_text(path: Path) -> str:
@@ -65,7 +67,7 @@ def read_item_titles_tsv(path: Path) -> tuple[list[str], list[str]]:
     items: list[str] = []
     titles: list[str] = []
     seen: set[str] = set()
-    for line, text in enumerate(read_text(path).splitlines(), start=1):
+    for line, text in iter_lines(path):
         if not text.strip():
             continue
         item, tab, title = text.partition("\t")
@@ -77,24 +79,63 @@ def read_item_titles_tsv(path: Path) -> tuple[list[str], list[str]]:
     return items, titles
 
 
-def _keep_long_enough(users: list[tuple[str, list[str]]], item_index: dict[str, int], path: Path
-                      ) -> tuple[list[str], list[np.ndarray], int]:
-    """Map item ids to indices and drop users with fewer than `MIN_INTERACTIONS` items."""
-    kept = [(user, items) for user, items in users if len(items) >= MIN_INTERACTIONS]
-    if not kept:
-        raise DataError(f"no user has {MIN_INTERACTIONS} or more interactions", path)
-    sequences = [np.array([item_index[i] for i in items], dtype=np.int64) for _, items in kept]
-    return [user for user, _ in kept], sequences, len(users) - len(kept)
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """`(line number, text)` of each line, read lazily (a file of 10^7 interactions is never
+    held whole); a missing, non-UTF-8 or empty file is a `DataError`, as in `read_text`."""
+    if not path.is_file():
+        raise DataError("file not found", path)
+    empty = True
+    try:
+        with path.open(encoding="utf-8-sig", newline=None) as handle:
+            for number, text in enumerate(handle, start=1):
+                empty = empty and not text.strip()
+                yield number, text.rstrip("\n")
+    except UnicodeDecodeError:
+        read_text(path)  # raises the error that names the byte and line
+        raise
+    if empty:
+        raise DataError("file is empty", path)
 
 
-def read_user_sequences_tsv(path: Path, item_index: dict[str, int]) -> tuple[list[str], list[np.ndarray], int]:
-    """`user<TAB>item item ...` lines -> (user ids, index sequences, users dropped as too short).
+class FlatSequences:
+    """Users' item-index sequences appended one after another into one flat array (the
+    layout `SequenceDataset` keeps), dropping users with fewer than `MIN_INTERACTIONS` items."""
+
+    def __init__(self) -> None:
+        self.user_ids: list[str] = []
+        self.items = array("i")
+        self.lengths = array("q")
+        self.dropped = 0
+
+    def add(self, user: str, indices: list[int]) -> None:
+        if len(indices) < MIN_INTERACTIONS:
+            self.dropped += 1
+            return
+        self.user_ids.append(user)
+        self.items.extend(indices)
+        self.lengths.append(len(indices))
+
+    def finish(self, path: Path) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+        """(user ids, flat items, offsets, users dropped as too short)."""
+        if not self.user_ids:
+            raise DataError(f"no user has {MIN_INTERACTIONS} or more interactions", path)
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(np.frombuffer(self.lengths, dtype=np.int64), out=offsets[1:])
+        return self.user_ids, np.frombuffer(self.items, dtype=np.int32).copy(), offsets, self.dropped
+
+
+UserSequences = tuple[list[str], np.ndarray, np.ndarray, int]
+"""(user ids, flat item indices, per-user offsets, users dropped as too short)."""
+
+
+def read_user_sequences_tsv(path: Path, item_index: dict[str, int]) -> UserSequences:
+    """`user<TAB>item item ...` lines -> flat sequences (`UserSequences`).
 
     Items are mapped through `item_index` (id -> 1-based index); an unknown id is an error.
     """
-    users: list[tuple[str, list[str]]] = []
+    sequences = FlatSequences()
     seen: set[str] = set()
-    for line, text in enumerate(read_text(path).splitlines(), start=1):
+    for line, text in iter_lines(path):
         if not text.strip():
             continue
         user, tab, items = text.partition("\t")
@@ -107,20 +148,22 @@ def read_user_sequences_tsv(path: Path, item_index: dict[str, int]) -> tuple[lis
         ids = items.split()
         if not ids:
             raise DataError(f"user {user!r} has no items", path, line)
-        unknown = [i for i in ids if i not in item_index]
-        if unknown:
-            raise DataError(f"unknown item id {unknown[0]!r} (not in the item file)", path, line)
-        users.append((user, ids))
-    return _keep_long_enough(users, item_index, path)
+        try:
+            indices = [item_index[i] for i in ids]
+        except KeyError as unknown:
+            raise DataError(f"unknown item id {unknown.args[0]!r} (not in the item file)", path, line) from None
+        sequences.add(user, indices)
+    return sequences.finish(path)
 
 
-def read_user_sequences_csv(path: Path, item_index: dict[str, int]) -> tuple[list[str], list[np.ndarray], int]:
+def read_user_sequences_csv(path: Path, item_index: dict[str, int]) -> UserSequences:
     """`user,item,timestamp` rows (header optional) -> per-user sequences in timestamp order.
 
     Users keep their order of first appearance; equal timestamps keep file order.
     """
-    by_user: dict[str, list[tuple[float, str]]] = {}
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    user_index: dict[str, int] = {}
+    users, items, stamps = array("q"), array("i"), array("d")
+    reader = csv.reader(text for _, text in iter_lines(path))
     for row in reader:
         line = reader.line_num
         if not row or all(not cell.strip() for cell in row):
@@ -138,8 +181,17 @@ def read_user_sequences_csv(path: Path, item_index: dict[str, int]) -> tuple[lis
             time = float(stamp)
         except ValueError:
             raise DataError(f"timestamp {stamp!r} is not a number", path, line) from None
-        by_user.setdefault(user, []).append((time, item))
-    if not by_user:
+        users.append(user_index.setdefault(user, len(user_index)))
+        items.append(item_index[item])
+        stamps.append(time)
+    if not user_index:
         raise DataError("no interactions", path)
-    users = [(user, [item for _, item in sorted(events, key=lambda e: e[0])]) for user, events in by_user.items()]
-    return _keep_long_enough(users, item_index, path)
+    user_column = np.frombuffer(users, dtype=np.int64)
+    # Stable sort by user (in order of first appearance), then timestamp; file order breaks ties.
+    order = np.lexsort((np.frombuffer(stamps, dtype=np.float64), user_column))
+    ordered_items = np.frombuffer(items, dtype=np.int32)[order]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(user_column, minlength=len(user_index)))])
+    sequences = FlatSequences()
+    for user, start, end in zip(user_index, bounds[:-1], bounds[1:]):
+        sequences.add(user, ordered_items[start:end].tolist())
+    return sequences.finish(path)

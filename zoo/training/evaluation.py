@@ -12,58 +12,81 @@ from crossan.zoo.data.dataset import PAD, SequenceDataset
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender, decayed_history
 from crossan.zoo.training.distributed import SINGLE, Processes
-from crossan.zoo.training.metrics import metrics_from_ranks, target_ranks
+from crossan.zoo.training.metrics import metrics_from_ranks, standard_error, target_ranks_excluding
 
-__all__ = ["EvaluationResult", "left_padded", "evaluate_history_similarity", "evaluate_model", "evaluate_popularity",
-           "rank_all_users"]
+__all__ = ["EvaluationResult", "SCORE_BUDGET", "evaluation_users", "evaluate_history_similarity", "evaluate_model",
+           "evaluate_popularity", "rank_all_users"]
+
+
+SCORE_BUDGET = 1 << 26
+"""Scores (float32) one evaluation batch may hold: 256 MiB. Users per batch shrink as the
+catalogue grows, so the score matrix never scales with users x items at once."""
 
 
 @dataclass
 class EvaluationResult:
-    """Mean metrics plus every user's target rank (`inf` = miss because the target was masked)."""
+    """Mean metrics plus every ranked user's target rank (`inf` = miss because the target was
+    masked); `users` names the ranked users when they are a sample (None: all, in order)."""
 
     split: str
     metrics: dict[str, float]
     ranks: torch.Tensor
+    users: np.ndarray | None = None
+
+    def user_ids(self, dataset: SequenceDataset) -> list[str]:
+        """The ids of the ranked users, in the order of `ranks`."""
+        return dataset.user_ids if self.users is None else [dataset.user_ids[u] for u in self.users]
+
+    def standard_error(self, name: str) -> float:
+        """The standard error of metric `name`'s mean over the ranked users."""
+        return standard_error(self.ranks, name)
 
 
-def left_padded(sequences: list[np.ndarray], length: int) -> torch.Tensor:
-    """The last `length` items of each sequence, left-padded with `PAD`, `[B, length]`."""
-    out = torch.full((len(sequences), length), PAD, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        tail = seq[-length:]
-        if len(tail):
-            out[i, length - len(tail):] = torch.as_tensor(tail)
-    return out
+def evaluation_users(num_users: int, sample: int) -> np.ndarray | None:
+    """The users a `sample`-user validation ranks: a fixed random choice (the same for every
+    epoch, seed and model, so that runs compare on the same users), sorted; None (all users)
+    when `sample` is 0 or covers them all."""
+    if sample <= 0 or sample >= num_users:
+        return None
+    return np.sort(np.random.default_rng(EVALUATION_SAMPLE_SEED).choice(num_users, size=sample, replace=False))
 
 
-def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[list[int]], torch.Tensor],
-                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE) -> torch.Tensor:
-    """Ranks of every user's `split` target, scoring users in batches with `score_users`
-    (user indices -> `[B, num_items]` scores over catalogue rows).
+EVALUATION_SAMPLE_SEED = 0
 
-    Over several processes each scores its contiguous share of the users, and every process
-    gets all ranks back (so all of them take the same early-stopping decision).
+
+def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[np.ndarray], torch.Tensor],
+                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE,
+                   users: np.ndarray | None = None) -> torch.Tensor:
+    """Ranks of the `split` targets of `users` (default: every user), scoring users in batches
+    with `score_users` (user indices -> `[B, num_items]` scores over catalogue rows).
+
+    A batch holds at most `batch_size` users and `SCORE_BUDGET` scores. Over several processes
+    each scores its contiguous share of the users, and every process gets all ranks back (so
+    all of them take the same early-stopping decision).
     """
-    share = processes.shard(dataset.num_users)
+    chosen = np.arange(dataset.num_users) if users is None else np.asarray(users, dtype=np.int64)
+    share = processes.shard(len(chosen))
+    step = max(1, min(batch_size, SCORE_BUDGET // dataset.num_items))
+    targets = dataset.targets(split)[chosen[share.start:share.stop]] - 1
     ranks = [torch.empty(0)]
-    for start in range(share.start, share.stop, batch_size):
-        users = list(range(start, min(start + batch_size, share.stop)))
-        scores = score_users(users).float()
-        targets = torch.tensor([dataset.target(u, split) - 1 for u in users], device=scores.device)
-        masked = None
-        if mask_history:
-            masked = torch.zeros_like(scores, dtype=torch.bool)
-            for i, user in enumerate(users):
-                masked[i, torch.as_tensor(dataset.history(user, split) - 1, device=scores.device)] = True
-        ranks.append(target_ranks(scores, targets, masked).cpu())
+    for start in range(share.start, share.stop, step):
+        batch = chosen[start:min(start + step, share.stop)]
+        scores = score_users(batch).float()
+        batch_targets = torch.from_numpy(targets[start - share.start:start - share.start + len(batch)])
+        rows, columns = (dataset.history_items(batch, split) if mask_history
+                         else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
+        ranks.append(target_ranks_excluding(scores, batch_targets.to(scores.device),
+                                            torch.from_numpy(rows).to(scores.device),
+                                            torch.from_numpy(columns - 1).to(scores.device)).cpu())
     return processes.gather_rows(torch.cat(ranks))
 
 
 @torch.no_grad()
 def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemFeatures, split: str,
-                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE) -> EvaluationResult:
-    """HR/NDCG@10/20 of `model` on `split` ("valid" or "test"), full ranking over all items.
+                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE,
+                   users: np.ndarray | None = None) -> EvaluationResult:
+    """HR/NDCG@10/20 of `model` on `split` ("valid" or "test"), full ranking over all items,
+    for `users` (default: every user).
 
     Over several processes, each embeds its share of the catalogue and ranks its share of the
     users; both are gathered, so every process returns the full result.
@@ -76,21 +99,21 @@ def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemF
     table = model.item_table(items)
     length = model.config.max_seq_len
 
-    def score_users(users: list[int]) -> torch.Tensor:
-        window = left_padded([dataset.history(u, split) for u in users], length).to(items.device)
+    def score_users(batch: np.ndarray) -> torch.Tensor:
+        window = torch.from_numpy(dataset.recent_histories(batch, split, length)).to(items.device)
         return model.scores(model.user_embeddings(table, window).float(), items)
 
-    ranks = rank_all_users(dataset, split, score_users, mask_history, batch_size, processes)
+    ranks = rank_all_users(dataset, split, score_users, mask_history, batch_size, processes, users)
     model.train(was_training)
-    return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
+    return EvaluationResult(split, metrics_from_ranks(ranks), ranks, users)
 
 
 def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool = True) -> EvaluationResult:
     """Most-popular baseline: every user gets items ranked by training-prefix counts."""
     counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
 
-    def score_users(users: list[int]) -> torch.Tensor:
-        return counts.expand(len(users), -1)
+    def score_users(batch: np.ndarray) -> torch.Tensor:
+        return counts.expand(len(batch), -1)
 
     ranks = rank_all_users(dataset, split, score_users, mask_history)
     return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
@@ -104,8 +127,8 @@ def evaluate_history_similarity(dataset: SequenceDataset, embeddings: torch.Tens
     unit = F.normalize(embeddings.float(), dim=-1)
     table = torch.cat([unit.new_zeros(1, unit.shape[1]), unit])
 
-    def score_users(users: list[int]) -> torch.Tensor:
-        window = left_padded([dataset.history(u, split) for u in users], window_length)
+    def score_users(batch: np.ndarray) -> torch.Tensor:
+        window = torch.from_numpy(dataset.recent_histories(batch, split, window_length))
         pooled = decayed_history(table[window], window == PAD, decay)[:, -1]
         return F.normalize(pooled, dim=-1) @ unit.t()
 

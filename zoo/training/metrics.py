@@ -5,7 +5,8 @@ import math
 
 import torch
 
-__all__ = ["CUTOFFS", "METRIC_NAMES", "target_ranks", "metrics_from_ranks", "per_user_metric"]
+__all__ = ["CUTOFFS", "METRIC_NAMES", "target_ranks", "target_ranks_excluding", "metrics_from_ranks",
+           "per_user_metric", "standard_error"]
 
 CUTOFFS = (10, 20)
 METRIC_NAMES = tuple(f"{kind}@{k}" for kind in ("HR", "NDCG") for k in CUTOFFS)
@@ -20,16 +21,32 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tens
     count against the target. A masked target is a miss; it is never unmasked (that would
     leak the answer).
     """
-    target_scores = scores.gather(1, targets.unsqueeze(1))
-    if masked is not None:
-        scores = scores.masked_fill(masked, float("-inf"))
-    at_least = (scores >= target_scores).sum(dim=1)
-    target_masked = masked.gather(1, targets.unsqueeze(1)).squeeze(1) if masked is not None else None
+    if masked is None:
+        empty = torch.zeros(0, dtype=torch.long, device=scores.device)
+        return target_ranks_excluding(scores, targets, empty, empty)
+    rows, columns = masked.nonzero().unbind(1)
+    return target_ranks_excluding(scores, targets, rows, columns)
+
+
+def target_ranks_excluding(scores: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
+                           columns: torch.Tensor) -> torch.Tensor:
+    """`target_ranks` with the masked entries given as `(rows, columns)` pairs (repeats
+    allowed), so that masking costs what the histories hold rather than a `[B, N]` mask.
+
+    Counting every item at least as high as the target, then taking back the masked ones that
+    were counted, ranks exactly as filling the masked scores with -inf would.
+    """
+    target_scores = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
+    at_least = (scores >= target_scores.unsqueeze(1)).sum(dim=1)
+    keys = torch.unique(rows * scores.shape[1] + columns)  # each masked entry once
+    rows, columns = keys // scores.shape[1], keys % scores.shape[1]
+    counted = scores[rows, columns] >= target_scores[rows]
+    at_least = at_least - torch.bincount(rows[counted], minlength=scores.shape[0])
+    target_masked = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    target_masked[rows[columns == targets[rows]]] = True
     # The target counts itself once when unmasked.
     ranks = at_least.float()
-    if target_masked is not None:
-        ranks = torch.where(target_masked, torch.full_like(ranks, math.inf), ranks)
-    return ranks
+    return torch.where(target_masked, torch.full_like(ranks, math.inf), ranks)
 
 
 def per_user_metric(ranks: torch.Tensor, name: str) -> torch.Tensor:
@@ -48,3 +65,10 @@ def metrics_from_ranks(ranks: torch.Tensor, cutoffs: tuple[int, ...] = CUTOFFS) 
     """Mean `HR@K` and `NDCG@K` over users for each cutoff."""
     names = [f"{kind}@{k}" for k in cutoffs for kind in ("HR", "NDCG")]
     return {name: float(per_user_metric(ranks, name).mean()) for name in sorted(names, key=lambda n: (n[0], n))}
+
+
+def standard_error(ranks: torch.Tensor, name: str) -> float:
+    """Standard error of the mean of metric `name` over the users of `ranks` (what a metric
+    measured on a sample of users is uncertain by)."""
+    values = per_user_metric(ranks, name).double()
+    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan

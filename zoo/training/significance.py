@@ -18,9 +18,7 @@ def cold_item_users(dataset: SequenceDataset, split: str) -> torch.Tensor:
 
     Their target is a cold item, which an id-embedding model cannot have learned.
     """
-    seen = dataset.train_counts() > 0
-    return torch.tensor([not seen[dataset.target(user, split)] for user in range(dataset.num_users)],
-                        dtype=torch.bool)
+    return torch.from_numpy(dataset.train_counts()[dataset.targets(split)] == 0)
 
 
 def paired_t_test(first: torch.Tensor, second: torch.Tensor) -> dict[str, dict[str, float]]:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,7 +21,7 @@ from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
 from crossan.zoo.training.distributed import SINGLE, Processes
-from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, left_padded
+from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluation_users
 from crossan.zoo.training.negatives import ExtraNegatives, check_negative_options
 from crossan.zoo.training.objective import InBatchObjective
 
@@ -72,7 +73,11 @@ class TrainConfig:
     sampling_correction: float = field(default=1.0, metadata={
         "help": "strength a of the sampling correction, logits - a log q: 1 = the paper's debiased loss, "
                 "0 = the plain in-batch softmax (which favours rare items)"})
-    eval_batch_size: int = field(default=512, metadata={"help": "users per evaluation batch"})
+    eval_batch_size: int = field(default=512, metadata={
+        "help": "users per evaluation batch (fewer when users x items would pass 2^26 scores)"})
+    valid_users: int = field(default=0, metadata={
+        "help": "users ranked by each validation: a fixed random sample of this many, the same every epoch, "
+                "with the metric's standard error printed; 0 = all users (the test split always ranks all)"})
     precision: str = field(default="auto", metadata={
         "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"})
 
@@ -82,6 +87,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size, patience and eval_batch_size must be positive")
+        if self.valid_users < 0:
+            raise ConfigError(f"valid_users must be 0 (all users) or positive, got {self.valid_users}")
         if self.steps_per_epoch < 0:
             raise ConfigError(f"steps_per_epoch must be 0 (a full pass) or positive, got {self.steps_per_epoch}")
         for name in ("lr", "adapter_lr"):
@@ -118,17 +125,15 @@ def training_windows(dataset: SequenceDataset, length: int,
     item of the prefix but the first is a target exactly once. Users whose prefix has a
     single item have nothing to predict and are skipped.
     """
-    pieces, users = [], []
-    for user in range(dataset.num_users):
-        prefix = dataset.history(user, "train")
-        if sliding:
-            ends = range(len(prefix), 1, -(length - 1))
-        else:
-            ends = [len(prefix)] if len(prefix) >= 2 else []
-        for end in ends:
-            pieces.append(prefix[max(0, end - length):end])
-            users.append(user)
-    return left_padded(pieces, length), torch.tensor(users, dtype=torch.long)
+    starts, prefix_ends = dataset.offsets[:-1], dataset.history_ends("train")
+    prefix_lengths = prefix_ends - starts
+    step = length - 1 if sliding else None
+    # Windows per user: the prefix's ends n, n - step, ... above 1 (only n without sliding).
+    counts = np.where(prefix_lengths >= 2, -(-(prefix_lengths - 1) // step) if step else 1, 0)
+    users = np.repeat(np.arange(dataset.num_users), counts)
+    back = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)  # 0, 1, ... per user
+    ends = prefix_ends[users] - back * (step or 0)
+    return torch.from_numpy(dataset.windows(starts[users], ends, length)), torch.from_numpy(users)
 
 
 def local_batch_size(batch_size: int, processes: Processes = SINGLE) -> int:
@@ -187,6 +192,7 @@ class Trainer:
         self.windows, window_users = training_windows(dataset, model.config.max_seq_len + 1, config.sliding_windows)
         # Only sliding windows put several windows of one user in a batch.
         self.window_users = window_users if config.sliding_windows else None
+        self.valid_sample = evaluation_users(dataset.num_users, config.valid_users)
         counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
         self.model.mark_trained_items(counts[1:] > 0)
         # Add-one smoothing keeps p(item) > 0 for items never seen in training.
@@ -313,9 +319,11 @@ class Trainer:
         return batches[:self.config.steps_per_epoch] if self.config.steps_per_epoch else batches
 
     def _evaluate(self, split: str) -> EvaluationResult:
+        """`split` ranked over every user, or over the validation sample (`valid_users`)."""
+        users = self.valid_sample if split == "valid" else None
         with self.autocast():
             return evaluate_model(self.model, self.dataset, self.features, split, self.config.mask_history,
-                                  self.config.eval_batch_size, self.processes)
+                                  self.config.eval_batch_size, self.processes, users)
 
     def _fit(self, checkpoints: CheckpointStore | None) -> TrainingOutcome:
         num_batches = -(-len(self.windows) // self.config.batch_size)
@@ -332,7 +340,7 @@ class Trainer:
             self.scaler.load_state_dict(saved.scaler)
             self._restore_random_states(saved.rng)
             if state.best_valid is not None:
-                best_valid = EvaluationResult("valid", state.best_valid, saved.best_valid_ranks)
+                best_valid = EvaluationResult("valid", state.best_valid, saved.best_valid_ranks, self.valid_sample)
             self.console.print(f"resuming after epoch {state.epoch} (best epoch so far {state.best_epoch})")
         while not state.stopped:
             epoch = state.epoch + 1
@@ -346,8 +354,13 @@ class Trainer:
             state.epoch, state.step = epoch, state.step + num_batches
             state.history.append({"epoch": epoch, "loss": loss, "train_seconds": train_seconds,
                                   "valid": valid.metrics})
+            uncertainty = ""
+            if self.valid_sample is not None:
+                error = valid.standard_error(SELECTION_METRIC)
+                state.history[-1]["valid_standard_error"] = {SELECTION_METRIC: error}
+                uncertainty = f" ± {error:.4f} ({len(self.valid_sample):,} users)"
             self.console.print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {SELECTION_METRIC} "
-                               f"{score:.4f}{'  *' if improved else ''}  ({train_seconds:.1f}s)")
+                               f"{score:.4f}{uncertainty}{'  *' if improved else ''}  ({train_seconds:.1f}s)")
             if improved:
                 state.best_score, state.best_epoch, state.stale, state.best_valid = score, epoch, 0, valid.metrics
                 best_valid = valid

@@ -1,0 +1,73 @@
+"""The flat sequence layout: whole-array helpers agree with a per-user reading of the same data,
+and ranking in score-budgeted batches or over a user sample changes no rank."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossan.zoo.data import read_microlens
+from crossan.zoo.data.dataset import PAD, SequenceDataset
+from crossan.zoo.errors import ConfigError
+from crossan.zoo.training import evaluation
+from crossan.zoo.training.evaluation import evaluate_popularity, evaluation_users, rank_all_users
+from crossan.zoo.training.trainer import TrainConfig
+
+
+def random_dataset(seed: int = 0, users: int = 40, items: int = 30) -> tuple[SequenceDataset, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    sequences = [rng.integers(1, items + 1, size=int(rng.integers(3, 15))) for _ in range(users)]
+    dataset = SequenceDataset.from_sequences("random", Path("."), [f"i{n}" for n in range(items)],
+                                             [f"u{n}" for n in range(users)], sequences)
+    return dataset, sequences
+
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_whole_array_helpers_match_each_users_sequence(split: str) -> None:
+    dataset, sequences = random_dataset()
+    cut = 1 if split == "test" else 2
+    users = np.array([5, 0, 39, 5, 17])
+    windows = dataset.recent_histories(users, split, 6)
+    rows, items = dataset.history_items(users, split)
+    for row, user in enumerate(users):
+        history = sequences[user][:-cut]
+        assert dataset.history(user, split).tolist() == history.tolist()
+        tail = history[-6:].tolist()
+        assert windows[row].tolist() == [PAD] * (6 - len(tail)) + tail
+        assert items[rows == row].tolist() == history.tolist()
+        if split != "train":
+            assert dataset.targets(split)[user] == sequences[user][-cut] == dataset.target(user, split)
+    expected = np.zeros(dataset.num_items + 1, dtype=np.int64)
+    for sequence in sequences:
+        np.add.at(expected, sequence[:-2], 1)
+    assert dataset.train_counts().tolist() == expected.tolist()
+
+
+def test_a_user_below_three_interactions_or_bad_offsets_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        SequenceDataset.from_sequences("short", Path("."), ["a", "b"], ["u"], [np.array([1, 2])])
+    with pytest.raises(ValueError, match="offsets"):
+        SequenceDataset("bad", Path("."), ["a"], ["u"], np.array([1, 1, 1]), np.array([0, 2]))
+
+
+def test_ranks_do_not_depend_on_the_score_budget(toy_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = read_microlens(toy_root, name="toy")
+    whole = evaluate_popularity(dataset, "valid").ranks
+    monkeypatch.setattr(evaluation, "SCORE_BUDGET", 3 * dataset.num_items)  # three users per batch
+    assert torch.equal(evaluate_popularity(dataset, "valid").ranks, whole)
+
+
+def test_a_user_sample_ranks_exactly_those_users_the_same_way_every_time(toy_root: Path) -> None:
+    dataset = read_microlens(toy_root, name="toy")
+    counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
+    sample = evaluation_users(dataset.num_users, 50)
+    assert sample is not None and len(set(sample.tolist())) == 50 and (np.diff(sample) > 0).all()
+    assert np.array_equal(sample, evaluation_users(dataset.num_users, 50))
+    assert evaluation_users(dataset.num_users, 0) is None
+    assert evaluation_users(dataset.num_users, dataset.num_users + 1) is None
+    ranks = rank_all_users(dataset, "valid", lambda batch: counts.expand(len(batch), -1), users=sample)
+    assert torch.equal(ranks, evaluate_popularity(dataset, "valid").ranks[torch.from_numpy(sample)])
+    with pytest.raises(ConfigError, match="valid_users"):
+        TrainConfig(valid_users=-1)
