@@ -52,22 +52,40 @@ def test_a_user_below_three_interactions_or_bad_offsets_are_refused() -> None:
         SequenceDataset("bad", Path("."), ["a"], ["u"], np.array([1, 1, 1]), np.array([0, 2]))
 
 
+def popularity_scores(dataset: SequenceDataset):
+    counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
+    return lambda batch: counts.expand(len(batch), -1)
+
+
 def test_ranks_do_not_depend_on_the_score_budget(toy_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = read_microlens(toy_root, name="toy")
-    whole = evaluate_popularity(dataset, "valid").ranks
+    whole = rank_all_users(dataset, "valid", popularity_scores(dataset))
     monkeypatch.setattr(evaluation, "SCORE_BUDGET", 3 * dataset.num_items)  # three users per batch
-    assert torch.equal(evaluate_popularity(dataset, "valid").ranks, whole)
+    assert torch.equal(rank_all_users(dataset, "valid", popularity_scores(dataset)), whole)
+
+
+@pytest.mark.parametrize("mask_history", [True, False])
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_popularity_ranks_without_a_score_matrix_as_the_generic_ranking_does(
+        toy_root: Path, mask_history: bool, split: str) -> None:
+    for dataset in (read_microlens(toy_root, name="toy"), random_dataset(seed=3, items=12)[0]):
+        generic = rank_all_users(dataset, split, popularity_scores(dataset), mask_history)
+        fast = evaluate_popularity(dataset, split, mask_history)
+        assert torch.equal(fast.ranks, generic) and fast.users is None
+        if mask_history and dataset.name == "random":
+            assert torch.isinf(generic).any()  # some targets repeat a history item
+        sample = np.array([0, 3, 7])
+        assert torch.equal(evaluate_popularity(dataset, split, mask_history, sample).ranks, generic[sample])
 
 
 def test_a_user_sample_ranks_exactly_those_users_the_same_way_every_time(toy_root: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
-    counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
     sample = evaluation_users(dataset.num_users, 50)
     assert sample is not None and len(set(sample.tolist())) == 50 and (np.diff(sample) > 0).all()
     assert np.array_equal(sample, evaluation_users(dataset.num_users, 50))
     assert evaluation_users(dataset.num_users, 0) is None
     assert evaluation_users(dataset.num_users, dataset.num_users + 1) is None
-    ranks = rank_all_users(dataset, "valid", lambda batch: counts.expand(len(batch), -1), users=sample)
-    assert torch.equal(ranks, evaluate_popularity(dataset, "valid").ranks[torch.from_numpy(sample)])
+    ranks = rank_all_users(dataset, "valid", popularity_scores(dataset), users=sample)
+    assert torch.equal(ranks, rank_all_users(dataset, "valid", popularity_scores(dataset))[torch.from_numpy(sample)])
     with pytest.raises(ConfigError, match="valid_users"):
         TrainConfig(valid_users=-1)

@@ -19,7 +19,7 @@ from crossan.zoo.models import build_model, config_from_dict, preset_config
 from crossan.zoo.runs import Run, recorded_dataset
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
 from crossan.zoo.training.distributed import SINGLE, Processes
-from crossan.zoo.training.evaluation import evaluate_popularity
+from crossan.zoo.training.evaluation import evaluate_popularity, evaluation_users
 from crossan.zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
 __all__ = ["train_and_save", "resume_run", "resolve_device", "code_fingerprint", "differing_options",
@@ -140,8 +140,10 @@ def _train(run: Run, train_config: TrainConfig, device: torch.device, console: C
     checkpoints = CheckpointStore(run_dir)
     outcome = Trainer(model, dataset, run.features, train_config, device, console, processes,
                       on_validation).fit(checkpoints)
-    popularity = {split: evaluate_popularity(dataset, split, train_config.mask_history).metrics
-                  for split in ("valid", "test")}
+    # Popularity's validation ranks the users the model's did (all, or the valid_users sample).
+    sample = {"valid": evaluation_users(dataset.num_users, train_config.valid_users), "test": None}
+    popularity = {split: evaluate_popularity(dataset, split, train_config.mask_history, users).metrics
+                  for split, users in sample.items()}
     metrics = {"valid": outcome.valid.metrics, "test": outcome.test.metrics, "best_epoch": outcome.best_epoch,
                "trainable_parameters": num_trainable, "mask_history": train_config.mask_history,
                "popularity": popularity}

@@ -144,8 +144,13 @@ class SequenceDataset:
         """`items[max(start, end - length):end]` for each pair, left-padded with `PAD` to
         `[len(ends), length]` int64 (`starts` bound each window to its user's sequence)."""
         positions = ends[:, None] - length + np.arange(length)
-        inside = positions >= starts[:, None]
-        return np.where(inside, self.items[np.where(inside, positions, 0)], PAD).astype(np.int64)
+        outside = positions < starts[:, None]
+        np.maximum(positions, 0, out=positions)  # in place: a window of 10^6 users is 88 MB
+        windows = self.items[positions]
+        del positions
+        windows = windows.astype(np.int64)
+        windows[outside] = PAD
+        return windows
 
     def history_items(self, users: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Every history item before the `split` targets of `users`, flat: `(row, item)` pairs,

@@ -121,7 +121,8 @@ class FlatSequences:
             raise DataError(f"no user has {MIN_INTERACTIONS} or more interactions", path)
         offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(np.frombuffer(self.lengths, dtype=np.int64), out=offsets[1:])
-        return self.user_ids, np.frombuffer(self.items, dtype=np.int32).copy(), offsets, self.dropped
+        # A view of the array's buffer, not a copy: the items are held once.
+        return self.user_ids, np.frombuffer(self.items, dtype=np.int32), offsets, self.dropped
 
 
 UserSequences = tuple[list[str], np.ndarray, np.ndarray, int]

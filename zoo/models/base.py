@@ -194,7 +194,8 @@ class Recommender(nn.Module):
             return user_embeddings @ item_embeddings.t()
         dim = self.config.embedding_dim
         users = torch.cat([F.normalize(user_embeddings[:, :dim], dim=-1), user_embeddings[:, dim:]], dim=1)
-        return users @ item_embeddings.t() / temperature
+        # In place: a full-ranking batch's scores are the largest tensor evaluation holds.
+        return (users @ item_embeddings.t()).div_(temperature)
 
     @torch.no_grad()
     def catalogue_embeddings(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,

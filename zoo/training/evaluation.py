@@ -108,15 +108,30 @@ def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemF
     return EvaluationResult(split, metrics_from_ranks(ranks), ranks, users)
 
 
-def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool = True) -> EvaluationResult:
-    """Most-popular baseline: every user gets items ranked by training-prefix counts."""
-    counts = torch.as_tensor(dataset.train_counts()[1:], dtype=torch.float32)
+def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool = True,
+                        users: np.ndarray | None = None) -> EvaluationResult:
+    """Most-popular baseline: every user gets items ranked by training-prefix counts, for `users`
+    (default: every user).
 
-    def score_users(batch: np.ndarray) -> torch.Tensor:
-        return counts.expand(len(batch), -1)
-
-    ranks = rank_all_users(dataset, split, score_users, mask_history)
-    return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
+    Every user ranks the same scores, so no score matrix is needed: the items counted at least
+    as often as the target are found by a binary search in the sorted counts, and the user's
+    masked history items among them are taken back, which ranks exactly as `rank_all_users`
+    would, in time linear in the users' histories.
+    """
+    chosen = np.arange(dataset.num_users) if users is None else np.asarray(users, dtype=np.int64)
+    counts = dataset.train_counts()[1:]
+    target_counts = counts[dataset.targets(split)[chosen] - 1]
+    at_least = len(counts) - np.searchsorted(np.sort(counts), target_counts, side="left")
+    ranks = at_least.astype(np.float64)
+    if mask_history:
+        rows, items = dataset.history_items(chosen, split)
+        pairs = np.unique(rows * (len(counts) + 1) + items)  # each masked item once per user
+        rows, items = pairs // (len(counts) + 1), pairs % (len(counts) + 1)
+        counted = counts[items - 1] >= target_counts[rows]
+        ranks -= np.bincount(rows[counted], minlength=len(chosen))
+        ranks[rows[items == dataset.targets(split)[chosen][rows]]] = np.inf
+    ranks_tensor = torch.from_numpy(ranks).float()
+    return EvaluationResult(split, metrics_from_ranks(ranks_tensor), ranks_tensor, None if users is None else chosen)
 
 
 def evaluate_history_similarity(dataset: SequenceDataset, embeddings: torch.Tensor, split: str, decay: float,
