@@ -19,12 +19,14 @@ Each stage then runs the real code path in a fresh process, under `--stage-limit
   defaults (the AdamW step included, validation excluded), reported per 10^6 interactions; an
   epoch of more than `--epoch-steps` steps trains its first that many batches (`steps_per_epoch`)
   and its seconds are extrapolated to the whole epoch (`--epoch-steps 0`: every epoch whole);
-- validation crossan-t, validation sasrec-id: one full-ranking validation of the untrained model
-  over `--valid-users` users (`valid_users`, as training would), reported per 10^9 scores.
+- validation crossan-t, validation sasrec-id: one full-ranking validation over `--valid-users`
+  users (`valid_users`, as training would), of the model the epoch stage left (untrained when
+  that stage did not run), reported per 10^9 scores.
 
-Per stage: seconds, peak resident memory above the process's footprint after imports (and what
-the stage's data needs: sequences, item tables, model and optimiser, the cache pages it reads),
-file sizes, and the growth exponent fitted by least squares on log seconds against the log of
+Per stage: seconds, peak resident memory above the process's footprint after imports and
+reading the data (the footprint itself is among the facts; the two add up to the process's
+peak) against what the stage's data need (sequences, item tables, model and optimiser, the
+cache pages it reads), file sizes, and the growth exponent fitted by least squares on log seconds against the log of
 the stage's driving size (interactions; ranked users x items for validation) and of the
 catalogue size, over the points that finished. A stage past its limit is reported with the
 limit and takes no part in the fit.
@@ -168,7 +170,7 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
         id_bytes = sum(len(i) for i in dataset.item_ids) + sum(len(u) for u in dataset.user_ids)
         # Python keeps each id and title as an object (about 50 bytes on top of its characters).
         table_bytes = id_bytes + sum(len(t) for t in dataset.titles or ()) + 50 * (2 * point.items + point.users)
-        return {"seconds": seconds, "peak": peak_rss() - baseline, "need": sequence_bytes + table_bytes,
+        return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline, "need": sequence_bytes + table_bytes,
                 "facts": {"files MB": round(sum(f.stat().st_size for f in point.root.glob("*.tsv")) / 1e6, 1),
                           "cache MB": round(point.cache.stat().st_size / 1e6, 1)}}
     dataset = read_amazon(point.root)
@@ -193,7 +195,7 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
         cold_item_users(dataset, "test")
         windows, _ = training_windows(dataset, 11)
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "peak": peak_rss() - baseline,
+        return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline,
                 "need": windows.numel() * 8 + (point.items + 1) * 8 + point.users * 9,
                 "facts": {"windows": len(windows)}}
     preset = stage.split()[-1]
@@ -218,7 +220,7 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
         save_file(model.state_dict(), weights)  # validation ranks with what this epoch learned
         # Parameters, gradients and AdamW's two moments; the windows; the cache pages read.
         need = 4 * parameter_bytes + trainer.windows.numel() * 8 + sequence_bytes + cache_bytes
-        return {"seconds": measured * steps / taken, "peak": peak_rss() - baseline, "need": need,
+        return {"footprint": baseline, "seconds": measured * steps / taken, "peak": peak_rss() - baseline, "need": need,
                 "facts": {"loss": round(loss, 3), "steps": f"{taken} of {steps}" if taken < steps else steps,
                           "set-up s": round(setup, 2)}}
     trained = weights.is_file()
@@ -239,7 +241,7 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
     # A batch's scores and their comparison with the targets.
     need = (parameter_bytes + point.items * model.config.embedding_dim * 4 * 2 + batch_scores * 5
             + sequence_bytes + cache_bytes)
-    return {"seconds": seconds, "peak": peak_rss() - baseline, "need": need, "scores": ranked * point.items,
+    return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline, "need": need, "scores": ranked * point.items,
             "facts": {"ranked users": ranked, "epochs trained": int(trained),
                       "NDCG@10": f"{result.metrics['NDCG@10']:.4f} ± {_standard_error(result.ranks):.4f}"}}
 
@@ -277,7 +279,7 @@ def measure(stage: str, point: Point, valid_users: int, epoch_steps: int, limit:
         return result
     values = json.loads(done.stdout.strip().splitlines()[-1])
     result.seconds, result.peak_bytes, result.need_bytes = values["seconds"], values["peak"], values["need"]
-    result.facts = values["facts"]
+    result.facts = {"footprint MB": round(values["footprint"] / 2**20), **values["facts"]}
     if stage.startswith("validation"):
         result.driving_size = float(values["scores"])
         result.per_unit_seconds = result.seconds / result.driving_size * 1e9

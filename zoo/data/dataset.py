@@ -164,14 +164,12 @@ class SequenceDataset:
         return rows, self.items[positions].astype(np.int64)
 
     def train_counts(self) -> np.ndarray:
-        """Occurrences of each item index (0..num_items) in the training prefixes."""
-        return np.bincount(self.items[self.train_positions()], minlength=self.num_items + 1).astype(np.int64)
-
-    def train_positions(self) -> np.ndarray:
-        """Bool `[num_interactions]`: which entries of `items` belong to training prefixes."""
-        lengths = self.lengths
-        position_in_sequence = np.arange(len(self.items)) - np.repeat(self.offsets[:-1], lengths)
-        return position_in_sequence < np.repeat(lengths - 2, lengths)
+        """Occurrences of each item index (0..num_items) in the training prefixes: all
+        occurrences less the validation and test targets (no per-position temporaries)."""
+        counts = np.bincount(self.items, minlength=self.num_items + 1).astype(np.int64)
+        for split in ("valid", "test"):
+            counts -= np.bincount(self.targets(split), minlength=self.num_items + 1)
+        return counts
 
     def fingerprint(self) -> str:
         """Hash of the catalogue and item content (ids, titles, media file names and sizes).

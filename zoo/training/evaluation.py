@@ -78,6 +78,7 @@ def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[
         ranks.append(target_ranks_excluding(scores, batch_targets.to(scores.device),
                                             torch.from_numpy(rows).to(scores.device),
                                             torch.from_numpy(columns - 1).to(scores.device)).cpu())
+        del scores  # before the next batch's scores exist, not after: one batch in memory at a time
     return processes.gather_rows(torch.cat(ranks))
 
 
