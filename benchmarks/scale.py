@@ -271,7 +271,7 @@ def measure(stage: str, point: Point, valid_users: int, epoch_steps: int, limit:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
-        result.status = f"over the {limit:.0f} s limit"
+        result.status = f"over the {limit:g} s limit"
         return result
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]

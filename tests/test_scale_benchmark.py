@@ -80,3 +80,12 @@ def test_a_small_grid_runs_every_stage_and_reports_it(tmp_path: Path) -> None:
     # One epoch over the planted rule already ranks the next item far above chance (10 / 400).
     ndcg = float(by_stage[("validation crossan-t", 3000)]["facts"]["NDCG@10"].split()[0])
     assert ndcg > 0.1
+
+
+def test_a_stage_past_its_limit_is_reported_with_the_limit_and_left_out_of_the_fit(tmp_path: Path) -> None:
+    scale = load_scale()
+    point = scale.Point(200, 64, 4, 8, tmp_path)
+    scale.write_data(point)
+    result = scale.measure("epoch crossan-t", point, 0, 0, limit=0.2)  # importing torch alone takes longer
+    assert result.status == "over the 0.2 s limit" and result.seconds is None
+    assert scale.growth_exponents([result]) == {}
