@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -130,9 +129,10 @@ def write_data(point: Point) -> None:
     marker.touch()
 
 
-def current_rss() -> int:
-    """Resident bytes of this process now; on Linux the peak is reset here too (`clear_refs`),
-    so that `peak_rss` sees the stage's peak rather than a transient one during imports."""
+def reset_peak() -> int:
+    """Start measuring a stage: reset the peak on Linux (`clear_refs`), so that `peak_rss`
+    sees the stage's peak rather than a transient one during imports, and return the resident
+    bytes now (the stage's footprint)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -142,7 +142,7 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """This process's peak resident bytes since the last `current_rss` (since its start where
+    """This process's peak resident bytes since the last `reset_peak` (since its start where
     the peak cannot be reset)."""
     status = Path("/proc/self/status")
     for line in status.read_text().splitlines() if status.is_file() else ():
@@ -162,7 +162,7 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
     torch.manual_seed(SEED)
     quiet = Console(quiet=True)
     sequence_bytes = point.interactions * 4 + (point.users + 1) * 8
-    baseline = current_rss()
+    baseline = reset_peak()
     if stage == "read":
         started = time.perf_counter()
         dataset = read_amazon(point.root)
@@ -174,8 +174,7 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
                 "facts": {"files MB": round(sum(f.stat().st_size for f in point.root.glob("*.tsv")) / 1e6, 1),
                           "cache MB": round(point.cache.stat().st_size / 1e6, 1)}}
     dataset = read_amazon(point.root)
-    # Each stage imports what it runs (before its footprint is taken), so that the read and
-    # data set stages also run against code older than the validation sample.
+    # Each stage imports what it runs before its footprint is taken.
     if stage == "data set":
         from crossan.zoo.training.significance import cold_item_users
         from crossan.zoo.training.trainer import training_windows
@@ -185,9 +184,9 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
         from crossan.zoo.features.states import open_states
         from crossan.zoo.features.store import ItemFeatures
         from crossan.zoo.models import build_model, preset_config
-        from crossan.zoo.training.evaluation import evaluate_model
+        from crossan.zoo.training.evaluation import evaluate_model, evaluation_users
         from crossan.zoo.training.trainer import TrainConfig, Trainer
-    baseline = current_rss()
+    baseline = reset_peak()
     if stage == "data set":
         started = time.perf_counter()
         dataset.fingerprint()
@@ -226,15 +225,10 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
     trained = weights.is_file()
     if trained:
         model.load_state_dict(load_file(weights))
-    sample = None
-    if valid_users and valid_users < dataset.num_users:
-        from crossan.zoo.training.evaluation import evaluation_users
-
-        sample = evaluation_users(dataset.num_users, valid_users)
+    sample = evaluation_users(dataset.num_users, valid_users)
     ranked = dataset.num_users if sample is None else len(sample)
     started = time.perf_counter()
-    # Only a sample needs the `users` argument, so ranking every user also times code older than it.
-    result = evaluate_model(model, dataset, features, "valid", **({} if sample is None else {"users": sample}))
+    result = evaluate_model(model, dataset, features, "valid", users=sample)
     seconds = time.perf_counter() - started
     # Parameters, the catalogue's embeddings (and their item table), the cache pages read.
     batch_scores = min(512 * point.items, BATCH_SCORES)
@@ -243,16 +237,7 @@ def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> d
             + sequence_bytes + cache_bytes)
     return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline, "need": need, "scores": ranked * point.items,
             "facts": {"ranked users": ranked, "epochs trained": int(trained),
-                      "NDCG@10": f"{result.metrics['NDCG@10']:.4f} ± {_standard_error(result.ranks):.4f}"}}
-
-
-def _standard_error(ranks: Any) -> float:
-    """Standard error of NDCG@10's mean over the ranked users (computed here, so that code from
-    before `EvaluationResult.standard_error` can be timed too)."""
-    from crossan.zoo.training.metrics import per_user_metric
-
-    values = per_user_metric(ranks, "NDCG@10").double()
-    return float(values.std() / math.sqrt(len(values)))
+                      "NDCG@10": f"{result.metrics['NDCG@10']:.4f} ± {result.standard_error('NDCG@10'):.4f}"}}
 
 
 def main_stage(argv: list[str]) -> int:

@@ -21,6 +21,24 @@ ITEM_DTYPE = np.int32
 """Item indices fit 32 bits up to two billion items, half the memory of int64."""
 
 
+def _items_after_history(split: str) -> int:
+    """How many items of a sequence follow the history before the `split` target: the
+    validation and test targets after the training prefix (`train` and `valid`), the test
+    target after the test history."""
+    if split in ("train", "valid"):
+        return 2
+    if split == "test":
+        return 1
+    raise ValueError(f"split must be train, valid or test, got {split!r}")
+
+
+def _target_split(split: str) -> str:
+    """`split`, checked to be one that has a target."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, got {split!r}")
+    return split
+
+
 @dataclass
 class SequenceDataset:
     """Users' chronological item sequences over a catalogue, plus where item content lives.
@@ -107,32 +125,18 @@ class SequenceDataset:
     def history_ends(self, split: str) -> np.ndarray:
         """Per user, the end (exclusive, into `items`) of the history before the `split` target
         (`train` = the training prefix, which validation also sees)."""
-        if split in ("train", "valid"):
-            return self.offsets[1:] - 2
-        if split == "test":
-            return self.offsets[1:] - 1
-        raise ValueError(f"split must be train, valid or test, got {split!r}")
+        return self.offsets[1:] - _items_after_history(split)
 
     def history(self, user: int, split: str) -> np.ndarray:
         """Items the user had before the `split` target (`train` = the training prefix)."""
-        if split in ("train", "valid"):
-            return self.items[self.offsets[user]:self.offsets[user + 1] - 2]
-        if split == "test":
-            return self.items[self.offsets[user]:self.offsets[user + 1] - 1]
-        raise ValueError(f"split must be train, valid or test, got {split!r}")
+        return self.items[self.offsets[user]:self.offsets[user + 1] - _items_after_history(split)]
 
     def targets(self, split: str) -> np.ndarray:
         """Every user's `split` target item `[num_users]`."""
-        if split not in ("valid", "test"):
-            raise ValueError(f"split must be valid or test, got {split!r}")
-        return self.items[self.history_ends(split)].astype(np.int64)
+        return self.items[self.offsets[1:] - _items_after_history(_target_split(split))].astype(np.int64)
 
     def target(self, user: int, split: str) -> int:
-        if split == "valid":
-            return int(self.items[self.offsets[user + 1] - 2])
-        if split == "test":
-            return int(self.items[self.offsets[user + 1] - 1])
-        raise ValueError(f"split must be valid or test, got {split!r}")
+        return int(self.items[self.offsets[user + 1] - _items_after_history(_target_split(split))])
 
     def recent_histories(self, users: np.ndarray, split: str, length: int) -> np.ndarray:
         """The last `length` history items before each user's `split` target, left-padded with

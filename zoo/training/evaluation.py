@@ -42,6 +42,10 @@ class EvaluationResult:
         return standard_error(self.ranks, name)
 
 
+EVALUATION_SAMPLE_SEED = 0
+"""Seed of the validation sample (not the training seed: every run on a data set ranks the same users)."""
+
+
 def evaluation_users(num_users: int, sample: int) -> np.ndarray | None:
     """The users a `sample`-user validation ranks: a fixed random choice (the same for every
     epoch, seed and model, so that runs compare on the same users), sorted; None (all users)
@@ -49,9 +53,6 @@ def evaluation_users(num_users: int, sample: int) -> np.ndarray | None:
     if sample <= 0 or sample >= num_users:
         return None
     return np.sort(np.random.default_rng(EVALUATION_SAMPLE_SEED).choice(num_users, size=sample, replace=False))
-
-
-EVALUATION_SAMPLE_SEED = 0
 
 
 def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[np.ndarray], torch.Tensor],
@@ -121,7 +122,8 @@ def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool
     """
     chosen = np.arange(dataset.num_users) if users is None else np.asarray(users, dtype=np.int64)
     counts = dataset.train_counts()[1:]
-    target_counts = counts[dataset.targets(split)[chosen] - 1]
+    targets = dataset.targets(split)[chosen]
+    target_counts = counts[targets - 1]
     at_least = len(counts) - np.searchsorted(np.sort(counts), target_counts, side="left")
     ranks = at_least.astype(np.float64)
     if mask_history:
@@ -130,7 +132,7 @@ def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool
         rows, items = pairs // (len(counts) + 1), pairs % (len(counts) + 1)
         counted = counts[items - 1] >= target_counts[rows]
         ranks -= np.bincount(rows[counted], minlength=len(chosen))
-        ranks[rows[items == dataset.targets(split)[chosen][rows]]] = np.inf
+        ranks[rows[items == targets[rows]]] = np.inf
     ranks_tensor = torch.from_numpy(ranks).float()
     return EvaluationResult(split, metrics_from_ranks(ranks_tensor), ranks_tensor, None if users is None else chosen)
 
