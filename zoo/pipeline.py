@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,12 @@ __all__ = ["train_and_save", "resume_run", "resolve_device", "code_fingerprint",
            "describe_data"]
 
 
+@functools.cache
 def code_fingerprint() -> str:
-    """A hash of the library's source (zoo/ and kernels/): a resumed run must run the same code."""
+    """A hash of the library's source (zoo/ and kernels/): a resumed run must run the same code.
+
+    Read once per process, so it names the code this process imported even if the files are
+    edited while it runs."""
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
     for path in sorted((*root.joinpath("zoo").rglob("*.py"), *root.joinpath("kernels").rglob("*.py"))):
