@@ -9,14 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+import dataclasses
+
 import pytest
+import torch
 from killing import PROJECT, kill_when
 from scripts import run_script
 
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.tune.recipe import read_recipe, write_recipe
+from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
+from crossan.zoo.tune.study import StudySettings, distinct_runs, open_study, run_study
 
 TUNED_PRESETS = [name for name in list_models() if preset_config(name).architecture != "end-to-end"]
 
@@ -52,7 +57,7 @@ def test_a_recipe_round_trips_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [f"error: {bad}: lr needs a number, got 'fast' (str)"]
 
 
-def finished_runs(study: Path) -> dict[str, float]:
+def finished_run_files(study: Path) -> dict[str, float]:
     """Trial run folders that finished, with the time their metrics.json was written."""
     return {path.parent.name: path.stat().st_mtime for path in (study / "trials").glob("*/metrics.json")}
 
@@ -67,25 +72,73 @@ def test_a_killed_study_keeps_finished_trials_resumes_the_killed_one_and_stops_a
 
     def second_trial_checkpointed(lines: list[str]) -> bool:
         folders = list((study / "trials").glob("*/trainer_state.json"))
-        return len(finished_runs(study)) == 1 and len(folders) == 2
+        return len(finished_run_files(study)) == 1 and len(folders) == 2
 
     kill_when(command, second_trial_checkpointed)
-    before = finished_runs(study)
+    before = finished_run_files(study)
     (killed,) = {path.parent.name for path in (study / "trials").glob("*/trainer_state.json")} - set(before)
-    started = (study / "trials" / killed / "config.json").stat().st_mtime
+    killed_dir = study / "trials" / killed
+    started = (killed_dir / "config.json").stat().st_mtime
+    epochs_at_kill = len(json.loads((killed_dir / "trainer_state.json").read_text())["history"])
     time.sleep(3)  # past the grace period (twice the heartbeat): the killed trial counts as failed
     result = subprocess.run([*command, "--json"], cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert summary["finished_trials"] == 3
-    after = finished_runs(study)
+    assert summary["finished_trials"] == summary["trained_trials"] == 3, result.stderr[-3000:]
+    after = finished_run_files(study)
     assert {name: after[name] for name in before} == before, "a finished trial was trained again"
-    assert killed in after, "the killed trial's run was not resumed to its end"
-    # Resumed, not started over: a new run writes its config.json first.
-    assert (study / "trials" / killed / "config.json").stat().st_mtime == started
+    # The killed trial went on from its checkpoint (to its end, or until the pruner stopped it),
+    # and was not started over: a new run writes its config.json first.
+    epochs_now = len(json.loads((killed_dir / "trainer_state.json").read_text())["history"])
+    assert epochs_now > epochs_at_kill and (killed_dir / "config.json").stat().st_mtime == started
+    assert len(list((study / "trials").iterdir())) == 3
     with sqlite3.connect(study / "study.db") as db:
         states = [state for (state,) in db.execute("select state from trials order by number")]
     assert states.count("FAIL") == 1 and states.count("COMPLETE") + states.count("PRUNED") == 3
     recipe = json.loads((study / "best-recipe.json").read_text())
     assert recipe["preset"] == "sasrec-id" and recipe["set"]["epochs"] == 3
     assert (study / "trials.png").read_bytes().startswith(b"\x89PNG") and (study / "report.md").is_file()
+
+
+def two_point_space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.toml"
+    path.write_text('[fixed]\nepochs = 1\npatience = 1\n\n[params.lr]\ntype = "categorical"\n'
+                    'choices = [0.001, 0.002, 0.004, 0.008]\n')
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_reopened_study_proposes_new_values_instead_of_replaying_its_first_ones(tmp_path: Path) -> None:
+    settings = StudySettings("sasrec-id", load_space(two_point_space(tmp_path), "sasrec-id"), 8, tmp_path / "study")
+    proposals = []
+    for _ in range(4):  # each process opens the study with the trials stored so far
+        study = open_study(settings, "fingerprint")
+        trial = study.ask()
+        proposals.append(settings.space.sample(trial)["lr"])
+        study.tell(trial, 0.1)
+    assert len(set(proposals)) > 1, f"every reopening replayed the first draw: {proposals}"
+
+
+def test_a_repeated_proposal_takes_the_finished_trials_result_without_training(toy_root: Path,
+                                                                              tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from crossan.zoo.data import load_dataset
+    from crossan.zoo.features.settings import FeatureSettings
+    from crossan.zoo.pipeline import describe_data
+
+    dataset = load_dataset("toy", toy_root, None)
+    space = load_space(two_point_space(tmp_path), "sasrec-id")
+    settings = StudySettings("sasrec-id", space, 1, tmp_path / "study")
+    arguments = (dataset, describe_data("toy", dataset), FeatureSettings(), torch.device("cpu"), Console(quiet=True))
+    first = run_study(settings, *arguments).trials[0]
+    metrics = tmp_path / "study" / "trials" / Path(first.user_attrs["run_dir"]).name / "metrics.json"
+    written = metrics.stat().st_mtime
+    study = open_study(settings, dataset.fingerprint())
+    study.enqueue_trial(first.params)  # what a second worker or a resumed sampler may propose
+    study = run_study(dataclasses.replace(settings, trials=2), *arguments)
+    (_, repeat) = study.trials
+    assert repeat.state.name == "COMPLETE" and repeat.value == first.value and repeat.user_attrs["repeats"] == 0
+    assert metrics.stat().st_mtime == written and len(list((tmp_path / "study" / "trials").iterdir())) == 1
+    assert distinct_runs(study) == 1
+    assert write_outputs(study, dataclasses.replace(settings, trials=2))["trained_trials"] == 1

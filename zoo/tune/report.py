@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from crossan.zoo.tune.recipe import write_recipe
-from crossan.zoo.tune.study import FINISHED, METRIC, StudySettings
+from crossan.zoo.tune.study import FINISHED, METRIC, StudySettings, distinct_runs
 
 __all__ = ["write_outputs"]
 
@@ -28,6 +28,7 @@ def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any
                "space": str(settings.space.path), "best_trial": best.number, f"valid {METRIC}": best.value,
                "finished_trials": sum(t.state in FINISHED for t in trials),
                "pruned_trials": sum(t.state == TrialState.PRUNED for t in trials),
+               "trained_trials": distinct_runs(study),
                "trial_minutes": round(seconds / 60, 2), "run_dir": best.user_attrs.get("run_dir")}
     write_recipe(settings.study_dir / "best-recipe.json", settings.preset, values, summary)
     importances = _importances(study)
@@ -37,10 +38,12 @@ def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
-    """Optuna's parameter importances (fANOVA) over the complete trials; empty below two."""
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA) over the complete trials;
+    empty below two."""
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return {}
-    return {name: round(value, 4) for name, value in optuna.importance.get_param_importances(study).items()}
+    return {name: round(value, 4) for name, value in optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()).items()}
 
 
 def _markdown(trials: list, best: optuna.trial.FrozenTrial, summary: dict[str, Any], importances: dict[str, float],
@@ -52,7 +55,7 @@ def _markdown(trials: list, best: optuna.trial.FrozenTrial, summary: dict[str, A
              f"space `{summary['space']}`.", "",
              f"**Best trial {best.number}**: valid {METRIC} {best.value:.4f}, run `{summary['run_dir']}`.", "",
              "Recipe (`best-recipe.json`, for `python train.py --recipe`):", "", "```json",
-             json.dumps(values, indent=1, sort_keys=True), "```", "", "## Parameter importances (fANOVA)", ""]
+             json.dumps(values, indent=1, sort_keys=True), "```", "", "## Parameter importances (Optuna's PED-ANOVA)", ""]
     lines += ([f"- `{name}`: {value:.3f}" for name, value in importances.items()] if importances
               else ["(needs at least two complete trials)"])
     lines += ["", "## Trials", "", "| trial | state | valid " + METRIC + " | epochs | " + " | ".join(names) + " |",

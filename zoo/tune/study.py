@@ -8,16 +8,25 @@ machine) is marked failed once its heartbeat is older than the grace period, and
 the same values, so the retry finds the killed run's folder and resumes it. Finished trials are
 never retrained, and the study stops when the asked number of trials has finished (complete or
 pruned), whichever process finishes them.
+
+The sampler's seed is drawn from the study's seed and the number of trials already stored, so a
+resumed study (or a second worker joining later) proposes new values instead of replaying the
+first process's draws. A proposal that repeats a finished trial's values takes that trial's
+result without training (user attribute `repeats`; it counts as a trial, as in any Optuna study,
+and tells the sampler the point is known). One that repeats a trial another process is training
+is marked failed at once, so two processes never write one run folder.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -33,11 +42,29 @@ from crossan.zoo.pipeline import resume_run, train_and_save
 from crossan.zoo.training.trainer import TrainConfig
 from crossan.zoo.tune.space import SearchSpace
 
-__all__ = ["FINISHED", "METRIC", "StudySettings", "run_study", "trial_run_dir"]
+__all__ = ["FINISHED", "METRIC", "StudySettings", "distinct_runs", "run_study", "trial_run_dir"]
 
 METRIC = "NDCG@10"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PRUNERS = ("median", "halving")
+
+
+class RunInProgress(Exception):
+    """The sampler proposed the values of a trial that another process is training."""
+
+
+class _HideRunsInProgress(logging.Filter):
+    """Optuna logs a caught exception with its traceback and then the failed value; a trial that
+    found its run in progress says so in its own line instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RunInProgress):
+            return False
+        return not any(record.getMessage() == f"Trial {n} failed with value None." for n in self.numbers)
 
 
 @dataclass(frozen=True)
@@ -89,8 +116,10 @@ def open_study(settings: StudySettings, data_fingerprint: str) -> optuna.Study:
         optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2) if settings.pruner == "median"
         else optuna.pruners.SuccessiveHalvingPruner(min_resource=2))
     study = optuna.create_study(study_name=settings.study_dir.name, storage=storage, load_if_exists=True,
-                                direction="maximize", pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup))
+                                direction="maximize", pruner=pruner)
+    stored = len(study.get_trials(deepcopy=False))
+    seed = int(np.random.SeedSequence([settings.seed, stored]).generate_state(1)[0])
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     identity = {"preset": settings.preset, "data_fingerprint": data_fingerprint,
                 "space": json.dumps([p.name for p in settings.space.parameters])}
     recorded = {key: study.user_attrs.get(key) for key in identity}
@@ -108,12 +137,28 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
               features: FeatureSettings, device: torch.device, console: Console) -> optuna.Study:
     """Run trials until `settings.trials` have finished (complete or pruned), or the timeout."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials' own lines say what happens
+    hide = _HideRunsInProgress()
+    handlers = logging.getLogger("optuna").handlers  # records of optuna's child loggers pass here
+    for handler in handlers:
+        handler.addFilter(hide)
     study = open_study(settings, dataset.fingerprint())
     quiet = Console(quiet=True)
 
     def objective(trial: optuna.Trial) -> float:
         values = {**settings.space.sample(trial), **dict(settings.overrides)}
         run_dir = trial_run_dir(settings.study_dir, values)
+        owner = _owner(study, run_dir, trial.number)
+        if owner is not None and owner.state == TrialState.RUNNING:
+            hide.numbers.add(trial.number)
+            console.print(f"trial {trial.number} repeats trial {owner.number}, which another process is training: "
+                          f"skipped")
+            raise RunInProgress(f"trial {trial.number} repeats running trial {owner.number}")
+        if owner is not None:
+            trial.set_user_attr("repeats", owner.number)
+            console.print(f"trial {trial.number} repeats trial {owner.number}: its result, without training")
+            if owner.state == TrialState.PRUNED:
+                raise optuna.TrialPruned()
+            return float(owner.value)
         trial.set_user_attr("run_dir", str(run_dir))
         console.print(f"trial {trial.number}: {json.dumps(values, sort_keys=True)} -> {run_dir}")
 
@@ -125,7 +170,11 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
 
         if (run_dir / "config.json").is_file():
             console.print(f"trial {trial.number} resumes {run_dir}")
-            _, metrics, _ = resume_run(run_dir, device, quiet, on_validation=report)
+            try:
+                _, metrics, _ = resume_run(run_dir, device, quiet, on_validation=report)
+            except ConfigError as error:
+                raise ConfigError(f"{error}; delete that folder to train the trial again from the start "
+                                  f"(finished trials are kept)") from error
         else:
             train_values, model_values = split_options(values)
             _, metrics, _ = train_and_save(settings.preset, dataset, data_description, features,
@@ -135,11 +184,31 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
         console.print(f"trial {trial.number}: valid {METRIC} {score:.4f} (best epoch {metrics['best_epoch']})")
         return score
 
-    if finished_trials(study) < settings.trials:
-        study.optimize(objective, timeout=None if settings.timeout_minutes is None else 60 * settings.timeout_minutes,
-                       callbacks=[MaxTrialsCallback(settings.trials, states=FINISHED)], gc_after_trial=True)
+    try:
+        if finished_trials(study) < settings.trials:
+            study.optimize(objective, timeout=None if settings.timeout_minutes is None else 60 * settings.timeout_minutes,
+                           callbacks=[MaxTrialsCallback(settings.trials, states=FINISHED)], catch=(RunInProgress,),
+                           gc_after_trial=True)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hide)
     return study
 
 
 def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def distinct_runs(study: optuna.Study) -> int:
+    """How many finished trials trained a run of their own (the rest repeated another's values)."""
+    return sum(t.state in FINISHED and "repeats" not in t.user_attrs for t in study.get_trials(deepcopy=False))
+
+
+def _owner(study: optuna.Study, run_dir: Path, number: int) -> optuna.trial.FrozenTrial | None:
+    """The trial that finished or is training `run_dir`, if another than `number` (a retried
+    trial's failed predecessor owns nothing: its retry resumes the folder)."""
+    for other in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
+        if (other.number != number and "repeats" not in other.user_attrs
+                and other.user_attrs.get("run_dir") == str(run_dir)):
+            return other
+    return None
