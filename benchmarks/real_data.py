@@ -9,7 +9,9 @@ With `--tune TRIALS`, every model family (preset) among the chosen rows is first
 data set's validation split with the same budget (`python -m crossan.zoo.tune`: TRIALS finished
 trials each, `--tune-timeout` minutes at most each), and its best recipe becomes one more row,
 `<preset>, tuned`, trained over the seeds like the others; the report adds each family's budget
-spent and its chosen recipe.
+spent and its chosen recipe. With `--tune-only` the command tunes and stops: started beside a
+running benchmark with the same arguments, it is a second worker on the same studies (each
+study is an SQLite file under OUT/tune/), and the benchmark finds them finished.
 
 Every row is a recipe (`RECIPES`: a preset, training settings, model settings), trained once per
 seed under the same protocol (leave-one-out, full ranking, history masked, test at the best
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tune", type=int, metavar="TRIALS",
                         help="tune every chosen family first, with this many finished trials each")
     parser.add_argument("--tune-timeout", type=float, metavar="MINUTES", help="at most this long per family")
+    parser.add_argument("--tune-only", action="store_true",
+                        help="tune and stop, without the seeded runs (a second worker beside the full command)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: row -> mean test metrics")
     return parser
 
@@ -142,6 +146,8 @@ def main() -> int:
     models = list(dict.fromkeys(args.models))
     if not any(RECIPES[name].preset == ID_PRESET for name in models):
         raise ConfigError(f"--models needs a {ID_PRESET} row: the reference every row is compared with")
+    if args.tune_only and args.tune is None:
+        raise ConfigError("--tune-only needs --tune TRIALS")
     seeds = tuple(dict.fromkeys(args.seeds))
     out = args.out or Path("weights") / f"bench-{args.data}"
     settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS,
@@ -153,6 +159,12 @@ def main() -> int:
             train_values, model_values = split_options(tuning[preset]["recipe"])
             recipes[f"{preset}, tuned"] = Recipe(preset, train_values, model_values)
             models.append(f"{preset}, tuned")
+    if args.tune_only:
+        if args.json:
+            print(json.dumps({"tuning": tuning}))
+        else:
+            print_budget(tuning, dataset.name, Console(width=None if sys.stdout.isatty() else 170))
+        return 0
     table = TableRuns(benchmark_table(recipes, models, args.epochs, args.patience), out, seeds)
     train_missing(table, dataset, data_description, settings, {}, device, console)
 
@@ -285,14 +297,19 @@ def print_tables(report: dict[str, Any], name: str) -> None:
             extra.add_row(row, *(f"{result[key][m]:.4f}" for m in METRIC_NAMES))
         console.print(extra)
     if report["tuning"]:
-        budget = Table(title=f"{name}: tuning on the validation split, the same budget per family")
-        for column in ("family", "finished trials", "pruned", "trial minutes", "best valid NDCG@10", "study"):
-            budget.add_column(column, justify="left" if column in ("family", "study") else "right")
-        for preset, summary in report["tuning"].items():
-            budget.add_row(preset, str(summary["finished_trials"]), str(summary["pruned_trials"]),
-                           f"{summary['trial_minutes']:.1f}", f"{summary['valid NDCG@10']:.4f}", summary["study"])
-        console.print(budget)
+        print_budget(report["tuning"], name, console)
 
+
+def print_budget(tuning: dict[str, dict[str, Any]], name: str, console: Console) -> None:
+    """Each family's tuning budget spent and its best validation score."""
+    budget = Table(title=f"{name}: tuning on the validation split, the same budget per family")
+    for column in ("family", "finished trials", "trained", "pruned", "trial minutes", "best valid NDCG@10", "study"):
+        budget.add_column(column, justify="left" if column in ("family", "study") else "right")
+    for preset, summary in tuning.items():
+        budget.add_row(preset, str(summary["finished_trials"]), str(summary["trained_trials"]),
+                       str(summary["pruned_trials"]), f"{summary['trial_minutes']:.1f}",
+                       f"{summary['valid NDCG@10']:.4f}", summary["study"])
+    console.print(budget)
 
 if __name__ == "__main__":
     run_cli(main)

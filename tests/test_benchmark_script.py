@@ -118,10 +118,18 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
 def test_real_data_benchmark_tunes_every_family_with_the_same_budget(toy_root: Path, cache_dir: Path,
                                                                     tmp_path: Path) -> None:
     """`--tune 2`: each family's study reaches two finished trials, and its best recipe is one more
-    row, trained over the seeds and compared like the hand rows."""
+    row, trained over the seeds and compared like the hand rows. `--tune-only` first runs the
+    studies alone; the full command then finds them finished and trains no trial again."""
     command = [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs",
                "2", "--patience", "2", "--models", "sasrec-id", "crossan-t", "--seeds", "1", "--tune", "2",
                "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"]
+    tuned = subprocess.run([*command, "--tune-only"], cwd=PROJECT, capture_output=True, text=True, timeout=1800)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert {preset: summary["finished_trials"] for preset, summary in json.loads(tuned.stdout)["tuning"].items()} \
+        == {"sasrec-id": 2, "crossan-t": 2}
+    assert sorted(path.name for path in (tmp_path / "bench").iterdir()) == ["tune"], "--tune-only trained a row"
+    trials = {path: path.stat().st_mtime for path in (tmp_path / "bench" / "tune").glob("*/trials/*/config.json")}
+    assert len(trials) >= 2
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -133,3 +141,4 @@ def test_real_data_benchmark_tunes_every_family_with_the_same_budget(toy_root: P
         assert row["recipe"] == {k: v for k, v in summary["recipe"].items()}
         assert (tmp_path / "bench" / "tune" / preset / "best-recipe.json").is_file()
     assert report["details"]["reference"] in ("sasrec-id", "sasrec-id, tuned")
+    assert {path: path.stat().st_mtime for path in trials} == trials, "a finished trial was trained again"
