@@ -91,12 +91,14 @@ def grid_cases(model: Recommender) -> tuple[list, list]:
 
 # The uncached baselines (BERT-base and ViT-base by default) export in tests/test_end_to_end.py,
 # over tiny backbones.
-# Presets that only drop modalities from another preset's architecture and fusion take no new
-# export path: they run in the slow set.
-MODALITY_SUBSETS = {"crossan-tia", "crossan-tiv", "crossan-ti", "indsan-ti"}
+# Presets that only drop modalities from another preset's architecture and fusion, or swap in a
+# fusion layer that tests/test_layer_portability.py exports on its own, take no new export path:
+# they run in the slow set.
+NO_NEW_EXPORT_PATH = {"crossan-tia", "crossan-tiv", "crossan-ti", "indsan-ti", "iisan-ti", "crossan-tiva-concat",
+                      "crossan-tiva-sgated", "crossan-tiva-dgated"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in MODALITY_SUBSETS else n
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in NO_NEW_EXPORT_PATH else n
                                   for n in list_models() if preset_config(n).architecture != "end-to-end"])
 def test_every_preset_exports_and_validates(name: str, exported_presets) -> None:
     model, exported = exported_presets(name)
