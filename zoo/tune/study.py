@@ -59,12 +59,15 @@ class _HideRunsInProgress(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.numbers: set[int] = set()
+        self.messages: set[str] = set()
+
+    def hide(self, number: int) -> None:
+        self.messages.add(f"Trial {number} failed with value None.")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], RunInProgress):
             return False
-        return not any(record.getMessage() == f"Trial {n} failed with value None." for n in self.numbers)
+        return record.getMessage() not in self.messages
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
         run_dir = trial_run_dir(settings.study_dir, values)
         owner = _owner(study, run_dir, trial.number)
         if owner is not None and owner.state == TrialState.RUNNING:
-            hide.numbers.add(trial.number)
+            hide.hide(trial.number)
             console.print(f"trial {trial.number} repeats trial {owner.number}, which another process is training: "
                           f"skipped")
             raise RunInProgress(f"trial {trial.number} repeats running trial {owner.number}")
@@ -201,14 +204,13 @@ def finished_trials(study: optuna.Study) -> int:
 
 def distinct_runs(study: optuna.Study) -> int:
     """How many finished trials trained a run of their own (the rest repeated another's values)."""
-    return sum(t.state in FINISHED and "repeats" not in t.user_attrs for t in study.get_trials(deepcopy=False))
+    return sum("repeats" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def _owner(study: optuna.Study, run_dir: Path, number: int) -> optuna.trial.FrozenTrial | None:
     """The trial that finished or is training `run_dir`, if another than `number` (a retried
-    trial's failed predecessor owns nothing: its retry resumes the folder)."""
+    trial's failed predecessor owns nothing: its retry resumes the folder; a repeat has no folder)."""
     for other in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
-        if (other.number != number and "repeats" not in other.user_attrs
-                and other.user_attrs.get("run_dir") == str(run_dir)):
+        if other.number != number and other.user_attrs.get("run_dir") == str(run_dir):
             return other
     return None
