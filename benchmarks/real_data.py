@@ -16,7 +16,8 @@ study is an SQLite file under OUT/tune/), and the benchmark finds them finished.
 Every row is a recipe (`RECIPES`: a preset, training settings, model settings), trained once per
 seed under the same protocol (leave-one-out, full ranking, history masked, test at the best
 validation epoch). Runs live in `OUT/<row>-seed<N>/`: finished ones are kept and unfinished ones
-resumed, so a long benchmark survives a kill. The tables give, per row, the mean over seeds of
+resumed, so a long benchmark survives a kill. Two copies of the same command on one machine
+share the work: each trains the runs the other has not claimed, then both print the report. The tables give, per row, the mean over seeds of
 the test metrics (masked, unmasked, and on the users whose test item never occurs in training),
 the validation NDCG@10 the recipes were chosen on, seconds per training epoch, trainable
 parameters, the ratio to the reference row (the `sasrec-id` recipe with the best mean validation

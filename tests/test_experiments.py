@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,9 @@ from crossan.zoo.experiments import builtin_tables, load_table
 from crossan.zoo.experiments.__main__ import build_parser, training_overrides
 from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.experiments.report import summarise, write_report
+from crossan.zoo.experiments import runner
 from crossan.zoo.experiments.runner import TableRuns, train_missing
+from crossan.zoo.file_lock import file_lock
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.pipeline import describe_data
 from crossan.zoo.training.checkpoint import read_json, write_json
@@ -113,6 +119,52 @@ def test_star_and_improvement_match_a_hand_computed_paired_t_test() -> None:
     assert summary["rows"][0]["p_value"]["HR@10"] < 0.05 and summary["rows"][0]["significant"]["HR@10"]
 
 
+def test_a_run_another_process_holds_is_passed_over_then_waited_for(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "mini.toml"
+    path.write_text(MINI)
+    table = TableRuns(load_table(str(path)), tmp_path / "out", (1, 2))
+    held = table.directory(table.definition.runs[0], 1)
+    finished: list[str] = []
+    others_done, holding = threading.Event(), threading.Event()
+
+    def finish(table: TableRuns, run: RunSpec, seed: int, *rest: object) -> dict[str, str]:
+        finished.append(table.directory(run, seed).name)
+        if len(finished) == 3:
+            others_done.set()
+        return {finished[-1]: "trained"}
+
+    def other_process() -> None:
+        with file_lock(runner._claim_path(held)):
+            holding.set()
+            others_done.wait(timeout=30)
+
+    monkeypatch.setattr(runner, "_finish_run", finish)
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    assert holding.wait(timeout=30)
+    done = train_missing(table, None, {}, FeatureSettings(), {}, "cpu", Console(quiet=True))
+    holder.join()
+    assert finished == ["narrow-r=8-seed2", "wide-seed1", "wide-seed2", "narrow-r=8-seed1"]
+    assert set(done) == set(finished)
+
+
+def test_a_claim_is_free_again_once_its_holder_is_killed(tmp_path: Path) -> None:
+    claim = tmp_path / ".run-seed1.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom crossan.zoo.file_lock import file_lock\n"
+                               f"with file_lock({str(claim)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with file_lock(claim, blocking=False) as claimed:
+            assert not claimed
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with file_lock(claim, blocking=False) as claimed:
+        assert claimed
+
+
 @pytest.mark.slow
 def test_runner_trains_missing_runs_keeps_finished_ones_and_resumes_unfinished(toy_root: Path, cache_dir: Path,
                                                                                tmp_path: Path) -> None:
@@ -123,7 +175,7 @@ def test_runner_trains_missing_runs_keeps_finished_ones_and_resumes_unfinished(t
     arguments = (dataset, describe_data("toy", dataset), FeatureSettings(cache_dir=cache_dir), {}, "cpu",
                  Console(quiet=True))
     assert set(train_missing(table, *arguments).values()) == {"trained"}
-    assert sorted(p.name for p in table.folder.iterdir()) == ["narrow-r=8-seed1", "narrow-r=8-seed2",
+    assert sorted(p.name for p in table.folder.iterdir() if not p.name.startswith(".")) == ["narrow-r=8-seed1", "narrow-r=8-seed2",
                                                               "wide-seed1", "wide-seed2"]
     first = write_report(table)
     stamps = {p: p.stat().st_mtime_ns for p in table.folder.rglob("*") if p.is_file() and p.suffix != ".png"}

@@ -46,7 +46,6 @@ last, the `.complete` marker with the generator parameters.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import itertools
@@ -54,7 +53,6 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -63,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from crossan.zoo.data.errors import DataError
+from crossan.zoo.file_lock import file_lock
 
 __all__ = [
     "TOY_ATTRIBUTES",
@@ -345,22 +344,6 @@ def _write_dataset(
     (out / f"{TOY_NAME}_rule.json").write_text(json.dumps(rule, indent=1) + "\n", encoding="utf-8")
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory file lock (POSIX), so concurrent callers generate only once."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _read_marker(root: Path) -> dict | None:
     """The parameters recorded in `root/.complete`, or None if absent or unreadable."""
     try:
@@ -408,7 +391,7 @@ def generate_toy(
     if _read_marker(root) == params:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock"):
         if _read_marker(root) == params:
             return root
         if root.exists() and _read_marker(root) is None and (not root.is_dir() or any(root.iterdir())):

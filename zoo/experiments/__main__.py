@@ -7,7 +7,8 @@
 
 Writes `OUT/TABLE/<run>-seed<N>/` (one run folder each, as train.py does), then `TABLE.md`,
 `TABLE.json` and, for sweeps, `TABLE.png` in `OUT/TABLE/`. Finished runs are kept and unfinished
-ones resumed, so an interrupted table continues where it stopped.
+ones resumed, so an interrupted table continues where it stopped. Several copies of the command
+on one machine share a table: each trains the runs the others have not claimed.
 """
 from __future__ import annotations
 

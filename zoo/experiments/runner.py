@@ -1,4 +1,5 @@
-"""Train a table's missing runs: finished runs are kept, unfinished ones resumed, others started."""
+"""Train a table's missing runs: finished runs are kept, unfinished ones resumed, others started;
+several processes can share the work."""
 from __future__ import annotations
 
 import re
@@ -14,6 +15,7 @@ from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.cli import split_options
 from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.file_lock import file_lock
 from crossan.zoo.pipeline import differing_options, resume_run, train_and_save
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json
 from crossan.zoo.training.trainer import TrainConfig
@@ -48,31 +50,59 @@ def train_missing(table: TableRuns, dataset: SequenceDataset, data_description: 
                   console: Console) -> dict[str, str]:
     """Make every (run, seed) of the table finished; returns what was done to each run folder
     (`kept`, `resumed` or `trained`). `overrides` (e.g. `epochs` from the command line) apply to
-    every run on top of the definition's."""
-    done = {}
+    every run on top of the definition's.
+
+    Several processes on one machine can share a table: each claims a run with a lock beside its
+    folder and passes over the runs that another holds, then waits for those and keeps them (or
+    resumes one whose holder died)."""
+    done: dict[str, str] = {}
+    held_elsewhere = []
     for run in table.definition.runs:
-        train_values, model_values = split_options({**table.definition.train, **run.options, **overrides})
         for seed in table.seeds:
-            run_dir = table.directory(run, seed)
-            label = f"{table.definition.name}/{run_dir.name}"
-            if (run_dir / "config.json").is_file():
-                expected = {"preset": run.preset, "data.fingerprint": dataset.fingerprint(), "train.seed": seed,
-                            **{f"train.{k}": v for k, v in train_values.items()},
-                            **{f"model.{k}": v for k, v in model_values.items()}}
-                differing = differing_options(read_json(run_dir / "config.json"), expected)
-                if differing:
-                    raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(differing)} differ "
-                                      "from the table); remove it or choose another --out")
-            if CheckpointStore(run_dir).finished() and (run_dir / "metrics.json").is_file():
-                console.print(f"[dim]{label}: finished, kept")
-                done[run_dir.name] = "kept"
-            elif (run_dir / "config.json").is_file():
-                console.print(f"[bold]{label}: unfinished, resuming")
-                resume_run(run_dir, device, console)
-                done[run_dir.name] = "resumed"
-            else:
-                console.print(f"[bold]{label}: training")
-                train_and_save(run.preset, dataset, data_description, settings,
-                               TrainConfig(**{**train_values, "seed": seed}), model_values, run_dir, device, console)
-                done[run_dir.name] = "trained"
+            with file_lock(_claim_path(table.directory(run, seed)), blocking=False) as claimed:
+                if claimed:
+                    done.update(_finish_run(table, run, seed, dataset, data_description, settings, overrides,
+                                            device, console))
+                else:
+                    console.print(f"[dim]{_label(table, run, seed)}: another process holds it; back to it later")
+                    held_elsewhere.append((run, seed))
+    for run, seed in held_elsewhere:
+        console.print(f"[dim]{_label(table, run, seed)}: waiting for the process that holds it")
+        with file_lock(_claim_path(table.directory(run, seed))):
+            done.update(_finish_run(table, run, seed, dataset, data_description, settings, overrides, device, console))
     return done
+
+
+def _claim_path(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def _label(table: TableRuns, run: RunSpec, seed: int) -> str:
+    return f"{table.definition.name}/{table.directory(run, seed).name}"
+
+
+def _finish_run(table: TableRuns, run: RunSpec, seed: int, dataset: SequenceDataset,
+                data_description: dict[str, Any], settings: FeatureSettings, overrides: dict[str, Any],
+                device: torch.device, console: Console) -> dict[str, str]:
+    """Keep, resume or train one claimed run; `{folder name: what was done}`."""
+    train_values, model_values = split_options({**table.definition.train, **run.options, **overrides})
+    run_dir, label = table.directory(run, seed), _label(table, run, seed)
+    if (run_dir / "config.json").is_file():
+        expected = {"preset": run.preset, "data.fingerprint": dataset.fingerprint(), "train.seed": seed,
+                    **{f"train.{k}": v for k, v in train_values.items()},
+                    **{f"model.{k}": v for k, v in model_values.items()}}
+        differing = differing_options(read_json(run_dir / "config.json"), expected)
+        if differing:
+            raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(differing)} differ "
+                              "from the table); remove it or choose another --out")
+    if CheckpointStore(run_dir).finished() and (run_dir / "metrics.json").is_file():
+        console.print(f"[dim]{label}: finished, kept")
+        return {run_dir.name: "kept"}
+    if (run_dir / "config.json").is_file():
+        console.print(f"[bold]{label}: unfinished, resuming")
+        resume_run(run_dir, device, console)
+        return {run_dir.name: "resumed"}
+    console.print(f"[bold]{label}: training")
+    train_and_save(run.preset, dataset, data_description, settings,
+                   TrainConfig(**{**train_values, "seed": seed}), model_values, run_dir, device, console)
+    return {run_dir.name: "trained"}
