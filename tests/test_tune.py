@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.tune.recipe import read_recipe, write_recipe
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
-from crossan.zoo.tune.study import StudySettings, distinct_runs, open_study, run_study
+from crossan.zoo.tune.study import FINISHED, StudySettings, distinct_runs, open_study, run_study
 
 TUNED_PRESETS = [name for name in list_models() if preset_config(name).architecture != "end-to-end"]
 
@@ -142,3 +143,36 @@ def test_a_repeated_proposal_takes_the_finished_trials_result_without_training(t
     assert metrics.stat().st_mtime == written and len(list((tmp_path / "study" / "trials").iterdir())) == 1
     assert distinct_runs(study) == 1
     assert write_outputs(study, dataclasses.replace(settings, trials=2))["trained_trials"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_in_flight_elsewhere_holds_a_slot_of_the_budget(toy_root: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from crossan.zoo.data import load_dataset
+    from crossan.zoo.features.settings import FeatureSettings
+    from crossan.zoo.pipeline import describe_data
+    from crossan.zoo.tune import study as study_module
+
+    monkeypatch.setattr(study_module, "WAIT_SECONDS", 0.2)
+    dataset = load_dataset("toy", toy_root, None)
+    settings = StudySettings("sasrec-id", load_space(two_point_space(tmp_path), "sasrec-id"), 2, tmp_path / "study")
+    elsewhere_study = open_study(settings, dataset.fingerprint())
+    elsewhere = elsewhere_study.ask()  # another worker's trial, training while this one starts
+
+    def other_worker_finishes() -> None:
+        deadline = time.monotonic() + 120
+        while not elsewhere_study.get_trials(states=FINISHED) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # the worker below now waits for this trial instead of starting a third
+        elsewhere_study.tell(elsewhere, 0.5)
+
+    finisher = threading.Thread(target=other_worker_finishes)
+    finisher.start()
+    arguments = (dataset, describe_data("toy", dataset), FeatureSettings(), torch.device("cpu"), Console(quiet=True))
+    study = run_study(settings, *arguments)
+    finisher.join()
+    states = [trial.state.name for trial in study.trials]
+    assert states == ["COMPLETE", "COMPLETE"] and study.best_value == 0.5
+    assert len(list((tmp_path / "study" / "trials").iterdir())) == 1

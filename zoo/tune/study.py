@@ -7,7 +7,8 @@ can share one study). Trials send heartbeats; a trial whose process died (SIGKIL
 machine) is marked failed once its heartbeat is older than the grace period, and retried with
 the same values, so the retry finds the killed run's folder and resumes it. Finished trials are
 never retrained, and the study stops when the asked number of trials has finished (complete or
-pruned), whichever process finishes them.
+pruned), whichever process finishes them: a trial in flight in another process holds a slot of
+the budget, so several workers never run more trials than asked.
 
 The sampler's seed is drawn from the study's seed and the number of trials already stored, so a
 resumed study (or a second worker joining later) proposes new values instead of replaying the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -46,6 +47,7 @@ __all__ = ["FINISHED", "METRIC", "StudySettings", "distinct_runs", "run_study", 
 
 METRIC = "NDCG@10"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT_SECONDS = 10  # how often a worker whose budget is in flight elsewhere looks again
 PRUNERS = ("median", "halving")
 
 
@@ -138,7 +140,11 @@ def open_study(settings: StudySettings, data_fingerprint: str) -> optuna.Study:
 
 def run_study(settings: StudySettings, dataset: SequenceDataset, data_description: dict[str, Any],
               features: FeatureSettings, device: torch.device, console: Console) -> optuna.Study:
-    """Run trials until `settings.trials` have finished (complete or pruned), or the timeout."""
+    """Run trials until `settings.trials` have finished (complete or pruned), or the timeout.
+
+    A trial in flight in another process takes a slot of the budget: with every slot taken, this
+    process waits for those trials instead of starting one more, and runs the retry of one whose
+    process died, so that several workers finish exactly the asked number of trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials' own lines say what happens
     hide = _HideRunsInProgress()
     handlers = logging.getLogger("optuna").handlers  # records of optuna's child loggers pass here
@@ -187,11 +193,24 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
         console.print(f"trial {trial.number}: valid {METRIC} {score:.4f} (best epoch {metrics['best_epoch']})")
         return score
 
+    deadline = None if settings.timeout_minutes is None else time.monotonic() + 60 * settings.timeout_minutes
+    said_waiting = False
     try:
-        if finished_trials(study) < settings.trials:
-            study.optimize(objective, timeout=None if settings.timeout_minutes is None else 60 * settings.timeout_minutes,
-                           callbacks=[MaxTrialsCallback(settings.trials, states=FINISHED)], catch=(RunInProgress,),
-                           gc_after_trial=True)
+        while deadline is None or time.monotonic() < deadline:
+            fail_stale_trials(study)  # a dead worker's trial fails, and its retry waits for a worker
+            finished = finished_trials(study)
+            if finished >= settings.trials:
+                break
+            in_flight = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if finished + in_flight < settings.trials:
+                study.optimize(objective, n_trials=1, catch=(RunInProgress,), gc_after_trial=True)
+                said_waiting = False
+                continue
+            if not said_waiting:
+                console.print(f"{in_flight} trial(s) in flight in other processes take the rest of the budget: "
+                              "waiting for them")
+                said_waiting = True
+            time.sleep(min(WAIT_SECONDS, settings.heartbeat_seconds))
     finally:
         for handler in handlers:
             handler.removeFilter(hide)
