@@ -1,5 +1,5 @@
 """Shared fixtures: one small toy data set, one feature cache, one toy-trained run and its
-export (with backbones) per test session."""
+exports (without and with backbones) per test session."""
 from __future__ import annotations
 
 import os
@@ -43,9 +43,20 @@ def toy_run(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def toy_export(toy_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m crossan.export --run <toy_run> --with-backbones` into a fresh folder."""
+    """`python -m crossan.export --run <toy_run>` into a fresh folder: the encoders and the item
+    table, which serve the known catalogue."""
+    return _export(toy_run, tmp_path_factory.mktemp("toy-export"))
+
+
+@pytest.fixture(scope="session")
+def toy_export_with_backbones(toy_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same export `--with-backbones`, which serves new items from raw content (about a
+    minute: four more ONNX graphs, checked on real items)."""
+    return _export(toy_run, tmp_path_factory.mktemp("toy-export-backbones"), "--with-backbones")
+
+
+def _export(run: Path, out: Path, *options: str) -> Path:
     from crossan.export.__main__ import main as export_main
 
-    out = tmp_path_factory.mktemp("toy-export")
-    assert export_main(["--run", str(toy_run), "--out", str(out), "--with-backbones"]) == 0
+    assert export_main(["--run", str(run), "--out", str(out), *options]) == 0
     return out

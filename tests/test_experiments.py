@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,30 @@ def test_a_run_another_process_holds_is_passed_over_then_waited_for(tmp_path: Pa
     assert set(done) == set(finished)
 
 
+def test_a_finished_run_keeps_the_value_it_chose_for_a_setting_given_as_auto(tmp_path: Path) -> None:
+    """The run records the chosen value (2.0) where the table says `auto`; the table keeps it,
+    and still refuses a run whose recorded value was not chosen on validation."""
+    path = tmp_path / "auto.toml"
+    path.write_text('title = "auto"\ntrain = { epochs = 1 }\n\n[[runs]]\nname = "prior"\npreset = "crossan-t"\n'
+                    'set = { score_temperature = 0.1, backbone_prior_weight = 0.5, '
+                    'backbone_prior_inference_weight = "auto" }\n')
+    table = TableRuns(load_table(str(path)), tmp_path / "out", (1,))
+    run_dir = table.directory(table.definition.runs[0], 1)
+    config = {"preset": "crossan-t", "data": {"fingerprint": "data"}, "train": {"epochs": 1, "seed": 1},
+              "model": {"score_temperature": 0.1, "backbone_prior_weight": 0.5,
+                        "backbone_prior_inference_weight": 2.0}}
+    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "trainer_state.json", {"finished": True})
+    choice = {"backbone_prior_inference_weight": {"chosen": 2.0, "metric": "NDCG@10", "valid": []}}
+    write_json(run_dir / "metrics.json", {"chosen_on_validation": choice})
+    arguments = (types.SimpleNamespace(fingerprint=lambda: "data"), {}, FeatureSettings(), {}, "cpu",
+                 Console(quiet=True))
+    assert train_missing(table, *arguments) == {"prior-seed1": "kept"}
+    write_json(run_dir / "metrics.json", {})
+    with pytest.raises(ConfigError, match="backbone_prior_inference_weight differ"):
+        train_missing(table, *arguments)
+
+
 def test_a_claim_is_free_again_once_its_holder_is_killed(tmp_path: Path) -> None:
     claim = tmp_path / ".run-seed1.lock"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom crossan.zoo.file_lock import file_lock\n"
@@ -175,8 +200,8 @@ def test_runner_trains_missing_runs_keeps_finished_ones_and_resumes_unfinished(t
     arguments = (dataset, describe_data("toy", dataset), FeatureSettings(cache_dir=cache_dir), {}, "cpu",
                  Console(quiet=True))
     assert set(train_missing(table, *arguments).values()) == {"trained"}
-    assert sorted(p.name for p in table.folder.iterdir() if not p.name.startswith(".")) == ["narrow-r=8-seed1", "narrow-r=8-seed2",
-                                                              "wide-seed1", "wide-seed2"]
+    run_folders = sorted(p.name for p in table.folder.iterdir() if not p.name.startswith("."))  # not the claims
+    assert run_folders == ["narrow-r=8-seed1", "narrow-r=8-seed2", "wide-seed1", "wide-seed2"]
     first = write_report(table)
     stamps = {p: p.stat().st_mtime_ns for p in table.folder.rglob("*") if p.is_file() and p.suffix != ".png"}
 

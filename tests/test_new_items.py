@@ -111,8 +111,13 @@ def test_unserved_processor_settings_are_refused(tmp_path: Path) -> None:
 
 # --- the exported run ----------------------------------------------------------------------
 
-def test_export_with_backbones_validates_every_modality(toy_export: Path) -> None:
-    report = json.loads((toy_export / "validation.json").read_text())
+@pytest.mark.slow
+def test_export_with_backbones_validates_every_modality(toy_export_with_backbones: Path) -> None:
+    names = {p.name for p in toy_export_with_backbones.iterdir()}
+    assert names == {"item_encoder.onnx", "user_encoder.onnx", "item_encoder.pt", "user_encoder.pt", TABLE_FILE,
+                     "validation.json", "preprocessing.json", "tokenizer.json", "audio_filters.safetensors",
+                     *(f"{m}_backbone.onnx" for m in MODALITIES)}
+    report = json.loads((toy_export_with_backbones / "validation.json").read_text())
     checks = {c["modality"]: c for c in report["backbone_states"]}
     assert set(checks) == set(MODALITIES)
     assert all(0 < c["max_abs_error"] <= BACKBONE_TOLERANCE and c["items"] == 32 for c in checks.values())
@@ -150,14 +155,15 @@ print(json.dumps({"embedding": embedding[0].tolist(), "top": top[0], "providers"
 """
 
 
-def test_held_back_item_is_added_from_raw_content_without_torch(toy_run: Path, toy_export: Path,
+@pytest.mark.slow
+def test_held_back_item_is_added_from_raw_content_without_torch(toy_run: Path, toy_export_with_backbones: Path,
                                                                  tmp_path: Path) -> None:
     """With the FAISS index, so the new row also joins the index and is saved with it."""
     index = "faiss"
     run = open_run(toy_run)
     dataset = run.dataset
     folder = tmp_path / "export"
-    shutil.copytree(toy_export, folder)
+    shutil.copytree(toy_export_with_backbones, folder)
     table, item_ids = load_item_table(folder / TABLE_FILE)
     save_item_table(folder / TABLE_FILE, np.delete(table, HELD_BACK, axis=0),
                     item_ids[:HELD_BACK] + item_ids[HELD_BACK + 1:], source="held back one item")
@@ -176,9 +182,10 @@ def test_held_back_item_is_added_from_raw_content_without_torch(toy_run: Path, t
     assert served["reloaded_has_item"] and served["reloaded_top"] == served["top"]
 
 
-def test_add_items_refuses_bad_requests(toy_run: Path, toy_export: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_add_items_refuses_bad_requests(toy_run: Path, toy_export_with_backbones: Path, tmp_path: Path) -> None:
     dataset = open_run(toy_run).dataset
-    recommender = OnnxRecommender(toy_export)
+    recommender = OnnxRecommender(toy_export_with_backbones)
     sources = {"text": ["new title"], "image": [str(dataset.cover_paths[0])], "video": [str(dataset.video_paths[0])],
                "audio": [str(dataset.video_paths[0])]}
     with pytest.raises(ValueError, match="already in the table: i0001"):
@@ -192,24 +199,11 @@ def test_add_items_refuses_bad_requests(toy_run: Path, toy_export: Path, tmp_pat
     with pytest.raises(DataError, match="missing.jpg"):
         recommender.add_items(["new"], {**sources, "image": [str(tmp_path / "missing.jpg")]})
     assert "new" not in recommender.item_ids and len(recommender.item_ids) == dataset.num_items
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("user_encoder.onnx", "item_encoder.onnx", TABLE_FILE):
-        shutil.copy(toy_export / name, bare / name)
+
+
+def test_an_export_without_backbones_refuses_new_items_naming_the_option(toy_run: Path, toy_export: Path) -> None:
+    dataset = open_run(toy_run).dataset
+    sources = {"text": ["new title"], "image": [str(dataset.cover_paths[0])], "video": [str(dataset.video_paths[0])],
+               "audio": [str(dataset.video_paths[0])]}
     with pytest.raises(FileNotFoundError, match="--with-backbones"):
-        OnnxRecommender(bare).add_items(["new"], sources)
-
-
-# --- execution providers -------------------------------------------------------------------
-
-def test_cuda_is_asked_for_only_with_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    import crossan.export.providers as providers
-
-    assert torch.cuda.is_available() == (providers.cuda_device_count() > 0)
-    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [CUDA, CPU])
-    monkeypatch.setattr(providers, "cuda_device_count", lambda: 0)
-    assert execution_providers() == [CPU]
-    monkeypatch.setattr(providers, "cuda_device_count", lambda: 1)
-    assert execution_providers() == [CUDA, CPU]
-    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [CPU])
-    assert execution_providers() == [CPU]
+        OnnxRecommender(toy_export).add_items(["new"], sources)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from crossan.zoo.errors import ConfigError, MissingFileError
 from crossan.zoo.features.prepare import prepare_features
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import build_model, config_from_dict, preset_config
+from crossan.zoo.models.config import AUTO
 from crossan.zoo.runs import Run, recorded_dataset
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
 from crossan.zoo.training.distributed import SINGLE, Processes
@@ -121,10 +122,17 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
                   on_validation)
 
 
-def differing_options(config: dict[str, Any], given: dict[str, Any]) -> list[str]:
+def differing_options(config: dict[str, Any], given: dict[str, Any],
+                      chosen_on_validation: Iterable[str] = ()) -> list[str]:
     """The keys of `given` (dotted `config.json` keys: `train.epochs`, `model.top_k`, `preset`)
-    whose values differ from what the run's `config` records."""
-    return [key for key, value in given.items() if _recorded(config, key) != value]
+    whose values differ from what the run's `config` records.
+
+    A finished run records the value it chose for a model setting given as `auto`; naming that
+    setting in `chosen_on_validation` (the keys of its metrics.json's `chosen_on_validation`)
+    makes `auto` match it."""
+    chosen = {f"model.{name}" for name in chosen_on_validation}
+    return [key for key, value in given.items()
+            if _recorded(config, key) != value and not (value == AUTO and key in chosen)]
 
 
 def _recorded(config: dict[str, Any], dotted_key: str) -> Any:

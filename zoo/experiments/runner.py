@@ -91,7 +91,9 @@ def _finish_run(table: TableRuns, run: RunSpec, seed: int, dataset: SequenceData
         expected = {"preset": run.preset, "data.fingerprint": dataset.fingerprint(), "train.seed": seed,
                     **{f"train.{k}": v for k, v in train_values.items()},
                     **{f"model.{k}": v for k, v in model_values.items()}}
-        differing = differing_options(read_json(run_dir / "config.json"), expected)
+        metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+        differing = differing_options(read_json(run_dir / "config.json"), expected,
+                                      metrics.get("chosen_on_validation", {}))
         if differing:
             raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(differing)} differ "
                               "from the table); remove it or choose another --out")
