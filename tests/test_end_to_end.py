@@ -130,6 +130,7 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_uncached_models_export_to_onnx(tmp_path) -> None:
     """The item encoder takes token ids and mask and matches PyTorch in onnxruntime; LoRA, the
     adaptation with the most machinery (peft's wrapped layers), on text stands for the others."""
@@ -145,6 +146,7 @@ def test_uncached_models_export_to_onnx(tmp_path) -> None:
 
 # --- through train.py: stored inputs, a run, its files ----------------------------------------
 
+@pytest.mark.slow
 def test_train_py_trains_an_uncached_model_from_stored_inputs(toy_root, cache_dir, tmp_path) -> None:
     """`adapter-ti` (small adapters) for one epoch on the small toy set: the titles and covers are
     prepared once into the input store, the run records it, and the run reopens with its inputs."""

@@ -173,7 +173,7 @@ def tampered(path: Path, out: Path, change: Callable[[onnx.ModelProto], None]) -
 
 
 def test_perturbed_weight_raises_value_mismatch(exported_presets, tmp_path: Path) -> None:
-    model, exported = exported_presets("crossan-ti")
+    model, exported = exported_presets("crossan-tiva")
 
     def perturb(proto: onnx.ModelProto) -> None:
         largest = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
@@ -189,7 +189,7 @@ def test_perturbed_weight_raises_value_mismatch(exported_presets, tmp_path: Path
 
 def test_tolerance_is_enforced(exported_presets) -> None:
     """The same files pass at 1e-4 and fail at a tolerance of zero (errors are ~1e-6, not 0)."""
-    model, exported = exported_presets("crossan-ti")
+    model, exported = exported_presets("crossan-tiva")
     _, users = grid_cases(model)
     _, reference = exported.references(model)
     onnx_path = exported.out_dir / "user_encoder.onnx"
@@ -200,7 +200,7 @@ def test_tolerance_is_enforced(exported_presets) -> None:
 
 
 def test_renamed_output_raises_name_mismatch(exported_presets, tmp_path: Path) -> None:
-    model, exported = exported_presets("crossan-ti")
+    model, exported = exported_presets("crossan-tiva")
 
     def rename(proto: onnx.ModelProto) -> None:
         old = proto.graph.output[0].name
@@ -216,7 +216,7 @@ def test_renamed_output_raises_name_mismatch(exported_presets, tmp_path: Path) -
 
 
 def test_fixed_batch_axis_raises_shape_mismatch(exported_presets, tmp_path: Path) -> None:
-    model, exported = exported_presets("crossan-ti")
+    model, exported = exported_presets("crossan-tiva")
 
     def fix_batch(proto: onnx.ModelProto) -> None:
         proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
@@ -237,7 +237,7 @@ def test_size_one_example_is_refused(tmp_path: Path) -> None:
 
 def test_exported_user_encoder_ignores_padded_embeddings(exported_presets) -> None:
     """Serving gathers any table row under the padding mask, so what lies there must not matter."""
-    model, exported = exported_presets("crossan-ti")
+    model, exported = exported_presets("crossan-tiva")
     _, users = grid_cases(model)
     encoder = OnnxEncoder(exported.out_dir / "user_encoder.onnx", exported.user_spec)
     for label, (embeddings, padding_mask) in users:

@@ -148,10 +148,17 @@ def compare_with_reference(inputs, activation, atol, rtol, pattern=None, use_x=T
 # ------------------------------------------------------------------------------------------
 
 
-# The block-tiling shapes take seconds each under the interpreter: the default run checks them
-# in fp32 with relu, and the slow set in the other dtypes and with gelu (which the small shapes
-# check in every combination).
+# Every shape past the smallest takes seconds under the interpreter. The default run checks each
+# of them once per dtype and once per activation (fp32 with relu, fp16 with gelu; the block-tiling
+# shapes in fp32 with relu only), the small shape in every combination, and the slow set all.
 TILING_SHAPES = {"many_w_chunks", "row_and_r_blocks"}
+
+
+def in_default_run(shape: str, dtype: str, activation: str) -> bool:
+    if shape == "small":
+        return True
+    pairs = {("fp32", "relu")} if shape in TILING_SHAPES else {("fp32", "relu"), ("fp16", "gelu")}
+    return (dtype, activation) in pairs
 
 
 def kernel_cases() -> list:
@@ -159,7 +166,7 @@ def kernel_cases() -> list:
     for shape in SHAPES:
         for dtype in DTYPE_TOLERANCES:
             for activation in ("relu", "gelu"):
-                slow = shape.id in TILING_SHAPES and (dtype.id != "fp32" or activation != "relu")
+                slow = not in_default_run(shape.id, dtype.id, activation)
                 cases.append(pytest.param(*shape.values, *dtype.values, activation,
                                           id=f"{shape.id}-{dtype.id}-{activation}",
                                           marks=[*shape.marks, *dtype.marks, *([pytest.mark.slow] if slow else [])]))
