@@ -17,12 +17,13 @@ Every row is a recipe (`RECIPES`: a preset, training settings, model settings), 
 seed under the same protocol (leave-one-out, full ranking, history masked, test at the best
 validation epoch). Runs live in `OUT/<row>-seed<N>/`: finished ones are kept and unfinished ones
 resumed, so a long benchmark survives a kill. Two copies of the same command on one machine
-share the work: each trains the runs the other has not claimed, then both print the report. The tables give, per row, the mean over seeds of
-the test metrics (masked, unmasked, and on the users whose test item never occurs in training),
-the validation NDCG@10 the recipes were chosen on, seconds per training epoch, trainable
-parameters, the ratio to the reference row (the `sasrec-id` recipe with the best mean validation
-NDCG@10, so that content models are compared with the strongest ID baseline), and a paired t-test
-over users against it (per-user metrics averaged over seeds).
+share the work: each trains the runs the other has not claimed, then both print the report.
+The tables give, per row, the mean over seeds of the test metrics (masked, unmasked, and on the
+users whose test item never occurs in training), the validation NDCG@10 the recipes were chosen
+on, seconds per training epoch, trainable parameters, the ratio to the reference row (the
+`sasrec-id` recipe with the best mean validation NDCG@10, so that content models are compared
+with the strongest ID baseline), and a paired t-test over users against it (per-user metrics
+averaged over seeds).
 
 Two rows train nothing: popularity, and, when a content row reads text, the text similarity of
 the frozen backbone alone (the prior of `backbone_prior_weight`, without the learned part), which

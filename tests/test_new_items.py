@@ -28,7 +28,7 @@ from crossan.export.item_table import TABLE_FILE, load_item_table, save_item_tab
 from crossan.export.preprocessing import load_preprocessing, save_preprocessing
 from crossan.export.providers import CPU, CUDA, execution_providers
 from crossan.zoo.backbones import BackboneSpec, StateExtractor, load_backbone
-from crossan.zoo.data import DataError
+from crossan.zoo.data import DataError, SequenceDataset
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.runs import open_run
 
@@ -182,12 +182,17 @@ def test_held_back_item_is_added_from_raw_content_without_torch(toy_run: Path, t
     assert served["reloaded_has_item"] and served["reloaded_top"] == served["top"]
 
 
+def new_item_sources(dataset: SequenceDataset) -> dict[str, list[str]]:
+    """One made-up item's content: a new title, with the first item's cover and video."""
+    return {"text": ["new title"], "image": [str(dataset.cover_paths[0])], "video": [str(dataset.video_paths[0])],
+            "audio": [str(dataset.video_paths[0])]}
+
+
 @pytest.mark.slow
 def test_add_items_refuses_bad_requests(toy_run: Path, toy_export_with_backbones: Path, tmp_path: Path) -> None:
     dataset = open_run(toy_run).dataset
     recommender = OnnxRecommender(toy_export_with_backbones)
-    sources = {"text": ["new title"], "image": [str(dataset.cover_paths[0])], "video": [str(dataset.video_paths[0])],
-               "audio": [str(dataset.video_paths[0])]}
+    sources = new_item_sources(dataset)
     with pytest.raises(ValueError, match="already in the table: i0001"):
         recommender.add_items(["i0001"], sources)
     with pytest.raises(ValueError, match="repeated new"):
@@ -202,8 +207,20 @@ def test_add_items_refuses_bad_requests(toy_run: Path, toy_export_with_backbones
 
 
 def test_an_export_without_backbones_refuses_new_items_naming_the_option(toy_run: Path, toy_export: Path) -> None:
-    dataset = open_run(toy_run).dataset
-    sources = {"text": ["new title"], "image": [str(dataset.cover_paths[0])], "video": [str(dataset.video_paths[0])],
-               "audio": [str(dataset.video_paths[0])]}
     with pytest.raises(FileNotFoundError, match="--with-backbones"):
-        OnnxRecommender(toy_export).add_items(["new"], sources)
+        OnnxRecommender(toy_export).add_items(["new"], new_item_sources(open_run(toy_run).dataset))
+
+
+# --- execution providers -------------------------------------------------------------------
+
+def test_cuda_is_asked_for_only_with_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import crossan.export.providers as providers
+
+    assert torch.cuda.is_available() == (providers.cuda_device_count() > 0)
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(providers, "cuda_device_count", lambda: 0)
+    assert execution_providers() == [CPU]
+    monkeypatch.setattr(providers, "cuda_device_count", lambda: 1)
+    assert execution_providers() == [CUDA, CPU]
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [CPU])
+    assert execution_providers() == [CPU]
