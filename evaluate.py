@@ -29,18 +29,24 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="run directory written by train.py")
     source.add_argument("--baseline", choices=("popularity",), help="evaluate a baseline instead of a run")
-    parser.add_argument("--data", default="toy", choices=DATA_KINDS, help="data set of --baseline")
-    parser.add_argument("--data-root", type=Path)
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--data", default="toy", choices=DATA_KINDS, help="with --baseline: its data set's kind")
+    parser.add_argument("--data-root", type=Path,
+                        help="with --baseline: its data folder; with --run: where the run's own data set is now "
+                             "(checked by fingerprint), when it moved")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"),
+                        help="with --baseline: where toy data is generated; with --run: where the run's feature "
+                             "cache is now, when it moved (default: where the run recorded it)")
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--no-mask-history", action="store_true", help="keep history items in the ranking")
     parser.add_argument("--compare", type=Path, help="second run: paired t-test on per-user metrics")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where runs are evaluated")
     parser.add_argument("--mutual-information", action="store_true",
                         help="mutual information between every pair of towers' final side outputs (paper Table 1)")
-    parser.add_argument("--mi-neighbours", type=int, default=3, metavar="K", help="k of the KSG estimator")
+    parser.add_argument("--mi-neighbours", type=int, default=3, metavar="K",
+                        help="with --mutual-information: k of the KSG estimator")
     parser.add_argument("--mi-components", type=int, default=8, metavar="D",
-                        help="PCA dimensions each tower's outputs are reduced to first (0: none)")
+                        help="with --mutual-information: PCA dimensions each tower's outputs are reduced to first "
+                             "(0: none)")
     parser.add_argument("--gate-heatmap", type=Path, metavar="PNG",
                         help="draw every tower's gate weights per side layer and input (paper Fig. 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -72,14 +78,33 @@ def gate_heatmap(run: Run, path: Path) -> dict[str, object]:
     return {**data, "path": str(path)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line (`argv`, or the process's arguments); returns the exit status."""
-    args = build_parser().parse_args(argv)
-    mask = not args.no_mask_history
+def check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One line for an option that would change nothing in this mode (rather than being dropped)."""
+    def given(option: str) -> bool:
+        return getattr(args, option) != parser.get_default(option)
+
+    if args.run is not None and given("data"):
+        raise ConfigError("--data names the data set of --baseline; a run is evaluated on its own data set "
+                          "(--data-root says where it is now, if it moved)")
     if (args.mutual_information or args.gate_heatmap) and args.run is None:
         raise ConfigError("--mutual-information and --gate-heatmap analyse a run: give --run")
+    if args.run is None and args.compare is None and given("device"):
+        raise ConfigError("--device applies to runs (--run, --compare); popularity runs on the CPU")
+    if not args.mutual_information:
+        for option in ("mi_neighbours", "mi_components"):
+            if given(option):
+                raise ConfigError(f"--{option.replace('_', '-')} applies to --mutual-information only")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (`argv`, or the process's arguments); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_options_apply(parser, args)
+    mask = not args.no_mask_history
     if args.run is not None:
-        run = open_run(args.run, args.device)
+        given_cache = args.cache_dir if args.cache_dir != parser.get_default("cache_dir") else None
+        run = open_run(args.run, args.device, args.data_root, given_cache, full_check=True)
         result, dataset = evaluate_run(run, args.split, mask)
         label = args.run.name
     else:
@@ -96,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if cold.any():
         rows.append((f"{label} (cold targets, {int(cold.sum())} users)", report["cold_items"]["metrics"]))
     if args.compare is not None:
-        other, other_dataset = evaluate_run(open_run(args.compare, args.device), args.split, mask)
+        other, other_dataset = evaluate_run(open_run(args.compare, args.device, full_check=True), args.split, mask)
         if other_dataset.user_ids != dataset.user_ids:
             raise ConfigError(f"{args.compare} was trained on different users; a paired test needs the same ones")
         report["compare"] = {"run": args.compare.name, "metrics": other.metrics,

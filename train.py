@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from crossan.zoo.cli import (add_data_options, data_and_settings, metrics_table, parse_assignments, parse_value,
-                             run_cli, split_options)
+from crossan.zoo.cli import (add_data_options, check_data_options_apply, data_and_settings, metrics_table,
+                             parse_assignments, parse_value, run_cli, split_options)
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.pipeline import resolve_device, resume_run, train_and_save
@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="auto (default: bf16 on CUDA devices that support it, else fp32), fp32, bf16, fp16")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--run-dir", type=Path, help="default: weights/<preset>-<data>-<time>")
+    parser.add_argument("--run-dir", type=Path,
+                        help="a new or empty folder (default: weights/<preset>-<data>-<time>); a folder holding "
+                             "a run stops the command: --resume continues that run, --overwrite replaces it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --run-dir: delete the run already in that folder and train a new one there")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any model or training config field, e.g. --set adapter_dim=256")
     parser.add_argument("--no-mask-history", action="store_true",
@@ -93,8 +97,8 @@ def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             given[key] = getattr(args, option)
     if args.data_root is not None:
         given["data.root"] = str(args.data_root.resolve())
-    for option in ("backbone", "pooling", "run_dir"):
-        if getattr(args, option) not in (None, []):
+    for option in ("backbone", "pooling", "run_dir", "cache_dir", "cover_dir", "video_dir", "overwrite"):
+        if getattr(args, option) != parser.get_default(option):
             raise ConfigError(f"--resume takes the run's own settings; --{option.replace('_', '-')} cannot change them")
     return given
 
@@ -131,14 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(stderr=True, quiet=not processes.is_main)
         if args.resume is not None:
             return resume(parser, args, console, device, processes)
-        return train(args, console, device, processes)
+        return train(parser, args, console, device, processes)
 
 
-def train(args: argparse.Namespace, console: Console, device: torch.device, processes: Processes) -> int:
+def train(parser: argparse.ArgumentParser, args: argparse.Namespace, console: Console, device: torch.device,
+          processes: Processes) -> int:
     """`--preset NAME`: a new run."""
     if args.recipe is not None:
         args.preset = read_recipe(args.recipe)[0]
     train_config, model_overrides = split_overrides(args)
+    if args.overwrite and args.run_dir is None:
+        raise ConfigError("--overwrite replaces the run in --run-dir: give --run-dir")
+    check_data_options_apply(parser, args, preset_config(args.preset, **model_overrides).item_features(), args.preset)
     started = time.perf_counter()
     dataset, data_description, settings = data_and_settings(args)
     console.print(dataset.summary())
@@ -146,7 +154,7 @@ def train(args: argparse.Namespace, console: Console, device: torch.device, proc
     run_dir = Path(processes.broadcast_text(str(
         args.run_dir or Path("weights") / f"{args.preset}-{args.data}-{time.strftime('%Y%m%d-%H%M%S')}")))
     _, metrics, _ = train_and_save(args.preset, dataset, data_description, settings, train_config, model_overrides,
-                                   run_dir, device, console, processes)
+                                   run_dir, device, console, processes, overwrite=args.overwrite)
     report(args, metrics, run_dir, processes)
     console.print(f"run saved to {run_dir} ({time.perf_counter() - started:.0f}s in all)")
     return 0

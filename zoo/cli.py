@@ -14,7 +14,7 @@ from crossan.zoo.errors import ConfigError, UserError
 from crossan.zoo.training.metrics import METRIC_NAMES
 from crossan.zoo.training.trainer import TrainConfig
 
-__all__ = ["METRIC_NAMES", "add_data_options", "data_and_settings", "metrics_table", "parse_assignments",
+__all__ = ["METRIC_NAMES", "add_data_options", "check_data_options_apply", "data_and_settings", "metrics_table", "parse_assignments",
            "parse_value", "run_cli", "split_options"]
 
 
@@ -92,6 +92,36 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     parser.add_argument("--allow-missing-media", action="store_true",
                         help="zero-fill the features of items whose cover or video is missing (counted)")
+
+
+MEDIA_MODALITIES = ("image", "video", "audio")
+
+
+def check_data_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                             modalities: tuple[str, ...], preset: str) -> None:
+    """Stop with one line on a data or feature option that would change nothing for this data
+    kind and these item `modalities` (`preset`'s), instead of dropping it without a word."""
+    from crossan.zoo.models.config import MODALITIES
+
+    def given(option: str) -> bool:
+        return getattr(args, option) != parser.get_default(option)
+
+    if args.data != "microlens":
+        for option in ("cover_dir", "video_dir"):
+            if given(option):
+                raise ConfigError(f"--{option.replace('_', '-')} applies to --data microlens only "
+                                  f"(this command reads --data {args.data})")
+    for pair in (*args.backbone, *args.pooling):
+        modality = pair.partition("=")[0]
+        if modality in MODALITIES and modality not in modalities:
+            raise ConfigError(f"{pair!r} names the {modality} backbone, which {preset} does not read "
+                              f"(it reads {', '.join(modalities) or 'no backbone'})")
+    if given("text_max_tokens") and "text" not in modalities:
+        raise ConfigError(f"--text-max-tokens applies to the text backbone, which {preset} does not read")
+    if args.allow_missing_media and not set(modalities) & set(MEDIA_MODALITIES):
+        raise ConfigError(f"--allow-missing-media applies to covers and videos, which {preset} does not read")
+    if given("backbones") and not modalities:
+        raise ConfigError(f"--backbones chooses backbones, and {preset} reads none")
 
 
 def data_and_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:

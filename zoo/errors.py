@@ -6,7 +6,7 @@ from a built-in (`ConfigError` is a `ValueError`) keep library callers' `except`
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "MissingFileError"]
+__all__ = ["UserError", "ConfigError", "MissingFileError", "NonFiniteError", "CorruptFileError"]
 
 
 class UserError(Exception):
@@ -19,3 +19,18 @@ class ConfigError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the command needs is not there (a run, a cache file, a backbone)."""
+
+
+class NonFiniteError(UserError, FloatingPointError):
+    """A score, weight, feature or loss is NaN or infinite: a defect that must stop the command,
+    never be ranked or averaged (a NaN target would otherwise count as a hit)."""
+
+
+class CorruptFileError(UserError, ValueError):
+    """A file the command reads exists but cannot be used: empty, truncated, not UTF-8, not
+    valid JSON or safetensors, or inconsistent with its neighbours; the message names it."""
+
+
+class NoResultError(UserError, RuntimeError):
+    """A command ran but has nothing to give: a study none of whose trials completed (all pruned,
+    diverged or failed, or stopped by --timeout before the first one finished)."""

@@ -8,6 +8,7 @@ checked where it enters, it is one line naming the field and the type it needs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,6 +31,20 @@ def check_field_types(config: Any) -> None:
         if not matches_type(value, expected):
             raise ConfigError(f"{field.name} needs {describe_type(expected)}, got {value!r} "
                               f"({type(value).__name__})")
+        if _holds_non_finite(value):
+            raise ConfigError(f"{field.name} needs finite numbers, got {value!r}")
+
+
+def _holds_non_finite(value: Any) -> bool:
+    """Whether `value` is, or contains (in tuples, lists, dict values), a NaN or an infinity:
+    NaN passes every range check (`nan < 0` and `nan > 1` are both false)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return any(map(_holds_non_finite, value))
+    if isinstance(value, dict):
+        return any(map(_holds_non_finite, value.values()))
+    return False
 
 
 def matches_type(value: Any, expected: Any) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,13 @@ from rich.console import Console
 
 from crossan.zoo.analysis.curves import draw_training_curves
 from crossan.zoo.data import SequenceDataset
-from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.errors import ConfigError, CorruptFileError, MissingFileError
 from crossan.zoo.features.prepare import prepare_features
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import build_model, config_from_dict, preset_config
-from crossan.zoo.models.config import AUTO
+from crossan.zoo.models.config import AUTO, RecommenderConfig
+from crossan.zoo.run_folder import check_new_run_folder, clear_run_folder, flatten_settings
+from crossan.zoo.reading import read_json_object
 from crossan.zoo.runs import Run, recorded_dataset
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
 from crossan.zoo.training.distributed import SINGLE, Processes
@@ -56,14 +60,20 @@ def resolve_device(name: str) -> torch.device:
 def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict[str, Any],
                    settings: FeatureSettings, train_config: TrainConfig, model_overrides: dict[str, Any],
                    run_dir: Path, device: torch.device, console: Console, processes: Processes = SINGLE,
-                   on_validation: Callable[[int, float], None] | None = None
+                   on_validation: Callable[[int, float], None] | None = None, overwrite: bool = False
                    ) -> tuple[TrainingOutcome, dict[str, Any], Run]:
     """Everything `train.py` does after argument parsing: a new run in `run_dir`, checkpointed
     every epoch (`resume_run` continues it after a kill), trained by all `processes`.
 
-    Returns the outcome, metrics.json, and the run in memory (the model holds its best-epoch
-    weights), so callers that evaluate further need not reopen it from disk.
+    `run_dir` must be new or empty (`check_new_run_folder`; with `overwrite`, a run already
+    there is deleted once the features are ready). Returns the outcome, metrics.json, and the
+    run in memory (the model holds its best-epoch weights), so callers that evaluate further
+    need not reopen it from disk.
     """
+    intended = {"preset": preset, "train": dataclasses.asdict(train_config), "model": model_overrides,
+                "data": {key: data_description[key] for key in ("kind", "root", "fingerprint")},
+                "feature_settings": settings.to_dict(), "code": code_fingerprint()}
+    check_new_run_folder(run_dir, json.loads(json.dumps(flatten_settings(intended))), overwrite)
     base = preset_config(preset, **model_overrides)
     prepared = prepare_features(dataset, base, settings, device, console, processes)
     features, backbones = prepared.features, prepared.backbones
@@ -72,12 +82,16 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     model.start_from_backbones(prepared.loaded)
     del prepared
     config = {"preset": preset, "model": model.config.to_dict(), "train": dataclasses.asdict(train_config),
-              "data": data_description, "feature_settings": settings.to_dict(), "code": code_fingerprint(),
+              "data": {**data_description, "root_from_run": os.path.relpath(data_description["root"], run_dir.resolve())},
+              "feature_settings": settings.to_dict(), "code": code_fingerprint(),
               "threads": torch.get_num_threads(), "processes": processes.world_size,
               "precision": resolve_precision(train_config.precision, device),
               "features": {"side_layers": settings.side_layers, "backbones": backbones}}
     if processes.is_main:
+        if overwrite:
+            clear_run_folder(run_dir)
         write_json(run_dir / "config.json", config)
+    processes.barrier()
     return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes,
                   on_validation)
 
@@ -96,13 +110,13 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
-    config = read_json(run_dir / "config.json")
+    config = read_json_object(run_dir / "config.json", ("preset", "model", "train", "data", "feature_settings"))
     if CheckpointStore(run_dir).finished() and (run_dir / "metrics.json").is_file():
         console.print(f"{run_dir} finished already; nothing to resume")
         return None, read_json(run_dir / "metrics.json"), None
     differing = differing_options(config, given or {})
-    settings = FeatureSettings.from_dict(config["feature_settings"])
-    dataset = recorded_dataset(config)
+    settings, model_config, train_config = _recorded_settings(run_dir, config)
+    dataset = recorded_dataset(config, run_dir)
     differing += [key for key, now in (("code", code_fingerprint()), ("data.fingerprint", dataset.fingerprint()))
                   if _recorded(config, key) != now]
     if config.get("processes", 1) != processes.world_size:
@@ -112,14 +126,24 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
     if config.get("threads") != torch.get_num_threads():
         console.print(f"note: {run_dir} ran with {config.get('threads')} threads, this process has "
                       f"{torch.get_num_threads()}: the continuation will differ in the last digits")
-    model_config = config_from_dict(config["model"])
     features = prepare_features(dataset, model_config, settings, device, console, processes).features
-    # The precision `auto` chose when the run started, whatever this machine would choose now.
-    train_config = TrainConfig(**{**config["train"], "precision": config["precision"]})
     torch.manual_seed(train_config.seed)  # as the first start did, for a run killed before its first checkpoint
     model = build_model(model_config)
     return _train(Run(run_dir, config, model, dataset, features), train_config, device, console, processes,
                   on_validation)
+
+
+def _recorded_settings(run_dir: Path, config: dict[str, Any]
+                       ) -> tuple[FeatureSettings, RecommenderConfig, TrainConfig]:
+    """The feature, model and training settings a run's `config.json` records (one line when
+    they no longer build: a damaged or hand-edited file)."""
+    try:
+        # The precision `auto` chose when the run started, whatever this machine would choose now.
+        return (FeatureSettings.from_dict(config["feature_settings"]), config_from_dict(config["model"]),
+                TrainConfig(**{**config["train"], "precision": config["precision"]}))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptFileError(f"{run_dir / 'config.json'}: its settings do not build ({error}); the file is "
+                               "damaged or was edited") from None
 
 
 def differing_options(config: dict[str, Any], given: dict[str, Any],

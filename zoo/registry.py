@@ -9,7 +9,6 @@ registry is complete.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,8 +93,13 @@ def create_model(name: str, **overrides: Any) -> Recommender:
 
 
 def load_model(run_dir: str | Path, device: str = "cpu") -> Recommender:
-    """Rebuild a trained model from a run directory (`config.json` + `model.safetensors`)."""
-    from safetensors.torch import load_file
+    """Rebuild a trained model from a run directory (`config.json` + `model.safetensors`).
+
+    Damaged files, weights that do not fit the recorded config, and NaN or infinite weights
+    are each one line naming the file."""
+    from crossan.zoo.errors import CorruptFileError
+    from crossan.zoo.finite import require_finite_tensors
+    from crossan.zoo.reading import load_tensors, read_json_object
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -103,6 +107,17 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> Recommender:
     for path in (config_path, weights_path):
         if not path.is_file():
             raise MissingFileError(f"{path}: missing; is {run_dir} a finished training run?")
-    model = build_model(config_from_dict(json.loads(config_path.read_text())["model"]))
-    model.load_state_dict(load_file(weights_path, device=device), strict=True)
+    recorded = read_json_object(config_path, ("model",))["model"]
+    try:
+        model = build_model(config_from_dict(recorded))
+    except (ConfigError, KeyError, TypeError) as error:
+        raise CorruptFileError(f"{config_path}: its model config does not build ({error})") from None
+    weights = load_tensors(weights_path, device=device)
+    require_finite_tensors(weights, str(weights_path))
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise CorruptFileError(f"{weights_path}: its tensors do not fit the model {config_path} describes "
+                               f"({first})") from None
     return model.to(device).eval()

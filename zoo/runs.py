@@ -13,7 +13,8 @@ from crossan.zoo.features.prepare import open_recorded_features
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
 from crossan.zoo.models import load_model
-from crossan.zoo.training.checkpoint import CheckpointStore, read_json
+from crossan.zoo.reading import read_json_object
+from crossan.zoo.training.checkpoint import CheckpointStore
 
 __all__ = ["Run", "open_run", "recorded_dataset"]
 
@@ -29,28 +30,50 @@ class Run:
     features: ItemFeatures
 
 
-def recorded_dataset(config: dict[str, Any]) -> SequenceDataset:
-    """The data set a run's `config.json` describes, read from where it was (with the run's cache folder)."""
+def recorded_dataset(config: dict[str, Any], run_dir: Path | None = None, data_root: Path | None = None,
+                     cache_dir: Path | None = None) -> SequenceDataset:
+    """The data set a run's `config.json` describes.
+
+    It is read from `data_root` when given, else from where it was when the run was trained,
+    else from the same place relative to the run folder (`run_dir`), so a run folder moved
+    together with its data still finds it; none there is one line naming every path tried.
+    The fingerprint is the caller's to compare."""
     data = config["data"]
-    return load_dataset(data["kind"], Path(data["root"]), Path(config["feature_settings"]["cache_dir"]),
-                        data["cover_dir"], data["video_dir"])
+    candidates = [Path(data_root)] if data_root is not None else [Path(data["root"])]
+    if data_root is None and run_dir is not None and "root_from_run" in data:
+        candidates.append(Path(run_dir) / data["root_from_run"])
+    found = next((path for path in candidates if path.is_dir()), None)
+    if found is None:
+        tried = " nor ".join(str(path) for path in dict.fromkeys(candidates))
+        raise MissingFileError(f"the {data['kind']} data set of {run_dir or 'the run'} is not at {tried}; "
+                               "give --data-root where it is now")
+    cache = cache_dir if cache_dir is not None else Path(config["feature_settings"]["cache_dir"])
+    return load_dataset(data["kind"], found, cache, data["cover_dir"], data["video_dir"])
 
 
-def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
-    """Load a run directory written by `train.py`; the data set must still be where it was."""
+def open_run(run_dir: str | Path, device: torch.device | str = "cpu", data_root: Path | None = None,
+             cache_dir: Path | None = None, full_check: bool = False) -> Run:
+    """Load a run directory written by `train.py`, from any working directory.
+
+    Its data set must be where it was, beside it as it was, or at `data_root` (the same data,
+    by fingerprint); its feature cache where it was or under `cache_dir`. Damaged files,
+    non-finite weights and non-finite cached features are one line each (`full_check` reads
+    every cached row; by default a sample)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
     if not CheckpointStore(run_dir).finished():
         raise MissingFileError(f"{run_dir}: the run has not finished (it is still training or was killed); "
                                f"continue it with `python train.py --resume {run_dir}`")
-    config = read_json(run_dir / "config.json")
+    config = read_json_object(run_dir / "config.json", ("preset", "model", "data", "feature_settings", "features"))
     model = load_model(run_dir, device=str(device))
     data = config["data"]
-    dataset = recorded_dataset(config)
+    dataset = recorded_dataset(config, run_dir, data_root, cache_dir)
     if dataset.fingerprint() != data["fingerprint"]:
-        raise DataError(f"the data set at {data['root']} changed since {run_dir} was trained "
-                        f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']})")
+        raise DataError(f"the data set at {dataset.root} is not the one {run_dir} was trained on "
+                        f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']}): it changed since, "
+                        "or it is another data set")
     features = open_recorded_features(config["features"]["backbones"], dataset.num_items, device,
-                                      with_rows=model.config.reads_item_rows)
+                                      with_rows=model.config.reads_item_rows, cache_dir=cache_dir,
+                                      full_check=full_check)
     return Run(run_dir, config, model, dataset, features)

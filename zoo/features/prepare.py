@@ -22,11 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from crossan.zoo.backbones import Backbone, StateExtractor, load_backbone
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
-from crossan.zoo.errors import MissingFileError
+from crossan.zoo.errors import CorruptFileError, MissingFileError
 from crossan.zoo.features import inputs as stored_inputs
 from crossan.zoo.features import states as state_cache
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.features.store import ItemFeatures
+from crossan.zoo.finite import require_finite_rows
 from crossan.zoo.training.distributed import SINGLE, Processes
 
 if TYPE_CHECKING:
@@ -68,28 +69,54 @@ def prepare_features(dataset: SequenceDataset, config: RecommenderConfig, settin
         else:
             path, tensors[modality] = _cached_states(dataset, extractor, settings, device, console, processes)
         described[modality] = {**backbone.identity, "preprocessing": extractor.preprocessing(),
-                               "kept_indices": extractor.indices, "cache_file": str(path), "stored": stored}
+                               "kept_indices": extractor.indices, "cache_file": str(Path(path).resolve()),
+                               "cache_entry": Path(path).relative_to(settings.cache_dir).as_posix(),
+                               "stored": stored}
     return PreparedFeatures(ItemFeatures(dataset.num_items, tensors, device, with_rows=config.reads_item_rows),
                             described, loaded)
 
 
 def open_recorded_features(backbones: dict[str, Any], num_items: int, device: torch.device | str,
-                           with_rows: bool) -> ItemFeatures:
+                           with_rows: bool, cache_dir: Path | None = None, full_check: bool = False
+                           ) -> ItemFeatures:
     """The features a trained run used, from the files its `config.json` records
-    (`features.backbones`, as `prepare_features` described them); nothing is rebuilt."""
+    (`features.backbones`, as `prepare_features` described them); nothing is rebuilt.
+
+    A file is looked for under `cache_dir` when given (a cache moved with the run), else where
+    the run recorded it. Cached states are checked for NaN and infinities: every row with
+    `full_check`, else a sample of rows (a cheap check on every open)."""
     tensors: dict[str, torch.Tensor] = {}
     for modality, backbone in backbones.items():
         cache_file = Path(backbone["cache_file"])
+        if cache_dir is not None and "cache_entry" in backbone:
+            cache_file = Path(cache_dir) / backbone["cache_entry"]
         stored = backbone.get("stored", "states")
         opened = state_cache.open_states(cache_file) if stored == "states" else stored_inputs.open_inputs(cache_file)
         if opened is None:
-            raise MissingFileError(f"{cache_file}: cached {modality} {stored} are missing or unreadable; "
+            hint = "" if cache_dir is not None else "give --cache-dir where the cache is now, or "
+            raise MissingFileError(f"{cache_file}: cached {modality} {stored} are missing or unreadable; {hint}"
                                    f"rerun train.py with the same options to rebuild them")
         if stored == "states":
+            if opened.shape[0] != num_items:
+                raise CorruptFileError(f"{cache_file}: holds {opened.shape[0]} items' {modality} states, the "
+                                       f"run's data set has {num_items}")
+            rows = None if full_check else sample_rows(opened.shape[0])
+            require_finite_rows(opened, f"{cache_file} ({modality} states)", rows)
             tensors[modality] = opened
         else:
             tensors.update({f"{modality}_{name}": tensor for name, tensor in opened.items()})
     return ItemFeatures(num_items, tensors, device, with_rows=with_rows)
+
+
+OPEN_CHECK_ROWS = 4096
+"""Rows of a cache checked for NaN on every open: all of a small cache, a sample of a big one."""
+
+
+def sample_rows(num_rows: int) -> torch.Tensor | None:
+    """Every row (None) up to `OPEN_CHECK_ROWS`, else that many evenly spread rows."""
+    if num_rows <= OPEN_CHECK_ROWS:
+        return None
+    return torch.linspace(0, num_rows - 1, OPEN_CHECK_ROWS).long()
 
 
 def _cached_states(dataset: SequenceDataset, extractor: StateExtractor, settings: FeatureSettings,
@@ -101,6 +128,7 @@ def _cached_states(dataset: SequenceDataset, extractor: StateExtractor, settings
     cached = state_cache.open_states(path, metadata)
     # Every process builds (its share) if any lacks the file, so they all meet at its barriers.
     if not processes.any(cached is None):
+        require_finite_rows(cached, f"{path} ({modality} states)", sample_rows(cached.shape[0]))
         console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
         return path, cached
     started = time.perf_counter()
@@ -138,8 +166,9 @@ def extract_states(extractor: StateExtractor, dataset: SequenceDataset, rows: ra
             states[torch.tensor(batch_rows) - rows.start] = encoded.to(torch.float16).cpu()
         if on_batch is not None:
             on_batch(min(batch_size, rows.stop - start))
-    if not torch.isfinite(states).all():
-        raise RuntimeError(f"the {extractor.modality} backbone produced non-finite features (float16 overflow?)")
+    # A backbone whose output overflows float16 (or is NaN) must not leave a cache that trains.
+    require_finite_rows(states, f"{extractor.modality} states computed by "
+                                f"{extractor.backbone.identity['architecture']} (float16 overflow?; not cached)")
     return states
 
 

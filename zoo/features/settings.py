@@ -34,10 +34,11 @@ class FeatureSettings:
                                     dict(self.poolings).get(modality), self.backbone_seed)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (recorded in `config.json`, read back by `--resume`)."""
+        """Plain-JSON form (recorded in `config.json`, read back by `--resume`); the cache folder
+        as an absolute path, so the run finds it from any working directory."""
         values = dataclasses.asdict(self)
         return {**values, "overrides": [list(p) for p in self.overrides], "poolings": [list(p) for p in self.poolings],
-                "cache_dir": str(self.cache_dir)}
+                "cache_dir": str(self.cache_dir.resolve())}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FeatureSettings":

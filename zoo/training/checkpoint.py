@@ -12,19 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from crossan.zoo.atomic import atomic_write
+from crossan.zoo.errors import CorruptFileError
+from crossan.zoo.finite import require_finite_tensors
+from crossan.zoo.reading import load_tensors, read_json, read_json_object
 
 __all__ = ["write_json", "read_json", "save_weights", "save_per_user", "TrainingState", "Checkpoint", "CheckpointStore"]
 
 
 def write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2) + "\n"))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 def _cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -93,9 +92,9 @@ class CheckpointStore:
         self.run_dir = Path(run_dir)
 
     def read_state(self) -> dict[str, Any] | None:
-        """The raw `trainer_state.json`, or None when there is none yet."""
+        """The raw `trainer_state.json`, or None when there is none yet (a damaged one is one line)."""
         path = self.run_dir / self.STATE_FILE
-        return read_json(path) if path.is_file() else None
+        return read_json_object(path) if path.exists() else None
 
     def save(self, state: TrainingState, model: dict[str, torch.Tensor], best_valid_ranks: torch.Tensor | None,
              optimizer: dict[str, Any], scaler: dict[str, Any], rng: dict[str, torch.Tensor]) -> None:
@@ -136,14 +135,23 @@ class CheckpointStore:
         raw = self.read_state()
         if raw is None or "checkpoint" not in raw:
             return None
+        state_path = self.run_dir / self.STATE_FILE
+        names = [f.name for f in dataclasses.fields(TrainingState)]
+        read_json_object(state_path, [*names, "best"])  # one line naming what is missing
+        try:
+            state = TrainingState(**{name: raw[name] for name in names})
+        except TypeError as error:
+            raise CorruptFileError(f"{state_path}: {error}") from None
         folder = self.run_dir / raw["checkpoint"]
-        state = TrainingState(**{f.name: raw[f.name] for f in dataclasses.fields(TrainingState)})
-        extra = load_file(str(folder / "state.safetensors"))
+        extra = load_tensors(folder / "state.safetensors")
         ranks = extra.pop("best_valid_ranks", None)
-        layout = read_json(folder / "optimizer.json")
-        optimizer = _join_optimizer_state(load_file(str(folder / "optimizer.safetensors")), layout)
-        return Checkpoint(state, load_file(str(folder / "model.safetensors")), load_file(str(self.run_dir / raw["best"])),
-                          ranks, optimizer, layout["scaler"], extra)
+        layout = read_json_object(folder / "optimizer.json", ("param_groups", "scalars", "scaler"))
+        optimizer = _join_optimizer_state(load_tensors(folder / "optimizer.safetensors"), layout)
+        model, best = load_tensors(folder / "model.safetensors"), load_tensors(self.run_dir / raw["best"])
+        for path, tensors in ((folder / "model.safetensors", model), (self.run_dir / raw["best"], best),
+                              (folder / "optimizer.safetensors", optimizer_tensors(optimizer))):
+            require_finite_tensors(tensors, str(path))
+        return Checkpoint(state, model, best, ranks, optimizer, layout["scaler"], extra)
 
     def mark_finished(self) -> None:
         """Record that the run finished (the last file a run writes)."""
@@ -170,6 +178,11 @@ def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.
             else:
                 scalars[f"{index}.{name}"] = value
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def optimizer_tensors(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of an optimizer state dict by `<param index>.<name>` (for checks)."""
+    return _split_optimizer_state(state_dict)[0]
 
 
 def _join_optimizer_state(tensors: dict[str, torch.Tensor], layout: dict[str, Any]) -> dict[str, Any]:

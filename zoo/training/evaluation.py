@@ -78,7 +78,9 @@ def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[
                          else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
         ranks.append(target_ranks_excluding(scores, batch_targets.to(scores.device),
                                             torch.from_numpy(rows).to(scores.device),
-                                            torch.from_numpy(columns - 1).to(scores.device)).cpu())
+                                            torch.from_numpy(columns - 1).to(scores.device),
+                                            lambda row, batch=batch: f"user {dataset.user_ids[batch[row]]!r}"
+                                            ).cpu())
         del scores  # before the next batch's scores exist, not after: one batch in memory at a time
     return processes.gather_rows(torch.cat(ranks))
 

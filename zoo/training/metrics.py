@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+
+from crossan.zoo.finite import require_finite
 
 __all__ = ["CUTOFFS", "METRIC_NAMES", "target_ranks", "target_ranks_excluding", "metrics_from_ranks",
            "per_user_metric", "standard_error"]
@@ -29,13 +32,16 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tens
 
 
 def target_ranks_excluding(scores: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
-                           columns: torch.Tensor) -> torch.Tensor:
+                           columns: torch.Tensor, name_row: Callable[[int], str] | None = None) -> torch.Tensor:
     """`target_ranks` with the masked entries given as `(rows, columns)` pairs (repeats
     allowed), so that masking costs what the histories hold rather than a `[B, N]` mask.
 
     Counting every item at least as high as the target, then taking back the masked ones that
-    were counted, ranks exactly as filling the masked scores with -inf would.
+    were counted, ranks exactly as filling the masked scores with -inf would. A NaN or infinite
+    score stops with `NonFiniteError` (`name_row` names the row: a user): a NaN target is never
+    outranked, so it would count as a hit.
     """
+    require_finite(scores, "scores", name_row or (lambda row: f"row {row}"))
     target_scores = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
     at_least = (scores >= target_scores.unsqueeze(1)).sum(dim=1)
     keys = torch.unique(rows * scores.shape[1] + columns)  # each masked entry once

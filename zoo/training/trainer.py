@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DistributedSampler
 
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.data.errors import DataError
+from crossan.zoo.errors import ConfigError, NonFiniteError
 from crossan.zoo.field_types import check_field_types
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
@@ -190,6 +191,10 @@ class Trainer:
         local_batch_size(config.batch_size, processes)  # fail before any work
         self.console = (console or Console(stderr=True)) if processes.is_main else Console(quiet=True)
         self.windows, window_users = training_windows(dataset, model.config.max_seq_len + 1, config.sliding_windows)
+        if len(self.windows) == 0:
+            raise DataError("no user has two items before their validation and test items (each user's "
+                            "last two are held out), so there is nothing to train on; a user needs at least "
+                            "4 interactions to be trained on", dataset.root)
         # Only sliding windows put several windows of one user in a batch.
         self.window_users = window_users if config.sliding_windows else None
         self.valid_sample = evaluation_users(dataset.num_users, config.valid_users)
@@ -304,7 +309,8 @@ class Trainer:
                     loss, local_sum, count = self._objective(self.windows[rows], users)
                 step_loss = (self.processes.sum(local_sum) / count).item()
                 if not math.isfinite(step_loss):
-                    raise FloatingPointError(f"non-finite loss {step_loss} at epoch {epoch}, step {step}")
+                    raise NonFiniteError(f"the training loss is {step_loss} at epoch {epoch}, step {step + 1}: "
+                                         "the model diverged (try a lower lr) or its inputs hold NaN")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
