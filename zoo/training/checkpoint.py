@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from crossan.zoo.atomic import atomic_write
+from crossan.zoo.atomic import atomic_write, write_failure
 from crossan.zoo.errors import CorruptFileError
 from crossan.zoo.finite import require_finite_tensors
 from crossan.zoo.reading import load_tensors, read_json, read_json_object
@@ -120,8 +120,11 @@ class CheckpointStore:
             if final.exists():  # left by a run killed after the rename, before the state named it
                 shutil.rmtree(final)
             os.replace(temporary, final)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(temporary, ignore_errors=True)
+            failure = write_failure(error, folder / name)
+            if failure is not None:
+                raise failure from None
             raise
         best = f"{self.FOLDER}/epoch-{state.best_epoch:04d}/model.safetensors"
         write_json(self.run_dir / self.STATE_FILE, {**dataclasses.asdict(state), "checkpoint": f"{self.FOLDER}/{name}",
