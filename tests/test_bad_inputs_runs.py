@@ -148,6 +148,14 @@ def test_a_nan_score_is_an_error_not_a_hit():
     assert target_ranks(finite, torch.tensor([1]), None).tolist() == [1.0]
 
 
+def test_nan_ranks_are_not_averaged():
+    from crossan.zoo.training.metrics import metrics_from_ranks
+
+    assert metrics_from_ranks(torch.tensor([1.0, math.inf]))["HR@10"] == 0.5
+    with pytest.raises(NonFiniteError, match="1 of 2 are NaN"):
+        metrics_from_ranks(torch.tensor([1.0, math.nan]))
+
+
 @pytest.mark.parametrize("options", [["--lr", "nan"], ["--lr", "inf"], ["--set", "adapter_lr=NaN"],
                                      ["--set", "weight_decay=-Infinity"]])
 def test_non_finite_options_are_refused_where_they_enter(options, tmp_path):
@@ -331,3 +339,4 @@ def test_a_full_disk_while_checkpointing_keeps_the_run_resumable(toy_root, cache
     resumed = run_script("train", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run_dir / "trainer_state.json").read_text())["finished"]
+

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from crossan.zoo.errors import NonFiniteError
 from crossan.zoo.finite import require_finite
 
 __all__ = ["CUTOFFS", "METRIC_NAMES", "target_ranks", "target_ranks_excluding", "metrics_from_ranks",
@@ -68,7 +69,9 @@ def per_user_metric(ranks: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def metrics_from_ranks(ranks: torch.Tensor, cutoffs: tuple[int, ...] = CUTOFFS) -> dict[str, float]:
-    """Mean `HR@K` and `NDCG@K` over users for each cutoff."""
+    """Mean `HR@K` and `NDCG@K` over users for each cutoff (a NaN rank is a defect, not a miss)."""
+    if bool(torch.isnan(ranks).any()):
+        raise NonFiniteError(f"ranks: {int(torch.isnan(ranks).sum())} of {len(ranks)} are NaN")
     names = [f"{kind}@{k}" for k in cutoffs for kind in ("HR", "NDCG")]
     return {name: float(per_user_metric(ranks, name).mean()) for name in sorted(names, key=lambda n: (n[0], n))}
 
