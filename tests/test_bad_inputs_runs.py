@@ -262,6 +262,21 @@ def test_damaged_checkpoint_is_one_line(run_copy):
     one_line_error(run_script("train", "--resume", str(run_copy)), "optimizer.json", "missing 'param_groups'")
 
 
+def test_nan_weights_in_a_checkpoint_stop_the_resume(run_copy):
+    from crossan.zoo.pipeline import code_fingerprint
+
+    config = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps({**config, "code": code_fingerprint()}))
+    state = json.loads((run_copy / "trainer_state.json").read_text())
+    (run_copy / "trainer_state.json").write_text(json.dumps({**state, "finished": False}))
+    weights_path = run_copy / state["checkpoint"] / "model.safetensors"
+    weights = load_file(weights_path)
+    name = next(key for key, value in weights.items() if value.is_floating_point())
+    weights[name][0] = math.inf
+    save_file(weights, weights_path)
+    one_line_error(run_script("train", "--resume", str(run_copy)), str(weights_path), repr(name), "non-finite")
+
+
 def test_every_user_with_three_interactions_is_one_line(tmp_path, cache_dir):
     """Each user's last two items are held out: nothing is left to train on."""
     root = tmp_path / "amazon"
