@@ -22,7 +22,7 @@ from crossan.zoo.cli import (add_data_options, check_data_options_apply, data_an
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.pipeline import resolve_device, resume_run, train_and_save
-from crossan.zoo.tune.recipe import read_recipe
+from crossan.zoo.tune.recipe import read_recipe, recipe_origin
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.distributed import Processes, launched
 from crossan.zoo.training.trainer import PRECISIONS, TrainConfig
@@ -143,6 +143,7 @@ def train(parser: argparse.ArgumentParser, args: argparse.Namespace, console: Co
     """`--preset NAME`: a new run."""
     if args.recipe is not None:
         args.preset = read_recipe(args.recipe)[0]
+        console.print(recipe_origin(args.recipe))
     train_config, model_overrides = split_overrides(args)
     if args.overwrite and args.run_dir is None:
         raise ConfigError("--overwrite replaces the run in --run-dir: give --run-dir")

@@ -300,6 +300,13 @@ def test_a_run_evaluates_from_another_directory_and_after_a_move(toy_run, tmp_pa
     assert json.loads(completed.stdout)["metrics"] == expected
 
 
+def test_a_run_whose_users_changed_does_not_evaluate(run_copy):
+    """The catalogue the same, the users' sequences other: the run is not evaluated on them."""
+    config = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps({**config, "data": {**config["data"], "sequences": "0" * 16}}))
+    one_line_error(run_script("evaluate", "--run", str(run_copy)), "its users' sequences hash")
+
+
 def test_moved_data_is_found_beside_the_run_or_asked_for(toy_run, toy_root, tmp_path):
     """Data and run moved together (the same relative place): found; data missing: the line
     names every path tried."""
@@ -355,3 +362,12 @@ def test_a_full_disk_while_checkpointing_keeps_the_run_resumable(toy_root, cache
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run_dir / "trainer_state.json").read_text())["finished"]
 
+
+
+def test_the_tuner_refuses_options_that_change_nothing(tmp_path):
+    from crossan.zoo.tune.__main__ import main as tune_main
+
+    with pytest.raises(ConfigError, match="--cover-dir applies to --data microlens only"):
+        tune_main(["--preset", "crossan-t", "--data", "amazon", "--data-root", str(tmp_path), "--cover-dir", "x",
+                   "--study", str(tmp_path / "study")])
+    assert not (tmp_path / "study").exists()

@@ -22,7 +22,8 @@ from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.tune.recipe import read_recipe, write_recipe
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
-from crossan.zoo.tune.study import FINISHED, StudySettings, distinct_runs, open_study, run_study
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.tune.study import FINISHED, StudySettings, distinct_runs, open_study, run_study, study_data
 
 TUNED_PRESETS = [name for name in list_models() if preset_config(name).architecture != "end-to-end"]
 
@@ -113,7 +114,7 @@ def test_a_reopened_study_proposes_new_values_instead_of_replaying_its_first_one
     settings = StudySettings("sasrec-id", load_space(two_point_space(tmp_path), "sasrec-id"), 8, tmp_path / "study")
     proposals = []
     for _ in range(4):  # each process opens the study with the trials stored so far
-        study = open_study(settings, "fingerprint")
+        study = open_study(settings, {"fingerprint": "f"}, FeatureSettings())
         trial = study.ask()
         proposals.append(settings.space.sample(trial)["lr"])
         study.tell(trial, 0.1)
@@ -135,7 +136,7 @@ def test_a_repeated_proposal_takes_the_finished_trials_result_without_training(t
     first = run_study(settings, *arguments).trials[0]
     metrics = tmp_path / "study" / "trials" / Path(first.user_attrs["run_dir"]).name / "metrics.json"
     written = metrics.stat().st_mtime
-    study = open_study(settings, dataset.fingerprint())
+    study = open_study(settings, study_data(dataset, describe_data("toy", dataset)), FeatureSettings())
     study.enqueue_trial(first.params)  # what a second worker or a resumed sampler may propose
     study = run_study(dataclasses.replace(settings, trials=2), *arguments)
     (_, repeat) = study.trials
@@ -158,7 +159,7 @@ def test_a_trial_in_flight_elsewhere_holds_a_slot_of_the_budget(toy_root: Path, 
     monkeypatch.setattr(study_module, "WAIT_SECONDS", 0.2)
     dataset = load_dataset("toy", toy_root, None)
     settings = StudySettings("sasrec-id", load_space(two_point_space(tmp_path), "sasrec-id"), 2, tmp_path / "study")
-    elsewhere_study = open_study(settings, dataset.fingerprint())
+    elsewhere_study = open_study(settings, study_data(dataset, describe_data("toy", dataset)), FeatureSettings())
     elsewhere = elsewhere_study.ask()  # another worker's trial, training while this one starts
 
     def other_worker_finishes() -> None:

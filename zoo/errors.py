@@ -6,7 +6,7 @@ from a built-in (`ConfigError` is a `ValueError`) keep library callers' `except`
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "MissingFileError", "NonFiniteError", "CorruptFileError"]
+__all__ = ["UserError", "ConfigError", "MissingFileError", "NonFiniteError", "CorruptFileError", "NoResultError"]
 
 
 class UserError(Exception):

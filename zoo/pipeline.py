@@ -71,7 +71,7 @@ def train_and_save(preset: str, dataset: SequenceDataset, data_description: dict
     need not reopen it from disk.
     """
     intended = {"preset": preset, "train": dataclasses.asdict(train_config), "model": model_overrides,
-                "data": {key: data_description[key] for key in ("kind", "root", "fingerprint")},
+                "data": {key: data_description[key] for key in ("kind", "root", "fingerprint", "sequences")},
                 "feature_settings": settings.to_dict(), "code": code_fingerprint()}
     check_new_run_folder(run_dir, json.loads(json.dumps(flatten_settings(intended))), overwrite)
     base = preset_config(preset, **model_overrides)
@@ -117,8 +117,11 @@ def resume_run(run_dir: Path, device: torch.device, console: Console, given: dic
     differing = differing_options(config, given or {})
     settings, model_config, train_config = _recorded_settings(run_dir, config)
     dataset = recorded_dataset(config, run_dir)
-    differing += [key for key, now in (("code", code_fingerprint()), ("data.fingerprint", dataset.fingerprint()))
-                  if _recorded(config, key) != now]
+    now = {"code": code_fingerprint(), "data.fingerprint": dataset.fingerprint(),
+           "data.sequences": dataset.sequences_fingerprint()}
+    # Runs trained before users' sequences were fingerprinted record no `data.sequences`.
+    differing += [key for key, value in now.items()
+                  if _recorded(config, key) != value and not (key == "data.sequences" and "sequences" not in config["data"])]
     if config.get("processes", 1) != processes.world_size:
         differing.append(f"processes ({config.get('processes', 1)} recorded, {processes.world_size} now)")
     if differing:
@@ -205,5 +208,6 @@ def describe_data(kind: str, dataset: SequenceDataset, cover_dir: str = "covers"
                   video_dir: str = "videos") -> dict[str, Any]:
     """What `config.json` records about the data: enough to reload it and notice changes."""
     return {"kind": kind, "root": str(dataset.root.resolve()), "name": dataset.name,
-            "fingerprint": dataset.fingerprint(), "num_users": dataset.num_users, "num_items": dataset.num_items,
+            "fingerprint": dataset.fingerprint(), "sequences": dataset.sequences_fingerprint(),
+            "num_users": dataset.num_users, "num_items": dataset.num_items,
             "cover_dir": cover_dir, "video_dir": video_dir}

@@ -69,10 +69,12 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu", data_root:
     model = load_model(run_dir, device=str(device))
     data = config["data"]
     dataset = recorded_dataset(config, run_dir, data_root, cache_dir)
-    if dataset.fingerprint() != data["fingerprint"]:
-        raise DataError(f"the data set at {dataset.root} is not the one {run_dir} was trained on "
-                        f"(fingerprint {dataset.fingerprint()} != {data['fingerprint']}): it changed since, "
-                        "or it is another data set")
+    found = {"fingerprint": dataset.fingerprint(), "sequences": dataset.sequences_fingerprint()}
+    for key, value in found.items():
+        if key in data and data[key] != value:  # runs of older versions record no `sequences`
+            what = "catalogue" if key == "fingerprint" else "users' sequences"
+            raise DataError(f"the data set at {dataset.root} is not the one {run_dir} was trained on (its {what} "
+                            f"hash {value} != {data[key]} recorded): it changed since, or it is another data set")
     features = open_recorded_features(config["features"]["backbones"], dataset.num_items, device,
                                       with_rows=model.config.reads_item_rows, cache_dir=cache_dir,
                                       full_check=full_check)

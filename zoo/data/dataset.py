@@ -192,6 +192,15 @@ class SequenceDataset:
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
+    def sequences_fingerprint(self) -> str:
+        """Hash of every user's id and item sequence. `fingerprint` covers the catalogue only (what
+        the feature cache depends on); two data sets with one catalogue and other users differ here."""
+        digest = hashlib.sha256()
+        digest.update("\n".join(self.user_ids).encode())
+        digest.update(np.ascontiguousarray(self.offsets, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.items, dtype=ITEM_DTYPE).tobytes())
+        return digest.hexdigest()[:16]
+
     def summary(self) -> str:
         lengths = self.lengths
         return (f"{self.name}: {self.num_users:,} users, {self.num_items:,} items, {int(lengths.sum()):,} "

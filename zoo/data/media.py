@@ -144,8 +144,10 @@ def read_audio(path: str | Path, sampling_rate: int = 16000, seconds: float = 3.
         raise DataError(f"corrupt audio ({exc.__class__.__name__}: {exc})", path) from exc
     finally:
         container.close()
-    wave = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    wave = np.clip(wave[:target], -1.0, 1.0)
+    wave = (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32))[:target]
+    if not np.isfinite(wave).all():  # a float soundtrack may hold NaN, which clipping keeps
+        raise DataError(f"{int((~np.isfinite(wave)).sum())} audio sample(s) are NaN or infinite", path)
+    wave = np.clip(wave, -1.0, 1.0)
     if wave.shape[0] < target:
         wave = np.pad(wave, (0, target - wave.shape[0]))
     return wave.astype(np.float32, copy=False)

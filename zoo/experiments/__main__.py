@@ -66,16 +66,16 @@ def training_overrides(args: argparse.Namespace) -> dict[str, object]:
     return train_values
 
 
-def main() -> int:
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     definition = load_table(args.table)
     console = Console(stderr=True)
     table = TableRuns(definition, args.out, tuple(dict.fromkeys(args.seeds)))
+    overrides = training_overrides(args)
     dataset = load_dataset(args.data, args.data_root, args.cache_dir)
     settings = FeatureSettings(source=args.backbones, overrides=tuple(parse_assignments(args.backbone,
                                                                                         "--backbone").items()),
                                cache_dir=args.cache_dir)
-    overrides = training_overrides(args)
     done = train_missing(table, dataset, describe_data(args.data, dataset), settings, overrides,
                          resolve_device(args.device), console)
     summary = write_report(table)

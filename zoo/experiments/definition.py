@@ -80,27 +80,57 @@ def load_table(name_or_path: str) -> TableDefinition:
                                    "(or give a .toml/.json file)")
     if not path.is_file():
         raise MissingFileError(f"{path}: no such table definition")
+    return _parse(path, _read(path))
+
+
+def _read(path: Path) -> Any:
+    """The TOML (or, for any other suffix, JSON) value of a definition file; a non-UTF-8, empty or
+    malformed file is one line naming it."""
     try:
-        raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the table definition is empty")
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
+    try:
+        return tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from error
-    return _parse(path, raw)
+        raise ConfigError(f"{path}: not valid {kind}: {error}") from None
 
 
-def _parse(path: Path, raw: dict[str, Any]) -> TableDefinition:
+def _require(path: Path, where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """`value` if it is a `kind`, else one line saying what `where` must be."""
+    if not isinstance(value, kind):
+        raise ConfigError(f"{path}: {where} must be {what}, got {value!r}")
+    return value
+
+
+def _run(path: Path, index: int, entry: Any) -> RunSpec:
+    """Row `index` of the definition's `runs`, its keys and their types checked."""
+    _require(path, f"run {index + 1}", entry, dict, "a table")
+    extra = set(entry) - {"name", "preset", "set", "value", "compare_to"}
+    if extra or "name" not in entry or "preset" not in entry:
+        raise ConfigError(f"{path}: run {index + 1} needs `name` and `preset` (and takes only `set`, `value`, "
+                          f"`compare_to`){'; unknown: ' + ', '.join(sorted(extra)) if extra else ''}")
+    name = _require(path, f"run {index + 1}: name", entry["name"], str, "a string")
+    if entry["preset"] not in list_models():
+        raise ConfigError(f"{path}: run {name!r} names unknown preset {entry['preset']!r}")
+    value = entry.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{path}: run {name!r}'s value must be a number, got {value!r}")
+    options = _require(path, f"run {name!r}: set", entry.get("set", {}), dict, "a table of config values")
+    compare_to = _require(path, f"run {name!r}: compare_to", entry.get("compare_to"), (str, type(None)), "a run name")
+    return RunSpec(name, entry["preset"], dict(options), value, compare_to)
+
+
+def _parse(path: Path, raw: Any) -> TableDefinition:
+    _require(path, "a table definition", raw, dict, "a table of keys (title, baseline, train, sweep, runs)")
     unknown = set(raw) - {"title", "baseline", "train", "sweep", "runs"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
-    runs = []
-    for index, entry in enumerate(raw.get("runs", [])):
-        extra = set(entry) - {"name", "preset", "set", "value", "compare_to"}
-        if extra or "name" not in entry or "preset" not in entry:
-            raise ConfigError(f"{path}: run {index + 1} needs `name` and `preset` (and takes only `set`, `value`, "
-                              f"`compare_to`){'; unknown: ' + ', '.join(sorted(extra)) if extra else ''}")
-        if entry["preset"] not in list_models():
-            raise ConfigError(f"{path}: run {entry['name']!r} names unknown preset {entry['preset']!r}")
-        runs.append(RunSpec(entry["name"], entry["preset"], dict(entry.get("set", {})), entry.get("value"),
-                            entry.get("compare_to")))
+    runs = [_run(path, index, entry) for index, entry in
+            enumerate(_require(path, "runs", raw.get("runs", []), list, "a list of [[runs]] tables"))]
     if not runs:
         raise ConfigError(f"{path}: a table needs at least one [[runs]] entry")
     names = [r.name for r in runs]
@@ -110,16 +140,24 @@ def _parse(path: Path, raw: dict[str, Any]) -> TableDefinition:
     for label, target in [("baseline", baseline), *(("compare_to", r.compare_to) for r in runs if r.compare_to)]:
         if target not in names:
             raise ConfigError(f"{path}: {label} {target!r} is not one of the runs ({', '.join(names)})")
-    train = dict(raw.get("train", {}))
+    train = dict(_require(path, "train", raw.get("train", {}), dict, "a table of training config values"))
     for run in runs:  # fail on a bad field name or value now, not hours into the table
         train_values, model_values = split_options({**train, **run.options})
-        preset_config(run.preset, **model_values)
-        TrainConfig(**train_values)
+        try:
+            preset_config(run.preset, **model_values)
+            TrainConfig(**train_values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: run {run.name!r}: {error}") from None
         if "seed" in train_values:
             raise ConfigError(f"{path}: seeds come from --seeds, not from the definition")
     sweep = None
     if "sweep" in raw:
-        sweep = Sweep(raw["sweep"]["parameter"], bool(raw["sweep"].get("log_scale", False)))
+        spec = _require(path, "sweep", raw["sweep"], dict, "a table with a parameter name")
+        if set(spec) - {"parameter", "log_scale"}:
+            raise ConfigError(f"{path}: sweep takes `parameter` and `log_scale`; unknown: "
+                              f"{', '.join(sorted(set(spec) - {'parameter', 'log_scale'}))}")
+        sweep = Sweep(_require(path, "sweep.parameter", spec.get("parameter"), str, "a config field name"),
+                      _require(path, "sweep.log_scale", spec.get("log_scale", False), bool, "true or false"))
         if any(r.value is None for r in runs):
             raise ConfigError(f"{path}: every run of a sweep needs a `value`")
     return TableDefinition(path.stem, raw.get("title", path.stem), tuple(runs), baseline, train, sweep)

@@ -31,6 +31,12 @@ class TableRuns:
     out_dir: Path
     seeds: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        for folder in (self.out_dir, self.folder):
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"--out {self.out_dir}: {folder} is a file; the table's runs and report go "
+                                  "in a folder")
+
     @property
     def folder(self) -> Path:
         return self.out_dir / self.definition.name
@@ -88,12 +94,14 @@ def _finish_run(table: TableRuns, run: RunSpec, seed: int, dataset: SequenceData
     train_values, model_values = split_options({**table.definition.train, **run.options, **overrides})
     run_dir, label = table.directory(run, seed), _label(table, run, seed)
     if (run_dir / "config.json").is_file():
+        recorded = read_json(run_dir / "config.json")
         expected = {"preset": run.preset, "data.fingerprint": dataset.fingerprint(), "train.seed": seed,
                     **{f"train.{k}": v for k, v in train_values.items()},
                     **{f"model.{k}": v for k, v in model_values.items()}}
+        if "sequences" in recorded.get("data", {}):  # runs of older versions did not record it
+            expected["data.sequences"] = dataset.sequences_fingerprint()
         metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-        differing = differing_options(read_json(run_dir / "config.json"), expected,
-                                      metrics.get("chosen_on_validation", {}))
+        differing = differing_options(recorded, expected, metrics.get("chosen_on_validation", {}))
         if differing:
             raise ConfigError(f"{run_dir} was trained with other settings ({', '.join(differing)} differ "
                               "from the table); remove it or choose another --out")

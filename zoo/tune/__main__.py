@@ -6,7 +6,9 @@
     python train.py --recipe weights/tune/crossan-t-scientific/best-recipe.json --data amazon ...
 
 Rerunning the same command continues the study: finished trials are kept, a killed trial is
-retried (and its run folder resumed) once its heartbeat is older than twice --heartbeat.
+retried (and its run folder resumed) once its heartbeat is older than twice --heartbeat. A study
+belongs to one preset, data set, search space, set of --set values and backbones: rerun with any
+other, it stops with one line naming what differs.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from crossan.zoo.cli import add_data_options, data_and_settings, parse_assignments, parse_value, run_cli
-from crossan.zoo.models import list_models
+from crossan.zoo.cli import (add_data_options, check_data_options_apply, data_and_settings, parse_assignments,
+                             parse_value, run_cli, split_options)
+from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.pipeline import resolve_device
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
@@ -47,17 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     console = Console(stderr=True)
     space = load_space(args.space or default_space(args.preset), args.preset)
     overrides = tuple((k, parse_value(v)) for k, v in parse_assignments(args.set, "--set").items())
     settings = StudySettings(args.preset, space, args.trials, args.study or Path("weights") / "tune" /
                              f"{args.preset}-{args.data}", args.storage, args.timeout, args.pruner, args.seed,
                              args.heartbeat, overrides)
-    if overrides:
-        from crossan.zoo.tune.recipe import check_recipe
-
-        check_recipe(args.preset, {**space.fixed, **dict(overrides)}, Path("--set"))
+    modalities = preset_config(args.preset, **split_options(dict(overrides))[1]).item_features()
+    check_data_options_apply(parser, args, modalities, args.preset)
     dataset, description, features = data_and_settings(args)
     study = run_study(settings, dataset, description, features, resolve_device(args.device), console)
     summary = write_outputs(study, settings)

@@ -1,4 +1,7 @@
-"""A study's outputs: the best recipe, a Markdown report and the validation-against-trial plot."""
+"""A study's outputs: the best recipe, a Markdown report and the validation-against-trial plot.
+
+Each file is written atomically (a temporary file renamed into place), the recipe last: a kill
+while they are written leaves every file whole, and a rerun writes them all again."""
 from __future__ import annotations
 
 import json
@@ -8,6 +11,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from crossan.zoo.atomic import atomic_write
+from crossan.zoo.errors import NoResultError
 from crossan.zoo.tune.recipe import write_recipe
 from crossan.zoo.tune.study import FINISHED, METRIC, StudySettings, distinct_runs
 
@@ -15,26 +20,48 @@ __all__ = ["write_outputs"]
 
 
 def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
-    """Write `best-recipe.json`, `report.md` and `trials.png` into the study folder; return a summary."""
+    """Write `trials.png`, `report.md` and `best-recipe.json` into the study folder; return a summary.
+
+    The recipe's origin records the study, the best trial, and what the study recorded when it
+    was started: the data set, the preset, the search space and the feature settings."""
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
-        raise RuntimeError(f"study {study.study_name!r} has no complete trial yet: nothing to recommend")
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        raise NoResultError(f"study {study.study_name!r} in {settings.shown_storage} has no complete trial "
+                            f"({_states(trials)}): nothing to recommend; rerun with more --trials or a longer "
+                            "--timeout")
     best = study.best_trial
-    values = {**settings.space.fixed, **best.params, **dict(settings.overrides)}
+    space = settings.trial_space
+    values = {**space.fixed, **best.params}
     seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                   if t.datetime_complete is not None and t.datetime_start is not None)
-    summary = {"study": study.study_name, "storage": settings.storage_url, "preset": settings.preset,
-               "space": str(settings.space.path), "best_trial": best.number, f"valid {METRIC}": best.value,
+    summary = {"study": study.study_name, "storage": settings.shown_storage, "preset": settings.preset,
+               "space": str(space.path), "best_trial": best.number, f"valid {METRIC}": best.value,
                "finished_trials": sum(t.state in FINISHED for t in trials),
                "pruned_trials": sum(t.state == TrialState.PRUNED for t in trials),
                "trained_trials": distinct_runs(study),
                "trial_minutes": round(seconds / 60, 2), "run_dir": best.user_attrs.get("run_dir")}
-    write_recipe(settings.study_dir / "best-recipe.json", settings.preset, values, summary)
+    identity = study.user_attrs.get("identity", {})
+    origin = {**summary, "data": study.user_attrs.get("data"), "space": space.to_dict(),
+              "feature_settings": identity.get("feature settings")}
     importances = _importances(study)
     _plot(trials, settings.study_dir / "trials.png", f"{settings.preset}: {study.study_name}")
-    (settings.study_dir / "report.md").write_text(_markdown(trials, best, summary, importances, values))
+    markdown = _markdown(trials, best, summary, importances, values, origin["data"])
+    atomic_write(settings.study_dir / "report.md", lambda temporary: Path(temporary).write_text(markdown))
+    write_recipe(settings.study_dir / "best-recipe.json", settings.preset, values, origin)
     return {**summary, "importances": importances, "recipe": values}
+
+
+def _states(trials: list) -> str:
+    """`3 pruned, 1 failed`: how the trials of a study ended (or `no trial`)."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[_state(trial)] = counts.get(_state(trial), 0) + 1
+    return ", ".join(f"{count} {state}" for state, count in counts.items()) or "no trial"
+
+
+def _state(trial: optuna.trial.FrozenTrial) -> str:
+    """A trial's state in the report; a trial stopped by a NaN loss (pruned) says `diverged`."""
+    return "diverged" if "diverged" in trial.user_attrs else trial.state.name.lower()
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
@@ -47,12 +74,16 @@ def _importances(study: optuna.Study) -> dict[str, float]:
 
 
 def _markdown(trials: list, best: optuna.trial.FrozenTrial, summary: dict[str, Any], importances: dict[str, float],
-              values: dict[str, Any]) -> str:
+              values: dict[str, Any], data: dict[str, Any] | None) -> str:
     names = sorted({name for t in trials for name in t.params})
+    data = data or {}
     lines = [f"# Study {summary['study']} ({summary['preset']})", "",
              f"{summary['finished_trials']} finished trials ({summary['pruned_trials']} pruned), "
              f"{summary['trial_minutes']} minutes of trials; storage `{summary['storage']}`; "
              f"space `{summary['space']}`.", "",
+             f"Data set: {data.get('kind')} `{data.get('name')}` at `{data.get('root')}` ({data.get('users')} users, "
+             f"{data.get('items')} items; fingerprint {data.get('fingerprint')}, sequences {data.get('sequences')}).",
+             "",
              f"**Best trial {best.number}**: valid {METRIC} {best.value:.4f}, run `{summary['run_dir']}`.", "",
              "Recipe (`best-recipe.json`, for `python train.py --recipe`):", "", "```json",
              json.dumps(values, indent=1, sort_keys=True), "```", "", "## Parameter importances (Optuna's PED-ANOVA)", ""]
@@ -64,7 +95,7 @@ def _markdown(trials: list, best: optuna.trial.FrozenTrial, summary: dict[str, A
         value = "" if t.value is None else f"{t.value:.4f}"
         if t.state == TrialState.PRUNED and t.intermediate_values:
             value = f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
-        cells = [str(t.number), t.state.name.lower(), value, str(len(t.intermediate_values))]
+        cells = [str(t.number), _state(t), value, str(len(t.intermediate_values))]
         cells += [_cell(t.params.get(name)) for name in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -97,5 +128,5 @@ def _plot(trials: list, path: Path, title: str) -> None:
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
     plt.close(figure)

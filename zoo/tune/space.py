@@ -19,7 +19,7 @@ the right type: both are checked when the space is loaded, so a typo is one line
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = ["SPACES_DIR", "Parameter", "SearchSpace", "default_space", "load_spac
 
 SPACES_DIR = Path(__file__).with_name("spaces")
 KINDS = ("float", "int", "categorical")
+DEFAULT_SPACE = "side-network.toml"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class Parameter:
         """The values a space check builds configs with: the range ends, or every choice."""
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The parameter as its space file writes it (a study records it; a recipe names it)."""
+        if self.kind == "categorical":
+            return {"type": self.kind, "choices": list(self.choices)}
+        return {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -69,43 +76,72 @@ class SearchSpace:
         """A trial's config values: the fixed ones and one sample of each parameter."""
         return {**self.fixed, **{p.name: p.suggest(trial) for p in self.parameters}}
 
-    def check(self, preset: str) -> None:
-        """Build the preset's configs at every parameter's corner values (others at their first)."""
+    def check(self, preset: str, where: str | Path | None = None) -> None:
+        """Build the preset's configs at every parameter's corner values (others at their first);
+        a failure names `where` (default: the space file)."""
         first = {p.name: p.corners()[0] for p in self.parameters}
         for parameter in self.parameters:
             for value in parameter.corners():
-                check_recipe(preset, {**self.fixed, **first, parameter.name: value}, self.path)
+                check_recipe(preset, {**self.fixed, **first, parameter.name: value}, where or self.path)
+
+    def fixing(self, values: dict[str, Any]) -> SearchSpace:
+        """This space with `values` fixed (`--set`): a tuned field among them is no longer sampled,
+        so no trial records a value it did not train with."""
+        return replace(self, fixed={**self.fixed, **values},
+                       parameters=tuple(p for p in self.parameters if p.name not in values))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file, the fixed values and every parameter: what a study and its recipe record."""
+        return {"file": str(self.path), "fixed": dict(self.fixed),
+                "params": {p.name: p.to_dict() for p in self.parameters}}
 
 
 def default_space(preset: str) -> Path:
-    """The shipped space for `preset`: `spaces/<preset>.toml` if there is one, else the side
-    networks' (`side-network.toml`) or the ID model's (`sasrec-id.toml`) by architecture."""
+    """The shipped space for `preset`: `spaces/<preset>.toml` if there is one, else the one of its
+    architecture (`spaces/<architecture>.toml`), else the side networks' (`side-network.toml`)."""
     from crossan.zoo.models import preset_config
 
-    own = SPACES_DIR / f"{preset}.toml"
-    if own.is_file():
-        return own
-    return SPACES_DIR / ("sasrec-id.toml" if preset_config(preset).architecture == "sasrec-id"
-                         else "side-network.toml")
+    for name in (preset, preset_config(preset).architecture):
+        own = SPACES_DIR / f"{name}.toml"
+        if own.is_file():
+            return own
+    return SPACES_DIR / DEFAULT_SPACE
 
 
 def load_space(path: Path, preset: str) -> SearchSpace:
-    """Read and check a space file for `preset`."""
-    if not Path(path).is_file():
-        raise MissingFileError(f"{path}: no such search space file")
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not TOML ({error})") from None
+    """Read and check a space file for `preset`; every fault is one line naming the file."""
+    data = _read_toml(Path(path), "search space")
     unknown = sorted(set(data) - {"fixed", "params"})
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; a space has [fixed] and [params.NAME]")
-    parameters = tuple(_parameter(path, name, spec) for name, spec in data.get("params", {}).items())
+    fixed, params = data.get("fixed", {}), data.get("params", {})
+    if not isinstance(fixed, dict) or not isinstance(params, dict):
+        raise ConfigError(f"{path}: fixed and params must be tables ([fixed], [params.NAME])")
+    parameters = tuple(_parameter(path, name, spec) for name, spec in params.items())
     if not parameters:
         raise ConfigError(f"{path}: no [params.NAME] table, nothing to tune")
-    space = SearchSpace(Path(path), dict(data.get("fixed", {})), parameters)
+    both = sorted(set(fixed) & set(params))
+    if both:
+        raise ConfigError(f"{path}: {', '.join(both)} both fixed and tuned; keep one")
+    space = SearchSpace(Path(path), dict(fixed), parameters)
     space.check(preset)
     return space
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing, empty, non-UTF-8 or malformed file is one line naming it."""
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such {what} file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the {what} file is empty")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not TOML ({error})") from None
 
 
 def _parameter(path: Path, name: str, spec: Any) -> Parameter:

@@ -16,6 +16,13 @@ first process's draws. A proposal that repeats a finished trial's values takes t
 result without training (user attribute `repeats`; it counts as a trial, as in any Optuna study,
 and tells the sampler the point is known). One that repeats a trial another process is training
 is marked failed at once, so two processes never write one run folder.
+
+A study records, when it starts, what its trials are comparable under: the preset, the data
+set (its kind and fingerprints of the catalogue and of the users' sequences), the search space,
+the fixed values (the space's and `--set`) and the feature settings. Opened with any other, it
+stops with one line naming what differs, since its finished trials would be kept and its best
+trial chosen among results of another problem. A trial whose loss turns NaN (`NonFiniteError`)
+is counted as pruned, with the reason recorded: an outcome of its values, not of the study.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,18 +45,22 @@ from rich.console import Console
 
 from crossan.zoo.cli import split_options
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.errors import ConfigError, NonFiniteError, UserError
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.pipeline import resume_run, train_and_save
 from crossan.zoo.training.trainer import TrainConfig
 from crossan.zoo.tune.space import SearchSpace
 
-__all__ = ["FINISHED", "METRIC", "StudySettings", "distinct_runs", "run_study", "trial_run_dir"]
+__all__ = ["FINISHED", "METRIC", "StudySettings", "distinct_runs", "open_study", "run_study", "study_data",
+           "trial_run_dir"]
 
 METRIC = "NDCG@10"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_SECONDS = 10  # how often a worker whose budget is in flight elsewhere looks again
 PRUNERS = ("median", "halving")
+DATA_IDENTITY = ("kind", "fingerprint", "sequences")
+"""What makes two data sets the same for a study: the kind and the content (catalogue and
+sequences), not where the folder lies."""
 
 
 class RunInProgress(Exception):
@@ -74,7 +86,10 @@ class _HideRunsInProgress(logging.Filter):
 
 @dataclass(frozen=True)
 class StudySettings:
-    """What a study needs besides the data: the preset, its space, the budget and the storage."""
+    """What a study needs besides the data: the preset, its space, the budget and the storage.
+
+    `overrides` (`--set`) fix config values for every trial, over the space's; they are checked
+    with the space when the settings are made, so a bad one stops before any data is read."""
 
     preset: str
     space: SearchSpace
@@ -96,10 +111,47 @@ class StudySettings:
             raise ConfigError(f"--heartbeat must be at least 1 second, got {self.heartbeat_seconds}")
         if self.timeout_minutes is not None and not self.timeout_minutes > 0:
             raise ConfigError(f"--timeout must be positive, got {self.timeout_minutes}")
+        if self.study_dir.exists() and not self.study_dir.is_dir():
+            raise ConfigError(f"--study {self.study_dir}: is a file; a study is a folder")
+        if self.storage is not None:
+            _check_storage_url(self.storage)
+        if not self.trial_space.parameters:
+            raise ConfigError(f"--set fixes every parameter of {self.space.path}: nothing is left to tune")
+        if self.overrides:
+            given = " ".join(f"{key}={json.dumps(value)}" for key, value in self.overrides)
+            self.trial_space.check(self.preset, f"--set {given} (with the space {self.space.path})")
+
+    @property
+    def trial_space(self) -> SearchSpace:
+        """The space the trials sample: the file's, with the `--set` values fixed."""
+        return self.space.fixing(dict(self.overrides))
 
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.study_dir / 'study.db').resolve()}"
+
+    @property
+    def shown_storage(self) -> str:
+        """The storage URL with any password hidden, for messages and the study's outputs."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.storage_url).render_as_string(hide_password=True)
+
+
+def _check_storage_url(url: str) -> None:
+    """A `--storage` URL that SQLAlchemy parses and that names a database which outlives the
+    process (an in-memory SQLite database would lose the study when the command ends)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"--storage {url!r}: not a database URL (e.g. sqlite:///study.db, "
+                          "postgresql://user@host/db)") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(f"--storage {url}: an in-memory database, lost when the command ends; name a file "
+                          "(sqlite:///path/study.db)")
 
 
 def trial_run_dir(study_dir: Path, values: dict[str, Any]) -> Path:
@@ -108,14 +160,94 @@ def trial_run_dir(study_dir: Path, values: dict[str, Any]) -> Path:
     return study_dir / "trials" / f"trial-{key}"
 
 
-def open_study(settings: StudySettings, data_fingerprint: str) -> optuna.Study:
-    """Create the study, or load it if it exists; one study belongs to one preset and data set."""
-    settings.study_dir.mkdir(parents=True, exist_ok=True)
+def study_data(dataset: SequenceDataset, data_description: dict[str, Any]) -> dict[str, Any]:
+    """What a study records about its data set: kind, name and root as `config.json` has them,
+    the catalogue's fingerprint and one of the users' sequences (the catalogue's alone would take
+    another set of users over the same items for the same data), and the counts."""
+    return {"kind": data_description["kind"], "name": dataset.name, "root": data_description["root"],
+            "fingerprint": dataset.fingerprint(), "sequences": dataset.sequences_fingerprint(),
+            "users": dataset.num_users, "items": dataset.num_items}
+
+
+def _identity(settings: StudySettings, data: dict[str, Any], features: FeatureSettings) -> dict[str, Any]:
+    """What a study must keep across runs, as JSON gives it back: preset, data set, search space,
+    fixed values and how the item features are made (the cache folder aside)."""
+    space = settings.trial_space.to_dict()
+    feature_settings = {k: v for k, v in features.to_dict().items() if k != "cache_dir"}
+    return json.loads(json.dumps({"preset": settings.preset, "data set": {k: data.get(k) for k in DATA_IDENTITY},
+                                  "search space": space["params"], "fixed values": space["fixed"],
+                                  "feature settings": feature_settings}))
+
+
+def _data_text(data: dict[str, Any]) -> str:
+    return (f"{data.get('kind')} {data.get('name')!r} at {data.get('root')}, {data.get('users')} users, "
+            f"fingerprint {data.get('fingerprint')}/{data.get('sequences')}")
+
+
+def _difference(key: str, recorded: Any, now: Any, recorded_data: dict[str, Any], data: dict[str, Any]) -> str:
+    """`key` and how it differs, for the one-line refusal."""
+    if key == "data set":
+        return f"data set ({_data_text(recorded_data)} recorded; {_data_text(data)} now)"
+    if isinstance(now, dict) and isinstance(recorded, dict):
+        names = sorted(name for name in {*recorded, *now} if recorded.get(name) != now.get(name))
+        shown = [f"{name}: {json.dumps(recorded.get(name))} recorded, {json.dumps(now.get(name))} now"
+                 for name in names]
+        return f"{key} ({'; '.join(shown)})"
+    return f"{key} ({json.dumps(recorded)} recorded, {json.dumps(now)} now)"
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _open_storage(settings: StudySettings) -> RDBStorage:
+    """The study's RDB storage, with heartbeats; a database that cannot be opened or a missing
+    driver is one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     # Heartbeats and the retry callback are marked experimental; they are what makes a study resumable.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = RDBStorage(settings.storage_url, heartbeat_interval=settings.heartbeat_seconds,
-                         grace_period=2 * settings.heartbeat_seconds,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    which = f"--storage {settings.shown_storage}" if settings.storage else \
+        f"the study database {settings.shown_storage}"
+    try:
+        return RDBStorage(settings.storage_url, heartbeat_interval=settings.heartbeat_seconds,
+                          grace_period=2 * settings.heartbeat_seconds,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    except ImportError as error:
+        raise ConfigError(f"{which}: no database driver for it is installed ({error.__cause__ or error})") from None
+    except SQLAlchemyError as error:
+        detail = " ".join(str(getattr(error, "orig", None) or error).split())
+        raise ConfigError(f"{which}: cannot open the database ({detail})") from None
+
+
+def open_study(settings: StudySettings, data: dict[str, Any], features: FeatureSettings) -> optuna.Study:
+    """Create the study, or load it if it exists. A study belongs to one preset, data set
+    (`study_data`), search space, set of fixed values and feature settings: opened with any
+    other, it stops with one line naming what differs. A study that cannot be opened leaves no
+    folder this call made."""
+    created = _missing_folders(settings.study_dir.resolve())
+    try:
+        return _open_study(settings, data, features)
+    except UserError:
+        for folder in created:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _open_study(settings: StudySettings, data: dict[str, Any], features: FeatureSettings) -> optuna.Study:
+    """`open_study` less the clean-up: make the folder, open the storage, create or load the
+    study, and check (or, for a new study, record) what it belongs to."""
+    try:
+        settings.study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--study {settings.study_dir}: cannot make the folder ({error.strerror})") from None
+    storage = _open_storage(settings)
     startup = max(1, min(8, settings.trials // 3))  # random trials before TPE models the space
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2) if settings.pruner == "median"
@@ -125,16 +257,20 @@ def open_study(settings: StudySettings, data_fingerprint: str) -> optuna.Study:
     stored = len(study.get_trials(deepcopy=False))
     seed = int(np.random.SeedSequence([settings.seed, stored]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    identity = {"preset": settings.preset, "data_fingerprint": data_fingerprint,
-                "space": json.dumps([p.name for p in settings.space.parameters])}
-    recorded = {key: study.user_attrs.get(key) for key in identity}
-    if all(value is None for value in recorded.values()):
-        for key, value in identity.items():
-            study.set_user_attr(key, value)
+    identity, recorded = _identity(settings, data, features), study.user_attrs.get("identity")
+    where = f"study {settings.study_dir.name!r} in {settings.shown_storage}"
+    if recorded is None and stored:
+        raise ConfigError(f"{where} records no data set, preset or search space (an older tuner started it); "
+                          "give another --study folder")
+    if recorded is None:
+        study.set_user_attr("data", json.loads(json.dumps(data)))
+        study.set_user_attr("identity", identity)
     elif recorded != identity:
-        differing = ", ".join(key for key in identity if recorded[key] != identity[key])
-        raise ConfigError(f"study {settings.study_dir.name!r} in {settings.storage_url} was started with another "
-                          f"{differing}; give another --study folder")
+        recorded_data = study.user_attrs.get("data", {})
+        differing = [_difference(key, recorded.get(key), identity[key], recorded_data, data)
+                     for key in identity if recorded.get(key) != identity[key]]
+        raise ConfigError(f"{where} was started with another {'; another '.join(differing)}; rerun it with "
+                          f"those settings, or give another --study folder")
     return study
 
 
@@ -150,11 +286,25 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
     handlers = logging.getLogger("optuna").handlers  # records of optuna's child loggers pass here
     for handler in handlers:
         handler.addFilter(hide)
-    study = open_study(settings, dataset.fingerprint())
+    study = open_study(settings, study_data(dataset, data_description), features)
     quiet = Console(quiet=True)
 
+    def train(values: dict[str, Any], run_dir: Path, number: int, report: Callable[[int, float], None]
+              ) -> dict[str, Any]:
+        """Train a trial's run folder, or resume the one a killed process left; its metrics.json."""
+        if (run_dir / "config.json").is_file():
+            console.print(f"trial {number} resumes {run_dir}")
+            try:
+                return resume_run(run_dir, device, quiet, on_validation=report)[1]
+            except ConfigError as error:
+                raise ConfigError(f"{error}; delete that folder to train the trial again from the start "
+                                  f"(finished trials are kept)") from error
+        train_values, model_values = split_options(values)
+        return train_and_save(settings.preset, dataset, data_description, features, TrainConfig(**train_values),
+                              model_values, run_dir, device, quiet, on_validation=report)[1]
+
     def objective(trial: optuna.Trial) -> float:
-        values = {**settings.space.sample(trial), **dict(settings.overrides)}
+        values = settings.trial_space.sample(trial)
         run_dir = trial_run_dir(settings.study_dir, values)
         owner = _owner(study, run_dir, trial.number)
         if owner is not None and owner.state == TrialState.RUNNING:
@@ -177,18 +327,14 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
                 console.print(f"trial {trial.number} pruned after epoch {epoch} (valid {METRIC} {score:.4f})")
                 raise optuna.TrialPruned()
 
-        if (run_dir / "config.json").is_file():
-            console.print(f"trial {trial.number} resumes {run_dir}")
-            try:
-                _, metrics, _ = resume_run(run_dir, device, quiet, on_validation=report)
-            except ConfigError as error:
-                raise ConfigError(f"{error}; delete that folder to train the trial again from the start "
-                                  f"(finished trials are kept)") from error
-        else:
-            train_values, model_values = split_options(values)
-            _, metrics, _ = train_and_save(settings.preset, dataset, data_description, features,
-                                           TrainConfig(**train_values), model_values, run_dir, device, quiet,
-                                           on_validation=report)
+        try:
+            metrics = train(values, run_dir, trial.number, report)
+        except NonFiniteError as error:
+            # A NaN loss is what some corners of a space give (a learning rate too high): an
+            # outcome of the trial's values, counted as pruned, not a reason to stop the study.
+            trial.set_user_attr("diverged", str(error))
+            console.print(f"trial {trial.number} diverged: {error}; counted as pruned")
+            raise optuna.TrialPruned() from None
         score = metrics["valid"][METRIC]
         console.print(f"trial {trial.number}: valid {METRIC} {score:.4f} (best epoch {metrics['best_epoch']})")
         return score
