@@ -213,6 +213,20 @@ def test_a_diverging_loss_is_one_line(toy_root):
         trainer.train_epoch(1)
 
 
+def test_states_that_overflow_float16_are_not_cached():
+    """A backbone whose states pass float16's range: one line, before any file is written."""
+    from types import SimpleNamespace
+
+    from crossan.zoo.features.prepare import extract_states
+
+    huge = SimpleNamespace(
+        modality="text", output_shape=(2, 3), backbone=SimpleNamespace(model=torch.nn.Identity(),
+                                                                       identity={"architecture": "bert"}),
+        encode_rows=lambda dataset, rows, device: torch.full((len(rows), 2, 3), 1e6))
+    with pytest.raises(NonFiniteError, match=r"text states computed by bert \(float16 overflow\?; not cached\)"):
+        extract_states(huge, None, range(4))
+
+
 # --- every file of a run folder gets one line -------------------------------------------------
 
 def _truncate(path: Path) -> None:
