@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from crossan.export.exporter import REPORT_FILE, export_run
+from crossan.export.reading import PARTIAL
 from crossan.export.spec import DEFAULT_OPSET
 from crossan.zoo.cli import run_cli
 
@@ -27,8 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Export, validate, print the tables. A failed check propagates as its ExportValidationError
-    with a traceback; `run_cli` turns only user errors (a missing run, a bad option) into one line."""
+    """Export, validate, print the tables; the output folder changes only when everything passed.
+
+    `run_cli` prints user errors as one line: a missing run, a bad option, an `--out` that is a
+    file or a folder of other files, non-finite encoder outputs, a failed write (a full disk).
+    Any other failed check propagates as its ExportValidationError with a traceback: the export
+    code or runtime disagrees with PyTorch, which is a bug to report."""
     args = build_parser().parse_args(argv)
     console = Console()
     with console.status(f"exporting and validating {args.run}"):
@@ -37,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(table)
     console.print(f"wrote {', '.join(sorted(p.name for p in report.out_dir.iterdir()))} to {report.out_dir} "
                   f"(report: {REPORT_FILE})")
+    left = sorted(p.name for p in report.out_dir.parent.glob(f".{report.out_dir.name}{PARTIAL}*"))
+    if left:
+        console.print(f"note: {', '.join(left)} beside it: left by an export that was killed (or is still running); "
+                      f"nothing loads it, delete it")
     return 0
 
 

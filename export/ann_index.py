@@ -25,7 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from crossan.export.ranking import PAD, top_k_rows
+from crossan.export.ranking import PAD, check_finite_scores, top_k_rows
 from crossan.zoo.atomic import atomic_write
 
 __all__ = ["INDEX_FILE", "SIDECAR_FILE", "HnswParameters", "IvfParameters", "IndexParameters", "table_fingerprint",
@@ -127,7 +127,11 @@ def build_index(table: np.ndarray, parameters: IndexParameters) -> faiss.Index:
 
 
 def _read_saved(index_path: Path, sidecar_path: Path, expected: dict[str, Any]) -> faiss.Index | None:
-    """The saved index when its sidecar records `expected` and the file reads back with the table's shape."""
+    """The saved index when its sidecar records `expected` and the file reads back with the table's shape.
+
+    A missing or stale pair is rebuilt quietly (the table changed); an index file that its
+    sidecar vouches for but that does not read back, or holds another shape, is damaged: it is
+    rebuilt too, with a warning naming it."""
     try:
         recorded = json.loads(sidecar_path.read_text())
     except (OSError, ValueError):
@@ -136,10 +140,15 @@ def _read_saved(index_path: Path, sidecar_path: Path, expected: dict[str, Any]) 
         return None
     try:
         index = faiss.read_index(str(index_path))
-    except RuntimeError:
+    except RuntimeError as error:
+        warnings.warn(f"{index_path}: unreadable ({' '.join(str(error).split())[:200]}); rebuilding it", stacklevel=4)
         return None
     count, dim = expected["table_shape"]
-    return index if (index.ntotal, index.d) == (count, dim) else None
+    if (index.ntotal, index.d) != (count, dim):
+        warnings.warn(f"{index_path}: holds {index.ntotal} x {index.d} vectors, its table {count} x {dim}; "
+                      f"rebuilding it", stacklevel=4)
+        return None
+    return index
 
 
 def _expected_sidecar(table_path: Path, table: np.ndarray, parameters: IndexParameters) -> dict[str, Any]:
@@ -185,14 +194,16 @@ def _search_size(wanted: int, catalogue: int) -> int:
 
 
 def ann_top_k_rows(index: faiss.Index, user_vectors: np.ndarray, item_table: np.ndarray,
-                   histories: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
+                   histories: Sequence[np.ndarray], k: int, item_names: Sequence[str] | None = None
+                   ) -> list[np.ndarray]:
     """Per user, the `k` best catalogue rows that `index` finds, best first, none from the history
     (1-based item indices, as for `crossan.export.ranking.top_k_rows`).
 
     Each user's search asks for `k` + (distinct history items) candidates, so removing the
     history still leaves `k`; a user left short (the index returned fewer) is searched again with
     twice as many, and one still short after asking for the whole catalogue is ranked exactly.
-    Every user gets min(k, catalogue - history) rows.
+    Every user gets min(k, catalogue - history) rows. A NaN or infinite score raises
+    `NonFiniteScoreError` (items named by `item_names`, else by row).
     """
     vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
     catalogue = item_table.shape[0]
@@ -208,7 +219,11 @@ def ann_top_k_rows(index: faiss.Index, user_vectors: np.ndarray, item_table: np.
             groups[sizes[user]].append(user)
         pending = []
         for size, users in groups.items():
-            _, found = index.search(vectors[users], size)
+            distances, found = index.search(vectors[users], size)
+            if not np.isfinite(distances[found >= 0]).all():  # name the users and items from exact scores
+                with np.errstate(over="ignore", invalid="ignore"):
+                    scores = vectors[users] @ np.asarray(item_table, dtype=np.float32).T
+                check_finite_scores(scores, item_names, users)
             for user, rows in zip(users, found):
                 rows = rows[rows >= 0]
                 rows = rows[~np.isin(rows, seen[user])]
@@ -221,6 +236,6 @@ def ann_top_k_rows(index: faiss.Index, user_vectors: np.ndarray, item_table: np.
                     pending.append(user)
     if exhausted:
         for user, rows in zip(exhausted, top_k_rows(vectors[exhausted], item_table,
-                                                    [histories[user] for user in exhausted], k)):
+                                                    [histories[user] for user in exhausted], k, item_names)):
             ranked[user] = rows
     return ranked

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
 from torch import nn
 
 from crossan.export.content import ContentEncoder, backbone_file
-from crossan.export.errors import ValueMismatchError
+from crossan.export.errors import NonFiniteOutputError, ValueMismatchError
+from crossan.export.item_table import save_safetensors
 from crossan.export.onnx_export import export_onnx
 from crossan.export.preprocessing import (AUDIO_FILTERS_FILE, TOKENIZER_FILE, AudioPreprocessor, ImagePreprocessor,
                                   Preprocessor, TextPreprocessor, VideoPreprocessor, save_preprocessing)
@@ -99,16 +99,16 @@ def serving_preprocessor(extractor: StateExtractor, folder: Path) -> Preprocesso
         backend = getattr(processor, "backend_tokenizer", None)
         if backend is None:
             raise ConfigError(f"{name} has no `tokenizers` backend (tokenizer.json); only fast tokenizers serve")
-        backend.save(str(Path(folder) / TOKENIZER_FILE))
+        (Path(folder) / TOKENIZER_FILE).write_text(backend.to_str(pretty=True))  # a full disk raises OSError
         return TextPreprocessor(extractor.text_max_tokens, folder=Path(folder))
     if modality == "audio":
         filters = getattr(processor, "mel_filters", None)
         if filters is None:
             raise ConfigError(f"{name} computes filter banks with torchaudio; the served NumPy path needs the "
                               f"one transformers uses without it (uninstall torchaudio before exporting)")
-        save_file({"mel_filters": np.ascontiguousarray(filters, dtype=np.float64),
-                   "window": np.ascontiguousarray(processor.window, dtype=np.float64)},
-                  str(Path(folder) / AUDIO_FILTERS_FILE))
+        save_safetensors(Path(folder) / AUDIO_FILTERS_FILE,
+                         {"mel_filters": np.ascontiguousarray(filters, dtype=np.float64),
+                          "window": np.ascontiguousarray(processor.window, dtype=np.float64)})
         normalise = bool(processor.do_normalize)
         # Frame, hop and FFT sizes, pre-emphasis and floor are constants of ASTFeatureExtractor's code.
         return AudioPreprocessor(int(processor.sampling_rate), CLIP_SECONDS, int(processor.max_length),
@@ -182,6 +182,10 @@ def validate_backbones(extractors: dict[str, StateExtractor], encoder: ContentEn
     for modality, extractor in extractors.items():
         states = encoder.states(modality, encoder.read(modality, item_sources(dataset, modality, rows)))
         reference = extractor.encode([extractor.read_item(dataset, r) for r in rows]).numpy()
+        if not np.isfinite(states).all():
+            count = int((~np.isfinite(states)).sum())
+            raise NonFiniteOutputError(f"{backbone_file(modality)} on {provider}: output states_{modality} holds "
+                                       f"{count} NaN or infinite values on {len(rows)} items")
         error = float(np.abs(states - reference).max())
         if not error <= BACKBONE_TOLERANCE:
             raise ValueMismatchError(f"{backbone_file(modality)} on {provider}: served states differ from PyTorch's "

@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from crossan.export.preprocessing import Preprocessor, load_preprocessing
-from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
+from crossan.export.errors import ExportFileError
+from crossan.export.preprocessing import (AUDIO_FILTERS_FILE, PREPROCESSING_FILE, PREPROCESSORS, TOKENIZER_FILE,
+                                          WITH_BACKBONES, Preprocessor, load_preprocessing)
+from crossan.export.reading import check_records, open_session, read_records
+from crossan.zoo.errors import MissingFileError
 
 __all__ = ["ITEM_ENCODER_FILE", "ContentEncoder", "backbone_file"]
 
@@ -36,21 +39,17 @@ def backbone_file(modality: str) -> str:
     return f"{modality}_backbone.onnx"
 
 
-def _session(path: Path, providers: Sequence[str | tuple[str, dict[str, str]]]
-             ) -> tuple[ort.InferenceSession, ExportSpec]:
-    session = ort.InferenceSession(str(path), providers=list(providers))
-    return session, ExportSpec.from_json(session.get_modelmeta().custom_metadata_map[SPEC_METADATA_KEY])
-
-
 class ContentEncoder:
     """New items' raw content -> item embeddings, from an export folder with backbones."""
 
     def __init__(self, export_dir: str | Path, providers: Sequence[str | tuple[str, dict[str, str]]]) -> None:
         export_dir = Path(export_dir)
+        records = read_records(export_dir)
+        backbone_files = [backbone_file(m) for m in PREPROCESSORS]
+        check_records(export_dir, records, [ITEM_ENCODER_FILE, PREPROCESSING_FILE, TOKENIZER_FILE,
+                                            AUDIO_FILTERS_FILE, *backbone_files])
         item_path = export_dir / ITEM_ENCODER_FILE
-        if not item_path.is_file():
-            raise FileNotFoundError(f"{item_path}: missing; write it with `python -m crossan.export --run <run>`")
-        self.item_session, self.item_spec = _session(item_path, providers)
+        self.item_session, self.item_spec = open_session(item_path, providers, "item_encoder")
         names = self.item_spec.input_names
         # A model with an ID term also takes catalogue rows: new items have none (NO_ID_ROW).
         self.takes_item_rows = bool(names) and names[-1] == ITEM_ROWS_INPUT
@@ -63,10 +62,12 @@ class ContentEncoder:
         self.backbones: dict[str, ort.InferenceSession] = {}
         for modality in self.modalities:
             path = export_dir / backbone_file(modality)
-            if modality not in self.preprocessors or not path.is_file():
-                raise FileNotFoundError(f"{path}: missing or not in preprocessing.json; export the backbones "
-                                        f"with `python -m crossan.export --run <run> --with-backbones`")
-            self.backbones[modality] = _session(path, providers)[0]
+            if modality not in self.preprocessors:
+                raise ExportFileError(f"{export_dir / PREPROCESSING_FILE}: no {modality} settings, which "
+                                      f"{ITEM_ENCODER_FILE} needs; {WITH_BACKBONES}")
+            if not path.is_file():
+                raise MissingFileError(f"{path}: missing; {WITH_BACKBONES}")
+            self.backbones[modality] = open_session(path, providers, f"{modality}_backbone")[0]
 
     @property
     def providers(self) -> list[str]:

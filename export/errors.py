@@ -5,8 +5,11 @@ stop at the first failure, so the class says which property broke first.
 """
 from __future__ import annotations
 
+from crossan.zoo.errors import UserError
+
 __all__ = ["ExportValidationError", "NameMismatchError", "ShapeMismatchError", "ValueMismatchError",
-           "RecommendationMismatchError"]
+           "RecommendationMismatchError", "NonFiniteOutputError", "ExportWriteError", "ExportFileError",
+           "NonFiniteScoreError"]
 
 
 class ExportValidationError(Exception):
@@ -27,3 +30,23 @@ class ValueMismatchError(ExportValidationError):
 
 class RecommendationMismatchError(ExportValidationError):
     """Top-k recommendations from the exported encoders differ from PyTorch's for some users."""
+
+
+class NonFiniteOutputError(ValueMismatchError, UserError):
+    """An encoder gives NaN or infinite outputs: in PyTorch the run's weights are broken, in a
+    runtime the export is; either way nothing it ranks can be trusted (one line on the command line)."""
+
+
+class ExportWriteError(UserError, OSError):
+    """The export could not be written (disk full, a file-size limit, no permission); whatever the
+    output folder held before is unchanged."""
+
+
+class ExportFileError(UserError, ValueError):
+    """A file of an export folder is empty, truncated, not in its format, changed since the export,
+    or disagrees with the other files; the message names it."""
+
+
+class NonFiniteScoreError(UserError, ValueError):
+    """Serving met NaN or infinite embeddings or scores, which have no ranking; the message names
+    the users or items."""

@@ -5,6 +5,8 @@ training run: export, validation on real cached item states, the item-embedding 
 the exported item encoder, and top-k agreement with PyTorch for every test user. With
 `with_backbones`, it also exports the frozen backbones and their preprocessing
 (`crossan.export.backbones`) and checks the torch-free path from raw content on real items.
+It writes beside the output folder and swaps the result in only once everything passed
+(`crossan.export.publishing`), so a failed export leaves the folder as it was.
 """
 from __future__ import annotations
 
@@ -22,10 +24,13 @@ from rich.table import Table
 
 from crossan.export.backbones import BackboneCheck, export_backbones, validate_backbones
 from crossan.export.content import ContentEncoder
+from crossan.export.ann_index import INDEX_FILE, SIDECAR_FILE
 from crossan.export.item_table import TABLE_FILE, save_item_table
 from crossan.export.providers import CPU, exact_float32, execution_providers
 from crossan.export.ranking import history_window
 from crossan.export.onnx_export import export_onnx
+from crossan.export.publishing import check_replaceable, staged_export
+from crossan.export.reading import RECORDS_KEY, REPORT_FILE, file_record
 from crossan.export.spec import DEFAULT_OPSET, ExportSpec, item_encoder_spec, user_encoder_spec
 from crossan.export.torchscript import export_torchscript
 from crossan.export.validation import (AgreementResult, Case, Encoder, GridResult, OnnxEncoder, TorchEncoder,
@@ -40,9 +45,8 @@ from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.runs import Run, open_run
 
 __all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "run_extractors",
-           "check_backbones", "export_run"]
+           "check_backbones", "export_run", "write_and_validate"]
 
-REPORT_FILE = "validation.json"
 TOP_K = 10
 REEMBEDDED_ITEMS = 32
 """Catalogue items the backbone check re-embeds from their raw content."""
@@ -56,6 +60,10 @@ served states are within 1e-5 of PyTorch's, but about 0.3% of their elements rou
 neighbouring float16 value of the cache, which moves embeddings by about 1e-5."""
 EXAMPLE_BATCH = 2
 EXAMPLE_LENGTH = 5
+UNRECORDED = frozenset({REPORT_FILE, TABLE_FILE, INDEX_FILE, SIDECAR_FILE})
+"""Files the report records no size and hash of: itself, and the item table (with the index built
+from it), which `OnnxRecommender.add_items(save=True)` rewrites; the table checks its own header,
+ids and values when it is read."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ class ExportReport:
             "backbone_states": [c.to_dict() for c in self.backbones],
             "reembedded_items_max_abs_error": self.reembedded_error,
             "files": sorted(p.name for p in self.out_dir.iterdir() if p.name != REPORT_FILE),
+            RECORDS_KEY: {p.name: file_record(p) for p in sorted(self.out_dir.iterdir()) if p.name not in UNRECORDED},
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                          "python": platform.python_version()},
         }
@@ -209,22 +218,42 @@ def check_backbones(extractors: dict[str, StateExtractor], specs: list[ExportSpe
 
 def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_OPSET,
                with_backbones: bool = False) -> ExportReport:
-    """Export and validate a training run; raises an `ExportValidationError` on the first failure.
+    """Export and validate a training run into `out_dir` (default `<run_dir>/export`).
+
+    Everything is written into a hidden folder beside `out_dir` and swapped in only after every
+    check passed (`crossan.export.publishing.staged_export`): on any failure, the first failed
+    check's `ExportValidationError` or an `ExportWriteError` for a failed write, `out_dir` keeps
+    what it held. A file at `out_dir`, or a folder holding files no export writes, is refused
+    up front (`ConfigError`).
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
+    out_dir = out_dir.resolve() if out_dir.is_symlink() else out_dir  # replace the folder, not the link
+    check_replaceable(out_dir)
+    run = open_run(run_dir)
+    with staged_export(out_dir) as staging:
+        report = write_and_validate(run, staging, opset, with_backbones)
+    report.out_dir = out_dir
+    return report
+
+
+def write_and_validate(run: Run, out_dir: Path, opset: int = DEFAULT_OPSET,
+                       with_backbones: bool = False) -> ExportReport:
+    """Write and check a run's export in `out_dir`; raises an `ExportValidationError` on the first failure.
 
     Writes the four encoder files, `item_embeddings.safetensors` (computed by the exported ONNX
-    item encoder on the CPU provider) and `validation.json` into `out_dir` (default
-    `<run_dir>/export`). `with_backbones` adds the backbone files and `preprocessing.json`, checks
-    the served states of `REEMBEDDED_ITEMS` real items against PyTorch, and requires the top-k
-    lists to stay identical after those items are re-embedded from their raw content.
+    item encoder on the CPU provider) and `validation.json` (with the size and sha256 of every
+    file but the table) into `out_dir`. `with_backbones` adds the backbone files and
+    `preprocessing.json`, checks the served states of `REEMBEDDED_ITEMS` real items against
+    PyTorch, and requires the top-k lists to stay identical after those items are re-embedded
+    from their raw content.
 
     Top-k lists must be identical except for swaps of near-ties: items whose PyTorch scores lie
     within `FLOAT32_TIE_TOLERANCE` (exported encoders) or `TIE_TOLERANCE` (re-embedded items) of
     each other, relative to the user's best score; such users are counted in the report.
     """
-    run_dir = Path(run_dir)
-    run = open_run(run_dir)
+    run_dir = run.directory
     model, dataset, features = run.model.eval(), run.dataset, run.features
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
     exported = export_model(model, out_dir, opset)
     report = ExportReport(run_dir, out_dir, run.config["preset"], [exported.item_spec, exported.user_spec])
 

@@ -43,7 +43,10 @@ def export_onnx(module: nn.Module, spec: ExportSpec, example_inputs: Sequence[to
             opset_version=spec.opset, verbose=False)
     program.model.metadata_props[SPEC_METADATA_KEY] = json.dumps(spec.to_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(path)
+    try:
+        program.save(path)
+    except OSError as error:  # the writer's error (a full disk) does not say which file
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     return path
 
 

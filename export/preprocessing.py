@@ -25,6 +25,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from PIL import Image
 
+from crossan.export.errors import ExportFileError
+from crossan.export.reading import one_line, read_json, require_file
+
 __all__ = ["PREPROCESSING_FILE", "TOKENIZER_FILE", "AUDIO_FILTERS_FILE", "Preprocessor", "TextPreprocessor",
            "ImagePreprocessor", "VideoPreprocessor", "AudioPreprocessor", "save_preprocessing",
            "load_preprocessing"]
@@ -33,6 +36,7 @@ PREPROCESSING_FILE = "preprocessing.json"
 TOKENIZER_FILE = "tokenizer.json"
 AUDIO_FILTERS_FILE = "audio_filters.safetensors"
 FORMAT_VERSION = 1
+WITH_BACKBONES = "export the backbones with `python -m crossan.export --run <run> --with-backbones`"
 
 
 class Preprocessor(Protocol):
@@ -65,7 +69,11 @@ class TextPreprocessor:
     def __post_init__(self) -> None:
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(Path(self.folder) / self.tokenizer_file))
+        path = require_file(Path(self.folder) / self.tokenizer_file, WITH_BACKBONES)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception for unreadable files
+            raise ExportFileError(f"{path}: not a readable tokenizer ({one_line(error)}); {WITH_BACKBONES}") from error
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_tokens)
 
@@ -228,9 +236,18 @@ class AudioPreprocessor:
     folder: Path = field(default=Path("."), repr=False)
 
     def __post_init__(self) -> None:
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        tensors = load_file(str(Path(self.folder) / self.filters_file))
+        path = require_file(Path(self.folder) / self.filters_file, WITH_BACKBONES)
+        try:
+            tensors = load_file(str(path))
+        except SafetensorError as error:
+            raise ExportFileError(f"{path}: not a readable safetensors file ({one_line(error)}); "
+                                  f"{WITH_BACKBONES}") from error
+        missing = [name for name in ("mel_filters", "window") if name not in tensors]
+        if missing:
+            raise ExportFileError(f"{path}: no {' or '.join(missing)} tensor; {WITH_BACKBONES}")
         self.mel_filters, self.window = tensors["mel_filters"], tensors["window"]
 
     def read(self, source: str | Path) -> np.ndarray:
@@ -285,19 +302,23 @@ def save_preprocessing(folder: Path, preprocessors: dict[str, Preprocessor]) -> 
 
 
 def load_preprocessing(folder: Path) -> dict[str, Preprocessor]:
-    """The preprocessors `preprocessing.json` in `folder` describes, by modality."""
+    """The preprocessors `preprocessing.json` in `folder` describes, by modality; a missing,
+    malformed or foreign file (or data file it names) raises naming the file."""
     path = Path(folder) / PREPROCESSING_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; export the backbones with `python -m crossan.export --run <run> "
-                                f"--with-backbones`")
-    document = json.loads(path.read_text())
-    if document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {document.get('format_version')!r}, this code reads "
-                         f"{FORMAT_VERSION}")
+    document = read_json(path, WITH_BACKBONES)
+    version = document.get("format_version") if isinstance(document, dict) else None
+    if version != FORMAT_VERSION:
+        raise ExportFileError(f"{path}: format version {version!r}, this code reads {FORMAT_VERSION}")
+    modalities = document.get("modalities")
+    if not isinstance(modalities, dict) or not all(isinstance(v, dict) for v in modalities.values()):
+        raise ExportFileError(f"{path}: 'modalities' is not a map of modality to settings; {WITH_BACKBONES}")
     preprocessors: dict[str, Preprocessor] = {}
-    for modality, values in document["modalities"].items():
+    for modality, values in modalities.items():
         if modality not in PREPROCESSORS:
-            raise ValueError(f"{path}: unknown modality {modality!r}; known: {', '.join(PREPROCESSORS)}")
+            raise ExportFileError(f"{path}: unknown modality {modality!r}; known: {', '.join(PREPROCESSORS)}")
         extra = {"folder": Path(folder)} if modality in _NEEDS_FOLDER else {}
-        preprocessors[modality] = PREPROCESSORS[modality](**values, **extra)
+        try:
+            preprocessors[modality] = PREPROCESSORS[modality](**values, **extra)
+        except TypeError as error:  # a missing or unknown setting
+            raise ExportFileError(f"{path}: bad {modality} settings ({one_line(error)}); {WITH_BACKBONES}") from error
     return preprocessors

@@ -1,7 +1,8 @@
 """Ranking shared by validation and serving: history windows in, top-k catalogue rows out.
 
 Item indices are 1-based (0 is padding, as in `crossan.zoo.data`); catalogue rows are 0-based.
-NumPy only, so that serving runs without PyTorch or the zoo.
+NaN and infinite scores have no order, so they stop the ranking with `NonFiniteScoreError`
+instead of being left out of it. NumPy only, so that serving runs without PyTorch or the zoo.
 """
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["PAD", "history_window", "top_k_rows"]
+from crossan.export.errors import NonFiniteScoreError
+from crossan.export.reading import describe
+
+__all__ = ["PAD", "history_window", "non_finite_rows", "check_finite_scores", "top_k_rows"]
 
 # Equals crossan.zoo.data.PAD (a test checks it); importing zoo here would pull PyTorch into serving.
 PAD = 0
@@ -32,16 +36,44 @@ def history_window(histories: Sequence[np.ndarray], length: int) -> tuple[np.nda
     return rows, padding_mask
 
 
+def non_finite_rows(values: np.ndarray) -> np.ndarray:
+    """Indices of the rows of `values [N, ...]` holding a NaN or an infinity."""
+    values = np.asarray(values)
+    return np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+
+
+def check_finite_scores(scores: np.ndarray, item_names: Sequence[str] | None = None,
+                        users: Sequence[int] | None = None) -> None:
+    """Raise `NonFiniteScoreError` naming the users (rows of `scores [B, N]`: positions in the
+    batch, or `users[row]`) and the items (columns: `item_names[column]`, else the catalogue row)
+    of every NaN or infinite score."""
+    finite = np.isfinite(scores)
+    if finite.all():
+        return
+    rows = np.flatnonzero(~finite.all(axis=1)).tolist()
+    columns = np.flatnonzero(~finite.all(axis=0)).tolist()
+    named_users = [users[row] for row in rows] if users is not None else rows
+    named_items = [item_names[c] for c in columns] if item_names is not None else [f"row {c}" for c in columns]
+    raise NonFiniteScoreError(f"NaN or infinite scores for user(s) {describe(named_users)} (positions in the batch) "
+                              f"and item(s) {describe(named_items)}: the embeddings are not finite or their dot "
+                              f"products overflow float32; nothing was ranked")
+
+
 def top_k_rows(user_vectors: np.ndarray, item_table: np.ndarray, histories: Sequence[np.ndarray],
-               k: int) -> list[np.ndarray]:
+               k: int, item_names: Sequence[str] | None = None) -> list[np.ndarray]:
     """Per user, the `k` best catalogue rows by dot product, best first, none from the history.
 
     Ties keep catalogue order (stable sort), so two runtimes that agree on the scores agree
-    on the ranking. Fewer than `k` rows come back when the history covers the rest.
+    on the ranking. Fewer than `k` rows come back when the history covers the rest. A NaN or
+    infinite score raises `NonFiniteScoreError` (items named by `item_names`, else by row).
     """
-    scores = np.asarray(user_vectors, dtype=np.float32) @ np.asarray(item_table, dtype=np.float32).T
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, by user and item
+        scores = np.asarray(user_vectors, dtype=np.float32) @ np.asarray(item_table, dtype=np.float32).T
+    check_finite_scores(scores, item_names)
+    excluded = np.zeros(scores.shape, dtype=bool)
     for row, history in enumerate(histories):
         seen = np.asarray(history, dtype=np.int64)
-        scores[row, seen[seen != PAD] - 1] = -np.inf
+        excluded[row, seen[seen != PAD] - 1] = True
+    scores[excluded] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [ranked[np.isfinite(scores[row, ranked])] for row, ranked in enumerate(order)]
+    return [ranked[~excluded[row, ranked]] for row, ranked in enumerate(order)]

@@ -11,25 +11,27 @@ PyAV, never PyTorch, transformers or the model code, so a serving process stays 
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnxruntime as ort
 
 from crossan.export.ann_index import HnswParameters, IndexParameters, ann_top_k_rows, open_index, save_index
-from crossan.export.content import ContentEncoder
+from crossan.export.content import ITEM_ENCODER_FILE, ContentEncoder
+from crossan.export.errors import ExportFileError, NonFiniteScoreError
 from crossan.export.item_table import TABLE_FILE, load_item_table, save_item_table
 from crossan.export.providers import execution_providers
-from crossan.export.ranking import history_window, top_k_rows
-from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
+from crossan.export.ranking import history_window, non_finite_rows, top_k_rows
+from crossan.export.reading import REEXPORT, check_records, describe, missing_folder_error, open_session, read_records
 
 __all__ = ["UnknownItemError", "OnnxRecommender"]
 
 USER_ENCODER_FILE = "user_encoder.onnx"
 INDEX_KINDS = ("exact", "faiss")
+LIST_TYPES = (list, tuple)
 
 
 class UnknownItemError(ValueError):
@@ -40,6 +42,47 @@ class UnknownItemError(ValueError):
         super().__init__(f"{len(unknown)} unknown item id(s): {shown} (the item table has {num_items} items; "
                          f"embed new items with item_encoder.onnx and re-export the table)")
         self.unknown = unknown
+
+
+def _check_k(k: object) -> None:
+    """`k` must be a positive int (or NumPy integer); a bool is refused, though Python counts it as one."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be a positive int, got {k!r} ({type(k).__name__})")
+    if k < 1:
+        raise ValueError(f"k must be a positive int, got {k}")
+
+
+def _check_item_ids(item_ids: object, what: str) -> None:
+    """`item_ids` must be a list or tuple of str, the type of the catalogue's ids: an int or a
+    NumPy array would otherwise be looked up as an unknown id, or compared element-wise."""
+    if not isinstance(item_ids, LIST_TYPES):
+        raise TypeError(f"{what} must be a list of item ids (str), got {type(item_ids).__name__}")
+    wrong = next((i for i, item in enumerate(item_ids) if not isinstance(item, str)), None)
+    if wrong is not None:
+        item = item_ids[wrong]
+        raise TypeError(f"{what}: item ids are str, got {item!r} ({type(item).__name__}) at position {wrong}")
+
+
+def _check_histories(histories: object) -> None:
+    """`histories` must be a list or tuple of histories, each a list or tuple of item ids (str)."""
+    if not isinstance(histories, LIST_TYPES):
+        raise TypeError(f"histories must be a list of histories (lists of item ids, str), "
+                        f"got {type(histories).__name__}")
+    for i, history in enumerate(histories):
+        _check_item_ids(history, f"history {i}")
+
+
+def _check_content(content: object) -> None:
+    """`content` must map modality names to lists of sources: titles (str) or media paths."""
+    if not isinstance(content, Mapping):
+        raise TypeError(f"content must map each modality to a list of sources, got {type(content).__name__}")
+    for modality, sources in content.items():
+        if not isinstance(sources, LIST_TYPES):
+            raise TypeError(f"content[{modality!r}] must be a list of sources (a title or a path per item), "
+                            f"got {type(sources).__name__}")
+        wrong = next((s for s in sources if not isinstance(s, (str, os.PathLike))), None)
+        if wrong is not None:
+            raise TypeError(f"content[{modality!r}]: sources are str or paths, got {wrong!r} ({type(wrong).__name__})")
 
 
 class OnnxRecommender:
@@ -55,6 +98,11 @@ class OnnxRecommender:
     Sessions run on CUDA where onnxruntime-gpu and a GPU are present, else on the CPU
     (`crossan.export.providers`); `providers` says which ran.
 
+    Every file is checked as it is read (`crossan.export.reading`): a missing, empty, truncated
+    or foreign file, one changed since the export recorded its size and hash, an item table
+    that disagrees with the user encoder or holds NaN: each is one error naming the file.
+    Requests are checked too: ids are str, histories lists of them, `k` a positive int.
+
     `index="exact"` (the default) scores every catalogue item. `index="faiss"` searches a FAISS
     index instead (`index_parameters`: `crossan.export.ann_index.HnswParameters()` by default, or
     `IvfParameters`), built on first use and saved beside the table: approximate, but its cost
@@ -69,21 +117,32 @@ class OnnxRecommender:
         if index_parameters is not None and index != "faiss":
             raise ValueError(f"index_parameters apply to index='faiss' only, got index={index!r}")
         export_dir = Path(export_dir)
+        if not export_dir.is_dir():
+            raise missing_folder_error(export_dir)
         self.export_dir = export_dir
         self._requested_providers = list(providers or execution_providers())
         self._content: ContentEncoder | None = None
-        for name in (USER_ENCODER_FILE, TABLE_FILE):
-            if not (export_dir / name).is_file():
-                raise FileNotFoundError(f"{export_dir / name}: missing; write it with `python -m crossan.export --run <run>`")
-        self.session = ort.InferenceSession(str(export_dir / USER_ENCODER_FILE),
-                                            providers=self._requested_providers)
-        self.spec = ExportSpec.from_json(self.session.get_modelmeta().custom_metadata_map[SPEC_METADATA_KEY])
-        self.max_len = self.spec.max_sizes["length"]
+        check_records(export_dir, read_records(export_dir), [USER_ENCODER_FILE])
+        self.session, self.spec = open_session(export_dir / USER_ENCODER_FILE, self._requested_providers,
+                                               "user_encoder")
+        self.max_len = self.spec.max_sizes.get("length")
+        if not isinstance(self.max_len, int) or self.max_len < 1:
+            raise ExportFileError(f"{export_dir / USER_ENCODER_FILE}: its spec bounds no history length; {REEXPORT}")
         self.item_table, self.item_ids = load_item_table(export_dir / TABLE_FILE)
+        self._check_width()
         self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
         self.index_parameters = index_parameters or HnswParameters()
         self.ann_index = (open_index(export_dir / TABLE_FILE, self.item_table, self.index_parameters)
                           if index == "faiss" else None)
+
+    def _check_width(self) -> None:
+        """The table's embeddings must be as wide as the user encoder's input: two files of
+        different exports (or models) must not be ranked together."""
+        width = self.session.get_inputs()[0].shape[-1]
+        if isinstance(width, int) and width != self.item_table.shape[1]:
+            raise ExportFileError(f"{self.export_dir / TABLE_FILE}: embeddings are {self.item_table.shape[1]} wide, "
+                                  f"{USER_ENCODER_FILE} takes {width}: the files come from different exports; "
+                                  f"{REEXPORT}")
 
     @property
     def providers(self) -> list[str]:
@@ -103,7 +162,9 @@ class OnnxRecommender:
         the video, as in training). `save=True` also rewrites `item_embeddings.safetensors` (and
         the FAISS index beside it) so the items stay after a restart.
         """
-        item_ids = [str(item) for item in item_ids]
+        _check_item_ids(item_ids, "item_ids")
+        _check_content(content)
+        item_ids = list(item_ids)
         if not item_ids:
             raise ValueError("no items to add")
         repeated = sorted(item for item, count in Counter(item_ids).items() if count > 1)
@@ -118,6 +179,7 @@ class OnnxRecommender:
         if any(n != len(item_ids) for n in lengths.values()):
             raise ValueError(f"{len(item_ids)} item ids, but content sources per modality {lengths}")
         embeddings = self._content.embed(content)
+        self._check_new_embeddings(item_ids, embeddings)
         first_row = len(self.item_ids)
         self.item_table = np.concatenate([self.item_table, embeddings])
         self.item_ids = [*self.item_ids, *item_ids]
@@ -131,23 +193,45 @@ class OnnxRecommender:
                 save_index(table_path, self.item_table, self.ann_index, self.index_parameters)
         return embeddings
 
+    def _check_new_embeddings(self, item_ids: list[str], embeddings: np.ndarray) -> None:
+        """New items join the table only with embeddings of its width and finite values."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.item_table.shape[1]:
+            raise ExportFileError(f"{self.export_dir / ITEM_ENCODER_FILE}: gives embeddings of shape "
+                                  f"{list(embeddings.shape)}, the table's are {self.item_table.shape[1]} wide: the "
+                                  f"files come from different exports; {REEXPORT}")
+        bad = non_finite_rows(embeddings)
+        if len(bad):
+            raise NonFiniteScoreError(f"{ITEM_ENCODER_FILE} gives NaN or infinite embeddings for new item(s) "
+                                      f"{describe([item_ids[row] for row in bad])}; none was added")
+
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[str]]:
-        """For each history (item ids, oldest first), the `k` best item ids not in it, best first."""
+        """For each history (item ids, oldest first), the `k` best item ids not in it, best first.
+
+        Raises `TypeError` unless `histories` is a list of lists of str and `k` an int,
+        `ValueError` for `k` < 1 or an empty history, `UnknownItemError` for ids not in the
+        table, and `NonFiniteScoreError` when the user encoder gives NaN or inf (or scores overflow)."""
+        _check_k(k)
+        _check_histories(histories)
         unknown = sorted({item for history in histories for item in history if item not in self._index})
         if unknown:
             raise UnknownItemError(unknown, len(self.item_ids))
         empty = [i for i, history in enumerate(histories) if not history]
         if empty:
-            raise ValueError(f"histories {empty} are empty; a user needs at least one item")
-        if k < 1:
-            raise ValueError(f"k must be positive, got {k}")
+            raise ValueError(f"histories {describe(empty)} are empty; a user needs at least one item")
+        if not histories:
+            return []
         indices = [np.array([self._index[item] for item in history], dtype=np.int64) for history in histories]
         rows, padding_mask = history_window(indices, self.max_len)
         embeddings_name, mask_name = self.spec.input_names
         (user_vectors,) = self.session.run(list(self.spec.output_names), {
             embeddings_name: self.item_table[rows], mask_name: padding_mask})
+        bad = non_finite_rows(user_vectors)
+        if len(bad):
+            raise NonFiniteScoreError(f"{self.export_dir / USER_ENCODER_FILE} gives NaN or infinite user embeddings "
+                                      f"for histories {describe(bad.tolist())} (positions in the request); "
+                                      f"nothing was ranked")
         if self.ann_index is None:
-            ranked = top_k_rows(user_vectors, self.item_table, indices, k)
+            ranked = top_k_rows(user_vectors, self.item_table, indices, k, self.item_ids)
         else:
-            ranked = ann_top_k_rows(self.ann_index, user_vectors, self.item_table, indices, k)
+            ranked = ann_top_k_rows(self.ann_index, user_vectors, self.item_table, indices, k, self.item_ids)
         return [[self.item_ids[row] for row in user_rows] for user_rows in ranked]

@@ -13,6 +13,7 @@ size of the model to that of SASRec).
 """
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,10 @@ def export_torchscript(module: nn.Module, example_inputs: Sequence[torch.Tensor]
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(module, tuple(example_inputs), check_trace=False)
     frozen = torch.jit.freeze(traced)
+    # Serialised in memory and written by Python: torch's own file writer aborts the whole
+    # process on a failed write (a full disk), where Python raises an OSError naming the file.
+    buffer = io.BytesIO()
+    torch.jit.save(frozen, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frozen.save(str(path))
+    path.write_bytes(buffer.getvalue())
     return path

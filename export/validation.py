@@ -15,14 +15,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from crossan.export.errors import NameMismatchError, RecommendationMismatchError, ShapeMismatchError, ValueMismatchError
-from crossan.export.ranking import history_window, top_k_rows
+from crossan.export.errors import (NameMismatchError, NonFiniteOutputError, RecommendationMismatchError,
+                                   ShapeMismatchError, ValueMismatchError)
+from crossan.export.ranking import history_window, non_finite_rows, top_k_rows
+from crossan.export.reading import describe
 from crossan.export.providers import exact_float32
 from crossan.export.spec import ExportSpec
 
 __all__ = ["VALIDATION_BATCH_SIZES", "VALIDATION_LENGTHS", "Case", "Encoder", "TorchEncoder", "OnnxEncoder",
            "TorchScriptEncoder", "GridResult", "AgreementResult", "item_cases", "user_cases",
-           "validate_encoder", "catalogue_embeddings", "recommend", "check_agreement"]
+           "check_finite", "validate_encoder", "catalogue_embeddings", "recommend", "check_agreement"]
 
 VALIDATION_BATCH_SIZES = (1, 3, 17)
 VALIDATION_LENGTHS = (1, 4, 10)
@@ -133,6 +135,16 @@ class GridResult:
                 "max_abs_error": self.max_abs_error, "cases": self.errors}
 
 
+def check_finite(output: np.ndarray, where: str, name: str, rows: str, first: int = 0, cause: str = "") -> None:
+    """Raise `NonFiniteOutputError` naming the graph and runtime (`where`), the output `name` and
+    which of its rows hold NaN or inf (`rows` says what they are, e.g. "catalogue rows"; the
+    first is number `first`)."""
+    bad = non_finite_rows(output)
+    if len(bad):
+        raise NonFiniteOutputError(f"{where}: output {name} is NaN or infinite in {len(bad)} {rows} "
+                                   f"({describe((bad + first).tolist())})" + (f": {cause}" if cause else ""))
+
+
 def validate_encoder(candidate: Encoder, reference: TorchEncoder, cases: Sequence[Case]) -> GridResult:
     """Compare `candidate` with `reference` at every case: signature first, then per case the
     number of outputs, their shapes and dtypes, finiteness and the max abs error."""
@@ -149,8 +161,9 @@ def validate_encoder(candidate: Encoder, reference: TorchEncoder, cases: Sequenc
             if got.shape != want.shape or got.dtype != want.dtype:
                 raise ShapeMismatchError(f"{where}: {name} is {got.dtype}{list(got.shape)}, "
                                          f"PyTorch gives {want.dtype}{list(want.shape)}")
-            if not np.isfinite(got).all():
-                raise ValueMismatchError(f"{where}: {name} has {int((~np.isfinite(got)).sum())} non-finite values")
+            check_finite(want, f"{spec.name} in {reference.runtime} at {label}", name, "rows",
+                         cause="the run's model itself is not finite")
+            check_finite(got, where, name, "rows")
             error = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max(initial=0.0))
             if error > spec.tolerance:
                 raise ValueMismatchError(f"{where}: {name} max abs error {error:.3g} > tolerance {spec.tolerance:g}")
@@ -189,22 +202,29 @@ def user_cases(item_table: torch.Tensor, max_len: int, seed: int = 0,
 
 def catalogue_embeddings(item_encoder: Encoder, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
                          num_items: int, batch_size: int = 1024) -> np.ndarray:
-    """Embeddings `[num_items, D]` of every catalogue row, from `gather(rows)` inputs."""
+    """Embeddings `[num_items, D]` of every catalogue row, from `gather(rows)` inputs; NaN or inf
+    in any row raises `NonFiniteOutputError`."""
     chunks = [item_encoder(*gather(torch.arange(start, min(start + batch_size, num_items))))[0]
               for start in range(0, num_items, batch_size)]
-    return np.concatenate(chunks).astype(np.float32)
+    table = np.concatenate(chunks).astype(np.float32)
+    spec = item_encoder.spec
+    check_finite(table, f"{spec.name} in {item_encoder.runtime}", spec.output_names[0], "catalogue rows")
+    return table
 
 
 def recommend(user_encoder: Encoder, item_table: np.ndarray, histories: Sequence[np.ndarray], max_len: int,
               k: int = 10, batch_size: int = 512) -> list[np.ndarray]:
     """Top-`k` catalogue rows per history (1-based item indices), history items excluded; the
-    user encoder gets `item_table` rows and the padding mask, as in serving."""
+    user encoder gets `item_table` rows and the padding mask, as in serving. A user vector with
+    NaN or inf raises `NonFiniteOutputError` naming the users (positions in `histories`)."""
     table = np.ascontiguousarray(item_table, dtype=np.float32)
+    spec = user_encoder.spec
     ranked: list[np.ndarray] = []
     for start in range(0, len(histories), batch_size):
         batch = histories[start:start + batch_size]
         rows, padding_mask = history_window(batch, max_len)
         (user_vectors,) = user_encoder(torch.from_numpy(table[rows]), torch.from_numpy(padding_mask))
+        check_finite(user_vectors, f"{spec.name} in {user_encoder.runtime}", spec.output_names[0], "users", start)
         ranked += top_k_rows(user_vectors, item_table, batch, k)
     return ranked
 
