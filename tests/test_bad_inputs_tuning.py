@@ -21,7 +21,7 @@ from killing import PROJECT, kill_when
 from rich.console import Console
 
 from crossan.zoo.cli import run_cli, split_options
-from crossan.zoo.errors import ConfigError, NoResultError, NonFiniteError, UserError
+from crossan.zoo.errors import ConfigError, DivergedError, NonFiniteError, NoResultError, UserError
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.tune import report as report_module
@@ -302,7 +302,7 @@ def test_a_diverged_trial_counts_as_pruned_and_the_study_goes_on(tmp_path: Path,
     from crossan.zoo.pipeline import describe_data
 
     def diverges(*args, **kwargs):
-        raise NonFiniteError("the training loss is nan at epoch 1, step 3: the model diverged")
+        raise DivergedError("the training loss is nan at epoch 1, step 3: the model diverged")
 
     monkeypatch.setattr(study_module, "train_and_save", diverges)
     dataset = read_amazon(amazon_folder(tmp_path / "data", seed=1))
@@ -314,6 +314,25 @@ def test_a_diverged_trial_counts_as_pruned_and_the_study_goes_on(tmp_path: Path,
     assert study.trials[0].user_attrs["diverged"].startswith("the training loss is nan")
     with pytest.raises(NoResultError, match=r"has no complete trial \(2 diverged\)"):
         report_module.write_outputs(study, settings)
+
+
+def test_nan_inputs_in_a_trial_stop_the_study_rather_than_prune(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN in the feature cache is a defect of the inputs, not of the trial's values: the study
+    stops with its one line instead of counting every trial as diverged."""
+    from crossan.zoo.data import read_amazon
+    from crossan.zoo.pipeline import describe_data
+
+    def nan_cache(*args, **kwargs):
+        raise NonFiniteError("cache.safetensors (text states): 3 non-finite value(s) in 1 row(s): row 2")
+
+    monkeypatch.setattr(study_module, "train_and_save", nan_cache)
+    dataset = read_amazon(amazon_folder(tmp_path / "data", seed=1))
+    space = load_space(default_space("sasrec-id"), "sasrec-id")
+    settings = StudySettings("sasrec-id", space, 2, tmp_path / "study", overrides=(("epochs", 1),))
+    with pytest.raises(NonFiniteError, match="text states"):
+        study_module.run_study(settings, dataset, describe_data("amazon", dataset), FeatureSettings(),
+                               torch.device("cpu"), Console(quiet=True))
 
 
 # Experiment tables: definitions and --out.

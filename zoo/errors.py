@@ -6,7 +6,8 @@ from a built-in (`ConfigError` is a `ValueError`) keep library callers' `except`
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "MissingFileError", "NonFiniteError", "CorruptFileError", "NoResultError"]
+__all__ = ["UserError", "ConfigError", "MissingFileError", "NonFiniteError", "DivergedError", "CorruptFileError",
+           "NoResultError"]
 
 
 class UserError(Exception):
@@ -24,6 +25,12 @@ class MissingFileError(UserError, FileNotFoundError):
 class NonFiniteError(UserError, FloatingPointError):
     """A score, weight, feature or loss is NaN or infinite: a defect that must stop the command,
     never be ranked or averaged (a NaN target would otherwise count as a hit)."""
+
+
+class DivergedError(NonFiniteError):
+    """The training loss turned NaN or infinite: an outcome of the training settings (a learning
+    rate too high), which a tuner counts against the trial; other `NonFiniteError`s are defects
+    of the inputs and stop any command."""
 
 
 class CorruptFileError(UserError, ValueError):

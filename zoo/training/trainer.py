@@ -16,7 +16,7 @@ from torch.utils.data import DistributedSampler
 
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
-from crossan.zoo.errors import ConfigError, NonFiniteError
+from crossan.zoo.errors import ConfigError, DivergedError
 from crossan.zoo.field_types import check_field_types
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.base import Recommender
@@ -309,7 +309,7 @@ class Trainer:
                     loss, local_sum, count = self._objective(self.windows[rows], users)
                 step_loss = (self.processes.sum(local_sum) / count).item()
                 if not math.isfinite(step_loss):
-                    raise NonFiniteError(f"the training loss is {step_loss} at epoch {epoch}, step {step + 1}: "
+                    raise DivergedError(f"the training loss is {step_loss} at epoch {epoch}, step {step + 1}: "
                                          "the model diverged (try a lower lr) or its inputs hold NaN")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()

@@ -21,7 +21,7 @@ A study records, when it starts, what its trials are comparable under: the prese
 set (its kind and fingerprints of the catalogue and of the users' sequences), the search space,
 the fixed values (the space's and `--set`) and the feature settings. Opened with any other, it
 stops with one line naming what differs, since its finished trials would be kept and its best
-trial chosen among results of another problem. A trial whose loss turns NaN (`NonFiniteError`)
+trial chosen among results of another problem. A trial whose loss turns NaN (`DivergedError`)
 is counted as pruned, with the reason recorded: an outcome of its values, not of the study.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ from rich.console import Console
 
 from crossan.zoo.cli import split_options
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError, NonFiniteError, UserError
+from crossan.zoo.errors import ConfigError, DivergedError, UserError
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.pipeline import resume_run, train_and_save
 from crossan.zoo.training.trainer import TrainConfig
@@ -329,7 +329,7 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
 
         try:
             metrics = train(values, run_dir, trial.number, report)
-        except NonFiniteError as error:
+        except DivergedError as error:
             # A NaN loss is what some corners of a space give (a learning rate too high): an
             # outcome of the trial's values, counted as pruned, not a reason to stop the study.
             trial.set_user_attr("diverged", str(error))
