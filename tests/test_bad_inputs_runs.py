@@ -116,10 +116,10 @@ def test_evaluate_refuses_options_that_change_nothing(toy_run, options, named):
 
 
 def test_evaluate_data_root_of_another_data_set_is_refused(toy_run, tmp_path):
-    other = tmp_path / "other-toy"
-    from crossan.zoo.data.toy import generate_toy
-
-    generate_toy(other, seed=1, num_items=64, num_users=100)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ml_titles.csv").write_text("".join(f"P{i},product {i}\n" for i in range(8)))
+    (other / "ml_pairs.csv").write_text("".join(f"U{u},P{(u + k) % 8},{k}\n" for u in range(6) for k in range(5)))
     one_line_error(run_script("evaluate", "--run", str(toy_run), "--data-root", str(other)),
                    "is not the one", "was trained on")
 
@@ -305,13 +305,23 @@ def test_every_user_with_three_interactions_is_one_line(tmp_path, cache_dir):
 
 # --- run folders are portable -----------------------------------------------------------------
 
-def test_a_run_evaluates_from_another_directory_and_after_a_move(toy_run, tmp_path):
-    expected = json.loads(run_script("evaluate", "--run", str(toy_run), "--json").stdout)["metrics"]
-    moved = Path(shutil.copytree(toy_run, tmp_path / "moved" / "run"))
-    completed = subprocess.run([sys.executable, str(PROJECT / "evaluate.py"), "--run", "run", "--json"],
-                               cwd=moved.parent, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout)["metrics"] == expected
+def test_a_run_evaluates_from_another_directory_and_after_a_move(toy_root, tmp_path, monkeypatch):
+    """Trained with relative --cache-dir and --run-dir (the defaults are relative too), the run
+    evaluates from another working directory and after its folder moved: the same metrics."""
+    workspace, elsewhere = tmp_path / "workspace", tmp_path / "elsewhere"
+    workspace.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(workspace)
+    trained = run_script("train", "--preset", "crossan-t", "--data", "microlens", "--data-root", str(toy_root),
+                         "--cache-dir", "cache", "--epochs", "1", "--run-dir", "run")
+    assert trained.returncode == 0, trained.stderr
+    expected = json.loads(run_script("evaluate", "--run", "run", "--json").stdout)["metrics"]
+    moved = shutil.move(workspace / "run", elsewhere / "run")
+    monkeypatch.chdir(elsewhere)
+    result = run_script("evaluate", "--run", "run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metrics"] == expected
+    assert Path(json.loads((Path(moved) / "config.json").read_text())["feature_settings"]["cache_dir"]).is_absolute()
 
 
 def test_a_run_whose_users_changed_does_not_evaluate(run_copy):
