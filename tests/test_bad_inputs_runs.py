@@ -305,6 +305,7 @@ def test_every_user_with_three_interactions_is_one_line(tmp_path, cache_dir):
 
 # --- run folders are portable -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_run_evaluates_from_another_directory_and_after_a_move(toy_root, tmp_path, monkeypatch):
     """Trained with relative --cache-dir and --run-dir (the defaults are relative too), the run
     evaluates from another working directory and after its folder moved: the same metrics."""
