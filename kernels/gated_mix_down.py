@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import torch
 
+from crossan.kernels.backends import BACKENDS
 from crossan.kernels.reference import ACTIVATIONS, effective_mixing, mix_down_prepared, prepare_inputs
 
 try:
@@ -58,7 +59,6 @@ except ImportError:  # Triton ships Linux wheels only; the reference path works 
 
 __all__ = ["ACTIVATIONS", "BACKENDS", "gated_mix_down", "triton_available"]
 
-BACKENDS = ("auto", "triton", "torch")
 MAX_BLOCK_R = 512
 """Widest r tile a forward program accumulates in registers (see the module docstring)."""
 

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from crossan.zoo.models.base import Recommender
     from crossan.zoo.models.config import RecommenderConfig
 
-__all__ = ["register_model", "architectures", "create_model", "list_models", "preset_config", "config_from_dict",
-           "build_model", "load_model"]
+__all__ = ["register_model", "architectures", "create_model", "list_models", "preset_architecture", "preset_config",
+           "config_from_dict", "build_model", "load_model"]
 
 _ARCHITECTURES: dict[str, tuple[type[RecommenderConfig], type[Recommender]]] = {}
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -54,6 +54,13 @@ def architectures() -> dict[str, tuple[type[RecommenderConfig], type[Recommender
 def list_models() -> list[str]:
     """Names of every registered preset, sorted."""
     return sorted(_PRESETS)
+
+
+def preset_architecture(name: str) -> str:
+    """The architecture preset `name` builds, without building its config."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _PRESETS[name][0]
 
 
 def preset_config(name: str, **overrides: Any) -> RecommenderConfig:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from crossan.kernels.gated_mix_down import BACKENDS, gated_mix_down
+from crossan.kernels.backends import BACKENDS
 from crossan.kernels.reference import mix_down_reference
 from crossan.zoo.layers.adapter import TowerAdapters
 from crossan.zoo.layers.mixer import GatedCrossModalMixer
@@ -143,6 +143,9 @@ class SideNetwork(nn.Module):
     def _mix_down(self, states: torch.Tensor, previous: torch.Tensor | None, mixing: torch.Tensor,
                   down_weight: torch.Tensor, down_bias: torch.Tensor, activation: str
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer's mix and bottleneck through the dispatcher (Triton on CUDA, else the reference)."""
+        """One layer's mix and bottleneck through the dispatcher (Triton on CUDA, else the reference);
+        the kernel module (and Triton with it) is imported on the first call, not with the layers."""
+        from crossan.kernels.gated_mix_down import gated_mix_down
+
         return gated_mix_down(states, previous, mixing, down_weight, down_bias, activation, self.backend,
                               self.gates.pattern)

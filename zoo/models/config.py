@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from crossan.kernels.gated_mix_down import BACKENDS
+from crossan.kernels.backends import BACKENDS
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.field_types import check_field_types
 from crossan.zoo.layers.activations import ACTIVATIONS
