@@ -1,7 +1,7 @@
 """Reusable building blocks: adapters, the cross-modal mixer, the batched side network, fusions, SASRec,
 the item ID term. Each works on its own (eager, TorchScript trace and script, ONNX)."""
 from crossan.kernels.backends import BACKENDS
-from crossan.zoo.layers.activations import ACTIVATIONS, activate, check_activation, make_activation
+from crossan.zoo.layers.activations import ACTIVATIONS, activate, check_activation
 from crossan.zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
 from crossan.zoo.layers.fusion import (
     FUSIONS,
@@ -39,6 +39,5 @@ __all__ = [
     "TowerHead",
     "activate",
     "check_activation",
-    "make_activation",
     "make_fusion",
 ]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from crossan.kernels.reference import ACTIVATIONS  # the fused kernel's epilogues: adapters accept exactly these
 
-__all__ = ["ACTIVATIONS", "activate", "check_activation", "make_activation"]
+__all__ = ["ACTIVATIONS", "activate", "check_activation"]
 
 
 def check_activation(name: str) -> str:
@@ -28,8 +27,3 @@ def activate(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "gelu":
         return F.gelu(x)
     raise ValueError("unknown activation " + name + "; choose relu or gelu")
-
-
-def make_activation(name: str) -> nn.Module:
-    """The activation called `name` as a module."""
-    return nn.ReLU() if check_activation(name) == "relu" else nn.GELU()

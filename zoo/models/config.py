@@ -209,7 +209,7 @@ class SideNetworkConfig(ContentConfig):
 
     @property
     def resolved_side_width(self) -> int:
-        """W: explicit, else the backbones' common width, else 768 (DESIGN 2.2)."""
+        """W: explicit, else the backbones' common width, else 768 (BERT-base and ViT-base's width)."""
         if self.side_width:
             return self.side_width
         widths = set(self.backbone_widths)

@@ -121,7 +121,7 @@ def training_windows(dataset: SequenceDataset, length: int,
     """Training windows `[W, length]` (left-padded) and the user of each `[W]`.
 
     By default one window per user: the last `length` items of the training prefix, each of
-    its first `length - 1` positions predicting the next item (DESIGN 2.4). With `sliding`,
+    its first `length - 1` positions predicting the next item (SASRec's objective). With `sliding`,
     longer prefixes are cut into consecutive windows that overlap by one item, so that every
     item of the prefix but the first is a target exactly once. Users whose prefix has a
     single item have nothing to predict and are skipped.
