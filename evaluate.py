@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from crossan.zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data
 from crossan.zoo.analysis.mutual_information import MutualInformationEstimator, pairwise_mutual_information
-from crossan.zoo.cli import metrics_table, run_cli
+from crossan.zoo.cli import metrics_table, option_given, run_cli
 from crossan.zoo.data import DATA_KINDS, SequenceDataset, load_dataset
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.runs import Run, open_run
@@ -80,8 +81,7 @@ def gate_heatmap(run: Run, path: Path) -> dict[str, object]:
 
 def check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One line for an option that would change nothing in this mode (rather than being dropped)."""
-    def given(option: str) -> bool:
-        return getattr(args, option) != parser.get_default(option)
+    given = functools.partial(option_given, parser, args)
 
     if args.run is not None and given("data"):
         raise ConfigError("--data names the data set of --baseline; a run is evaluated on its own data set "
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     check_options_apply(parser, args)
     mask = not args.no_mask_history
     if args.run is not None:
-        given_cache = args.cache_dir if args.cache_dir != parser.get_default("cache_dir") else None
+        given_cache = args.cache_dir if option_given(parser, args, "cache_dir") else None
         run = open_run(args.run, args.device, args.data_root, given_cache, full_check=True)
         result, dataset = evaluate_run(run, args.split, mask)
         label = args.run.name

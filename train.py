@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 
 from crossan.zoo.cli import (add_data_options, check_data_options_apply, data_and_settings, metrics_table,
-                             parse_assignments, parse_value, run_cli, split_options)
+                             option_given, parse_assignments, parse_value, run_cli, split_options)
 from crossan.zoo.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.pipeline import resolve_device, resume_run, train_and_save
@@ -93,12 +93,12 @@ def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     for option, key in (("data", "data.kind"), ("text_max_tokens", "feature_settings.text_max_tokens"),
                         ("backbones", "feature_settings.source"),
                         ("allow_missing_media", "feature_settings.allow_missing_media")):
-        if getattr(args, option) != parser.get_default(option):
+        if option_given(parser, args, option):
             given[key] = getattr(args, option)
     if args.data_root is not None:
         given["data.root"] = str(args.data_root.resolve())
     for option in ("backbone", "pooling", "run_dir", "cache_dir", "cover_dir", "video_dir", "overwrite"):
-        if getattr(args, option) != parser.get_default(option):
+        if option_given(parser, args, option):
             raise ConfigError(f"--resume takes the run's own settings; --{option.replace('_', '-')} cannot change them")
     return given
 

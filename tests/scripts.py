@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,7 +34,11 @@ def _script(name: str) -> ModuleType:
 
 def run_script(name: str, *args: str) -> ScriptResult:
     """`python <name>.py <args>`, in this process: the exit status and what it printed."""
-    main = _script(name).main
+    return run_main(_script(name).main, *args)
+
+
+def run_main(main: Callable[[list[str]], int], *args: str) -> ScriptResult:
+    """A command's `main(argv)` run as its command line would be (`run_cli`), in this process."""
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:

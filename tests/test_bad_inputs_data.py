@@ -180,11 +180,13 @@ def test_a_soundtrack_with_nan_samples_is_an_error_naming_the_file(tmp_path: Pat
 
 
 def test_the_tuner_prints_a_data_error_as_one_line(tmp_path: Path) -> None:
-    from test_bad_inputs_tuning import run_tuner
+    from scripts import run_main
+
+    from crossan.zoo.tune.__main__ import main as tune_main
 
     root = amazon(tmp_path / "data", items=f"item\ttitle\n{ITEMS_TSV}")
-    result = run_tuner("--preset", "sasrec-id", "--data", "amazon", "--data-root", str(root), "--trials", "1",
-                       "--study", str(tmp_path / "study"), "--cache-dir", str(tmp_path / "cache"))
+    result = run_main(tune_main, "--preset", "sasrec-id", "--data", "amazon", "--data-root", str(root),
+                      "--trials", "1", "--study", str(tmp_path / "study"), "--cache-dir", str(tmp_path / "cache"))
     assert result.returncode == 2 and not (tmp_path / "study").exists()
     assert result.stderr.splitlines() == [f"error: {root / 'items.tsv'}:1: a header line ('item<TAB>title'); this "
                                           "file has none, every line is 'item<TAB>title': delete the line"]

@@ -360,16 +360,12 @@ def run_with_file_limit(limit_bytes: int, script: str, *args: str) -> subprocess
     return subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=600)
 
 
-def assert_one_line(completed: subprocess.CompletedProcess, *fragments: str) -> None:
-    one_line_error(completed, *fragments)
-
-
 @pytest.mark.slow
 def test_a_full_disk_while_caching_leaves_no_cache_and_the_rerun_succeeds(toy_root, tmp_path):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     command = ["--preset", "crossan-t", "--data", "microlens", "--data-root", str(toy_root), "--cache-dir", str(cache),
                "--epochs", "1", "--run-dir", str(run_dir)]
-    assert_one_line(run_with_file_limit(4096, "train.py", *command), "could not be written", "File too large")
+    one_line_error(run_with_file_limit(4096, "train.py", *command), "could not be written", "File too large")
     assert not [p for p in cache.rglob("*.safetensors")]  # no cache file, not even a partial one
     assert not run_dir.exists()
     assert run_script("train", *command).returncode == 0
@@ -380,7 +376,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_run_resumable(toy_root, cache
     run_dir = tmp_path / "run"
     command = ["--preset", "sasrec-id", "--data", "microlens", "--data-root", str(toy_root), "--cache-dir",
                str(cache_dir), "--epochs", "2", "--run-dir", str(run_dir)]
-    assert_one_line(run_with_file_limit(16384, "train.py", *command), "checkpoints/epoch-0001", "File too large")
+    one_line_error(run_with_file_limit(16384, "train.py", *command), "checkpoints/epoch-0001", "File too large")
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.json"]
     assert not list((run_dir / "checkpoints").iterdir())  # the half-written epoch folder is gone
     resumed = run_script("train", "--resume", str(run_dir))

@@ -4,23 +4,23 @@ spaces and table definitions; bad storage URLs and study folders; outputs writte
 and a study killed mid-trial that a rerun finishes. Each fault is one line naming its cause."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import random
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from killing import PROJECT, kill_when
+from scripts import ScriptResult, run_main
 from rich.console import Console
 
-from crossan.zoo.cli import run_cli, split_options
+from crossan.zoo.cli import split_options
 from crossan.zoo.errors import ConfigError, DivergedError, NonFiniteError, NoResultError, UserError
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import list_models, preset_config
@@ -35,17 +35,9 @@ from crossan.zoo.tune.study import StudySettings, open_study
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
 
-def run_tuner(*args: str) -> subprocess.CompletedProcess:
-    """`python -m crossan.zoo.tune ARGS` in this process (no new interpreter importing torch):
-    its exit status and what it printed."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            run_cli(lambda: tune_main(list(args)))
-            code = 0
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-    return subprocess.CompletedProcess(list(args), code, stdout.getvalue(), stderr.getvalue())
+def run_tuner(*args: str) -> ScriptResult:
+    """`python -m crossan.zoo.tune ARGS` in this process (no new interpreter importing torch)."""
+    return run_main(tune_main, *args)
 
 
 def amazon_folder(root: Path, seed: int, users: int = 40, items: int = 30) -> Path:
@@ -59,7 +51,7 @@ def amazon_folder(root: Path, seed: int, users: int = 40, items: int = 30) -> Pa
     return root
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
+def one_line_error(result: ScriptResult) -> str:
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ")
@@ -296,20 +288,29 @@ def test_a_study_without_a_complete_trial_is_one_line(tmp_path: Path) -> None:
     assert not (settings.study_dir / "best-recipe.json").exists()
 
 
-def test_a_diverged_trial_counts_as_pruned_and_the_study_goes_on(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def study_whose_training_raises(error: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                ) -> tuple[StudySettings, Callable[[], optuna.Study]]:
+    """A 2-trial sasrec-id study on a small Amazon set whose every training raises `error`; its
+    settings and a call that runs it."""
     from crossan.zoo.data import read_amazon
     from crossan.zoo.pipeline import describe_data
 
-    def diverges(*args, **kwargs):
-        raise DivergedError("the training loss is nan at epoch 1, step 3: the model diverged")
+    def fails(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(study_module, "train_and_save", diverges)
+    monkeypatch.setattr(study_module, "train_and_save", fails)
     dataset = read_amazon(amazon_folder(tmp_path / "data", seed=1))
     space = load_space(default_space("sasrec-id"), "sasrec-id")
     settings = StudySettings("sasrec-id", space, 2, tmp_path / "study", overrides=(("epochs", 1),))
-    study = study_module.run_study(settings, dataset, describe_data("amazon", dataset), FeatureSettings(),
-                                   torch.device("cpu"), Console(quiet=True))
+    return settings, lambda: study_module.run_study(settings, dataset, describe_data("amazon", dataset),
+                                                    FeatureSettings(), torch.device("cpu"), Console(quiet=True))
+
+
+def test_a_diverged_trial_counts_as_pruned_and_the_study_goes_on(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    diverged = DivergedError("the training loss is nan at epoch 1, step 3: the model diverged")
+    settings, run = study_whose_training_raises(diverged, tmp_path, monkeypatch)
+    study = run()
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
     assert study.trials[0].user_attrs["diverged"].startswith("the training loss is nan")
     with pytest.raises(NoResultError, match=r"has no complete trial \(2 diverged\)"):
@@ -320,19 +321,10 @@ def test_nan_inputs_in_a_trial_stop_the_study_rather_than_prune(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """NaN in the feature cache is a defect of the inputs, not of the trial's values: the study
     stops with its one line instead of counting every trial as diverged."""
-    from crossan.zoo.data import read_amazon
-    from crossan.zoo.pipeline import describe_data
-
-    def nan_cache(*args, **kwargs):
-        raise NonFiniteError("cache.safetensors (text states): 3 non-finite value(s) in 1 row(s): row 2")
-
-    monkeypatch.setattr(study_module, "train_and_save", nan_cache)
-    dataset = read_amazon(amazon_folder(tmp_path / "data", seed=1))
-    space = load_space(default_space("sasrec-id"), "sasrec-id")
-    settings = StudySettings("sasrec-id", space, 2, tmp_path / "study", overrides=(("epochs", 1),))
+    nan_cache = NonFiniteError("cache.safetensors (text states): 3 non-finite value(s) in 1 row(s): row 2")
+    _, run = study_whose_training_raises(nan_cache, tmp_path, monkeypatch)
     with pytest.raises(NonFiniteError, match="text states"):
-        study_module.run_study(settings, dataset, describe_data("amazon", dataset), FeatureSettings(),
-                               torch.device("cpu"), Console(quiet=True))
+        run()
 
 
 # Experiment tables: definitions and --out.
@@ -362,10 +354,8 @@ def test_experiments_out_naming_a_file_is_one_line(tmp_path: Path) -> None:
     from crossan.zoo.experiments.__main__ import main as experiments_main
 
     (tmp_path / "out").write_text("a file\n")
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
-        run_cli(lambda: experiments_main(["fusion", "--out", str(tmp_path / "out")]))
-    assert exit_.value.code == 2 and stderr.getvalue().splitlines() == [
+    result = run_main(experiments_main, "fusion", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.splitlines() == [
         f"error: --out {tmp_path / 'out'}: {tmp_path / 'out'} is a file; the table's runs and report go in a folder"]
     assert (tmp_path / "out").read_text() == "a file\n"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import json
 import sys
@@ -14,8 +15,8 @@ from crossan.zoo.errors import ConfigError, UserError
 from crossan.zoo.training.metrics import METRIC_NAMES
 from crossan.zoo.training.trainer import TrainConfig
 
-__all__ = ["METRIC_NAMES", "add_data_options", "check_data_options_apply", "data_and_settings", "metrics_table", "parse_assignments",
-           "parse_value", "run_cli", "split_options"]
+__all__ = ["METRIC_NAMES", "add_data_options", "check_data_options_apply", "data_and_settings", "metrics_table",
+           "option_given", "parse_assignments", "parse_value", "run_cli", "split_options"]
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -97,14 +98,18 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 MEDIA_MODALITIES = ("image", "video", "audio")
 
 
+def option_given(parser: argparse.ArgumentParser, args: argparse.Namespace, option: str) -> bool:
+    """Whether `option` (its `args` name) was set to other than its default on the command line."""
+    return getattr(args, option) != parser.get_default(option)
+
+
 def check_data_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace,
                              modalities: tuple[str, ...], preset: str) -> None:
     """Stop with one line on a data or feature option that would change nothing for this data
     kind and these item `modalities` (`preset`'s), instead of dropping it without a word."""
     from crossan.zoo.models.config import MODALITIES
 
-    def given(option: str) -> bool:
-        return getattr(args, option) != parser.get_default(option)
+    given = functools.partial(option_given, parser, args)
 
     if args.data != "microlens":
         for option in ("cover_dir", "video_dir"):

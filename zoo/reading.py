@@ -16,22 +16,29 @@ import torch
 
 from crossan.zoo.errors import CorruptFileError, MissingFileError
 
-__all__ = ["read_json", "read_json_object", "require_keys", "load_tensors"]
+__all__ = ["read_text", "read_json", "read_json_object", "require_keys", "load_tensors"]
 
 
-def read_json(path: Path) -> Any:
-    """The JSON value in `path`; a missing, empty, non-UTF-8 or malformed file is one line."""
+def read_text(path: Path, empty: str = "empty") -> str:
+    """The UTF-8 text of `path`; a missing file, a folder, bytes that are not UTF-8 or a blank
+    file (`empty` says what the line calls it) is one line naming the file."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise MissingFileError(f"{path}: missing") from None
     except IsADirectoryError:
-        raise CorruptFileError(f"{path}: is a folder, expected a JSON file") from None
+        raise CorruptFileError(f"{path}: is a folder, expected a file") from None
     except UnicodeDecodeError as error:
         raise CorruptFileError(f"{path}: not UTF-8 text (byte {error.start})") from None
     if not text.strip():
-        raise CorruptFileError(f"{path}: empty, expected JSON")
+        raise CorruptFileError(f"{path}: {empty}")
+    return text
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in `path`; a missing, empty, non-UTF-8 or malformed file is one line."""
+    text = read_text(path, "empty, expected JSON")
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

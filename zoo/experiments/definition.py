@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.reading import read_text
 from crossan.zoo.cli import split_options
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.training.trainer import TrainConfig
@@ -86,12 +87,7 @@ def load_table(name_or_path: str) -> TableDefinition:
 def _read(path: Path) -> Any:
     """The TOML (or, for any other suffix, JSON) value of a definition file; a non-UTF-8, empty or
     malformed file is one line naming it."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    if not text.strip():
-        raise ConfigError(f"{path}: the table definition is empty")
+    text = read_text(path, "the table definition is empty")
     kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
         return tomllib.loads(text) if kind == "TOML" else json.loads(text)

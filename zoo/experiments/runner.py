@@ -99,7 +99,7 @@ def _finish_run(table: TableRuns, run: RunSpec, seed: int, dataset: SequenceData
                     **{f"train.{k}": v for k, v in train_values.items()},
                     **{f"model.{k}": v for k, v in model_values.items()}}
         if "sequences" in recorded.get("data", {}):  # runs of older versions did not record it
-            expected["data.sequences"] = dataset.sequences_fingerprint()
+            expected["data.sequences"] = data_description["sequences"]
         metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
         differing = differing_options(recorded, expected, metrics.get("chosen_on_validation", {}))
         if differing:

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from crossan.zoo.atomic import atomic_write, write_failure
 from crossan.zoo.errors import CorruptFileError
 from crossan.zoo.finite import require_finite_tensors
-from crossan.zoo.reading import load_tensors, read_json, read_json_object
+from crossan.zoo.reading import load_tensors, read_json, read_json_object, require_keys
 
 __all__ = ["write_json", "read_json", "save_weights", "save_per_user", "TrainingState", "Checkpoint", "CheckpointStore"]
 
@@ -140,7 +140,7 @@ class CheckpointStore:
             return None
         state_path = self.run_dir / self.STATE_FILE
         names = [f.name for f in dataclasses.fields(TrainingState)]
-        read_json_object(state_path, [*names, "best"])  # one line naming what is missing
+        require_keys(raw, [*names, "best"], str(state_path))
         try:
             state = TrainingState(**{name: raw[name] for name in names})
         except TypeError as error:

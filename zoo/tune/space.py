@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 
 from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.reading import read_text
 from crossan.zoo.tune.recipe import check_recipe
 
 __all__ = ["SPACES_DIR", "Parameter", "SearchSpace", "default_space", "load_space"]
@@ -132,12 +133,7 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file's tables; a missing, empty, non-UTF-8 or malformed file is one line naming it."""
     if not path.is_file():
         raise MissingFileError(f"{path}: no such {what} file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    if not text.strip():
-        raise ConfigError(f"{path}: the {what} file is empty")
+    text = read_text(path, f"the {what} file is empty")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

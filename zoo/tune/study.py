@@ -165,7 +165,7 @@ def study_data(dataset: SequenceDataset, data_description: dict[str, Any]) -> di
     the catalogue's fingerprint and one of the users' sequences (the catalogue's alone would take
     another set of users over the same items for the same data), and the counts."""
     return {"kind": data_description["kind"], "name": dataset.name, "root": data_description["root"],
-            "fingerprint": dataset.fingerprint(), "sequences": dataset.sequences_fingerprint(),
+            "fingerprint": data_description["fingerprint"], "sequences": data_description["sequences"],
             "users": dataset.num_users, "items": dataset.num_items}
 
 
