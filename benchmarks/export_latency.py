@@ -25,7 +25,7 @@ from rich.table import Table
 from crossan.export.onnx_export import export_onnx
 from crossan.export.spec import item_encoder_spec, user_encoder_spec
 from crossan.export.wrappers import ItemEncoder, UserEncoder
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
 from crossan.zoo.models import build_model, list_models, load_model, preset_config
 from machine import cpu_name

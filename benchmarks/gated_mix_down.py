@@ -31,7 +31,7 @@ import torch
 import crossan
 from crossan.kernels.gated_mix_down import gated_mix_down, triton_available
 from crossan.kernels.reference import gated_mix_down_reference
-from crossan.zoo.models.base import SideNetworkRecommender
+from crossan.zoo.models.side_network import SideNetworkRecommender
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

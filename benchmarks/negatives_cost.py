@@ -31,11 +31,11 @@ from rich.table import Table
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from crossan.zoo.cli import run_cli  # noqa: E402
+from crossan.zoo.cli.options import run_cli  # noqa: E402
 from crossan.zoo.data import DATA_KINDS, load_dataset  # noqa: E402
 from crossan.zoo.features.prepare import prepare_features  # noqa: E402
 from crossan.zoo.features.settings import FeatureSettings  # noqa: E402
-from crossan.zoo.pipeline import resolve_device  # noqa: E402
+from crossan.zoo.runs.pipeline import resolve_device  # noqa: E402
 from crossan.zoo.models import build_model, preset_config  # noqa: E402
 from crossan.zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
 

@@ -6,7 +6,7 @@ each with its own recipe, over several seeds.
     python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --tune 24 --seeds 42 43 44
 
 With `--tune TRIALS`, every model family (preset) among the chosen rows is first tuned on the
-data set's validation split with the same budget (`python -m crossan.zoo.tune`: TRIALS finished
+data set's validation split with the same budget (`crossan tune`: TRIALS finished
 trials each, `--tune-timeout` minutes at most each), and its best recipe becomes one more row,
 `<preset>, tuned`, trained over the seeds like the others; the report adds each family's budget
 spent and its chosen recipe. With `--tune-only` the command tunes and stops: started beside a
@@ -44,17 +44,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from crossan.zoo.cli import run_cli, split_options
+from crossan.zoo.cli.options import run_cli
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.data import DATA_KINDS, load_dataset
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.experiments.report import per_user_values
 from crossan.zoo.experiments.runner import TableRuns, train_missing
 from crossan.zoo.models.config import RecommenderConfig, SideNetworkConfig
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.pipeline import describe_data, resolve_device
-from crossan.zoo.runs import open_run
+from crossan.zoo.runs.pipeline import describe_data, resolve_device
+from crossan.zoo.runs.run import open_run
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
 from crossan.zoo.training.metrics import METRIC_NAMES, metrics_from_ranks

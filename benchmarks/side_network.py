@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 import crossan
-from crossan.zoo.models.base import SideNetworkRecommender
+from crossan.zoo.models.side_network import SideNetworkRecommender
 from machine import cpu_name
 
 RATIOS = (("crossan-tiva", "crossan-tiva-per-tower", "batched / per-tower"),

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 
 from crossan.export.ranking import PAD, check_finite_scores, top_k_rows
-from crossan.zoo.atomic import atomic_write
+from crossan.zoo.core.atomic import atomic_write
 
 __all__ = ["INDEX_FILE", "SIDECAR_FILE", "HnswParameters", "IvfParameters", "IndexParameters", "table_fingerprint",
            "set_search_parameters", "build_index", "save_index", "open_index", "ann_top_k_rows"]

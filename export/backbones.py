@@ -26,7 +26,7 @@ from crossan.export.preprocessing import (AUDIO_FILTERS_FILE, TOKENIZER_FILE, Au
 from crossan.export.spec import DEFAULT_OPSET, ExportSpec
 from crossan.zoo.backbones.extractor import CLIP_SECONDS, VIDEO_FRAMES, StateExtractor
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 __all__ = ["BACKBONE_TOLERANCE", "BackboneStates", "BackboneCheck", "backbone_spec", "serving_preprocessor",
            "export_backbones", "item_sources", "validate_backbones"]

@@ -22,7 +22,7 @@ from crossan.export.errors import ExportFileError
 from crossan.export.preprocessing import (AUDIO_FILTERS_FILE, PREPROCESSING_FILE, PREPROCESSORS, TOKENIZER_FILE,
                                           WITH_BACKBONES, Preprocessor, load_preprocessing)
 from crossan.export.reading import check_records, open_session, read_records
-from crossan.zoo.errors import MissingFileError
+from crossan.zoo.core.errors import MissingFileError
 
 __all__ = ["ITEM_ENCODER_FILE", "ContentEncoder", "backbone_file"]
 

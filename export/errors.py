@@ -5,7 +5,7 @@ stop at the first failure, so the class says which property broke first.
 """
 from __future__ import annotations
 
-from crossan.zoo.errors import UserError
+from crossan.zoo.core.errors import UserError
 
 __all__ = ["ExportValidationError", "NameMismatchError", "ShapeMismatchError", "ValueMismatchError",
            "RecommendationMismatchError", "NonFiniteOutputError", "ExportWriteError", "ExportFileError",

@@ -39,10 +39,10 @@ from crossan.export.validation import (AgreementResult, Case, Encoder, GridResul
 from crossan.export.wrappers import ItemEncoder, UserEncoder
 from crossan.zoo.backbones import StateExtractor, load_backbone
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.runs import Run, open_run
+from crossan.zoo.runs.run import Run, open_run
 
 __all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "run_extractors",
            "check_backbones", "export_run", "write_and_validate"]

@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from crossan.export.errors import ExportFileError
 from crossan.export.ranking import non_finite_rows
 from crossan.export.reading import REEXPORT, describe, one_line, require_file
-from crossan.zoo.atomic import atomic_write
+from crossan.zoo.core.atomic import atomic_write
 
 __all__ = ["TABLE_FILE", "save_safetensors", "save_item_table", "load_item_table"]
 

@@ -36,7 +36,7 @@ from crossan.export.item_table import TABLE_FILE
 from crossan.export.preprocessing import AUDIO_FILTERS_FILE, PREPROCESSING_FILE, TOKENIZER_FILE
 from crossan.export.reading import OLD, PARTIAL, REPORT_FILE, describe
 from crossan.export.serve import USER_ENCODER_FILE
-from crossan.zoo.errors import ConfigError, UserError
+from crossan.zoo.core.errors import ConfigError, UserError
 
 __all__ = ["EXPORT_FILES", "is_export_file", "check_replaceable", "publish", "staged_export"]
 

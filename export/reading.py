@@ -19,7 +19,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from crossan.export.errors import ExportFileError
 from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
-from crossan.zoo.errors import MissingFileError
+from crossan.zoo.core.errors import MissingFileError
 
 __all__ = ["REPORT_FILE", "RECORDS_KEY", "REEXPORT", "PARTIAL", "OLD", "describe", "one_line", "require_file",
            "read_json", "file_record", "read_records", "check_records", "open_session", "missing_folder_error"]

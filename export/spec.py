@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 # Serving reads specs without PyTorch, so the model type is for annotations only.
 if TYPE_CHECKING:
-    from crossan.zoo.models.base import Recommender
+    from crossan.zoo.models.recommender import Recommender
 
 __all__ = ["DEFAULT_OPSET", "SPEC_METADATA_KEY", "TOLERANCE", "ExportSpec", "item_encoder_spec",
            "user_encoder_spec"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.models.recommender import Recommender
 
 __all__ = ["ItemEncoder", "UserEncoder"]
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from crossan.zoo.data import load_dataset
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models import build_model, preset_config
-from crossan.zoo.training.distributed import SINGLE, launched
+from crossan.zoo.core.distributed import SINGLE, launched
 from crossan.zoo.training.trainer import TrainConfig, Trainer, epoch_batches
 
 

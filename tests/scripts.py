@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-from crossan.zoo.cli import run_cli
+from crossan.zoo.cli.options import run_cli
 
 PROJECT = Path(__file__).resolve().parents[1]
 

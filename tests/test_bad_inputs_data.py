@@ -182,7 +182,7 @@ def test_a_soundtrack_with_nan_samples_is_an_error_naming_the_file(tmp_path: Pat
 def test_the_tuner_prints_a_data_error_as_one_line(tmp_path: Path) -> None:
     from scripts import run_main
 
-    from crossan.zoo.tune.__main__ import main as tune_main
+    from crossan.zoo.cli.tune import main as tune_main
 
     root = amazon(tmp_path / "data", items=f"item\ttitle\n{ITEMS_TSV}")
     result = run_main(tune_main, "--preset", "sasrec-id", "--data", "amazon", "--data-root", str(root),

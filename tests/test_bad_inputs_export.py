@@ -47,8 +47,8 @@ from crossan.export.reading import RECORDS_KEY, REPORT_FILE, file_record
 from crossan.export.serve import USER_ENCODER_FILE, OnnxRecommender, UnknownItemError
 from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
 from crossan.export.validation import catalogue_embeddings, recommend, validate_encoder
-from crossan.zoo.cli import run_cli
-from crossan.zoo.errors import ConfigError, MissingFileError, UserError
+from crossan.zoo.cli.options import run_cli
+from crossan.zoo.core.errors import ConfigError, MissingFileError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING_FILES = (USER_ENCODER_FILE, TABLE_FILE, REPORT_FILE)
@@ -377,7 +377,7 @@ def test_a_killed_export_leaves_the_previous_export_and_a_rerun_replaces_it(toy_
 DISK_FULL = """
 import resource, signal, sys
 from crossan.export.__main__ import main
-from crossan.zoo.cli import run_cli
+from crossan.zoo.cli.options import run_cli
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 run_cli(lambda: main(sys.argv[1:]))

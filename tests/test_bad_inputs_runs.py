@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from crossan.zoo.errors import ConfigError, NonFiniteError
+from crossan.zoo.core.errors import ConfigError, NonFiniteError
 from crossan.zoo.training.metrics import target_ranks, target_ranks_excluding
 from crossan.zoo.training.trainer import TrainConfig
 from scripts import PROJECT, run_script
@@ -262,7 +262,7 @@ def test_weights_that_do_not_fit_the_config_are_one_line(run_copy):
 
 
 def test_damaged_checkpoint_is_one_line(run_copy):
-    from crossan.zoo.pipeline import code_fingerprint
+    from crossan.zoo.runs.pipeline import code_fingerprint
 
     config = json.loads((run_copy / "config.json").read_text())
     (run_copy / "config.json").write_text(json.dumps({**config, "code": code_fingerprint()}))  # this code resumes
@@ -277,7 +277,7 @@ def test_damaged_checkpoint_is_one_line(run_copy):
 
 
 def test_nan_weights_in_a_checkpoint_stop_the_resume(run_copy):
-    from crossan.zoo.pipeline import code_fingerprint
+    from crossan.zoo.runs.pipeline import code_fingerprint
 
     config = json.loads((run_copy / "config.json").read_text())
     (run_copy / "config.json").write_text(json.dumps({**config, "code": code_fingerprint()}))
@@ -386,7 +386,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_run_resumable(toy_root, cache
 
 
 def test_the_tuner_refuses_options_that_change_nothing(tmp_path):
-    from crossan.zoo.tune.__main__ import main as tune_main
+    from crossan.zoo.cli.tune import main as tune_main
 
     with pytest.raises(ConfigError, match="--cover-dir applies to --data microlens only"):
         tune_main(["--preset", "crossan-t", "--data", "amazon", "--data-root", str(tmp_path), "--cover-dir", "x",

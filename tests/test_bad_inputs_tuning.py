@@ -20,13 +20,13 @@ from killing import PROJECT, kill_when
 from scripts import ScriptResult, run_main
 from rich.console import Console
 
-from crossan.zoo.cli import split_options
-from crossan.zoo.errors import ConfigError, DivergedError, NonFiniteError, NoResultError, UserError
+from crossan.zoo.runs.settings import split_options
+from crossan.zoo.core.errors import ConfigError, DivergedError, NonFiniteError, NoResultError, UserError
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.tune import report as report_module
 from crossan.zoo.tune import study as study_module
-from crossan.zoo.tune.__main__ import main as tune_main
+from crossan.zoo.cli.tune import main as tune_main
 from crossan.zoo.tune.recipe import read_recipe, recipe_origin, write_recipe
 from crossan.zoo.tune.space import default_space, load_space
 from crossan.zoo.training.trainer import TrainConfig
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
 
 def run_tuner(*args: str) -> ScriptResult:
-    """`python -m crossan.zoo.tune ARGS` in this process (no new interpreter importing torch)."""
+    """`crossan tune ARGS` in this process (no new interpreter importing torch)."""
     return run_main(tune_main, *args)
 
 
@@ -293,7 +293,7 @@ def study_whose_training_raises(error: Exception, tmp_path: Path, monkeypatch: p
     """A 2-trial sasrec-id study on a small Amazon set whose every training raises `error`; its
     settings and a call that runs it."""
     from crossan.zoo.data import read_amazon
-    from crossan.zoo.pipeline import describe_data
+    from crossan.zoo.runs.pipeline import describe_data
 
     def fails(*args, **kwargs):
         raise error
@@ -351,7 +351,7 @@ def test_a_bad_table_definition_is_one_line_naming_it(tmp_path: Path, content: b
 
 
 def test_experiments_out_naming_a_file_is_one_line(tmp_path: Path) -> None:
-    from crossan.zoo.experiments.__main__ import main as experiments_main
+    from crossan.zoo.cli.experiments import main as experiments_main
 
     (tmp_path / "out").write_text("a file\n")
     result = run_main(experiments_main, "fusion", "--out", str(tmp_path / "out"))
@@ -366,7 +366,7 @@ def test_experiments_out_naming_a_file_is_one_line(tmp_path: Path) -> None:
 def test_a_study_killed_mid_trial_is_finished_by_a_rerun(tmp_path: Path) -> None:
     data = amazon_folder(tmp_path / "data", seed=3, users=600, items=200)
     study = tmp_path / "study"
-    command = [sys.executable, "-m", "crossan.zoo.tune", "--preset", "sasrec-id", "--data", "amazon",
+    command = [sys.executable, "-m", "crossan", "tune", "--preset", "sasrec-id", "--data", "amazon",
                "--data-root", str(data), "--cache-dir", str(tmp_path / "cache"), "--study", str(study),
                "--trials", "2", "--heartbeat", "1", "--set", "epochs=40", "--set", "patience=40"]
 

@@ -6,9 +6,9 @@ import traceback
 import pytest
 from scripts import run_script
 
-from crossan.zoo.cli import run_cli
+from crossan.zoo.cli.options import run_cli
 from crossan.zoo.data import DataError
-from crossan.zoo.errors import ConfigError, MissingFileError, UserError
+from crossan.zoo.core.errors import ConfigError, MissingFileError, UserError
 
 
 

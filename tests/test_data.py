@@ -9,7 +9,7 @@ from scripts import run_script
 
 from crossan.zoo.data import DataError, read_amazon, read_microlens
 from crossan.zoo.data.dataset import MIN_INTERACTIONS
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 PROJECT = Path(__file__).resolve().parents[1]
 AMAZON = PROJECT.parent / "shared" / "data" / "amazon-scientific"

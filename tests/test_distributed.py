@@ -12,8 +12,8 @@ import torch
 from killing import PROJECT, kill_when
 
 from crossan.zoo.features.states import open_states
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.training.distributed import Processes
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.core.distributed import Processes
 from crossan.zoo.training.trainer import epoch_batches
 
 # --standalone: a local rendezvous on a free port, so runs never collide on a fixed one.

@@ -12,8 +12,8 @@ import torch
 from crossan.export.exporter import export_model, validate_grid
 from crossan.export.validation import item_cases, user_cases
 from crossan.zoo.backbones.tiny import tiny_backbone
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models.end_to_end import ADDED_WEIGHT
 from crossan.zoo.models import config_from_dict, create_model
 
@@ -156,7 +156,7 @@ def test_train_py_trains_an_uncached_model_from_stored_inputs(toy_root, cache_di
     from pathlib import Path
 
     from crossan.zoo.features.inputs import open_inputs
-    from crossan.zoo.runs import open_run
+    from crossan.zoo.runs.run import open_run
 
     run_dir = tmp_path / "run"
     result = subprocess.run(

@@ -17,16 +17,16 @@ from rich.console import Console
 from scipy.stats import t as student_t
 
 from crossan.zoo.data import load_dataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.experiments import builtin_tables, load_table
-from crossan.zoo.experiments.__main__ import build_parser, training_overrides
+from crossan.zoo.cli.experiments import build_parser, training_overrides
 from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.experiments.report import summarise, write_report
 from crossan.zoo.experiments import runner
 from crossan.zoo.experiments.runner import TableRuns, train_missing
-from crossan.zoo.file_lock import file_lock
+from crossan.zoo.core.file_lock import file_lock
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.pipeline import describe_data
+from crossan.zoo.runs.pipeline import describe_data
 from crossan.zoo.training.checkpoint import read_json, write_json
 
 MINI = """
@@ -176,7 +176,7 @@ def test_a_finished_run_keeps_the_value_it_chose_for_a_setting_given_as_auto(tmp
 
 def test_a_claim_is_free_again_once_its_holder_is_killed(tmp_path: Path) -> None:
     claim = tmp_path / ".run-seed1.lock"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom crossan.zoo.file_lock import file_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom crossan.zoo.core.file_lock import file_lock\n"
                                f"with file_lock({str(claim)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -29,9 +29,9 @@ from crossan.export.ranking import history_window, top_k_rows
 from crossan.export.spec import TOLERANCE, item_encoder_spec
 from crossan.export.validation import OnnxEncoder, check_agreement, item_cases, user_cases, validate_encoder
 from crossan.export.wrappers import ItemEncoder
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models import build_model, list_models, preset_config
-from crossan.zoo.runs import open_run
+from crossan.zoo.runs.run import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 50

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from scripts import run_script
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.field_types import describe_type, matches_type
+from crossan.zoo.core.field_types import describe_type, matches_type
 from crossan.zoo.models import architectures
 from crossan.zoo.training.trainer import TrainConfig
 

@@ -10,7 +10,7 @@ import torch
 
 from crossan.zoo.data import read_microlens
 from crossan.zoo.data.dataset import PAD, SequenceDataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.training import evaluation
 from crossan.zoo.training.evaluation import evaluate_popularity, evaluation_users, rank_all_users
 from crossan.zoo.training.trainer import TrainConfig

@@ -14,7 +14,7 @@ from rich.console import Console
 from crossan.export.exporter import export_model
 from crossan.export.content import NO_ID_ROW as SERVED_NO_ID_ROW
 from crossan.zoo.data import read_microlens
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.layers.item_ids import NO_ID_ROW, ItemIdEmbedding
 from crossan.zoo.models import build_model, preset_config

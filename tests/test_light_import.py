@@ -24,7 +24,7 @@ def heavy_modules_after(code: str) -> list[str]:
 
 
 def test_configs_and_models_are_built_without_the_kernel_or_backbones() -> None:
-    code = ("import crossan\nfrom crossan.zoo.registry import architectures, preset_architecture, preset_config\n"
+    code = ("import crossan\nfrom crossan.zoo.models.registry import architectures, preset_architecture, preset_config\n"
             "cached = [name for name in crossan.list_models()\n"
             "          if architectures()[preset_architecture(name)][0].stored_features != 'inputs']\n"
             "assert len(cached) > 10, cached\n"

@@ -9,7 +9,7 @@ import torch
 
 from crossan.zoo.analysis.mutual_information import (MutualInformationEstimator, gaussian_mutual_information,
                                              pairwise_mutual_information)
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 ROWS = 4000
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import crossan
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.training.negatives import CrossBatchMemory, ExtraNegatives, sampling_log_weights
 from crossan.zoo.training.objective import InBatchObjective

@@ -29,8 +29,8 @@ from crossan.export.preprocessing import load_preprocessing, save_preprocessing
 from crossan.export.providers import CPU, CUDA, execution_providers
 from crossan.zoo.backbones import BackboneSpec, StateExtractor, load_backbone
 from crossan.zoo.data import DataError, SequenceDataset
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.runs import open_run
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.runs.run import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("text", "image", "video", "audio")

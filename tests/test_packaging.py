@@ -142,7 +142,7 @@ def test_every_benchmark_answers_help_from_the_root_and_from_outside(tmp_path: P
 def test_the_registry_imports_no_model_file() -> None:
     """Model files import the registry to register themselves; the registry never imports them
     (`crossan.zoo.models` does, and re-exports the lookups)."""
-    code = ("import sys\nimport crossan.zoo.registry as registry\n"
+    code = ("import sys\nimport crossan.zoo.models.registry as registry\n"
             "print(sorted(name for name in sys.modules if name.startswith('crossan.zoo.models')))\n"
             "import crossan.zoo.models as models\nprint(models.list_models() == registry.list_models() != [])\n")
     result = run_python(code, REPO)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.training.trainer import TrainConfig, resolve_precision
 
 PROJECT = Path(__file__).resolve().parents[1]

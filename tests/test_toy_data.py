@@ -16,7 +16,7 @@ from crossan.zoo.data import toy
 from crossan.zoo.data.errors import DataError
 from crossan.zoo.data.media import read_audio, read_cover, read_video_frames
 from crossan.zoo.data.toy import TOY_ATTRIBUTES, generate_toy, toy_item_attributes, toy_next_attributes
-from crossan.zoo.errors import UserError
+from crossan.zoo.core.errors import UserError
 
 SMALL = {"num_items": 40, "num_users": 50}
 TINY = {"num_items": 16, "num_users": 10}

@@ -13,11 +13,11 @@ from scripts import run_script
 import crossan
 from crossan.zoo.data import read_microlens
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.pipeline import describe_data, train_and_save
-from crossan.zoo.runs import open_run
+from crossan.zoo.runs.pipeline import describe_data, train_and_save
+from crossan.zoo.runs.run import open_run
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
 from crossan.zoo.training.trainer import TrainConfig, Trainer, training_windows
 

@@ -17,7 +17,7 @@ import torch
 from killing import PROJECT, kill_when
 from scripts import run_script
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.tune.recipe import read_recipe, write_recipe
 from crossan.zoo.tune.report import write_outputs
@@ -68,7 +68,7 @@ def finished_run_files(study: Path) -> dict[str, float]:
 def test_a_killed_study_keeps_finished_trials_resumes_the_killed_one_and_stops_at_the_budget(
         toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     study = tmp_path / "study"
-    command = [sys.executable, "-m", "crossan.zoo.tune", "--preset", "sasrec-id", "--data", "toy", "--data-root",
+    command = [sys.executable, "-m", "crossan", "tune", "--preset", "sasrec-id", "--data", "toy", "--data-root",
                str(toy_root), "--cache-dir", str(cache_dir), "--study", str(study), "--trials", "3", "--heartbeat",
                "1", "--set", "epochs=3", "--set", "patience=3", "--pruner", "median"]
 
@@ -127,7 +127,7 @@ def test_a_repeated_proposal_takes_the_finished_trials_result_without_training(t
 
     from crossan.zoo.data import load_dataset
     from crossan.zoo.features.settings import FeatureSettings
-    from crossan.zoo.pipeline import describe_data
+    from crossan.zoo.runs.pipeline import describe_data
 
     dataset = load_dataset("toy", toy_root, None)
     space = load_space(two_point_space(tmp_path), "sasrec-id")
@@ -153,7 +153,7 @@ def test_a_trial_in_flight_elsewhere_holds_a_slot_of_the_budget(toy_root: Path, 
 
     from crossan.zoo.data import load_dataset
     from crossan.zoo.features.settings import FeatureSettings
-    from crossan.zoo.pipeline import describe_data
+    from crossan.zoo.runs.pipeline import describe_data
     from crossan.zoo.tune import study as study_module
 
     monkeypatch.setattr(study_module, "WAIT_SECONDS", 0.2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crossan.zoo.atomic import atomic_write
+from crossan.zoo.core.atomic import atomic_write
 from crossan.zoo.training.trainer import SELECTION_METRIC
 
 if TYPE_CHECKING:

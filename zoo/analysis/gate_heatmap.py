@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from crossan.zoo.atomic import atomic_write
+from crossan.zoo.core.atomic import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

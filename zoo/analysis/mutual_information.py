@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 __all__ = ["MutualInformationEstimator", "gaussian_mutual_information", "pairwise_mutual_information"]
 

@@ -8,7 +8,7 @@ import torch
 
 from crossan.zoo.backbones.loading import Backbone
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 __all__ = ["kept_state_indices", "StateExtractor", "TEXT_MAX_TOKENS", "VIDEO_FRAMES", "CLIP_SECONDS"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from crossan.zoo.backbones.minilm import MINILM_ALIAS, minilm_dir
-from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.core.errors import ConfigError, MissingFileError
 
 if TYPE_CHECKING:  # transformers loads with the first backbone: importing the zoo stays quick
     from transformers import PreTrainedModel

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crossan.zoo.errors import MissingFileError
+from crossan.zoo.core.errors import MissingFileError
 
 __all__ = ["MINILM_ALIAS", "minilm_dir"]
 

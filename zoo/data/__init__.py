@@ -6,7 +6,7 @@ from pathlib import Path
 from crossan.zoo.data.dataset import MIN_INTERACTIONS, PAD, SequenceDataset
 from crossan.zoo.data.errors import DataError
 from crossan.zoo.data.readers import read_amazon, read_microlens
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 __all__ = ["DATA_KINDS", "MIN_INTERACTIONS", "PAD", "DataError", "SequenceDataset", "load_dataset",
            "read_amazon", "read_microlens"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 __all__ = ["SequenceDataset", "PAD", "MIN_INTERACTIONS"]
 

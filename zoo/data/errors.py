@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crossan.zoo.errors import UserError
+from crossan.zoo.core.errors import UserError
 
 
 class DataError(UserError):

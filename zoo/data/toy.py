@@ -61,7 +61,7 @@ import numpy as np
 from PIL import Image
 
 from crossan.zoo.data.errors import DataError
-from crossan.zoo.file_lock import file_lock
+from crossan.zoo.core.file_lock import file_lock
 
 __all__ = [
     "TOY_ATTRIBUTES",

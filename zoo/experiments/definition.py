@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossan.zoo.errors import ConfigError, MissingFileError
-from crossan.zoo.reading import read_text
-from crossan.zoo.cli import split_options
+from crossan.zoo.core.errors import ConfigError, MissingFileError
+from crossan.zoo.core.reading import read_text
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.training.trainer import TrainConfig
 

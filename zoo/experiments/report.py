@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossan.zoo.atomic import atomic_write
+from crossan.zoo.core.atomic import atomic_write
 from crossan.zoo.experiments.definition import TableDefinition
 from crossan.zoo.experiments.runner import TableRuns
 from crossan.zoo.training.checkpoint import read_json, write_json

@@ -12,11 +12,11 @@ from rich.console import Console
 
 from crossan.zoo.data import SequenceDataset
 from crossan.zoo.experiments.definition import RunSpec, TableDefinition
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.cli import split_options
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.file_lock import file_lock
-from crossan.zoo.pipeline import differing_options, resume_run, train_and_save
+from crossan.zoo.core.file_lock import file_lock
+from crossan.zoo.runs.pipeline import differing_options, resume_run, train_and_save
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json
 from crossan.zoo.training.trainer import TrainConfig
 

@@ -16,9 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from crossan.zoo.atomic import atomic_write
+from crossan.zoo.core.atomic import atomic_write
 from crossan.zoo.features.states import cache_path
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.core.distributed import SINGLE, Processes
 
 __all__ = ["FORMAT_VERSION", "STORED_DTYPES", "input_cache_path", "open_inputs", "save_inputs"]
 

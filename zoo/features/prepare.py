@@ -22,13 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from crossan.zoo.backbones import Backbone, StateExtractor, load_backbone
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
-from crossan.zoo.errors import CorruptFileError, MissingFileError
+from crossan.zoo.core.errors import CorruptFileError, MissingFileError
 from crossan.zoo.features import inputs as stored_inputs
 from crossan.zoo.features import states as state_cache
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.finite import require_finite_rows
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.core.finite import require_finite_rows
+from crossan.zoo.core.distributed import SINGLE, Processes
 
 if TYPE_CHECKING:
     from crossan.zoo.models.config import RecommenderConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from crossan.zoo.backbones import TEXT_MAX_TOKENS, BackboneSpec
-from crossan.zoo.field_types import check_field_types
+from crossan.zoo.core.field_types import check_field_types
 
 __all__ = ["FeatureSettings"]
 

@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from crossan.zoo.atomic import atomic_write
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.core.atomic import atomic_write
+from crossan.zoo.core.distributed import SINGLE, Processes
 
 __all__ = ["FORMAT_VERSION", "cache_path", "open_states", "save_states", "write_states"]
 

@@ -9,9 +9,10 @@ registered.
 import importlib
 import pkgutil
 
-from crossan.zoo.models.base import Recommender, SideNetworkRecommender
+from crossan.zoo.models.recommender import Recommender
+from crossan.zoo.models.side_network import SideNetworkRecommender
 from crossan.zoo.models.config import MODALITIES, RecommenderConfig, SideNetworkConfig
-from crossan.zoo.registry import (architectures, build_model, config_from_dict, create_model, list_models, load_model,
+from crossan.zoo.models.registry import (architectures, build_model, config_from_dict, create_model, list_models, load_model,
                                   preset_config)
 
 for _module in pkgutil.iter_modules(__path__):

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from crossan.kernels.backends import BACKENDS
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.field_types import check_field_types
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.core.field_types import check_field_types
 from crossan.zoo.layers.activations import ACTIVATIONS
 from crossan.zoo.layers.fusion import FUSIONS
 

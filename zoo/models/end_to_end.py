@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.layers.adapter import HoulsbyAdapter
 from crossan.zoo.layers.activations import ACTIVATIONS
 from crossan.zoo.layers.fusion import FUSIONS, make_fusion
-from crossan.zoo.models.base import ContentRecommender
+from crossan.zoo.models.content import ContentRecommender
 from crossan.zoo.models.config import ContentConfig
-from crossan.zoo.registry import register_model
+from crossan.zoo.models.registry import register_model
 
 if TYPE_CHECKING:  # transformers loads when a backbone is built: importing the zoo stays quick
     from transformers import PretrainedConfig

@@ -7,14 +7,14 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.layers.adapter import HoulsbyAdapter
 from crossan.zoo.layers.mixer import GatedCrossModalMixer, SigmoidGatedMixer
 from crossan.zoo.layers.side_layer import GatedAdapterLayer
 from crossan.zoo.layers.side_network import GateGroup, SideGates
-from crossan.zoo.models.base import SideNetworkRecommender
+from crossan.zoo.models.side_network import SideNetworkRecommender
 from crossan.zoo.models.config import MODALITIES, SideNetworkConfig
-from crossan.zoo.registry import register_model
+from crossan.zoo.models.registry import register_model
 
 __all__ = ["IISAN", "IISANConfig"]
 

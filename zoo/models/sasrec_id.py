@@ -9,10 +9,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models.config import RecommenderConfig
-from crossan.zoo.registry import register_model
+from crossan.zoo.models.registry import register_model
 
 __all__ = ["SASRecID", "SASRecIDConfig"]
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from crossan.zoo.atomic import atomic_write, write_failure
-from crossan.zoo.errors import CorruptFileError
-from crossan.zoo.finite import require_finite_tensors
-from crossan.zoo.reading import load_tensors, read_json, read_json_object, require_keys
+from crossan.zoo.core.atomic import atomic_write, write_failure
+from crossan.zoo.core.errors import CorruptFileError
+from crossan.zoo.core.finite import require_finite_tensors
+from crossan.zoo.core.reading import load_tensors, read_json, read_json_object, require_keys
 
 __all__ = ["write_json", "read_json", "save_weights", "save_per_user", "TrainingState", "Checkpoint", "CheckpointStore"]
 

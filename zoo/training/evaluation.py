@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from crossan.zoo.data.dataset import PAD, SequenceDataset
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.models.base import Recommender, decayed_history
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.layers.history import decayed_history
+from crossan.zoo.models.recommender import Recommender
+from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.training.metrics import metrics_from_ranks, standard_error, target_ranks_excluding
 
 __all__ = ["EvaluationResult", "SCORE_BUDGET", "evaluation_users", "evaluate_history_similarity", "evaluate_model",

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from crossan.zoo.errors import NonFiniteError
-from crossan.zoo.finite import require_finite
+from crossan.zoo.core.errors import NonFiniteError
+from crossan.zoo.core.finite import require_finite
 
 __all__ = ["CUTOFFS", "METRIC_NAMES", "target_ranks", "target_ranks_excluding", "metrics_from_ranks",
            "per_user_metric", "standard_error"]

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.core.distributed import SINGLE, Processes
 
 __all__ = ["CrossBatchMemory", "ExtraNegatives", "NEGATIVE_SAMPLING", "check_negative_options",
            "inclusion_probability", "sampling_log_weights"]

@@ -21,8 +21,8 @@ from torch import nn
 
 from crossan.zoo.data.dataset import PAD
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.models.base import Recommender
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.models.recommender import Recommender
+from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.training.loss import in_batch_debiased_cross_entropy, same_user_mask
 from crossan.zoo.training.negatives import ExtraNegatives
 

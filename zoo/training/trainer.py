@@ -16,12 +16,12 @@ from torch.utils.data import DistributedSampler
 
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
-from crossan.zoo.errors import ConfigError, DivergedError
-from crossan.zoo.field_types import check_field_types
+from crossan.zoo.core.errors import ConfigError, DivergedError
+from crossan.zoo.core.field_types import check_field_types
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluation_users
 from crossan.zoo.training.negatives import ExtraNegatives, check_negative_options
 from crossan.zoo.training.objective import InBatchObjective
@@ -169,7 +169,7 @@ def epoch_batches(num_windows: int, batch_size: int, epoch: int, seed: int,
 class Trainer:
     """Trains `model` on cached item features; evaluates every epoch on the validation split.
 
-    With `processes` from `torchrun` (`crossan.zoo.training.distributed.launched`), each process takes
+    With `processes` from `torchrun` (`crossan.zoo.core.distributed.launched`), each process takes
     its share of every batch, in-batch negatives span the global batch (`InBatchObjective`),
     gradients are averaged by DistributedDataParallel, evaluation is sharded by users, and only
     the main process prints and writes checkpoints.

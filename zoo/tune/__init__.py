@@ -6,5 +6,5 @@
   RDB storage, every trial an ordinary run folder, resumable after a kill);
 - `report`: the trials table, the best trial, parameter importances and the validation plot.
 
-    python -m crossan.zoo.tune --preset crossan-t --data amazon --data-root DIR --trials 24
+    crossan tune --preset crossan-t --data amazon --data-root DIR --trials 24
 """

@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crossan.zoo.atomic import atomic_write
-from crossan.zoo.cli import split_options
-from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.core.atomic import atomic_write
+from crossan.zoo.runs.settings import split_options
+from crossan.zoo.core.errors import ConfigError, MissingFileError
 from crossan.zoo.models import preset_config
-from crossan.zoo.reading import read_json
+from crossan.zoo.core.reading import read_json
 from crossan.zoo.training.trainer import TrainConfig
 
 __all__ = ["RECIPE_KEYS", "check_recipe", "read_recipe", "recipe_origin", "write_recipe"]

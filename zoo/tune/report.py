@@ -11,8 +11,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from crossan.zoo.atomic import atomic_write
-from crossan.zoo.errors import NoResultError
+from crossan.zoo.core.atomic import atomic_write
+from crossan.zoo.core.errors import NoResultError
 from crossan.zoo.tune.recipe import write_recipe
 from crossan.zoo.tune.study import FINISHED, METRIC, StudySettings, distinct_runs
 

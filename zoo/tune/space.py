@@ -25,8 +25,8 @@ from typing import Any
 
 import optuna
 
-from crossan.zoo.errors import ConfigError, MissingFileError
-from crossan.zoo.reading import read_text
+from crossan.zoo.core.errors import ConfigError, MissingFileError
+from crossan.zoo.core.reading import read_text
 from crossan.zoo.tune.recipe import check_recipe
 
 __all__ = ["SPACES_DIR", "Parameter", "SearchSpace", "default_space", "load_space"]

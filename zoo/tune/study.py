@@ -43,11 +43,11 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 from rich.console import Console
 
-from crossan.zoo.cli import split_options
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.errors import ConfigError, DivergedError, UserError
+from crossan.zoo.core.errors import ConfigError, DivergedError, UserError
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.pipeline import resume_run, train_and_save
+from crossan.zoo.runs.pipeline import resume_run, train_and_save
 from crossan.zoo.training.trainer import TrainConfig
 from crossan.zoo.tune.space import SearchSpace
 

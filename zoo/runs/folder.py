@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from crossan.zoo.errors import ConfigError, UserError
-from crossan.zoo.reading import read_json_object
+from crossan.zoo.core.errors import ConfigError, UserError
+from crossan.zoo.core.reading import read_json_object
 
 __all__ = ["check_new_run_folder", "clear_run_folder", "flatten_settings"]
 

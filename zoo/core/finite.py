@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from crossan.zoo.errors import NonFiniteError
+from crossan.zoo.core.errors import NonFiniteError
 
 __all__ = ["require_finite", "require_finite_tensors", "require_finite_rows"]
 

@@ -15,16 +15,16 @@ from rich.console import Console
 
 from crossan.zoo.analysis.curves import draw_training_curves
 from crossan.zoo.data import SequenceDataset
-from crossan.zoo.errors import ConfigError, CorruptFileError, MissingFileError
+from crossan.zoo.core.errors import ConfigError, CorruptFileError, MissingFileError
 from crossan.zoo.features.prepare import prepare_features
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import build_model, config_from_dict, preset_config
 from crossan.zoo.models.config import AUTO, RecommenderConfig
-from crossan.zoo.run_folder import check_new_run_folder, clear_run_folder, flatten_settings
-from crossan.zoo.reading import read_json_object
-from crossan.zoo.runs import Run, recorded_dataset
+from crossan.zoo.runs.folder import check_new_run_folder, clear_run_folder, flatten_settings
+from crossan.zoo.core.reading import read_json_object
+from crossan.zoo.runs.run import Run, recorded_dataset
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
-from crossan.zoo.training.distributed import SINGLE, Processes
+from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.training.evaluation import evaluate_popularity, evaluation_users
 from crossan.zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
 
@@ -39,7 +39,7 @@ def code_fingerprint() -> str:
     Read once per process, so it names the code this process imported even if the files are
     edited while it runs."""
     digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for path in sorted((*root.joinpath("zoo").rglob("*.py"), *root.joinpath("kernels").rglob("*.py"))):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())

@@ -1,7 +1,7 @@
 """Tune a preset on a data set's validation split with Optuna, then write its best recipe.
 
-    python -m crossan.zoo.tune --preset sasrec-id --data amazon --data-root DIR --trials 24
-    python -m crossan.zoo.tune --preset crossan-t --data amazon --data-root DIR --backbone text=minilm \\
+    crossan tune --preset sasrec-id --data amazon --data-root DIR --trials 24
+    crossan tune --preset crossan-t --data amazon --data-root DIR --backbone text=minilm \\
         --trials 24 --timeout 600 --study weights/tune/crossan-t-scientific
     python train.py --recipe weights/tune/crossan-t-scientific/best-recipe.json --data amazon ...
 
@@ -18,17 +18,18 @@ from pathlib import Path
 
 from rich.console import Console
 
-from crossan.zoo.cli import (add_data_options, check_data_options_apply, data_and_settings, parse_assignments,
-                             parse_value, run_cli, split_options)
+from crossan.zoo.cli.options import (add_data_options, check_data_options_apply, data_and_settings, parse_assignments,
+                             parse_value)
 from crossan.zoo.models import list_models, preset_config
-from crossan.zoo.pipeline import resolve_device
+from crossan.zoo.runs.pipeline import resolve_device
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
 from crossan.zoo.tune.study import PRUNERS, StudySettings, run_study
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crossan.zoo.tune", description=__doc__,
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, choices=list_models(), metavar="NAME")
     parser.add_argument("--space", type=Path, help="search space file (default: the one shipped for the preset)")
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     space = load_space(args.space or default_space(args.preset), args.preset)
@@ -70,6 +71,3 @@ def main(argv: list[str] | None = None) -> int:
                       f"recipe {settings.study_dir / 'best-recipe.json'}, report {settings.study_dir / 'report.md'}")
     return 0
 
-
-if __name__ == "__main__":
-    run_cli(main)

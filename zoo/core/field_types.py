@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from crossan.zoo.errors import ConfigError
+from crossan.zoo.core.errors import ConfigError
 
 __all__ = ["check_field_types", "describe_type", "matches_type"]
 

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 
 from crossan.zoo.data import DataError, SequenceDataset, load_dataset
-from crossan.zoo.errors import MissingFileError
+from crossan.zoo.core.errors import MissingFileError
 from crossan.zoo.features.prepare import open_recorded_features
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.models.base import Recommender
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models import load_model
-from crossan.zoo.reading import read_json_object
+from crossan.zoo.core.reading import read_json_object
 from crossan.zoo.training.checkpoint import CheckpointStore
 
 __all__ = ["Run", "open_run", "recorded_dataset"]

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from crossan.zoo.errors import UserError
+from crossan.zoo.core.errors import UserError
 
 __all__ = ["WriteFailedError", "atomic_write", "write_failure"]
 

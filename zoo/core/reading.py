@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from crossan.zoo.errors import CorruptFileError, MissingFileError
+from crossan.zoo.core.errors import CorruptFileError, MissingFileError
 
 __all__ = ["read_text", "read_json", "read_json_object", "require_keys", "load_tensors"]
 

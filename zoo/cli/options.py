@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,12 +10,11 @@ from typing import Any, Callable
 
 from rich.table import Table
 
-from crossan.zoo.errors import ConfigError, UserError
+from crossan.zoo.core.errors import ConfigError, UserError
 from crossan.zoo.training.metrics import METRIC_NAMES
-from crossan.zoo.training.trainer import TrainConfig
 
 __all__ = ["METRIC_NAMES", "add_data_options", "check_data_options_apply", "data_and_settings", "metrics_table",
-           "option_given", "parse_assignments", "parse_value", "run_cli", "split_options"]
+           "option_given", "parse_assignments", "parse_value", "run_cli"]
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -45,14 +43,6 @@ def metrics_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Table
     for label, metrics in rows:
         table.add_row(label, *(f"{metrics[name]:.4f}" for name in METRIC_NAMES))
     return table
-
-
-def split_options(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Sort `{field: value}` into training-config fields and model-config overrides (the model
-    fields are checked when the preset's config is built)."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    train = {k: v for k, v in values.items() if k in train_fields}
-    return train, {k: v for k, v in values.items() if k not in train_fields}
 
 
 def parse_assignments(pairs: list[str], what: str) -> dict[str, str]:
@@ -136,7 +126,7 @@ def data_and_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], An
     from crossan.zoo.data import load_dataset
     from crossan.zoo.features.settings import FeatureSettings
     from crossan.zoo.models.config import MODALITIES
-    from crossan.zoo.pipeline import describe_data
+    from crossan.zoo.runs.pipeline import describe_data
 
     for pair in (*args.backbone, *args.pooling):
         modality = pair.partition("=")[0]

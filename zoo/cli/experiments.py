@@ -1,9 +1,9 @@
 """Train (only what is missing) and summarise one of the paper's experiment tables.
 
-    python -m crossan.zoo.experiments fusion --data toy --seeds 42 43 44
-    python -m crossan.zoo.experiments modalities --data microlens --data-root DIR --backbones pretrained
-    python -m crossan.zoo.experiments my-table.toml --data toy --out experiments/
-    python -m crossan.zoo.experiments uncached --data toy --seeds 42 43 --epochs 10 --train steps_per_epoch=16
+    crossan experiments fusion --data toy --seeds 42 43 44
+    crossan experiments modalities --data microlens --data-root DIR --backbones pretrained
+    crossan experiments my-table.toml --data toy --out experiments/
+    crossan experiments uncached --data toy --seeds 42 43 --epochs 10 --train steps_per_epoch=16
 
 Writes `OUT/TABLE/<run>-seed<N>/` (one run folder each, as train.py does), then `TABLE.md`,
 `TABLE.json` and, for sweeps, `TABLE.png` in `OUT/TABLE/`. Finished runs are kept and unfinished
@@ -19,20 +19,20 @@ from pathlib import Path
 from rich.console import Console
 
 from crossan.zoo.backbones import SOURCES
-from crossan.zoo.cli import run_cli
 from crossan.zoo.data import DATA_KINDS, load_dataset
 from crossan.zoo.experiments.definition import builtin_tables, load_table
 from crossan.zoo.experiments.report import write_report
 from crossan.zoo.experiments.runner import TableRuns, train_missing
-from crossan.zoo.errors import ConfigError
-from crossan.zoo.cli import parse_assignments, parse_value, split_options
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.cli.options import parse_assignments, parse_value
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.features.settings import FeatureSettings
-from crossan.zoo.pipeline import describe_data, resolve_device
+from crossan.zoo.runs.pipeline import describe_data, resolve_device
 from crossan.zoo.training.trainer import TrainConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crossan.zoo.experiments", description=__doc__,
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", help=f"a built-in table ({', '.join(builtin_tables())}) or a .toml/.json file")
     parser.add_argument("--data", default="toy", choices=DATA_KINDS)
@@ -66,8 +66,8 @@ def training_overrides(args: argparse.Namespace) -> dict[str, object]:
     return train_values
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     definition = load_table(args.table)
     console = Console(stderr=True)
     table = TableRuns(definition, args.out, tuple(dict.fromkeys(args.seeds)))
@@ -88,6 +88,3 @@ def main(argv: list[str] | None = None) -> int:
         print((table.folder / f"{definition.name}.md").read_text(), end="")
     return 0
 
-
-if __name__ == "__main__":
-    run_cli(main)

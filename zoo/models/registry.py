@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crossan.zoo.errors import ConfigError, MissingFileError
+from crossan.zoo.core.errors import ConfigError, MissingFileError
 
 if TYPE_CHECKING:
-    from crossan.zoo.models.base import Recommender
+    from crossan.zoo.models.recommender import Recommender
     from crossan.zoo.models.config import RecommenderConfig
 
 __all__ = ["register_model", "architectures", "create_model", "list_models", "preset_architecture", "preset_config",
@@ -104,9 +104,9 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> Recommender:
 
     Damaged files, weights that do not fit the recorded config, and NaN or infinite weights
     are each one line naming the file."""
-    from crossan.zoo.errors import CorruptFileError
-    from crossan.zoo.finite import require_finite_tensors
-    from crossan.zoo.reading import load_tensors, read_json_object
+    from crossan.zoo.core.errors import CorruptFileError
+    from crossan.zoo.core.finite import require_finite_tensors
+    from crossan.zoo.core.reading import load_tensors, read_json_object
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"

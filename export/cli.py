@@ -1,0 +1,49 @@
+"""Export a training run's encoders to ONNX and TorchScript and validate them against PyTorch.
+
+    crossan export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from crossan.export.exporter import REPORT_FILE, export_run
+from crossan.export.reading import PARTIAL
+from crossan.export.spec import DEFAULT_OPSET
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="run directory written by train.py")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--with-backbones", action="store_true",
+                        help="also export the frozen backbones and their preprocessing, so new items are "
+                             "embedded from raw content without PyTorch (checked on real items of the run)")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Export, validate, print the tables; the output folder changes only when everything passed.
+
+    `run_cli` prints user errors as one line: a missing run, a bad option, an `--out` that is a
+    file or a folder of other files, non-finite encoder outputs, a failed write (a full disk).
+    Any other failed check propagates as its ExportValidationError with a traceback: the export
+    code or runtime disagrees with PyTorch, which is a bug to report."""
+    args = build_parser(prog).parse_args(argv)
+    console = Console()
+    with console.status(f"exporting and validating {args.run}"):
+        report = export_run(args.run, args.out, args.opset, args.with_backbones)
+    for table in report.tables():
+        console.print(table)
+    console.print(f"wrote {', '.join(sorted(p.name for p in report.out_dir.iterdir()))} to {report.out_dir} "
+                  f"(report: {REPORT_FILE})")
+    left = sorted(p.name for p in report.out_dir.parent.glob(f".{report.out_dir.name}{PARTIAL}*"))
+    if left:
+        console.print(f"note: {', '.join(left)} beside it: left by an export that was killed (or is still running); "
+                      f"nothing loads it, delete it")
+    return 0
+

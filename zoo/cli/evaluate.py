@@ -1,0 +1,165 @@
+"""Evaluate a trained run (or the popularity baseline) with leave-one-out full ranking.
+
+    python evaluate.py --run weights/<run> [--split test] [--compare weights/<other>]
+    python evaluate.py --run weights/<run> --mutual-information --gate-heatmap gates.png
+    python evaluate.py --data toy --baseline popularity
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from crossan.zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data
+from crossan.zoo.analysis.mutual_information import MutualInformationEstimator, pairwise_mutual_information
+from crossan.zoo.cli.options import metrics_table, option_given
+from crossan.zoo.data import DATA_KINDS, SequenceDataset, load_dataset
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.runs.run import Run, open_run
+from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluate_popularity
+from crossan.zoo.training.metrics import metrics_from_ranks
+from crossan.zoo.training.significance import cold_item_users, paired_t_test
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="run directory written by train.py")
+    source.add_argument("--baseline", choices=("popularity",), help="evaluate a baseline instead of a run")
+    parser.add_argument("--data", default="toy", choices=DATA_KINDS, help="with --baseline: its data set's kind")
+    parser.add_argument("--data-root", type=Path,
+                        help="with --baseline: its data folder; with --run: where the run's own data set is now "
+                             "(checked by fingerprint), when it moved")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"),
+                        help="with --baseline: where toy data is generated; with --run: where the run's feature "
+                             "cache is now, when it moved (default: where the run recorded it)")
+    parser.add_argument("--split", default="test", choices=("valid", "test"))
+    parser.add_argument("--no-mask-history", action="store_true", help="keep history items in the ranking")
+    parser.add_argument("--compare", type=Path, help="second run: paired t-test on per-user metrics")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where runs are evaluated")
+    parser.add_argument("--mutual-information", action="store_true",
+                        help="mutual information between every pair of towers' final side outputs (paper Table 1)")
+    parser.add_argument("--mi-neighbours", type=int, default=3, metavar="K",
+                        help="with --mutual-information: k of the KSG estimator")
+    parser.add_argument("--mi-components", type=int, default=8, metavar="D",
+                        help="with --mutual-information: PCA dimensions each tower's outputs are reduced to first "
+                             "(0: none)")
+    parser.add_argument("--gate-heatmap", type=Path, metavar="PNG",
+                        help="draw every tower's gate weights per side layer and input (paper Fig. 4)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return parser
+
+
+def evaluate_run(run: Run, split: str, mask_history: bool) -> tuple[EvaluationResult, SequenceDataset]:
+    return evaluate_model(run.model, run.dataset, run.features, split, mask_history), run.dataset
+
+
+def tower_mutual_information(run: Run, estimator: MutualInformationEstimator) -> dict[str, object]:
+    """MI between every pair of the run's towers over the whole catalogue, with the estimator named."""
+    outputs = run.model.eval().tower_representations(run.features.gather, run.features.num_items)
+    if len(outputs) < 2:
+        raise ConfigError(f"{run.directory}: {run.config['preset']} has {len(outputs)} tower(s); mutual information "
+                          "needs at least two")
+    pairs = pairwise_mutual_information(outputs, estimator)
+    return {"estimator": estimator.describe(), "items": run.features.num_items, "pairs": pairs,
+            "mean": sum(p["mutual_information"] for p in pairs) / len(pairs)}
+
+
+def gate_heatmap(run: Run, path: Path) -> dict[str, object]:
+    """Draw the run's gate heatmap to `path`; returns the numbers drawn."""
+    table = run.model.gate_table()
+    if table is None:
+        raise ConfigError(f"{run.directory}: {run.config['preset']} has no side-network gates to draw")
+    data = gate_heatmap_data(*table)
+    draw_gate_heatmap(data, path, title=f"{run.config['preset']} gates ({run.directory.name})")
+    return {**data, "path": str(path)}
+
+
+def check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One line for an option that would change nothing in this mode (rather than being dropped)."""
+    given = functools.partial(option_given, parser, args)
+
+    if args.run is not None and given("data"):
+        raise ConfigError("--data names the data set of --baseline; a run is evaluated on its own data set "
+                          "(--data-root says where it is now, if it moved)")
+    if (args.mutual_information or args.gate_heatmap) and args.run is None:
+        raise ConfigError("--mutual-information and --gate-heatmap analyse a run: give --run")
+    if args.run is None and args.compare is None and given("device"):
+        raise ConfigError("--device applies to runs (--run, --compare); popularity runs on the CPU")
+    if not args.mutual_information:
+        for option in ("mi_neighbours", "mi_components"):
+            if given(option):
+                raise ConfigError(f"--{option.replace('_', '-')} applies to --mutual-information only")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line (`argv`, or the process's arguments); returns the exit status."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    check_options_apply(parser, args)
+    mask = not args.no_mask_history
+    if args.run is not None:
+        given_cache = args.cache_dir if option_given(parser, args, "cache_dir") else None
+        run = open_run(args.run, args.device, args.data_root, given_cache, full_check=True)
+        result, dataset = evaluate_run(run, args.split, mask)
+        label = args.run.name
+    else:
+        dataset = load_dataset(args.data, args.data_root, args.cache_dir)
+        result, label = evaluate_popularity(dataset, args.split, mask), "popularity"
+    cold = cold_item_users(dataset, args.split)
+    report: dict[str, object] = {
+        "run": label, "split": args.split, "mask_history": mask, "num_users": dataset.num_users,
+        "metrics": result.metrics,
+        "cold_items": {"num_users": int(cold.sum()),
+                       "metrics": metrics_from_ranks(result.ranks[cold]) if cold.any() else None},
+    }
+    rows = [(label, result.metrics)]
+    if cold.any():
+        rows.append((f"{label} (cold targets, {int(cold.sum())} users)", report["cold_items"]["metrics"]))
+    if args.compare is not None:
+        other, other_dataset = evaluate_run(open_run(args.compare, args.device, full_check=True), args.split, mask)
+        if other_dataset.user_ids != dataset.user_ids:
+            raise ConfigError(f"{args.compare} was trained on different users; a paired test needs the same ones")
+        report["compare"] = {"run": args.compare.name, "metrics": other.metrics,
+                             "paired_t_test": paired_t_test(result.ranks, other.ranks)}
+        rows.append((args.compare.name, other.metrics))
+    if args.mutual_information:
+        estimator = MutualInformationEstimator(neighbours=args.mi_neighbours, components=args.mi_components or None)
+        report["mutual_information"] = tower_mutual_information(run, estimator)
+    if args.gate_heatmap is not None:
+        report["gate_heatmap"] = gate_heatmap(run, args.gate_heatmap)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    console = Console()
+    console.print(metrics_table(f"{dataset.name}, {args.split} split, "
+                                f"{'masked' if mask else 'unmasked'} full ranking over {dataset.num_items:,} items",
+                                rows))
+    if args.compare is not None:
+        for name, values in report["compare"]["paired_t_test"].items():
+            console.print(f"{name}: {label} - {args.compare.name} = {values['mean_difference']:+.4f} "
+                          f"(paired t-test p = {values['p_value']:.3g})")
+    if args.mutual_information:
+        values = report["mutual_information"]
+        described = values["estimator"]
+        console.print(f"mutual information between towers over {values['items']:,} items, in {described['units']}: "
+                      f"{described['estimator']}, k = {described['neighbours']}, standardised, PCA to "
+                      f"{described['pca_components'] or 'no'} dimensions per tower")
+        console.print(mutual_information_table(values))
+    if args.gate_heatmap is not None:
+        console.print(f"gate heatmap written to {args.gate_heatmap}")
+    return 0
+
+
+def mutual_information_table(values: dict) -> Table:
+    table = Table()
+    table.add_column("towers")
+    table.add_column("MI (nats)", justify="right")
+    for pair in values["pairs"]:
+        table.add_row(f"{pair['first']} - {pair['second']}", f"{pair['mutual_information']:.4f}")
+    table.add_row("mean", f"{values['mean']:.4f}")
+    return table
