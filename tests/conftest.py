@@ -14,6 +14,14 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# `python -m pytest` puts the working directory, the repository root, first on sys.path; there the
+# folders zoo/, kernels/ and export/ would import under their bare names as second copies of
+# crossan.zoo, crossan.kernels and crossan.export (other classes, a second model registry). The
+# tests import the project by its one name, as installed; pytest imports the tests themselves
+# with --import-mode=importlib and finds their helper modules through `pythonpath` (pyproject.toml).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _REPO]
+
 SMALL_TOY = {"num_items": 128, "num_users": 800}
 
 
