@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from crossan.zoo.cli.options import run_cli
+
 __all__ = ["SUBCOMMANDS", "main"]
 
 # name -> (module defining `main(argv) -> int`, one line of help)
@@ -39,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the subcommand `argv[0]` with the rest of `argv` (default: the process's arguments)
     and exit with its status; user errors are one line on stderr (exit status 2)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(usage(), end="")
+    if not args or args[0] in ("-h", "--help"):  # with no command at all: the usage as the error
+        print(usage(), end="", file=sys.stdout if args else sys.stderr)
         sys.exit(0 if args else 2)
     if args[0] == "--version":
         from importlib.metadata import version
@@ -51,5 +53,4 @@ def main(argv: list[str] | None = None) -> None:
         print(f"crossan: unknown command {args[0]!r}; use one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(SUBCOMMANDS[args[0]][0])
-    run_cli = importlib.import_module("crossan.zoo.cli.options").run_cli
     run_cli(lambda: module.main(args[1:], prog=f"crossan {args[0]}"))

@@ -1,6 +1,7 @@
 """Export a training run's encoders to ONNX and TorchScript and validate them against PyTorch.
 
     crossan export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
+    python -m crossan.export --run weights/<run>          # the same command
 """
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from crossan.export.exporter import REPORT_FILE, export_run
-from crossan.export.reading import PARTIAL
 from crossan.export.spec import DEFAULT_OPSET
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of `crossan export` (and `python -m crossan.export`)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="run directory written by train.py")
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     Any other failed check propagates as its ExportValidationError with a traceback: the export
     code or runtime disagrees with PyTorch, which is a bug to report."""
     args = build_parser(prog).parse_args(argv)
+    # Imported here, when the command runs, so that `--help` loads neither PyTorch nor ONNX.
+    from crossan.export.exporter import REPORT_FILE, export_run
+    from crossan.export.reading import PARTIAL
+
     console = Console()
     with console.status(f"exporting and validating {args.run}"):
         report = export_run(args.run, args.out, args.opset, args.with_backbones)

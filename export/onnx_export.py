@@ -41,6 +41,8 @@ def export_onnx(module: nn.Module, spec: ExportSpec, example_inputs: Sequence[to
             module, example_inputs, dynamo=True, input_names=list(spec.input_names),
             output_names=list(spec.output_names), dynamic_shapes=shapes.dynamic_shapes(module, example_inputs),
             opset_version=spec.opset, verbose=False)
+    if program is None:  # the exporter returns None only when asked to write the file itself
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.model.metadata_props[SPEC_METADATA_KEY] = json.dumps(spec.to_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -125,9 +125,10 @@ class OnnxRecommender:
         check_records(export_dir, read_records(export_dir), [USER_ENCODER_FILE])
         self.session, self.spec = open_session(export_dir / USER_ENCODER_FILE, self._requested_providers,
                                                "user_encoder")
-        self.max_len = self.spec.max_sizes.get("length")
-        if not isinstance(self.max_len, int) or self.max_len < 1:
+        max_len = self.spec.max_sizes.get("length")
+        if not isinstance(max_len, int) or max_len < 1:
             raise ExportFileError(f"{export_dir / USER_ENCODER_FILE}: its spec bounds no history length; {REEXPORT}")
+        self.max_len: int = max_len
         self.item_table, self.item_ids = load_item_table(export_dir / TABLE_FILE)
         self._check_width()
         self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}

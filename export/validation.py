@@ -189,7 +189,7 @@ def user_cases(item_table: torch.Tensor, max_len: int, seed: int = 0,
     Lengths above `max_len` are dropped (the model has no positions for them).
     """
     generator = torch.Generator().manual_seed(seed)
-    cases = []
+    cases: list[tuple[str, tuple[torch.Tensor, ...]]] = []
     for length in (t for t in lengths if t <= max_len):
         for batch in batch_sizes:
             rows = torch.randint(0, item_table.shape[0], (batch, length), generator=generator)

@@ -39,7 +39,7 @@ import contextlib
 import functools
 import math
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -78,7 +78,7 @@ def _interpreter_enabled() -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-def _gated_mix_down_fwd_kernel(
+def _gated_mix_down_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton types the pointers, sizes, constexprs
     states_ptr, previous_ptr, mixing_ptr, pattern_ptr, w_ptr, b_ptr, x_ptr, h_ptr,
     n_rows, width, rank,
     stride_sm, stride_sn, stride_sw,
@@ -150,7 +150,7 @@ def _gated_mix_down_fwd_kernel(
     tl.store(h_ptrs, acc.to(h_ptr.dtype.element_ty), mask=row_mask[:, None] & r_mask[None, :])
 
 
-def _gated_mix_down_bwd_kernel(
+def _gated_mix_down_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton types the pointers, sizes, constexprs
     grad_pre_ptr, w_ptr, grad_x_ptr, states_ptr, previous_ptr, pattern_ptr, g_ptr, partial_ptr,
     n_rows, width, rank, num_partials,
     stride_pt, stride_pn, stride_pr,
@@ -253,7 +253,7 @@ def _forward_block_r(rank: int) -> int:
     return min(max(triton.next_power_of_2(rank), 64), MAX_BLOCK_R)
 
 
-def _keep_full_r_tiles(configs: list, named_args: dict, **kwargs) -> list:
+def _keep_full_r_tiles(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
     """Autotuner pruning: only tiles whose BLOCK_R covers r (up to MAX_BLOCK_R), so that a
     program reads its sources once per output tile (module docstring)."""
     block_r = _forward_block_r(named_args["rank"])
@@ -278,8 +278,9 @@ def _cuda_backward_configs() -> list:
 
 
 class _Kernels(NamedTuple):
-    forward: object
-    backward: object
+    # Autotuned Triton JIT functions (launched as kernel[grid](...)); Triton ships no types.
+    forward: Any
+    backward: Any
 
 
 @functools.cache
@@ -423,7 +424,7 @@ class _GatedMixDownFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         states: torch.Tensor,
         previous: torch.Tensor | None,
         mixing: torch.Tensor,
@@ -443,7 +444,8 @@ class _GatedMixDownFunction(torch.autograd.Function):
         return x, h
 
     @staticmethod
-    def backward(ctx, grad_x: torch.Tensor | None, grad_h: torch.Tensor | None):
+    def backward(ctx: Any, grad_x: torch.Tensor | None, grad_h: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, ...]:
         states, previous, weights, used, w_down, b_down, x, h = ctx.saved_tensors
         states_need_grad, previous_need_grad, mixing_need_grad, w_need_grad, b_need_grad = ctx.needs_input_grad[:5]
 

@@ -2,9 +2,10 @@
 
 - every relative link resolves to an existing file or folder, and a `#anchor` into a markdown
   file matches one of its headings under GitHub's slug rules;
-- every command line in README.md's code blocks (`python train.py`, `python evaluate.py`,
-  `python benchmarks/<x>.py`, `python -m crossan.<module>`) names only options that the
-  script's `--help` lists (each distinct script's `--help` runs once, two at a time);
+- every command line in the code blocks (`python train.py`, `python evaluate.py`,
+  `python benchmarks/<x>.py`, `python -m crossan.<module>`, `crossan <subcommand>`) names only
+  options that the command's `--help` lists (each distinct command's `--help` runs once, two at
+  a time);
 - README.md stays short and links every file of docs/.
 
 The checking functions take the file's path, so they also work on a file that is not in place
@@ -23,13 +24,15 @@ from urllib.parse import unquote
 
 import pytest
 
+from crossan.command import SUBCOMMANDS
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 DOC_FILES = [README, *DOCS]
-# Files whose command lines are checked against `--help`. README.md only, to keep the test fast:
-# each distinct script costs one interpreter start with PyTorch (docs/ would add four more).
-COMMAND_FILES = [README]
+# Files whose command lines are checked against `--help`: each distinct command costs one
+# interpreter start (six in all, about 15 s on two cores; `evaluate.py` and export need no PyTorch).
+COMMAND_FILES = DOC_FILES
 MAX_README_LINES = 220
 HELP_WORKERS = 2
 HELP_TIMEOUT_S = 300
@@ -38,7 +41,8 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_CODE = re.compile(r"(`+).*?\1")
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-COMMAND = re.compile(r"^\s*python3?\s+(train\.py|evaluate\.py|benchmarks/[\w-]+\.py|-m\s+crossan(?:\.\w+)+)(?=\s|$)(.*)$")
+COMMAND = re.compile(r"^\s*(?:python3?\s+(train\.py|evaluate\.py|benchmarks/[\w-]+\.py|-m\s+crossan(?:\.\w+)+)"
+                     rf"|(crossan\s+(?:{'|'.join(SUBCOMMANDS)})))(?=\s|$)(.*)$")
 OPTION = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 
 
@@ -115,8 +119,9 @@ def broken_links(path: Path) -> list[str]:
 
 def command_lines(path: Path) -> list[tuple[int, str, str]]:
     """(line number, script, text) of every command line in the code blocks of `path` that runs
-    one of the project's scripts: `train.py`, `evaluate.py`, `benchmarks/<x>.py` or
-    `-m crossan.<module>`. A line ending in a backslash continues on the next one."""
+    one of the project's scripts: `train.py`, `evaluate.py`, `benchmarks/<x>.py`,
+    `-m crossan.<module>`, or a subcommand of the `crossan` command (script `crossan <sub>`).
+    A line ending in a backslash continues on the next one."""
     commands = []
     pending: tuple[int, str] | None = None
     last = None
@@ -132,18 +137,24 @@ def command_lines(path: Path) -> list[tuple[int, str, str]]:
         pending = None
         match = COMMAND.match(text)
         if match:
-            commands.append((start, re.sub(r"\s+", " ", match.group(1)), text))
+            commands.append((start, re.sub(r"\s+", " ", match.group(1) or match.group(2)), text))
     return commands
+
+
+def shown(script: str) -> str:
+    """The command line that runs `script` as the docs write it: `python train.py`, `crossan train`."""
+    return script if script.startswith("crossan ") else f"python {script}"
 
 
 @functools.cache
 def help_text(script: str) -> str:
-    """`--help` of a script (`train.py`, `-m crossan.export`, ...), run once from the repository
-    root with this interpreter; wide columns so that argparse wraps nothing."""
-    argv = [sys.executable, *script.split(), "--help"]
+    """`--help` of a script (`train.py`, `-m crossan.export`, `crossan train`, ...), run once from
+    the repository root with this interpreter (`crossan SUB` as `python -m crossan SUB`, the
+    console script's code); wide columns so that argparse wraps nothing."""
+    argv = [sys.executable, *(["-m"] if script.startswith("crossan ") else []), *script.split(), "--help"]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=HELP_TIMEOUT_S, check=False,
                             env={**os.environ, "COLUMNS": "300"})
-    assert result.returncode == 0, f"{' '.join(argv[1:])} failed:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, f"{shown(script)} --help failed:\n{result.stdout}{result.stderr}"
     return result.stdout
 
 
@@ -169,8 +180,8 @@ def unknown_options(path: Path) -> list[str]:
         listed = set(OPTION.findall(help_text(script)))
         for option in dict.fromkeys(OPTION.findall(text)):
             if option not in listed:
-                problems.append(f"{_relative(path)}:{number}: python {script}: {option} is not an option "
-                                f"(`python {script} --help`)")
+                problems.append(f"{_relative(path)}:{number}: {shown(script)}: {option} is not an option "
+                                f"(`{shown(script)} --help`)")
     return problems
 
 
@@ -203,8 +214,10 @@ def test_documented_command_lines_name_existing_options(path: Path, all_help: No
 
 
 def test_readme_finds_commands_to_check() -> None:
-    """The check above has something to check: the README's main command is among them."""
-    assert any(script == "train.py" for _, script, _ in command_lines(README))
+    """The check above has something to check: the README's main command is among them, in both
+    its forms."""
+    scripts = {script for _, script, _ in command_lines(README)}
+    assert {"train.py", "crossan train"} <= scripts
 
 
 def test_readme_is_short() -> None:

@@ -48,7 +48,9 @@ def gate_heatmap_data(mixing: torch.Tensor, tower_names: Sequence[str],
     values_by_source = mixing.detach().float().cpu()
     towers = []
     for t, tower in enumerate(tower_names):
-        own, states, outputs = [], [], []  # (source column, label)
+        own: list[tuple[int, str]] = []  # (source column, label)
+        states: list[tuple[int, str]] = []
+        outputs: list[tuple[int, str]] = []
         for s, source in enumerate(source_names):
             if not bool(values_by_source[:, t, s].any()):
                 continue
@@ -81,10 +83,11 @@ def gate_heatmap_figure(data: dict[str, Any], title: str | None = None) -> Figur
                              CELL_HEIGHT * num_layers + FIGURE_HEADROOM), layout="constrained")
     FigureCanvasAgg(figure)
     panels = figure.subplots(1, len(towers), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
-    image = None
-    for axes, tower in zip(panels, towers):
+    images = []
+    for axes, tower in zip(panels, towers, strict=True):
         values = tower["values"]
         image = axes.imshow(values, origin="lower", cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        images.append(image)
         for layer, row in enumerate(values):
             for column, value in enumerate(row):
                 red, green, blue, _ = image.cmap(image.norm(value))
@@ -98,7 +101,7 @@ def gate_heatmap_figure(data: dict[str, Any], title: str | None = None) -> Figur
         axes.set_xlabel("input")
         axes.set_title(tower["tower"])
     panels[0].set_ylabel("side layer")
-    figure.colorbar(image, ax=list(panels), label="gate weight", shrink=0.9, aspect=25)
+    figure.colorbar(images[-1], ax=list(panels), label="gate weight", shrink=0.9, aspect=25)
     if title:
         figure.suptitle(title)
     return figure

@@ -1,6 +1,7 @@
 """Frozen backbones by source: `pretrained` (hub ids or local dirs) or `tiny` (random, seeded)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 import hashlib
 import json
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ def _load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any]:
     location = str(minilm_dir()) if spec.name_or_path == MINILM_ALIAS else spec.name_or_path
     # Image processors on the PIL backend: the default one needs torchvision, which this project
     # does not install, and the serving side reproduces the PIL one without transformers.
-    processor_loaders = {"text": AutoTokenizer.from_pretrained,
+    processor_loaders: dict[str, Callable[[str], Any]] = {"text": AutoTokenizer.from_pretrained,
                          "image": lambda where: AutoImageProcessor.from_pretrained(where, backend="pil"),
                          "video": VideoMAEImageProcessorPil.from_pretrained,
                          "audio": ASTFeatureExtractor.from_pretrained}

@@ -3,6 +3,7 @@
     python evaluate.py --run weights/<run> [--split test] [--compare weights/<other>]
     python evaluate.py --run weights/<run> --mutual-information --gate-heatmap gates.png
     python evaluate.py --data toy --baseline popularity
+    crossan evaluate --run weights/<run>                  # the same command, installed
 """
 from __future__ import annotations
 
@@ -10,37 +11,38 @@ import argparse
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from crossan.zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data
-from crossan.zoo.analysis.mutual_information import MutualInformationEstimator, pairwise_mutual_information
-from crossan.zoo.cli.options import metrics_table, option_given
-from crossan.zoo.data import DATA_KINDS, SequenceDataset, load_dataset
+from crossan.zoo.cli.options import (add_data_set_options, add_device_option, add_json_option, metrics_table,
+                                     option_given)
 from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.runs.run import Run, open_run
-from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluate_popularity
-from crossan.zoo.training.metrics import metrics_from_ranks
-from crossan.zoo.training.significance import cold_item_users, paired_t_test
+
+if TYPE_CHECKING:
+    from crossan.zoo.analysis.mutual_information import MutualInformationEstimator
+    from crossan.zoo.data import SequenceDataset
+    from crossan.zoo.runs.run import Run
+    from crossan.zoo.training.evaluation import EvaluationResult
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The options of `crossan evaluate` (and `python evaluate.py`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="run directory written by train.py")
     source.add_argument("--baseline", choices=("popularity",), help="evaluate a baseline instead of a run")
-    parser.add_argument("--data", default="toy", choices=DATA_KINDS, help="with --baseline: its data set's kind")
-    parser.add_argument("--data-root", type=Path,
-                        help="with --baseline: its data folder; with --run: where the run's own data set is now "
-                             "(checked by fingerprint), when it moved")
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"),
-                        help="with --baseline: where toy data is generated; with --run: where the run's feature "
-                             "cache is now, when it moved (default: where the run recorded it)")
+    add_data_set_options(parser, data_help="with --baseline: its data set's kind",
+                         root_help="with --baseline: its data folder; with --run: where the run's own data set is "
+                                   "now (checked by fingerprint), when it moved",
+                         cache_help="with --baseline: where toy data is generated; with --run: where the run's "
+                                    "feature cache is now, when it moved (default: where the run recorded it)")
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--no-mask-history", action="store_true", help="keep history items in the ranking")
     parser.add_argument("--compare", type=Path, help="second run: paired t-test on per-user metrics")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where runs are evaluated")
+    add_device_option(parser, ("cpu", "cuda"), "cpu", help="where runs are evaluated")
     parser.add_argument("--mutual-information", action="store_true",
                         help="mutual information between every pair of towers' final side outputs (paper Table 1)")
     parser.add_argument("--mi-neighbours", type=int, default=3, metavar="K",
@@ -50,16 +52,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "(0: none)")
     parser.add_argument("--gate-heatmap", type=Path, metavar="PNG",
                         help="draw every tower's gate weights per side layer and input (paper Fig. 4)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json_option(parser, "one JSON object")
     return parser
 
 
 def evaluate_run(run: Run, split: str, mask_history: bool) -> tuple[EvaluationResult, SequenceDataset]:
+    """The run's full-ranking evaluation on `split`, and the data set it was evaluated on."""
+    from crossan.zoo.training.evaluation import evaluate_model
+
     return evaluate_model(run.model, run.dataset, run.features, split, mask_history), run.dataset
 
 
 def tower_mutual_information(run: Run, estimator: MutualInformationEstimator) -> dict[str, object]:
     """MI between every pair of the run's towers over the whole catalogue, with the estimator named."""
+    from crossan.zoo.analysis.mutual_information import pairwise_mutual_information
+
     outputs = run.model.eval().tower_representations(run.features.gather, run.features.num_items)
     if len(outputs) < 2:
         raise ConfigError(f"{run.directory}: {run.config['preset']} has {len(outputs)} tower(s); mutual information "
@@ -71,6 +78,8 @@ def tower_mutual_information(run: Run, estimator: MutualInformationEstimator) ->
 
 def gate_heatmap(run: Run, path: Path) -> dict[str, object]:
     """Draw the run's gate heatmap to `path`; returns the numbers drawn."""
+    from crossan.zoo.analysis.gate_heatmap import draw_gate_heatmap, gate_heatmap_data
+
     table = run.model.gate_table()
     if table is None:
         raise ConfigError(f"{run.directory}: {run.config['preset']} has no side-network gates to draw")
@@ -101,6 +110,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     check_options_apply(parser, args)
+    # Imported here, when the command runs, so that `--help` loads no PyTorch.
+    from crossan.zoo.analysis.mutual_information import MutualInformationEstimator
+    from crossan.zoo.data import load_dataset
+    from crossan.zoo.runs.run import open_run
+    from crossan.zoo.training.evaluation import evaluate_popularity
+    from crossan.zoo.training.metrics import metrics_from_ranks
+    from crossan.zoo.training.significance import cold_item_users, paired_t_test
+
     mask = not args.no_mask_history
     if args.run is not None:
         given_cache = args.cache_dir if option_given(parser, args, "cache_dir") else None
@@ -156,6 +173,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def mutual_information_table(values: dict) -> Table:
+    """The `--mutual-information` report as a table: one row per pair of towers, then the mean."""
     table = Table()
     table.add_column("towers")
     table.add_column("MI (nats)", justify="right")

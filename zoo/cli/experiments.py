@@ -18,13 +18,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from crossan.zoo.backbones import SOURCES
-from crossan.zoo.data import DATA_KINDS, load_dataset
+from crossan.zoo.data import load_dataset
 from crossan.zoo.experiments.definition import builtin_tables, load_table
 from crossan.zoo.experiments.report import write_report
 from crossan.zoo.experiments.runner import TableRuns, train_missing
 from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.cli.options import parse_assignments, parse_value
+from crossan.zoo.cli.options import (add_backbone_options, add_data_set_options, add_device_option, add_json_option,
+                                     add_train_options, given_train_options, parse_assignments, parse_settings)
 from crossan.zoo.runs.settings import split_options
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.runs.pipeline import describe_data, resolve_device
@@ -32,41 +32,38 @@ from crossan.zoo.training.trainer import TrainConfig
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of `crossan experiments`."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", help=f"a built-in table ({', '.join(builtin_tables())}) or a .toml/.json file")
-    parser.add_argument("--data", default="toy", choices=DATA_KINDS)
-    parser.add_argument("--data-root", type=Path)
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
-    parser.add_argument("--backbones", default="tiny", choices=SOURCES)
-    parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR")
+    add_data_set_options(parser)
+    add_backbone_options(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--epochs", type=int, help="override every run's maximum epochs")
+    add_train_options(parser, ("epochs",), help_suffix=" of every run, over the table's")
     parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                         help="a training config field for every run, e.g. --train steps_per_epoch=20 "
                              "(a fixed step budget); model fields belong to the table's runs")
     parser.add_argument("--out", type=Path, default=Path("experiments"))
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--json", action="store_true", help="print TABLE.json on stdout")
+    add_device_option(parser)
+    add_json_option(parser, "TABLE.json")
     return parser
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, object]:
     """`--epochs` and `--train` as training config values; a model field is an error."""
-    train_values, model_values = split_options({key: parse_value(value)
-                                                for key, value in parse_assignments(args.train, "--train").items()})
+    train_values, model_values = split_options(parse_settings(args.train, "--train"))
     if model_values:
         raise ConfigError(f"--train takes training config fields; {', '.join(sorted(model_values))} "
                           "are model fields: set them in the table's runs")
     if "seed" in train_values:
         raise ConfigError("--train seed: seeds come from --seeds")
-    if args.epochs is not None:
-        train_values["epochs"] = args.epochs
+    train_values.update(given_train_options(args))
     TrainConfig(**train_values)  # validates names and values before any run starts
     return train_values
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line (`argv`, or the process's arguments); returns the exit status."""
     args = build_parser(prog).parse_args(argv)
     definition = load_table(args.table)
     console = Console(stderr=True)

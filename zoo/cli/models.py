@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from crossan.zoo.cli.options import add_json_option
+
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of `crossan models`."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print {preset: architecture} as JSON")
+    add_json_option(parser, "{preset: architecture} as JSON")
     return parser
 
 

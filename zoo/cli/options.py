@@ -1,20 +1,32 @@
-"""Shared command-line plumbing: one-line errors, `KEY=VALUE` options, the metrics table."""
+"""Shared command-line plumbing: the options several commands take (defined once here), one-line
+errors, `KEY=VALUE` options, the metrics table.
+
+Importing this module loads no PyTorch: an adder imports what its choices need when a parser is
+built, so a command whose options need none answers `--help` without it."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.table import Table
 
 from crossan.zoo.core.errors import ConfigError, UserError
-from crossan.zoo.training.metrics import METRIC_NAMES
 
-__all__ = ["METRIC_NAMES", "add_data_options", "check_data_options_apply", "data_and_settings", "metrics_table",
-           "option_given", "parse_assignments", "parse_value", "run_cli"]
+__all__ = ["TRAIN_OPTIONS", "add_backbone_options", "add_data_options", "add_data_set_options", "add_device_option",
+           "add_json_option", "add_train_options", "check_data_options_apply", "data_and_settings",
+           "given_train_options", "metrics_table", "option_given", "parse_assignments", "parse_settings",
+           "parse_value", "run_cli"]
+
+# The training config fields that are options of their own (`--batch-size` for batch_size); any
+# other field is `--set KEY=VALUE`.
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "adapter_lr", "patience", "seed", "precision")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -36,6 +48,8 @@ def run_cli(main: Callable[[], int]) -> None:
 
 def metrics_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Table:
     """A rich table with one row per (label, metrics)."""
+    from crossan.zoo.training.metrics import METRIC_NAMES
+
     table = Table(title=title)
     table.add_column("run")
     for name in METRIC_NAMES:
@@ -64,25 +78,77 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """The options that name a data set and how its item features are made (train.py, the tuner)."""
-    from crossan.zoo.backbones import SOURCES, TEXT_MAX_TOKENS
+def parse_settings(pairs: list[str], what: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings (`--set`, `--train`) -> {field: value}, each value parsed by `parse_value`."""
+    return {key: parse_value(value) for key, value in parse_assignments(pairs, what).items()}
+
+
+def add_data_set_options(parser: argparse.ArgumentParser, *, data_help: str | None = None,
+                         root_help: str = "data folder (toy: generated under the cache dir)",
+                         cache_help: str = "where toy data is generated and backbone features are cached") -> None:
+    """--data, --data-root, --cache-dir: which data set, where it is, and the cache folder (every
+    command that reads a data set; evaluate.py words their help for its two modes)."""
     from crossan.zoo.data import DATA_KINDS
 
-    parser.add_argument("--data", default="toy", choices=DATA_KINDS)
-    parser.add_argument("--data-root", type=Path, help="data folder (toy: generated under the cache dir)")
-    parser.add_argument("--cover-dir", default="covers", help="MicroLens cover folder, relative to --data-root")
-    parser.add_argument("--video-dir", default="videos", help="MicroLens video folder, relative to --data-root")
+    parser.add_argument("--data", default="toy", choices=DATA_KINDS, help=data_help)
+    parser.add_argument("--data-root", type=Path, help=root_help)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"), help=cache_help)
+
+
+def add_backbone_options(parser: argparse.ArgumentParser) -> None:
+    """--backbones and --backbone: where the item features' backbones come from."""
+    from crossan.zoo.backbones import SOURCES
+
     parser.add_argument("--backbones", default="tiny", choices=SOURCES,
                         help="tiny: random small models (tests, demo); pretrained: the paper's hub models")
     parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR",
                         help="per-modality backbone (hub id, local dir, or 'minilm' for text); repeatable")
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The options that name a data set and how its item features are made (train.py, the tuner)."""
+    from crossan.zoo.backbones import TEXT_MAX_TOKENS
+
+    add_data_set_options(parser)
+    parser.add_argument("--cover-dir", default="covers", help="MicroLens cover folder, relative to --data-root")
+    parser.add_argument("--video-dir", default="videos", help="MicroLens video folder, relative to --data-root")
+    add_backbone_options(parser)
     parser.add_argument("--pooling", action="append", default=[], metavar="MODALITY=cls|mean")
     parser.add_argument("--text-max-tokens", type=int, default=TEXT_MAX_TOKENS, metavar="N",
                         help=f"cut titles at N tokens for the text backbone (default {TEXT_MAX_TOKENS}, as the paper)")
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     parser.add_argument("--allow-missing-media", action="store_true",
                         help="zero-fill the features of items whose cover or video is missing (counted)")
+
+
+def add_train_options(parser: argparse.ArgumentParser, names: tuple[str, ...] = TRAIN_OPTIONS,
+                      help_suffix: str = "") -> None:
+    """One option per training config field of `names` (numbers or strings), typed and explained
+    as `TrainConfig` declares the field; its default None means not given, so that the recipe's,
+    the table's or the config's value stays."""
+    from crossan.zoo.training.trainer import PRECISIONS, TrainConfig
+
+    types = typing.get_type_hints(TrainConfig)
+    helps = {field.name: field.metadata.get("help", "") for field in dataclasses.fields(TrainConfig)}
+    choices = {"precision": PRECISIONS}
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=types[name], choices=choices.get(name),
+                            help=(helps[name] + help_suffix).replace("%", "%%"))
+
+
+def given_train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `add_train_options` options given on the command line, as training config values."""
+    return {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name, None) is not None}
+
+
+def add_device_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = DEVICES, default: str = "auto",
+                      help: str | None = None) -> None:
+    """--device: auto (CUDA when there is one), cpu or cuda, or fewer `choices`."""
+    parser.add_argument("--device", default=default, choices=choices, help=help)
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """--json: print `what` (the command's result, one JSON object) on stdout; logs stay on stderr."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} on stdout")
 
 
 MEDIA_MODALITIES = ("image", "video", "audio")

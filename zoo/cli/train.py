@@ -1,10 +1,11 @@
 """Train a zoo model on cached backbone features and report validation and test metrics.
 
     python train.py --preset crossan-tiva                 # embedded toy data, tiny backbones
+    crossan train --preset crossan-tiva                   # the same, as the installed command
     python train.py --recipe weights/tune/<study>/best-recipe.json   # a tuned recipe
     python train.py --resume weights/<run>                # continue a killed run
     torchrun --nproc-per-node 2 train.py --preset crossan-tiva   # data-parallel over 2 processes
-    python train.py --preset crossan-t --data amazon --data-root ../shared/data/amazon-scientific \
+    python train.py --preset crossan-t --data amazon --data-root ../shared/data/amazon-scientific \\
         --backbone text=minilm
 """
 from __future__ import annotations
@@ -13,12 +14,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 
-from crossan.zoo.cli.options import (add_data_options, check_data_options_apply, data_and_settings, metrics_table,
-                             option_given, parse_assignments, parse_value)
+from crossan.zoo.cli.options import (add_data_options, add_device_option, add_json_option, add_train_options,
+                                     check_data_options_apply, data_and_settings, given_train_options, metrics_table,
+                                     option_given, parse_settings)
 from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.runs.settings import split_options
 from crossan.zoo.models import list_models, preset_config
@@ -26,11 +29,13 @@ from crossan.zoo.runs.pipeline import resolve_device, resume_run, train_and_save
 from crossan.zoo.tune.recipe import read_recipe, recipe_origin
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.core.distributed import Processes, launched
-from crossan.zoo.training.trainer import PRECISIONS, TrainConfig
+from crossan.zoo.training.trainer import TrainConfig
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The options of `crossan train` (and `python train.py`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--preset", choices=list_models(), metavar="NAME",
                        help=f"model preset: {', '.join(list_models())}")
@@ -40,15 +45,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     start.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue a killed run from its last checkpoint; everything comes from RUN_DIR")
     add_data_options(parser)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--adapter-lr", type=float)
-    parser.add_argument("--patience", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="auto (default: bf16 on CUDA devices that support it, else fp32), fp32, bf16, fp16")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_train_options(parser)
+    add_device_option(parser)
     parser.add_argument("--run-dir", type=Path,
                         help="a new or empty folder (default: weights/<preset>-<data>-<time>); a folder holding "
                              "a run stops the command: --resume continues that run, --overwrite replaces it")
@@ -58,39 +56,35 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="any model or training config field, e.g. --set adapter_dim=256")
     parser.add_argument("--no-mask-history", action="store_true",
                         help="keep history items in the ranking (data with repeat consumption)")
-    parser.add_argument("--json", action="store_true", help="print metrics.json on stdout")
+    add_json_option(parser, "metrics.json")
     return parser
 
 
-def split_overrides(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
-    """Sort CLI values and --set pairs into the training config and model-config overrides."""
-    train_values = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                    "adapter_lr": args.adapter_lr, "patience": args.patience, "seed": args.seed,
-                    "precision": args.precision}
-    train_values = {k: v for k, v in train_values.items() if v is not None}
+def command_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training and model config values the command line gives: the training options,
+    --no-mask-history, and the --set pairs (parsed here, once), which win over the options."""
+    train_values = given_train_options(args)
     if args.no_mask_history:
         train_values["mask_history"] = False
-    recipe = {} if args.recipe is None else read_recipe(args.recipe)[1]
-    given = {k: parse_value(v) for k, v in parse_assignments(args.set, "--set").items()}
-    recipe_train, recipe_model = split_options(recipe)
-    set_train, model_values = split_options(given)
-    train_values = {**recipe_train, **train_values, **set_train}
+    set_train, model_values = split_options(parse_settings(args.set, "--set"))
+    return {**train_values, **set_train}, model_values
+
+
+def split_overrides(args: argparse.Namespace, train_values: dict[str, Any],
+                    model_values: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The training config and model-config overrides of a new run: the command line's values
+    (`command_values`) over the recipe's."""
+    recipe_train, recipe_model = split_options({} if args.recipe is None else read_recipe(args.recipe)[1])
     model_values = {**recipe_model, **model_values}
     preset_config(args.preset, **model_values)  # validates model field names and values early
-    return TrainConfig(**train_values), model_values
+    return TrainConfig(**{**recipe_train, **train_values}), model_values
 
 
-def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace, train_values: dict[str, Any],
+                  model_values: dict[str, Any]) -> dict[str, Any]:
     """Options set on the command line next to --resume, as `config.json` keys (`train.epochs`, ...)."""
-    given = {}
-    for key in ("epochs", "batch_size", "lr", "adapter_lr", "patience", "seed", "precision"):
-        if getattr(args, key) is not None:
-            given[f"train.{key}"] = getattr(args, key)
-    if args.no_mask_history:
-        given["train.mask_history"] = False
-    set_train, set_model = split_options({k: parse_value(v) for k, v in parse_assignments(args.set, "--set").items()})
-    given.update({f"train.{key}": value for key, value in set_train.items()})
-    given.update({f"model.{key}": value for key, value in set_model.items()})
+    given = {f"train.{key}": value for key, value in train_values.items()}
+    given.update({f"model.{key}": value for key, value in model_values.items()})
     for option, key in (("data", "data.kind"), ("text_max_tokens", "feature_settings.text_max_tokens"),
                         ("backbones", "feature_settings.source"),
                         ("allow_missing_media", "feature_settings.allow_missing_media")):
@@ -104,10 +98,10 @@ def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return given
 
 
-def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, console: Console, device: torch.device,
-           processes: Processes) -> int:
+def resume(parser: argparse.ArgumentParser, args: argparse.Namespace, values: tuple[dict, dict], console: Console,
+           device: torch.device, processes: Processes) -> int:
     """`--resume RUN_DIR`: continue a killed run (or say that it finished)."""
-    _, metrics, _ = resume_run(args.resume, device, console, given_options(parser, args), processes)
+    _, metrics, _ = resume_run(args.resume, device, console, given_options(parser, args, *values), processes)
     report(args, metrics, args.resume, processes)
     return 0
 
@@ -131,24 +125,26 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """The command line (`argv`, or the process's arguments); returns the exit status."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    values = command_values(args)
     # Under torchrun: one process group for the whole command (a plain single process otherwise).
     with launched(resolve_device(args.device)) as (processes, device):
         console = Console(stderr=True, quiet=not processes.is_main)
         if args.resume is not None:
-            return resume(parser, args, console, device, processes)
-        return train(parser, args, console, device, processes)
+            return resume(parser, args, values, console, device, processes)
+        return train(parser, args, values, console, device, processes)
 
 
-def train(parser: argparse.ArgumentParser, args: argparse.Namespace, console: Console, device: torch.device,
-          processes: Processes) -> int:
+def train(parser: argparse.ArgumentParser, args: argparse.Namespace, values: tuple[dict, dict], console: Console,
+          device: torch.device, processes: Processes) -> int:
     """`--preset NAME`: a new run."""
     if args.recipe is not None:
         args.preset = read_recipe(args.recipe)[0]
         console.print(recipe_origin(args.recipe))
-    train_config, model_overrides = split_overrides(args)
+    train_config, model_overrides = split_overrides(args, *values)
     if args.overwrite and args.run_dir is None:
         raise ConfigError("--overwrite replaces the run in --run-dir: give --run-dir")
-    check_data_options_apply(parser, args, preset_config(args.preset, **model_overrides).item_features(), args.preset)
+    modalities = preset_config(args.preset, **model_overrides).backbone_modalities()
+    check_data_options_apply(parser, args, modalities, args.preset)
     started = time.perf_counter()
     dataset, data_description, settings = data_and_settings(args)
     console.print(dataset.summary())

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from crossan.zoo.cli.options import (add_data_options, check_data_options_apply, data_and_settings, parse_assignments,
-                             parse_value)
+from crossan.zoo.cli.options import (add_data_options, add_device_option, add_json_option, check_data_options_apply,
+                                     data_and_settings, parse_settings)
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.runs.pipeline import resolve_device
 from crossan.zoo.runs.settings import split_options
@@ -29,6 +29,7 @@ from crossan.zoo.tune.study import PRUNERS, StudySettings, run_study
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of `crossan tune`."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, choices=list_models(), metavar="NAME")
@@ -44,22 +45,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="a trial's heartbeat; one silent for twice this long is retried")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config value every trial uses, over the space (e.g. --set epochs=10)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_device_option(parser)
+    add_json_option(parser, "the summary as JSON")
     add_data_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line (`argv`, or the process's arguments); returns the exit status."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     space = load_space(args.space or default_space(args.preset), args.preset)
-    overrides = tuple((k, parse_value(v)) for k, v in parse_assignments(args.set, "--set").items())
+    overrides = tuple(parse_settings(args.set, "--set").items())
     settings = StudySettings(args.preset, space, args.trials, args.study or Path("weights") / "tune" /
                              f"{args.preset}-{args.data}", args.storage, args.timeout, args.pruner, args.seed,
                              args.heartbeat, overrides)
-    modalities = preset_config(args.preset, **split_options(dict(overrides))[1]).item_features()
+    modalities = preset_config(args.preset, **split_options(dict(overrides))[1]).backbone_modalities()
     check_data_options_apply(parser, args, modalities, args.preset)
     dataset, description, features = data_and_settings(args)
     study = run_study(settings, dataset, description, features, resolve_device(args.device), console)

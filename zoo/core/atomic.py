@@ -27,13 +27,14 @@ def write_failure(error: BaseException, path: Path) -> WriteFailedError | None:
         return error
     text = str(error)
     if getattr(error, "errno", None) in FULL_DISK_ERRNOS or any(word in text for word in FULL_DISK_WORDS):
-        reason = os.strerror(error.errno) if getattr(error, "errno", None) else " ".join(text.split())
+        errno = getattr(error, "errno", None)
+        reason = os.strerror(errno) if errno else " ".join(text.split())
         return WriteFailedError(f"{path}: could not be written ({reason}); the previous file, if any, is kept; "
                                 "free space and run the command again")
     return None
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call `write(temporary_path)`, fsync, then rename over `path`: readers never see half a file,
     and a crash leaves at most a hidden `.tmp` file that nothing loads. A full disk is one line
     (`WriteFailedError`)."""

@@ -86,7 +86,10 @@ class Processes:
         # functional collectives, whose all-gather carries its gradient (a reduce-scatter).
         from torch.distributed._functional_collectives import all_gather_single_autograd
 
-        return all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+        world = dist.group.WORLD
+        if world is None:
+            raise RuntimeError("all_gather needs the default process group (none is initialised)")
+        return all_gather_single_autograd(tensor.contiguous(), 0, world)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The elementwise sum of `tensor` over ranks (a new tensor; no gradient)."""

@@ -6,6 +6,7 @@ how many values, and where the first one is, instead of letting the number throu
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import torch
@@ -54,4 +55,9 @@ def require_finite_rows(tensor: torch.Tensor, what: str, rows: torch.Tensor | No
         return
     step = max(1, CHECK_CHUNK // max(1, tensor[0].numel()))
     for start in range(0, tensor.shape[0], step):
-        require_finite(tensor[start:start + step], what, lambda index, start=start: f"row {start + index}")
+        require_finite(tensor[start:start + step], what, functools.partial(_row_name, start))
+
+
+def _row_name(offset: int, index: int) -> str:
+    """The name of row `index` of a chunk that starts at row `offset`."""
+    return f"row {offset + index}"

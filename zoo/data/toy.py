@@ -137,7 +137,8 @@ def _orbits() -> list[list[Combo]]:
     """All orbits of the rule map over the 256 combinations, in a fixed order."""
     seen: set[Combo] = set()
     orbits: list[list[Combo]] = []
-    for combo in itertools.product(range(TOY_NUM_VALUES), repeat=len(TOY_ATTRIBUTES)):
+    for values in itertools.product(range(TOY_NUM_VALUES), repeat=len(TOY_ATTRIBUTES)):
+        combo: Combo = (values[0], values[1], values[2], values[3])
         if combo in seen:
             continue
         orbit = [combo]
@@ -258,6 +259,9 @@ def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
     with av.open(str(path), mode="w", format="mp4") as container:
         codec = _video_codec()
         vstream = container.add_stream(codec, rate=VIDEO_FPS)
+        astream = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        if not isinstance(vstream, av.VideoStream) or not isinstance(astream, av.AudioStream):
+            raise RuntimeError(f"PyAV made a {type(vstream).__name__} for {codec} and a {type(astream).__name__} for aac")
         vstream.width = frames.shape[2]
         vstream.height = frames.shape[1]
         vstream.pix_fmt = "yuv420p"
@@ -265,7 +269,6 @@ def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
             vstream.options = {"preset": "veryfast", "crf": "18", "threads": "1"}
         else:
             vstream.bit_rate = 400_000
-        astream = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
             frame.pts = index
@@ -274,11 +277,11 @@ def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
         chunk = 1024
         for start in range(0, audio.shape[0], chunk):
             piece = audio[None, start : start + chunk]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout="mono")
-            frame.sample_rate = AUDIO_RATE
-            frame.pts = start
-            frame.time_base = Fraction(1, AUDIO_RATE)
-            container.mux(astream.encode(frame))
+            audio_frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout="mono")
+            audio_frame.sample_rate = AUDIO_RATE
+            audio_frame.pts = start
+            audio_frame.time_base = Fraction(1, AUDIO_RATE)
+            container.mux(astream.encode(audio_frame))
         container.mux(astream.encode(None))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from crossan.zoo.core.atomic import atomic_write
-from crossan.zoo.experiments.definition import TableDefinition
+from crossan.zoo.experiments.definition import Sweep, TableDefinition
 from crossan.zoo.experiments.runner import TableRuns
 from crossan.zoo.training.checkpoint import read_json, write_json
 from crossan.zoo.training.metrics import METRIC_NAMES, per_user_metric
@@ -111,14 +111,15 @@ def write_report(table: TableRuns) -> dict[str, Any]:
     summary = {**summarise(definition, metrics, ranks), "seeds": list(table.seeds)}
     folder = table.folder
     if definition.sweep is not None:
-        summary["plot"] = str(draw_sweep(summary, definition, folder / f"{definition.name}.png"))
+        summary["plot"] = str(draw_sweep(summary, definition.sweep, definition.title,
+                                         folder / f"{definition.name}.png"))
     write_json(folder / f"{definition.name}.json", summary)
     markdown = table_markdown(summary, table.seeds)
     atomic_write(folder / f"{definition.name}.md", lambda tmp: Path(tmp).write_text(markdown))
     return summary
 
 
-def draw_sweep(summary: dict[str, Any], definition: TableDefinition, path: Path) -> Path:
+def draw_sweep(summary: dict[str, Any], sweep: Sweep, title: str, path: Path) -> Path:
     """Test HR@10 and NDCG@10 (mean, with the spread over seeds) against the swept setting."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -131,11 +132,11 @@ def draw_sweep(summary: dict[str, Any], definition: TableDefinition, path: Path)
     for metric in ("HR@10", "NDCG@10"):
         axes.errorbar(values, [r["mean"][metric] for r in rows], yerr=[r["std"][metric] for r in rows],
                       marker="o", capsize=3, label=metric)
-    if definition.sweep.log_scale:
+    if sweep.log_scale:
         axes.set_xscale("log")
-    axes.set_xlabel(definition.sweep.parameter)
+    axes.set_xlabel(sweep.parameter)
     axes.set_ylabel(f"test metric (mean over {len(summary['seeds'])} seeds)")
-    axes.set_title(definition.title)
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))

@@ -21,6 +21,8 @@ class ItemIdEmbedding(nn.Module):
     """`rows [N]` (0-based catalogue rows, or `NO_ID_ROW`) -> ID vectors `[N, D]`, with
     element-wise `dropout` in training."""
 
+    seen: torch.Tensor  # [num_items] bool buffer: rows that occur in training
+
     def __init__(self, num_items: int, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(num_items, dim))

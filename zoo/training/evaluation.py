@@ -1,6 +1,7 @@
 """Leave-one-out full-ranking evaluation of a recommender or the popularity baseline."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,7 +81,7 @@ def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[
         ranks.append(target_ranks_excluding(scores, batch_targets.to(scores.device),
                                             torch.from_numpy(rows).to(scores.device),
                                             torch.from_numpy(columns - 1).to(scores.device),
-                                            lambda row, batch=batch: f"user {dataset.user_ids[batch[row]]!r}"
+                                            functools.partial(_user_name, dataset.user_ids, batch)
                                             ).cpu())
         del scores  # before the next batch's scores exist, not after: one batch in memory at a time
     return processes.gather_rows(torch.cat(ranks))
@@ -155,3 +156,8 @@ def evaluate_history_similarity(dataset: SequenceDataset, embeddings: torch.Tens
 
     ranks = rank_all_users(dataset, split, score_users, mask_history)
     return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
+
+
+def _user_name(user_ids: list[str], batch: np.ndarray, row: int) -> str:
+    """How a message names row `row` of a scored batch of users (`batch`: their indices)."""
+    return f"user {user_ids[batch[row]]!r}"

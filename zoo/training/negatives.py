@@ -77,6 +77,8 @@ def sampling_log_weights(candidates: torch.Tensor, probability: torch.Tensor, ba
     if memory_entries is not None:
         expected = expected + inclusion_probability(p, memory_entries.numel())
     if sampled:
+        if sampled_probability is None:
+            raise ValueError("sampled catalogue draws need sampled_probability")
         expected = expected + inclusion_probability(sampled_probability[candidates], sampled)
     return expected.log()
 

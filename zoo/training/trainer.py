@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
@@ -158,8 +158,10 @@ def epoch_batches(num_windows: int, batch_size: int, epoch: int, seed: int,
     remainder, and a process may get fewer windows, or none, in the last step.
     """
     local = local_batch_size(batch_size, processes)
-    sampler = DistributedSampler(range(num_windows), num_replicas=processes.world_size, rank=processes.rank,
-                                 shuffle=True, seed=seed)
+    # A range is a map-style data set (it has __len__ and __getitem__), which is all the sampler reads.
+    windows: Dataset[int] = range(num_windows)  # type: ignore[assignment]  # see the line above
+    sampler: DistributedSampler[int] = DistributedSampler(windows, num_replicas=processes.world_size, rank=processes.rank, shuffle=True,
+                                 seed=seed)
     sampler.set_epoch(epoch)
     owned = len(range(processes.rank, num_windows, processes.world_size))
     order = torch.tensor(list(sampler)[:owned], dtype=torch.long)
@@ -345,7 +347,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved.optimizer)
             self.scaler.load_state_dict(saved.scaler)
             self._restore_random_states(saved.rng)
-            if state.best_valid is not None:
+            if state.best_valid is not None and saved.best_valid_ranks is not None:
                 best_valid = EvaluationResult("valid", state.best_valid, saved.best_valid_ranks, self.valid_sample)
             self.console.print(f"resuming after epoch {state.epoch} (best epoch so far {state.best_epoch})")
         while not state.stopped:
@@ -379,11 +381,14 @@ class Trainer:
             if checkpoints is not None:
                 random_states = self._random_states()  # every process takes part in gathering them
                 if self.processes.is_main:
-                    checkpoints.save(state, self.model.state_dict(), best_valid.ranks, self.optimizer.state_dict(),
+                    checkpoints.save(state, self.model.state_dict(), None if best_valid is None else best_valid.ranks, self.optimizer.state_dict(),
                                      self.scaler.state_dict(), random_states)
             if self.on_validation is not None and not state.stopped:
                 self.on_validation(epoch, score)
         self.model.load_state_dict(best_state)
+        if best_valid is None:  # no epoch scored above best_score's start: validation gave no number
+            raise DivergedError(f"no epoch of {state.epoch} reached a validation {SELECTION_METRIC} above "
+                                f"{TrainingState.best_score}; nothing to keep")
         best_valid, choices = self._choose_on_validation(best_valid)
         test = self._evaluate("test")
         return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state, choices)
