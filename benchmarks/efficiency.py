@@ -2,7 +2,9 @@
 
     python benchmarks/efficiency.py                          # paper widths, toy data's batches
     python benchmarks/efficiency.py --widths tiny --steps 10 --json
-    python benchmarks/efficiency.py --data amazon --data-root ../shared/data/amazon-scientific --models crossan-t lora-t fft-t
+    python benchmarks/efficiency.py --data amazon --data-root DIR --models crossan-t lora-t fft-t
+
+(DIR: a data set in the Amazon layout, such as Amazon Scientific; docs/data.md describes it.)
 
 One run: the parent process reads the data set and draws one batch of `--users` training
 windows; every model then trains on that same batch, each in its own process (so no model's
@@ -29,10 +31,8 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ sys.path.insert(0, str(PROJECT))
 from crossan.zoo.data import load_dataset  # noqa: E402
 from crossan.zoo.data.dataset import PAD  # noqa: E402
 from crossan.zoo.training.trainer import training_windows  # noqa: E402
+from timing import median_seconds, timed_call  # noqa: E402
 
 DEFAULT_MODELS = ("crossan-tiva", "iisan-e-tiva@512", "iisan-e-tiva@1024", "fft-ti", "adapter-ti", "lora-ti")
 CACHED_REFERENCE = "crossan-tiva"
@@ -67,11 +68,12 @@ def _model_and_features(spec: str, widths: str, num_items: int, generator: torch
     from crossan.zoo.backbones.tiny import tiny_backbone
     from crossan.zoo.features.store import ItemFeatures
     from crossan.zoo.models import create_model, preset_config
+    from crossan.zoo.models.config import StoredFeatures
 
     preset, _, adapter_dim = spec.partition("@")
     overrides: dict[str, Any] = {"adapter_dim": int(adapter_dim)} if adapter_dim else {}
     config = preset_config(preset, **overrides)
-    if config.architecture == "end-to-end":
+    if config.stored_features is StoredFeatures.INPUTS:  # the model runs its backbones on stored inputs
         if widths == "tiny":
             overrides["backbones"] = tuple(tiny_backbone(m, seed=0)[0].config.to_dict() for m in config.modalities)
         model = create_model(preset, **overrides)
@@ -83,7 +85,8 @@ def _model_and_features(spec: str, widths: str, num_items: int, generator: torch
         if widths == "tiny":
             from crossan.zoo.backbones.tiny import TINY_LAYERS, TINY_WIDTH
 
-            overrides.update(backbone_widths=(TINY_WIDTH,) * len(config.item_features()), num_states=TINY_LAYERS + 1)
+            overrides.update(backbone_widths=(TINY_WIDTH,) * len(config.backbone_modalities()),
+                             num_states=TINY_LAYERS + 1)
         model = create_model(preset, **overrides)
         stored = {n: t.to(torch.float16) for n, t in zip(model.item_input_names,
                                                            model.random_item_inputs(num_items, generator))}
@@ -118,19 +121,12 @@ def run_worker(arguments: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = _status_kb("VmRSS")
-    times = []
-    for index in range(arguments["steps"] + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index:  # the first step (warm-up, optimiser state allocation) is not timed
-            times.append(time.perf_counter() - started)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    # The first step (warm-up, optimiser state allocation) is not timed.
+    seconds_per_step = median_seconds(step, arguments["steps"], warmup=1, synchronize=synchronize)
     peak_mb = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
                else max(0, _status_kb("VmHWM") - before) / 1024)
-    return {"seconds_per_step": statistics.median(times), "peak_memory_mb": peak_mb,
+    return {"seconds_per_step": seconds_per_step, "peak_memory_mb": peak_mb,
             "trainable_parameters": sum(p.numel() for p in trainable), "batch_items": num_items}
 
 
@@ -143,10 +139,8 @@ def run_cache_worker(arguments: dict[str, Any]) -> dict[str, Any]:
     for modality in arguments["modalities"]:
         extractor = make_extractor(modality, arguments["widths"])
         contents = made_up_contents(modality, CACHE_TIMING_ITEMS, np.random.default_rng(0))
-        extractor.encode(contents[:1])
-        started = time.perf_counter()
-        extractor.encode(contents)
-        seconds[modality] = (time.perf_counter() - started) / CACHE_TIMING_ITEMS
+        extractor.encode(contents[:1])  # warm-up
+        seconds[modality] = timed_call(lambda: extractor.encode(contents))[1] / CACHE_TIMING_ITEMS
     return {"seconds_per_item": seconds}
 
 

@@ -11,10 +11,7 @@ below 1 for latency and above 1 for throughput mean onnxruntime is faster.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
@@ -29,6 +26,7 @@ from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
 from crossan.zoo.models import build_model, list_models, load_model, preset_config
 from machine import cpu_name
+from timing import median_seconds
 
 USER_BATCHES = (1, 256)
 ITEM_BATCH = 256
@@ -43,7 +41,7 @@ def benchmark_model(args: argparse.Namespace) -> tuple[Recommender, str]:
         return load_model(args.run), str(args.run)
     config = preset_config(args.preset)
     config = config.fit_to_data(CATALOGUE, {m: (PAPER_NUM_STATES, PAPER_BACKBONE_WIDTH)
-                                               for m in config.item_features()})
+                                               for m in config.backbone_modalities()})
     torch.manual_seed(0)
     return build_model(config).eval(), f"{args.preset} (random weights)"
 
@@ -54,17 +52,6 @@ def user_inputs(model: Recommender, batch: int) -> tuple[torch.Tensor, torch.Ten
     kept = torch.randint(1, length + 1, (batch,))
     padding_mask = torch.arange(length) < (length - kept).unsqueeze(1)
     return torch.randn(batch, length, model.item_embedding_width), padding_mask
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    for _ in range(WARMUP):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -78,8 +65,8 @@ def compare(module: torch.nn.Module, onnx_session: ort.InferenceSession, input_n
     """Median seconds per call of (PyTorch eager, onnxruntime) on the same inputs."""
     feed = {name: tensor.numpy() for name, tensor in zip(input_names, inputs)}
     with torch.inference_mode():
-        eager = median_seconds(lambda: module(*inputs), repeats)
-    return eager, median_seconds(lambda: onnx_session.run(None, feed), repeats)
+        eager = median_seconds(lambda: module(*inputs), repeats, WARMUP)
+    return eager, median_seconds(lambda: onnx_session.run(None, feed), repeats, WARMUP)
 
 
 def main() -> int:

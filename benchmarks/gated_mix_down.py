@@ -31,6 +31,7 @@ import torch
 import crossan
 from crossan.kernels.gated_mix_down import gated_mix_down, triton_available
 from crossan.kernels.reference import gated_mix_down_reference
+from crossan.zoo.models.config import StoredFeatures
 from crossan.zoo.models.side_network import SideNetworkRecommender
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -190,7 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, nargs="+", default=[64 * 11, 4096 * 11],
                         help="rows N (batch x sequence positions); default 704 and 45056")
     parser.add_argument("--preset", default="crossan-tiva", choices=[
-        name for name in crossan.list_models() if crossan.preset_config(name).item_features()], help="side-network preset")
+        name for name in crossan.list_models() if (config := crossan.preset_config(name)).backbone_modalities()
+        and config.stored_features is StoredFeatures.STATES], help="side-network preset")
     parser.add_argument("--adapter-dim", type=int, default=None, help="adapter hidden size r (default: the preset's)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp16", "bf16"])
     parser.add_argument("--bandwidth-gbs", type=float, default=None,

@@ -1,8 +1,10 @@
 """Training cost of each negative option (and the ID term, cosine scores and the frozen-similarity
 prior) against the plain in-batch loss.
 
-    python benchmarks/negatives_cost.py --data-root ../shared/data/amazon-scientific [--json]
+    python benchmarks/negatives_cost.py --data-root DIR [--json]
     python benchmarks/negatives_cost.py --data toy --steps 5 --rounds 2 --json
+
+(DIR: a data set in the Amazon layout, such as Amazon Scientific; docs/data.md describes it.)
 
 One process, one data set, one feature cache: for every model (`sasrec-id`, `crossan-t` over
 MiniLM states of titles cut at 64 tokens, as `real_data.py` trains them, on sliding windows) and
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
-import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from crossan.zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 # The real-data benchmark's features and score temperature, so that both benchmarks time one setting.
 from real_data import COSINE, PRIOR, TEXT_BACKBONE, TEXT_MAX_TOKENS  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 
 PLAIN = "in-batch"
 
@@ -74,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def next_epoch(trainer: Trainer, label: str, rounds: int, console: Console) -> Callable[[], None]:
+    """A call that trains `trainer`'s next epoch (1, 2, ...), saying which round it is."""
+    epochs = itertools.count(1)
+
+    def train() -> None:
+        epoch = next(epochs)
+        console.print(f"round {epoch - 1}/{rounds}: {label}")
+        trainer.train_epoch(epoch)
+
+    return train
+
+
 def _accepts(config: Any, settings: dict[str, Any]) -> bool:
     """Whether the model config has every given field (the ID term exists for content models only)."""
     names = {field.name for field in dataclasses.fields(config)}
@@ -104,22 +119,14 @@ def main() -> int:
             model = build_model(config.fit_to_data(dataset.num_items, features.shapes()))
             train = TrainConfig(sliding_windows=True, steps_per_epoch=args.steps, precision="fp32", **train_settings)
             trainers[model_name, row] = Trainer(model, dataset, features, train, device, quiet)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
-    for round_index in range(args.rounds + 1):
-        for key, trainer in trainers.items():
-            console.print(f"round {round_index}/{args.rounds}: {key[0]}, {key[1]}")
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
-            trainer.train_epoch(round_index + 1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_index:  # the warm-up round allocates optimiser state and fills caches
-                times[key].append((time.perf_counter() - started) / args.steps)
+    epochs = {key: next_epoch(trainer, ", ".join(key), args.rounds, console) for key, trainer in trainers.items()}
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    # The options take turns round by round; the warm-up round allocates optimiser state and fills caches.
+    seconds_per_epoch = interleaved_medians(epochs, args.rounds, warmup=1, synchronize=synchronize)
     report: dict[str, dict[str, dict[str, float]]] = {}
     for (model_name, row), trainer in trainers.items():
         steps = -(-len(trainer.windows) // trainer.config.batch_size)
-        per_step = statistics.median(times[model_name, row])
+        per_step = seconds_per_epoch[model_name, row] / args.steps  # an epoch here is `--steps` steps
         report.setdefault(model_name, {})[row] = {"seconds_per_step": per_step, "steps_per_epoch": steps,
                                                   "seconds_per_epoch": per_step * steps}
     for rows in report.values():

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from crossan.zoo.backbones import Backbone, BackboneSpec, StateExtractor
 from crossan.zoo.backbones.minilm import minilm_dir
 from crossan.zoo.backbones.tiny import tiny_backbone
 from machine import cpu_name
+from timing import median_seconds, timed_call
 
 MODALITIES = ("text", "image", "video", "audio")
 SIDE_LAYERS = 6
@@ -78,22 +77,9 @@ def made_up_contents(modality: str, count: int, generator: np.random.Generator) 
     return [np.clip(generator.normal(0, 0.3, 48_000), -1, 1).astype(np.float32) for _ in range(count)]
 
 
-def timed(run: Any, repeats: int) -> float:
-    """Median seconds of `run()` over `repeats` calls after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def measure(modality: str, args: argparse.Namespace, threads: int, folder: Path) -> dict[str, Any]:
     extractor = make_extractor(modality, args.widths)
-    started = time.perf_counter()
-    export_backbones({modality: extractor}, folder)
-    export_seconds = time.perf_counter() - started
+    _, export_seconds = timed_call(lambda: export_backbones({modality: extractor}, folder))
     preprocessor = load_preprocessing(folder)[modality]
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -112,7 +98,7 @@ def measure(modality: str, args: argparse.Namespace, threads: int, folder: Path)
         return outputs
 
     error = max(float(np.abs(a - b).max()) for a, b in zip(pytorch(), served()))
-    eager, onnx = timed(pytorch, args.repeats), timed(served, args.repeats)
+    eager, onnx = median_seconds(pytorch, args.repeats), median_seconds(served, args.repeats)
     states, width = extractor.output_shape
     return {"modality": modality, "architecture": type(extractor.backbone.model).__name__,
             "pytorch_items_per_second": args.items / eager, "onnx_items_per_second": args.items / onnx,

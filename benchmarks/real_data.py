@@ -1,9 +1,11 @@
 """Benchmark on a real data set: popularity, `sasrec-id` and `crossan-t` over a pretrained MiniLM,
 each with its own recipe, over several seeds.
 
-    python benchmarks/real_data.py --data-root ../shared/data/amazon-scientific --seeds 42 43 44 [--json]
+    python benchmarks/real_data.py --data-root DIR --seeds 42 43 44 [--json]
     python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --seeds 42
     python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --tune 24 --seeds 42 43 44
+
+(DIR: a data set in the Amazon layout, such as Amazon Scientific; docs/data.md describes it.)
 
 With `--tune TRIALS`, every model family (preset) among the chosen rows is first tuned on the
 data set's validation split with the same budget (`crossan tune`: TRIALS finished

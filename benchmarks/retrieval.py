@@ -14,9 +14,9 @@ For each method, in one run and on the same queries:
 
 - recall@10: the mean share of the exact top-10 it returns (exact: 1 by definition);
 - queries/s: all queries in one batch, on all of faiss's (and NumPy's BLAS) threads; the indexes
-  take the median of 3 passes, exact one pass (long enough at 10^6 items): NumPy matmul +
-  argpartition in chunks of 32 queries, the cheapest full scan (serving's exact path sorts all
-  scores, which is slower still);
+  take the median of 3 passes after an untimed one, exact one pass (long enough at 10^6 items):
+  NumPy matmul + argpartition in chunks of 32 queries, the cheapest full scan (serving's exact
+  path sorts all scores, which is slower still);
 - build seconds and index bytes (`faiss.serialize_index`; exact: the table itself).
 
 HNSW is built once (`m`, `ef_construction` from `HnswParameters`) and searched at three
@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +38,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from crossan.export.ann_index import HnswParameters, IndexParameters, IvfParameters, build_index, set_search_parameters
+from crossan.export.ann_index import HnswParameters, IndexParameters, IvfParameters, build_index
 from crossan.export.item_table import load_item_table
 from machine import cpu_name
+from timing import median_seconds, timed_call
 
 K = 10
 DEFAULT_ITEMS = 1_000_000
@@ -95,32 +93,21 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth)]))
 
 
-def timed(search: Callable[[], np.ndarray], passes: int) -> tuple[np.ndarray, float]:
-    """The result of `search` and the median seconds of `passes` runs."""
-    seconds = []
-    for _ in range(passes):
-        started = time.perf_counter()
-        result = search()
-        seconds.append(time.perf_counter() - started)
-    return result, statistics.median(seconds)
-
-
 def measure(table: np.ndarray, queries: np.ndarray) -> dict[str, dict[str, Any]]:
     """Every method's figures, keyed by method name."""
-    truth, seconds = timed(lambda: exact_top_k(table, queries), passes=1)
+    truth, seconds = timed_call(lambda: exact_top_k(table, queries))
     report = {"exact": {"recall@10": 1.0, "queries_per_s": len(queries) / seconds, "build_s": 0.0,
                         "index_bytes": table.nbytes, "parameters": {}}}
     builds: list[tuple[str, IndexParameters, list[IndexParameters]]] = [
         ("hnsw", HnswParameters(), [HnswParameters(ef_search=ef) for ef in HNSW_EF_SEARCH]),
         ("ivf", IvfParameters(), [IvfParameters(nprobe=nprobe) for nprobe in IVF_NPROBE])]
     for kind, build_parameters, searches in builds:
-        started = time.perf_counter()
-        index = build_index(table, build_parameters)
-        build_s = time.perf_counter() - started
+        index, build_s = timed_call(lambda: build_index(table, build_parameters))
         index_bytes = int(faiss.serialize_index(index).nbytes)
         for parameters in searches:
-            set_search_parameters(index, parameters)
-            found, seconds = timed(lambda: index.search(queries, K)[1], PASSES)
+            parameters.set_search_parameters(index)
+            found = index.search(queries, K)[1]  # untimed: the recall's pass, and the warm-up
+            seconds = median_seconds(lambda: index.search(queries, K), PASSES, warmup=0)
             knob = "ef_search" if kind == "hnsw" else "nprobe"
             name = f"{kind} {knob}={getattr(parameters, knob)}"
             report[name] = {"recall@10": recall(found, truth), "queries_per_s": len(queries) / seconds,

@@ -35,18 +35,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-STAGES = ("read", "data set", "epoch crossan-t", "epoch sasrec-id", "validation crossan-t", "validation sasrec-id")
+if TYPE_CHECKING:  # the parent process imports NumPy only; each stage's process imports what it runs
+    from crossan.zoo.data import SequenceDataset
+    from crossan.zoo.features.store import ItemFeatures
+    from crossan.zoo.models.recommender import Recommender
+
+PRESETS = ("crossan-t", "sasrec-id")
+"""The presets the epoch and validation stages time: one over cached states, one over item ids."""
 CLUSTER = 8
 STAY = 0.8
 NUM_STATES = 7
@@ -151,93 +159,152 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
-    """Run `stage` on `point` in this process: seconds, peak bytes above the footprint after
-    imports, the bytes the stage's data needs, and facts worth printing."""
-    import torch
-    from rich.console import Console
+def _sequence_bytes(point: Point) -> int:
+    """The flat sequences: 4 bytes an interaction and 8 a user's offset."""
+    return point.interactions * 4 + (point.users + 1) * 8
 
+
+def read_stage(point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
+    """`read_amazon` parsing both files."""
     from crossan.zoo.data import read_amazon
 
-    torch.manual_seed(SEED)
-    quiet = Console(quiet=True)
-    sequence_bytes = point.interactions * 4 + (point.users + 1) * 8
     baseline = reset_peak()
-    if stage == "read":
-        started = time.perf_counter()
-        dataset = read_amazon(point.root)
-        seconds = time.perf_counter() - started
-        id_bytes = sum(len(i) for i in dataset.item_ids) + sum(len(u) for u in dataset.user_ids)
-        # Python keeps each id and title as an object (about 50 bytes on top of its characters).
-        table_bytes = id_bytes + sum(len(t) for t in dataset.titles or ()) + 50 * (2 * point.items + point.users)
-        return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline, "need": sequence_bytes + table_bytes,
-                "facts": {"files MB": round(sum(f.stat().st_size for f in point.root.glob("*.tsv")) / 1e6, 1),
-                          "cache MB": round(point.cache.stat().st_size / 1e6, 1)}}
-    dataset = read_amazon(point.root)
-    # Each stage imports what it runs before its footprint is taken.
-    if stage == "data set":
-        from crossan.zoo.training.significance import cold_item_users
-        from crossan.zoo.training.trainer import training_windows
-    else:
-        from safetensors.torch import load_file, save_file
-
-        from crossan.zoo.features.states import open_states
-        from crossan.zoo.features.store import ItemFeatures
-        from crossan.zoo.models import build_model, preset_config
-        from crossan.zoo.training.evaluation import evaluate_model, evaluation_users
-        from crossan.zoo.training.trainer import TrainConfig, Trainer
-    baseline = reset_peak()
-    if stage == "data set":
-        started = time.perf_counter()
-        dataset.fingerprint()
-        dataset.train_counts()
-        cold_item_users(dataset, "test")
-        windows, _ = training_windows(dataset, 11)
-        seconds = time.perf_counter() - started
-        return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline,
-                "need": windows.numel() * 8 + (point.items + 1) * 8 + point.users * 9,
-                "facts": {"windows": len(windows)}}
-    preset = stage.split()[-1]
-    states = open_states(point.cache) if preset != "sasrec-id" else None
-    features = ItemFeatures(point.items, None if states is None else {"text": states})
-    base = preset_config(preset)
-    model = build_model(base.fit_to_data(point.items, features.shapes()))
-    parameter_bytes = sum(p.numel() * 4 for p in model.parameters())
-    cache_bytes = 0 if states is None else states.numel() * 2
-    weights = point.root / f"after-one-epoch-{preset}.safetensors"
-    if stage.startswith("epoch"):
-        started = time.perf_counter()
-        trainer = Trainer(model, dataset, features, TrainConfig(epochs=1, patience=1), console=quiet)
-        setup = time.perf_counter() - started
-        steps = -(-len(trainer.windows) // trainer.config.batch_size)
-        if 0 < epoch_steps < steps:  # the first batches of the epoch's shuffle, timed and extrapolated
-            trainer.config = dataclasses.replace(trainer.config, steps_per_epoch=epoch_steps)
-        started = time.perf_counter()
-        loss = trainer.train_epoch(1)
-        measured = time.perf_counter() - started
-        taken = trainer.config.steps_per_epoch or steps
-        save_file(model.state_dict(), weights)  # validation ranks with what this epoch learned
-        # Parameters, gradients and AdamW's two moments; the windows; the cache pages read.
-        need = 4 * parameter_bytes + trainer.windows.numel() * 8 + sequence_bytes + cache_bytes
-        return {"footprint": baseline, "seconds": measured * steps / taken, "peak": peak_rss() - baseline, "need": need,
-                "facts": {"loss": round(loss, 3), "steps": f"{taken} of {steps}" if taken < steps else steps,
-                          "set-up s": round(setup, 2)}}
-    trained = weights.is_file()
-    if trained:
-        model.load_state_dict(load_file(weights))
-    sample = evaluation_users(dataset.num_users, valid_users)
-    ranked = dataset.num_users if sample is None else len(sample)
     started = time.perf_counter()
-    result = evaluate_model(model, dataset, features, "valid", users=sample)
+    dataset = read_amazon(point.root)
+    seconds = time.perf_counter() - started
+    id_bytes = sum(len(i) for i in dataset.item_ids) + sum(len(u) for u in dataset.user_ids)
+    # Python keeps each id and title as an object (about 50 bytes on top of its characters).
+    table_bytes = id_bytes + sum(len(t) for t in dataset.titles or ()) + 50 * (2 * point.items + point.users)
+    return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline,
+            "need": _sequence_bytes(point) + table_bytes,
+            "facts": {"files MB": round(sum(f.stat().st_size for f in point.root.glob("*.tsv")) / 1e6, 1),
+                      "cache MB": round(point.cache.stat().st_size / 1e6, 1)}}
+
+
+def data_set_stage(point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
+    """The per-data-set work of a run: fingerprint, training counts, cold users, windows."""
+    from crossan.zoo.data import read_amazon
+    from crossan.zoo.training.significance import cold_item_users
+    from crossan.zoo.training.trainer import training_windows
+
+    dataset = read_amazon(point.root)
+    baseline = reset_peak()
+    started = time.perf_counter()
+    dataset.fingerprint()
+    dataset.train_counts()
+    cold_item_users(dataset, "test")
+    windows, _ = training_windows(dataset, 11)
+    seconds = time.perf_counter() - started
+    return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline,
+            "need": windows.numel() * 8 + (point.items + 1) * 8 + point.users * 9,
+            "facts": {"windows": len(windows)}}
+
+
+@dataclass
+class ModelSetup:
+    """What the epoch and validation stages of a preset share: the data, the features the preset
+    reads (the synthetic states, or none), its model, and the footprint before the model was built."""
+
+    dataset: SequenceDataset
+    features: ItemFeatures
+    model: Recommender
+    baseline: int
+    parameter_bytes: int
+    cache_bytes: int
+    weights: Path
+
+
+def _model_setup(preset: str, point: Point) -> ModelSetup:
+    """Read the data set, then (its footprint taken) build `preset`'s model over the cache of `point`."""
+    from crossan.zoo.data import read_amazon
+    from crossan.zoo.features.states import open_states
+    from crossan.zoo.features.store import ItemFeatures
+    from crossan.zoo.models import build_model, preset_config
+
+    dataset = read_amazon(point.root)
+    baseline = reset_peak()
+    base = preset_config(preset)
+    modalities = base.backbone_modalities()  # the synthetic states stand in for each modality the preset reads
+    states = open_states(point.cache) if modalities else None
+    features = ItemFeatures(point.items, {modality: states for modality in modalities} or None)
+    model = build_model(base.fit_to_data(point.items, features.shapes()))
+    return ModelSetup(dataset, features, model, baseline, sum(p.numel() * 4 for p in model.parameters()),
+                      0 if states is None else states.numel() * 2, point.root / f"after-one-epoch-{preset}.safetensors")
+
+
+def epoch_stage(preset: str, point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
+    """`Trainer.train_epoch` for one epoch of `preset` (its first `epoch_steps` batches, extrapolated);
+    the weights it leaves are saved for the validation stage."""
+    from rich.console import Console
+    from safetensors.torch import save_file
+
+    from crossan.zoo.training.trainer import TrainConfig, Trainer
+
+    setup = _model_setup(preset, point)
+    started = time.perf_counter()
+    trainer = Trainer(setup.model, setup.dataset, setup.features, TrainConfig(epochs=1, patience=1),
+                      console=Console(quiet=True))
+    setup_seconds = time.perf_counter() - started
+    steps = -(-len(trainer.windows) // trainer.config.batch_size)
+    if 0 < epoch_steps < steps:  # the first batches of the epoch's shuffle, timed and extrapolated
+        trainer.config = dataclasses.replace(trainer.config, steps_per_epoch=epoch_steps)
+    started = time.perf_counter()
+    loss = trainer.train_epoch(1)
+    measured = time.perf_counter() - started
+    taken = trainer.config.steps_per_epoch or steps
+    save_file(setup.model.state_dict(), setup.weights)  # validation ranks with what this epoch learned
+    # Parameters, gradients and AdamW's two moments; the windows; the cache pages read.
+    need = 4 * setup.parameter_bytes + trainer.windows.numel() * 8 + _sequence_bytes(point) + setup.cache_bytes
+    return {"footprint": setup.baseline, "seconds": measured * steps / taken, "peak": peak_rss() - setup.baseline,
+            "need": need, "facts": {"loss": round(loss, 3), "steps": f"{taken} of {steps}" if taken < steps else steps,
+                                    "set-up s": round(setup_seconds, 2)}}
+
+
+def validation_stage(preset: str, point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
+    """One full-ranking validation of `preset` over `valid_users` users, with the weights the
+    epoch stage left (untrained when it did not run)."""
+    from safetensors.torch import load_file
+
+    from crossan.zoo.training.evaluation import evaluate_model, evaluation_users
+
+    setup = _model_setup(preset, point)
+    trained = setup.weights.is_file()
+    if trained:
+        setup.model.load_state_dict(load_file(setup.weights))
+    sample = evaluation_users(setup.dataset.num_users, valid_users)
+    ranked = setup.dataset.num_users if sample is None else len(sample)
+    started = time.perf_counter()
+    result = evaluate_model(setup.model, setup.dataset, setup.features, "valid", users=sample)
     seconds = time.perf_counter() - started
     # Parameters, the catalogue's embeddings (and their item table), the cache pages read.
     batch_scores = min(512 * point.items, BATCH_SCORES)
     # A batch's scores and their comparison with the targets.
-    need = (parameter_bytes + point.items * model.config.embedding_dim * 4 * 2 + batch_scores * 5
-            + sequence_bytes + cache_bytes)
-    return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline, "need": need, "scores": ranked * point.items,
+    need = (setup.parameter_bytes + point.items * setup.model.config.embedding_dim * 4 * 2 + batch_scores * 5
+            + _sequence_bytes(point) + setup.cache_bytes)
+    return {"footprint": setup.baseline, "seconds": seconds, "peak": peak_rss() - setup.baseline, "need": need,
+            "scores": ranked * point.items,
             "facts": {"ranked users": ranked, "epochs trained": int(trained),
                       "NDCG@10": f"{result.metrics['NDCG@10']:.4f} ± {result.standard_error('NDCG@10'):.4f}"}}
+
+
+StageFunction = Callable[[Point, int, int], dict[str, Any]]
+STAGE_FUNCTIONS: dict[str, StageFunction] = {
+    "read": read_stage,
+    "data set": data_set_stage,
+    **{f"epoch {preset}": functools.partial(epoch_stage, preset) for preset in PRESETS},
+    **{f"validation {preset}": functools.partial(validation_stage, preset) for preset in PRESETS},
+}
+"""Each stage's function: `(point, valid_users, epoch_steps)` to seconds, peak and needed bytes
+(above the footprint after its imports and the data read) and facts worth printing."""
+STAGES = tuple(STAGE_FUNCTIONS)
+
+
+def run_stage(stage: str, point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
+    """Run `stage` on `point` in this process (its function in `STAGE_FUNCTIONS`), from a fixed seed."""
+    import torch
+
+    torch.manual_seed(SEED)
+    return STAGE_FUNCTIONS[stage](point, valid_users, epoch_steps)
 
 
 def main_stage(argv: list[str]) -> int:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -33,6 +31,7 @@ from rich.table import Table
 import crossan
 from crossan.zoo.models.side_network import SideNetworkRecommender
 from machine import cpu_name
+from timing import interleaved_medians
 
 RATIOS = (("crossan-tiva", "crossan-tiva-per-tower", "batched / per-tower"),
           ("crossan-tiva", "iisan-e-tiva@512", "crossan-tiva / iisan-e-tiva@512"),
@@ -66,19 +65,6 @@ def build_cases(items: int) -> dict[str, Callable[[], None]]:
     return cases
 
 
-def interleaved_medians(cases: dict[str, Callable[[], None]], steps: int) -> dict[str, float]:
-    """Median milliseconds per step of each case, the cases taking turns step by step."""
-    for step in cases.values():  # warm-up: allocator, MKL buffers
-        step()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(steps):
-        for name, step in cases.items():
-            started = time.perf_counter()
-            step()
-            times[name].append((time.perf_counter() - started) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=704, help="items per step (default 704)")
@@ -89,7 +75,9 @@ def main() -> int:
     if args.steps < 7 or args.items < 1 or args.threads < 1:
         parser.error("--steps must be at least 7, --items and --threads positive")
     torch.set_num_threads(args.threads)
-    medians = interleaved_medians(build_cases(args.items), args.steps)
+    # The cases take turns step by step, after one warm-up round (allocator, MKL buffers).
+    seconds = interleaved_medians(build_cases(args.items), args.steps)
+    medians = {name: value * 1e3 for name, value in seconds.items()}  # milliseconds per step
     if args.json:
         print(json.dumps({name: {"ms_per_step": round(ms, 2)} for name, ms in medians.items()}))
         return 0

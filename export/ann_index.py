@@ -29,7 +29,7 @@ from crossan.export.ranking import PAD, check_finite_scores, top_k_rows
 from crossan.zoo.core.atomic import atomic_write
 
 __all__ = ["INDEX_FILE", "SIDECAR_FILE", "HnswParameters", "IvfParameters", "IndexParameters", "table_fingerprint",
-           "set_search_parameters", "build_index", "save_index", "open_index", "ann_top_k_rows"]
+           "build_index", "save_index", "open_index", "ann_top_k_rows"]
 
 INDEX_FILE = "item_index.faiss"
 SIDECAR_FILE = "item_index.json"
@@ -67,6 +67,16 @@ class HnswParameters:
         """What the saved index depends on (and what its sidecar records)."""
         return {"kind": "hnsw", "m": self.m, "ef_construction": self.ef_construction}
 
+    def empty_index(self, vectors: np.ndarray) -> faiss.Index:
+        """An empty inner-product HNSW graph for rows like `vectors [N, D]` (it needs no training)."""
+        index = faiss.IndexHNSWFlat(vectors.shape[1], self.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        return index
+
+    def set_search_parameters(self, index: faiss.Index) -> None:
+        """Apply `ef_search` to an HNSW `index`."""
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", self.ef_search)
+
 
 @dataclass(frozen=True)
 class IvfParameters:
@@ -89,8 +99,23 @@ class IvfParameters:
         """What the saved index depends on (and what its sidecar records)."""
         return {"kind": "ivf", "nlist": self.nlist}
 
+    def empty_index(self, vectors: np.ndarray) -> faiss.Index:
+        """An empty inner-product IVF-flat index with its cells trained on `vectors [N, D]` (at most one
+        cell per `MIN_POINTS_PER_LIST` rows)."""
+        count, dim = vectors.shape
+        nlist = min(self.nlist, max(1, count // MIN_POINTS_PER_LIST))
+        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        return index
+
+    def set_search_parameters(self, index: faiss.Index) -> None:
+        """Apply `nprobe` to an IVF `index`."""
+        faiss.extract_index_ivf(index).nprobe = self.nprobe
+
 
 IndexParameters = HnswParameters | IvfParameters
+"""An index kind's parameters: each builds its own index (`empty_index`) and applies its own search-time
+settings (`set_search_parameters`), so the code that builds, opens and searches indexes is the same for all."""
 
 
 def table_fingerprint(path: Path) -> str:
@@ -102,27 +127,12 @@ def table_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def set_search_parameters(index: faiss.Index, parameters: IndexParameters) -> None:
-    """Apply the search-time half of `parameters` (HNSW `ef_search`, IVF `nprobe`) to `index`."""
-    if isinstance(parameters, HnswParameters):
-        index.hnsw.efSearch = parameters.ef_search
-    else:
-        faiss.extract_index_ivf(index).nprobe = parameters.nprobe
-
-
 def build_index(table: np.ndarray, parameters: IndexParameters) -> faiss.Index:
     """An inner-product index over the rows of `table [N, D]`; index label i is table row i."""
     vectors = np.ascontiguousarray(table, dtype=np.float32)
-    count, dim = vectors.shape
-    if isinstance(parameters, HnswParameters):
-        index = faiss.IndexHNSWFlat(dim, parameters.m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = parameters.ef_construction
-    else:
-        nlist = min(parameters.nlist, max(1, count // MIN_POINTS_PER_LIST))
-        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
+    index = parameters.empty_index(vectors)
     index.add(vectors)
-    set_search_parameters(index, parameters)
+    parameters.set_search_parameters(index)
     return index
 
 
@@ -181,7 +191,7 @@ def open_index(table_path: Path, table: np.ndarray, parameters: IndexParameters)
     index_path, sidecar_path = table_path.with_name(INDEX_FILE), table_path.with_name(SIDECAR_FILE)
     index = _read_saved(index_path, sidecar_path, _expected_sidecar(table_path, table, parameters))
     if index is not None:
-        set_search_parameters(index, parameters)
+        parameters.set_search_parameters(index)
         return index
     index = build_index(table, parameters)
     save_index(table_path, table, index, parameters)

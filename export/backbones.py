@@ -35,7 +35,6 @@ BACKBONE_TOLERANCE = 1e-3
 """Largest absolute difference allowed between served and PyTorch states (float32 through up to
 12 transformer layers, whose hidden states reach magnitudes of tens)."""
 EXAMPLE_BATCH = 2
-EXAMPLE_TOKENS = 5
 
 
 class BackboneStates(nn.Module):
@@ -65,22 +64,10 @@ def backbone_spec(extractor: StateExtractor, opset: int = DEFAULT_OPSET) -> Expo
 
 
 def _example_inputs(extractor: StateExtractor, preprocessor: Preprocessor) -> tuple[torch.Tensor, ...]:
-    """Made-up inputs in the served layout (sizes >= 2 on dynamic axes, so they stay dynamic)."""
-    generator = torch.Generator().manual_seed(0)
-    config = extractor.backbone.model.config
-    if extractor.modality == "text":
-        tokens = min(EXAMPLE_TOKENS, extractor.text_max_tokens)
-        ids = torch.randint(1, int(config.vocab_size), (EXAMPLE_BATCH, tokens), generator=generator)
-        mask = torch.ones(EXAMPLE_BATCH, tokens, dtype=torch.long)
-        mask[0, -1] = 0
-        return ids, mask
-    if isinstance(preprocessor, ImagePreprocessor):
-        shape: tuple[int, ...] = (3, preprocessor.height, preprocessor.width)
-    elif isinstance(preprocessor, VideoPreprocessor):
-        shape = (preprocessor.frames, 3, preprocessor.crop_height, preprocessor.crop_width)
-    else:
-        shape = (int(config.max_length), int(config.num_mel_bins))
-    return (torch.randn(EXAMPLE_BATCH, *shape, generator=generator),)
+    """The preprocessor's made-up inputs in the backbone's input order (a batch of `EXAMPLE_BATCH` >= 2,
+    and titles of differing lengths, so the dynamic axes stay dynamic)."""
+    inputs = preprocessor.example_inputs(EXAMPLE_BATCH)
+    return tuple(torch.from_numpy(inputs[name]) for name in extractor.input_names)
 
 
 def _pixel_settings(processor: Any) -> dict[str, Any]:
@@ -151,10 +138,10 @@ def item_sources(dataset: SequenceDataset, modality: str, rows: list[int]) -> li
     """What a serving caller passes for catalogue rows: titles, cover paths, or video paths (the
     soundtrack is read from the video file)."""
     if modality == "text":
-        return [dataset.titles[r] for r in rows]
-    if modality == "image":
-        return [str(dataset.cover_paths[r]) for r in rows]
-    return [str(dataset.video_paths[r]) for r in rows]
+        titles = dataset.required_titles()
+        return [titles[r] for r in rows]
+    paths = dataset.required_cover_paths() if modality == "image" else dataset.required_video_paths()
+    return [str(paths[r]) for r in rows]
 
 
 @dataclass(frozen=True)

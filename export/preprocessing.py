@@ -53,6 +53,15 @@ class Preprocessor(Protocol):
 
     def to_dict(self) -> dict[str, Any]: ...
 
+    def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        """Made-up backbone inputs of `batch` items in the served layout, by input name, the same on
+        every call: what an export traces the backbone with."""
+
+
+def _example_values(shape: tuple[int, ...]) -> np.ndarray:
+    """Seeded standard-normal float32 values of `shape` (made-up pixels or filter banks)."""
+    return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
 
 @dataclass
 class TextPreprocessor:
@@ -74,7 +83,9 @@ class TextPreprocessor:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # tokenizers raises a bare Exception for unreadable files
             raise ExportFileError(f"{path}: not a readable tokenizer ({one_line(error)}); {WITH_BACKBONES}") from error
-        self.tokenizer.no_padding()
+        # Right padding to the batch's longest title (the file's own padding settings replaced, its pad id kept).
+        pad_id = self._pad_id()
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=self.tokenizer.id_to_token(pad_id) or "[PAD]")
         self.tokenizer.enable_truncation(self.max_tokens)
 
     def read(self, source: str | Path) -> str:
@@ -82,16 +93,11 @@ class TextPreprocessor:
 
     def __call__(self, contents: Sequence[str]) -> dict[str, np.ndarray]:
         encodings = self.tokenizer.encode_batch([str(title) for title in contents])
-        longest = max(len(e.ids) for e in encodings)
-        pad_id = self._pad_id()
-        input_ids = np.full((len(encodings), longest), pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(encodings), longest), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            input_ids[row, : len(encoding.ids)] = encoding.ids
-            attention_mask[row, : len(encoding.ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
 
     def _pad_id(self) -> int:
+        """The pad id the tokenizer file records (the one transformers padded with), else its pad token's."""
         padding = self.tokenizer.padding
         if padding is not None:
             return int(padding["pad_id"])
@@ -103,6 +109,11 @@ class TextPreprocessor:
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_tokens": self.max_tokens, "tokenizer_file": self.tokenizer_file}
+
+    def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        """Made-up titles of 1 to `batch` words, tokenized: ids the backbone knows, in rows of differing
+        lengths (so padded) unless `max_tokens` cuts them all."""
+        return self([" ".join(["example"] * (1 + row)) for row in range(batch)])
 
 
 def _resize(image: Image.Image, height: int, width: int, resample: int) -> Image.Image:
@@ -176,6 +187,9 @@ class ImagePreprocessor:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        return {"pixel_values": _example_values((batch, 3, self.height, self.width))}
+
 
 @dataclass
 class VideoPreprocessor:
@@ -211,6 +225,9 @@ class VideoPreprocessor:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        return {"pixel_values": _example_values((batch, self.frames, 3, self.crop_height, self.crop_width))}
 
 
 @dataclass
@@ -285,6 +302,9 @@ class AudioPreprocessor:
         values = asdict(self)
         values.pop("folder")
         return values
+
+    def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        return {"input_values": _example_values((batch, self.max_length, self.mel_filters.shape[1]))}
 
 
 PREPROCESSORS: dict[str, type] = {p.modality: p for p in (TextPreprocessor, ImagePreprocessor, VideoPreprocessor,

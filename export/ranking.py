@@ -2,7 +2,8 @@
 
 Item indices are 1-based (0 is padding, as in `crossan.zoo.data`); catalogue rows are 0-based.
 NaN and infinite scores have no order, so they stop the ranking with `NonFiniteScoreError`
-instead of being left out of it. NumPy only, so that serving runs without PyTorch or the zoo.
+instead of being left out of it. NumPy only (the zoo's data set module it takes `PAD` from loads no
+PyTorch), so that serving runs without PyTorch.
 """
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ import numpy as np
 
 from crossan.export.errors import NonFiniteScoreError
 from crossan.export.reading import describe
+from crossan.zoo.data.dataset import PAD
 
 __all__ = ["PAD", "history_window", "non_finite_rows", "check_finite_scores", "top_k_rows"]
-
-# Equals crossan.zoo.data.PAD (a test checks it); importing zoo here would pull PyTorch into serving.
-PAD = 0
 
 
 def history_window(histories: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:

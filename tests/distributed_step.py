@@ -27,7 +27,7 @@ def main(toy_root: str, preset: str) -> None:
     config = preset_config(preset, dropout=0.0, attention_dropout=0.0, max_seq_len=4)  # several windows per user
     generator = torch.Generator().manual_seed(0)
     features = ItemFeatures(dataset.num_items, {m: torch.randn(dataset.num_items, 4, 32, generator=generator).half()
-                                                for m in config.item_features()})
+                                                for m in config.backbone_modalities()})
     results = {}
     with launched(torch.device("cpu")) as (processes, device):
         for case in ("plain", "sliding windows", "a process without windows"):

@@ -31,6 +31,7 @@ from crossan.export.validation import OnnxEncoder, check_agreement, item_cases, 
 from crossan.export.wrappers import ItemEncoder
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models import build_model, list_models, preset_config
+from crossan.zoo.models.config import StoredFeatures
 from crossan.zoo.runs.run import open_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def one_torch_thread() -> Iterator[None]:
 def tiny_model(name: str) -> Recommender:
     """Preset `name` fitted to `NUM_ITEMS` items with tiny features, fixed random weights."""
     config = preset_config(name, **USER_ENCODER)
-    shapes = {m: (NUM_STATES, WIDTH) for m in config.item_features()}
+    shapes = {m: (NUM_STATES, WIDTH) for m in config.backbone_modalities()}
     config = config.fit_to_data(NUM_ITEMS, shapes)
     if shapes:  # a side network: small adapters keep the export fast
         config = dataclasses.replace(config, adapter_dim=8)
@@ -100,7 +101,7 @@ NO_NEW_EXPORT_PATH = {"crossan-tia", "crossan-tiv", "crossan-ti", "indsan-ti", "
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in NO_NEW_EXPORT_PATH else n
-                                  for n in list_models() if preset_config(n).architecture != "end-to-end"])
+                                  for n in list_models() if preset_config(n).stored_features is StoredFeatures.STATES])
 def test_every_preset_exports_and_validates(name: str, exported_presets) -> None:
     model, exported = exported_presets(name)
     assert all(path.is_file() for path in exported.files())

@@ -223,13 +223,15 @@ def test_sasrec_is_causal() -> None:
     assert not torch.allclose(before[:, 4:], after[:, 4:])
 
 
-def test_sasrec_user_vector_ignores_left_padding() -> None:
+def test_sasrec_last_state_ignores_left_padding() -> None:
+    """The newest position's state (the user vector `Recommender.encode_users` takes) is the same
+    with left padding, whatever lies under it."""
     model = _sasrec()
     items = torch.randn(1, 3, 16)
-    short = model.user_vector(items, torch.zeros(1, 3, dtype=torch.bool))
+    short = model(items, torch.zeros(1, 3, dtype=torch.bool))[:, -1]
     padded_items = torch.cat([torch.randn(1, 3, 16) * 50, items], dim=1)  # garbage under the padding
     padding = torch.tensor([[True, True, True, False, False, False]])
-    torch.testing.assert_close(model.user_vector(padded_items, padding), short, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(padded_items, padding)[:, -1], short, atol=1e-5, rtol=1e-5)
 
 
 def test_sasrec_fully_padded_rows_stay_finite() -> None:

@@ -1,4 +1,4 @@
-"""Registry, presets, parameter counts, config round trips and trainable-only updates."""
+"""Registry, presets, parameter counts, config round trips, adapter parameters and trainable-only updates."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,9 @@ import torch
 
 import crossan
 from crossan.kernels.gated_mix_down import triton_available
+from crossan.zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
 from crossan.zoo.models import config_from_dict
+from crossan.zoo.models.config import StoredFeatures
 
 
 def trainable(model: torch.nn.Module) -> int:
@@ -25,17 +27,17 @@ def test_trainable_parameters_match_paper(name: str, overrides: dict, expected: 
     assert trainable(crossan.create_model(name, **overrides)) == expected
 
 
-SIDE_PRESETS = [name for name in crossan.list_models()
-                if crossan.preset_config(name).item_features() and crossan.preset_config(name).stored_features == "states"]
-# The uncached baselines carry BERT-base and ViT-base by default; tests/test_end_to_end.py covers
-# them with tiny backbones.
-CACHED_PRESETS = [name for name in crossan.list_models() if crossan.preset_config(name).architecture != "end-to-end"]
+# The uncached baselines (stored backbone inputs) carry BERT-base and ViT-base by default;
+# tests/test_end_to_end.py covers them with tiny backbones.
+CACHED_PRESETS = [name for name in crossan.list_models()
+                  if crossan.preset_config(name).stored_features is StoredFeatures.STATES]
+SIDE_PRESETS = [name for name in CACHED_PRESETS if crossan.preset_config(name).backbone_modalities()]
 
 
 def small_model(name: str, **overrides) -> crossan.zoo.models.Recommender:
     """The preset fitted to 30 items and 3 states of differing widths (so projections are used)."""
     config = crossan.preset_config(name, **overrides)
-    shapes = {m: (3, 12 + 4 * i) for i, m in enumerate(config.item_features())}
+    shapes = {m: (3, 12 + 4 * i) for i, m in enumerate(config.backbone_modalities())}
     config = config.fit_to_data(30, shapes)
     if shapes:
         config = dataclasses.replace(config, adapter_dim=8, side_width=16)
@@ -62,6 +64,27 @@ def test_every_preset_encodes_items_and_users(name: str) -> None:
 def test_config_round_trips_through_json_dict(name: str) -> None:
     config = small_model(name).config
     assert config_from_dict(config.to_dict()) == config
+
+
+def isinstance_adapter_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The rule the model contract used before each model listed its own adapters: the
+    parameters of every adapter module, in module order."""
+    return [p for m in model.modules() if isinstance(m, (HoulsbyAdapter, TowerAdapters)) for p in m.parameters()]
+
+
+@pytest.mark.parametrize("name", [*CACHED_PRESETS, "adapter-t", "adapter-ti"])
+def test_each_model_lists_the_same_adapter_parameters_as_before(name: str) -> None:
+    """Side networks list their side adapters, the ID model none, the end-to-end adapter
+    models the adapters inserted into their backbones: exactly the parameters, in the order, of
+    the old isinstance rule."""
+    if name in CACHED_PRESETS:
+        model = small_model(name)
+    else:
+        with torch.device("meta"):  # shapes only: BERT-base and ViT-base
+            model = crossan.create_model(name)
+    expected = isinstance_adapter_parameters(model)
+    assert [id(p) for p in model.adapter_parameters()] == [id(p) for p in expected]
+    assert bool(expected) == (name != "sasrec-id")
 
 
 def test_create_model_errors_name_the_problem() -> None:

@@ -10,9 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crossan.export.ranking import PAD as RANKING_PAD
-from crossan.zoo.data import PAD
-
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = ("torch", "transformers", "triton", "rich")
 
@@ -75,8 +72,3 @@ def test_unknown_attribute_still_raises() -> None:
     result = run_python("import crossan\ncrossan.no_such_name\n")
     assert result.returncode != 0
     assert "AttributeError: module 'crossan' has no attribute 'no_such_name'" in result.stderr
-
-
-def test_ranking_padding_index_is_the_data_sets() -> None:
-    """crossan.export.ranking defines PAD itself to stay torch-free; it must stay equal to crossan.zoo.data.PAD."""
-    assert RANKING_PAD == PAD == 0

@@ -19,13 +19,14 @@ from scripts import run_script
 
 from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
+from crossan.zoo.models.config import StoredFeatures
 from crossan.zoo.tune.recipe import read_recipe, write_recipe
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.tune.study import FINISHED, StudySettings, distinct_runs, open_study, run_study, study_data
 
-TUNED_PRESETS = [name for name in list_models() if preset_config(name).architecture != "end-to-end"]
+TUNED_PRESETS = [name for name in list_models() if preset_config(name).stored_features is StoredFeatures.STATES]
 
 
 @pytest.mark.parametrize("preset", TUNED_PRESETS)
@@ -177,3 +178,24 @@ def test_a_trial_in_flight_elsewhere_holds_a_slot_of_the_budget(toy_root: Path, 
     states = [trial.state.name for trial in study.trials]
     assert states == ["COMPLETE", "COMPLETE"] and study.best_value == 0.5
     assert len(list((tmp_path / "study" / "trials").iterdir())) == 1
+
+
+def test_the_trials_plot_names_preset_and_data_set_once_and_keeps_its_legend_off_the_points() -> None:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from crossan.zoo.tune import report
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.1, 0.3, 0.2):
+        study.add_trial(create_trial(value=value, intermediate_values={1: value}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: 0.05}))
+    title = report._plot_title("sasrec-id", {"kind": "toy", "name": "toy"})
+    assert title == "sasrec-id on toy data set 'toy'"
+    figure = report._trials_figure(study.get_trials(), title)
+    figure.canvas.draw()
+    (axes,), (legend,) = figure.axes, figure.legends
+    assert axes.get_title() == title
+    assert [text.get_text() for text in legend.get_texts()] == ["complete", "best so far",
+                                                                 "pruned (last epoch reported)"]
+    assert legend.get_window_extent().x0 >= axes.get_window_extent().x1  # right of the axes, over no point

@@ -10,6 +10,7 @@ those choices in `MutualInformationEstimator.describe()` so a reported number ca
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 import math
 from dataclasses import dataclass
 
@@ -119,7 +120,7 @@ class MutualInformationEstimator:
         return _standardise(reduced)
 
 
-def pairwise_mutual_information(outputs: dict[str, np.ndarray | torch.Tensor],
+def pairwise_mutual_information(outputs: Mapping[str, np.ndarray | torch.Tensor],
                                 estimator: MutualInformationEstimator) -> list[dict]:
     """The estimate for every unordered pair of `outputs` (towers' outputs over the same rows),
     in the dict's order: `{"first": name, "second": name, "mutual_information": nats}` each."""

@@ -1,14 +1,13 @@
 """Per-layer pooled hidden states of a frozen backbone, and its processors' inputs, over a catalogue."""
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from crossan.zoo.backbones.loading import Backbone
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.data.errors import DataError
 from crossan.zoo.core.errors import ConfigError
 
 __all__ = ["kept_state_indices", "StateExtractor", "TEXT_MAX_TOKENS", "VIDEO_FRAMES", "CLIP_SECONDS"]
@@ -29,8 +28,6 @@ def kept_state_indices(num_layers: int, side_layers: int) -> list[int]:
                           f"use 1..{num_layers} side layers")
     return [round(i * num_layers / side_layers) for i in range(side_layers + 1)]
 
-
-T = TypeVar("T")
 
 
 class StateExtractor:
@@ -77,10 +74,10 @@ class StateExtractor:
         from crossan.zoo.data.media import read_audio, read_cover, read_video_frames
 
         if self.modality == "text":
-            return _content(dataset.titles, "titles", dataset)[row]
+            return dataset.required_titles()[row]
         if self.modality == "image":
-            return read_cover(_content(dataset.cover_paths, "covers", dataset)[row])
-        videos = _content(dataset.video_paths, "videos", dataset)
+            return read_cover(dataset.required_cover_paths()[row])
+        videos = dataset.required_video_paths()
         if self.modality == "video":
             return read_video_frames(videos[row], num_frames=VIDEO_FRAMES, seconds=CLIP_SECONDS)
         return read_audio(videos[row], sampling_rate=self.backbone.processor.sampling_rate, seconds=CLIP_SECONDS)
@@ -139,10 +136,3 @@ class StateExtractor:
             raise ConfigError(f"stored inputs cover text and image; {self.modality} is not served to uncached models")
         inputs = self.model_inputs([self.read_item(dataset, row) for row in rows], pad_to_limit=True)
         return {name: inputs[name] for name in self.input_names}
-
-
-def _content(values: list[T] | None, what: str, dataset: SequenceDataset) -> list[T]:
-    """The data set's per-item `values` (titles, cover or video paths); one line when it has none."""
-    if values is None:
-        raise DataError(f"{dataset.name} has no {what}; a backbone that reads them needs a data set with them")
-    return values

@@ -11,7 +11,7 @@ import argparse
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -63,7 +63,7 @@ def evaluate_run(run: Run, split: str, mask_history: bool) -> tuple[EvaluationRe
     return evaluate_model(run.model, run.dataset, run.features, split, mask_history), run.dataset
 
 
-def tower_mutual_information(run: Run, estimator: MutualInformationEstimator) -> dict[str, object]:
+def tower_mutual_information(run: Run, estimator: MutualInformationEstimator) -> dict[str, Any]:
     """MI between every pair of the run's towers over the whole catalogue, with the estimator named."""
     from crossan.zoo.analysis.mutual_information import pairwise_mutual_information
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         dataset = load_dataset(args.data, args.data_root, args.cache_dir)
         result, label = evaluate_popularity(dataset, args.split, mask), "popularity"
     cold = cold_item_users(dataset, args.split)
-    report: dict[str, object] = {
+    report: dict[str, Any] = {
         "run": label, "split": args.split, "mask_history": mask, "num_users": dataset.num_users,
         "metrics": result.metrics,
         "cold_items": {"num_users": int(cold.sum()),

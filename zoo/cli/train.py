@@ -5,7 +5,7 @@
     python train.py --recipe weights/tune/<study>/best-recipe.json   # a tuned recipe
     python train.py --resume weights/<run>                # continue a killed run
     torchrun --nproc-per-node 2 train.py --preset crossan-tiva   # data-parallel over 2 processes
-    python train.py --preset crossan-t --data amazon --data-root ../shared/data/amazon-scientific \\
+    python train.py --preset crossan-t --data amazon --data-root DIR \\
         --backbone text=minilm
 """
 from __future__ import annotations

@@ -4,10 +4,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.data.errors import DataError
 
 __all__ = ["SequenceDataset", "PAD", "MIN_INTERACTIONS"]
 
@@ -37,6 +39,9 @@ def _target_split(split: str) -> str:
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, got {split!r}")
     return split
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,6 +86,18 @@ class SequenceDataset:
             else np.zeros(0, dtype=ITEM_DTYPE)
         return cls(name, root, item_ids, user_ids, items, np.concatenate([[0], np.cumsum(lengths)]),
                    **content)  # type: ignore[arg-type]
+
+    def required_titles(self) -> list[str]:
+        """The items' titles; one line (`DataError`) for a data set without them."""
+        return _required(self.titles, "titles", self.name)
+
+    def required_cover_paths(self) -> list[Path]:
+        """The items' cover paths; one line (`DataError`) for a data set without covers."""
+        return _required(self.cover_paths, "covers", self.name)
+
+    def required_video_paths(self) -> list[Path]:
+        """The items' video paths; one line (`DataError`) for a data set without videos."""
+        return _required(self.video_paths, "videos", self.name)
 
     @property
     def num_items(self) -> int:
@@ -206,3 +223,9 @@ class SequenceDataset:
         return (f"{self.name}: {self.num_users:,} users, {self.num_items:,} items, {int(lengths.sum()):,} "
                 f"interactions (mean length {lengths.mean():.2f}); {self.dropped_users:,} users with fewer "
                 f"than {MIN_INTERACTIONS} interactions dropped; modalities: {', '.join(self.modalities)}")
+
+
+def _required(values: list[T] | None, what: str, name: str) -> list[T]:
+    if values is None:
+        raise DataError(f"{name} has no {what}; a backbone that reads them needs a data set with them")
+    return values

@@ -8,6 +8,8 @@ content model.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -21,7 +23,8 @@ class ItemIdEmbedding(nn.Module):
     """`rows [N]` (0-based catalogue rows, or `NO_ID_ROW`) -> ID vectors `[N, D]`, with
     element-wise `dropout` in training."""
 
-    seen: torch.Tensor  # [num_items] bool buffer: rows that occur in training
+    if TYPE_CHECKING:  # the buffer's type, for the type checker only: TorchScript cannot read it here
+        seen: torch.Tensor  # [num_items] bool: rows that occur in training
 
     def __init__(self, num_items: int, dim: int, dropout: float = 0.0) -> None:
         super().__init__()

@@ -110,7 +110,3 @@ class SASRec(nn.Module):
     @torch.jit.unused
     def _check_length(self, length: int) -> None:
         torch._check(length <= self.max_len, lambda: f"sequence longer than max_len={self.max_len}")
-
-    def user_vector(self, item_embeddings: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """User embedding `[B, D]`: the hidden state at the newest (last) position."""
-        return self.forward(item_embeddings, padding_mask)[:, -1]

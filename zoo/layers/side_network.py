@@ -19,8 +19,10 @@ each describe their wiring in their model file.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -31,6 +33,21 @@ from crossan.zoo.layers.adapter import TowerAdapters
 from crossan.zoo.layers.mixer import GatedCrossModalMixer
 
 __all__ = ["GateGroup", "SideGates", "SideNetwork"]
+
+
+class MixerDict(nn.ModuleDict):
+    """Gate mixers by group name: an `nn.ModuleDict` whose items the type checker knows as mixers."""
+
+    def items(self) -> list[tuple[str, GatedCrossModalMixer]]:  # type: ignore[override]  # narrower values
+        return [(name, cast(GatedCrossModalMixer, mixer)) for name, mixer in super().items()]
+
+
+class AdapterLayers(nn.ModuleList):
+    """The side layers' adapters: an `nn.ModuleList` whose items the type checker knows as `TowerAdapters`
+    (TorchScript iterates it as a plain module list)."""
+
+    def __iter__(self) -> Iterator[TowerAdapters]:
+        return (cast(TowerAdapters, layer) for layer in super().__iter__())
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,10 @@ class SideGates(nn.Module):
     the fused kernel loads nothing else.
     """
 
+    if TYPE_CHECKING:  # the buffers' types, for the type checker only: TorchScript cannot read them here
+        pattern: torch.Tensor  # [T, M + T] bool
+        fixed_weights: torch.Tensor  # [T, M + T]: the fixed entries' values, zero elsewhere
+
     def __init__(self, modalities: Sequence[str], tower_names: Sequence[str], num_layers: int,
                  groups: Sequence[GateGroup], fixed: Sequence[tuple[int, int, float]] = ()) -> None:
         super().__init__()
@@ -62,7 +83,7 @@ class SideGates(nn.Module):
         self.num_modalities = len(self.modalities)
         self.num_towers = num_towers = len(self.tower_names)
         num_sources = self.num_modalities + num_towers
-        self.mixers = nn.ModuleDict({group.name: group.mixer for group in groups})
+        self.mixers = MixerDict({group.name: group.mixer for group in groups})
         self._wiring: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (towers, columns)
         pattern = torch.zeros(num_towers, num_sources, dtype=torch.bool)
         fixed_weights = torch.zeros(num_towers, num_sources)
@@ -117,8 +138,12 @@ class SideNetwork(nn.Module):
             raise ValueError(f"unknown mixer backend {backend!r}; choose one of {BACKENDS}")
         self.gates = gates
         self.backend = backend
-        self.layers = nn.ModuleList(TowerAdapters(gates.num_towers, width, adapter_dim, activation)
+        self.layers = AdapterLayers(TowerAdapters(gates.num_towers, width, adapter_dim, activation)
                                     for _ in range(gates.num_layers))
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every side layer's adapter weights (not the gates'): what adapts the backbones' states."""
+        return list(self.layers.parameters())
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """Last side layer's outputs `[T, N, W]` from layer-major backbone states `[L, M, N, W]`."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -15,6 +15,9 @@ from crossan.zoo.core.atomic import atomic_write
 from crossan.zoo.core.errors import NoResultError
 from crossan.zoo.tune.recipe import write_recipe
 from crossan.zoo.tune.study import FINISHED, METRIC, StudySettings, distinct_runs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["write_outputs"]
 
@@ -44,7 +47,7 @@ def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any
     origin = {**summary, "data": study.user_attrs.get("data"), "space": space.to_dict(),
               "feature_settings": identity.get("feature settings")}
     importances = _importances(study)
-    _plot(trials, settings.study_dir / "trials.png", f"{settings.preset}: {study.study_name}")
+    _plot(trials, settings.study_dir / "trials.png", _plot_title(settings.preset, origin["data"]))
     markdown = _markdown(trials, best, summary, importances, values, origin["data"])
     atomic_write(settings.study_dir / "report.md", lambda temporary: Path(temporary).write_text(markdown))
     write_recipe(settings.study_dir / "best-recipe.json", settings.preset, values, origin)
@@ -105,13 +108,32 @@ def _cell(value: Any) -> str:
     return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _plot_title(preset: str, data: dict[str, Any] | None) -> str:
+    """`crossan-t on amazon data set 'Scientific'`: the preset and the data set the study tuned it on."""
+    if not data:
+        return preset
+    return f"{preset} on {data.get('kind')} data set {data.get('name')!r}"
+
+
 def _plot(trials: list, path: Path, title: str) -> None:
+    """Write the validation-against-trial plot of `trials` to `path` (a PNG)."""
+    figure = _trials_figure(trials, title)  # selects the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
+    plt.close(figure)
+
+
+def _trials_figure(trials: list, title: str) -> Figure:
+    """Validation NDCG per trial (complete ones, the best so far, pruned ones at their last report),
+    with the legend right of the axes so that it never hides a point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(figsize=(9, 4), layout="constrained")
     complete = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
     pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials
               if t.state == TrialState.PRUNED and t.intermediate_values]
@@ -124,9 +146,8 @@ def _plot(trials: list, path: Path, title: str) -> None:
     if pruned:
         axes.scatter(*zip(*pruned), label="pruned (last epoch reported)", color="tab:gray", marker="x")
     axes.set_xlabel("trial")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     axes.set_ylabel(f"validation {METRIC}")
     axes.set_title(title)
-    axes.legend()
-    figure.tight_layout()
-    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
-    plt.close(figure)
+    figure.legend(loc="outside right upper")
+    return figure

@@ -1,4 +1,5 @@
-"""Search spaces as data: one TOML file per model family, shipped in `spaces/`.
+"""Search spaces as data: one TOML file per model family, shipped in `spaces/`; each model config
+class names its family's file (`search_space`).
 
     [fixed]                      # values every trial uses (config fields)
     epochs = 30
@@ -33,7 +34,6 @@ __all__ = ["SPACES_DIR", "Parameter", "SearchSpace", "default_space", "load_spac
 
 SPACES_DIR = Path(__file__).with_name("spaces")
 KINDS = ("float", "int", "categorical")
-DEFAULT_SPACE = "side-network.toml"
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,13 @@ class Parameter:
     choices: tuple[Any, ...] = ()
 
     def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.low is None or self.high is None:
+            raise ConfigError(f"{self.name}: a {self.kind} range needs low and high")
         if self.kind == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
-        return trial.suggest_categorical(self.name, list(self.choices))
+        return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
 
     def corners(self) -> list[Any]:
         """The values a space check builds configs with: the range ends, or every choice."""
@@ -98,15 +100,17 @@ class SearchSpace:
 
 
 def default_space(preset: str) -> Path:
-    """The shipped space for `preset`: `spaces/<preset>.toml` if there is one, else the one of its
-    architecture (`spaces/<architecture>.toml`), else the side networks' (`side-network.toml`)."""
+    """The shipped space for `preset`: `spaces/<preset>.toml` if there is one, else the one its
+    config class names (`search_space`); a family that names none is a `ConfigError`."""
     from crossan.zoo.models import preset_config
 
-    for name in (preset, preset_config(preset).architecture):
-        own = SPACES_DIR / f"{name}.toml"
-        if own.is_file():
-            return own
-    return SPACES_DIR / DEFAULT_SPACE
+    own = SPACES_DIR / f"{preset}.toml"
+    if own.is_file():
+        return own
+    config = preset_config(preset)
+    if not config.search_space:
+        raise ConfigError(f"{preset}: {type(config).__name__} ships no search space; give one with --space")
+    return SPACES_DIR / config.search_space
 
 
 def load_space(path: Path, preset: str) -> SearchSpace:
@@ -155,13 +159,17 @@ def _parameter(path: Path, name: str, spec: Any) -> Parameter:
             raise ConfigError(f"{where} needs a non-empty list of choices")
         return Parameter(name, kind, choices=tuple(choices))
     number = float if kind == "float" else int
-    low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
-    for label, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int):
-            raise ConfigError(f"{where}: {label} needs {'a number' if number is float else 'an integer'}, "
-                              f"got {value!r}")
+    low, high = (_bound(spec.get(label), label, number, where) for label in ("low", "high"))
+    log = spec.get("log", False)
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: log needs true or false, got {log!r}")
     if not low < high or (log and low <= 0):
         raise ConfigError(f"{where}: needs low < high (and low > 0 on a log scale), got {low}, {high}")
     return Parameter(name, kind, number(low), number(high), log)
+
+
+def _bound(value: Any, label: str, number: type, where: str) -> float | int:
+    """A range end from a space file: a number (an integer for an int range), not a boolean."""
+    if isinstance(value, bool) or not isinstance(value, (int, float) if number is float else int):
+        raise ConfigError(f"{where}: {label} needs {'a number' if number is float else 'an integer'}, got {value!r}")
+    return value

@@ -31,7 +31,6 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,6 +273,77 @@ def _open_study(settings: StudySettings, data: dict[str, Any], features: Feature
     return study
 
 
+@dataclass
+class TrialObjective:
+    """The Optuna objective of a study: sample a trial's values and train its run folder (or resume
+    the one a killed process left, or take the result of a finished trial with the same values);
+    its best validation NDCG@10, reported every epoch so that the pruner can stop it."""
+
+    settings: StudySettings
+    study: optuna.Study
+    dataset: SequenceDataset
+    data_description: dict[str, Any]
+    features: FeatureSettings
+    device: torch.device
+    console: Console
+    hide: _HideRunsInProgress
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = self.settings.trial_space.sample(trial)
+        run_dir = trial_run_dir(self.settings.study_dir, values)
+        owner = _owner(self.study, run_dir, trial.number)
+        if owner is not None:
+            return self._repeat(trial, owner)
+        trial.set_user_attr("run_dir", str(run_dir))
+        self.console.print(f"trial {trial.number}: {json.dumps(values, sort_keys=True)} -> {run_dir}")
+        try:
+            metrics = self._train(values, run_dir, trial)
+        except DivergedError as error:
+            # A NaN loss is what some corners of a space give (a learning rate too high): an
+            # outcome of the trial's values, counted as pruned, not a reason to stop the study.
+            trial.set_user_attr("diverged", str(error))
+            self.console.print(f"trial {trial.number} diverged: {error}; counted as pruned")
+            raise optuna.TrialPruned() from None
+        score = metrics["valid"][METRIC]
+        self.console.print(f"trial {trial.number}: valid {METRIC} {score:.4f} (best epoch {metrics['best_epoch']})")
+        return score
+
+    def _repeat(self, trial: optuna.Trial, owner: optuna.trial.FrozenTrial) -> float:
+        """The result of `owner`, whose values `trial` repeats; `RunInProgress` while another process trains it."""
+        if owner.state == TrialState.RUNNING:
+            self.hide.hide(trial.number)
+            self.console.print(f"trial {trial.number} repeats trial {owner.number}, which another process is "
+                               "training: skipped")
+            raise RunInProgress(f"trial {trial.number} repeats running trial {owner.number}")
+        trial.set_user_attr("repeats", owner.number)
+        self.console.print(f"trial {trial.number} repeats trial {owner.number}: its result, without training")
+        if owner.state == TrialState.PRUNED:
+            raise optuna.TrialPruned()
+        return float(owner.value)
+
+    def _train(self, values: dict[str, Any], run_dir: Path, trial: optuna.Trial) -> dict[str, Any]:
+        """Train the trial's run folder, or resume the one a killed process left; its metrics.json."""
+        quiet = Console(quiet=True)
+
+        def report(epoch: int, score: float) -> None:
+            trial.report(score, epoch)
+            if trial.should_prune():
+                self.console.print(f"trial {trial.number} pruned after epoch {epoch} (valid {METRIC} {score:.4f})")
+                raise optuna.TrialPruned()
+
+        if (run_dir / "config.json").is_file():
+            self.console.print(f"trial {trial.number} resumes {run_dir}")
+            try:
+                return resume_run(run_dir, self.device, quiet, on_validation=report)[1]
+            except ConfigError as error:
+                raise ConfigError(f"{error}; delete that folder to train the trial again from the start "
+                                  f"(finished trials are kept)") from error
+        train_values, model_values = split_options(values)
+        return train_and_save(self.settings.preset, self.dataset, self.data_description, self.features,
+                              TrainConfig(**train_values), model_values, run_dir, self.device, quiet,
+                              on_validation=report)[1]
+
+
 def run_study(settings: StudySettings, dataset: SequenceDataset, data_description: dict[str, Any],
               features: FeatureSettings, device: torch.device, console: Console) -> optuna.Study:
     """Run trials until `settings.trials` have finished (complete or pruned), or the timeout.
@@ -287,57 +357,7 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
     for handler in handlers:
         handler.addFilter(hide)
     study = open_study(settings, study_data(dataset, data_description), features)
-    quiet = Console(quiet=True)
-
-    def train(values: dict[str, Any], run_dir: Path, number: int, report: Callable[[int, float], None]
-              ) -> dict[str, Any]:
-        """Train a trial's run folder, or resume the one a killed process left; its metrics.json."""
-        if (run_dir / "config.json").is_file():
-            console.print(f"trial {number} resumes {run_dir}")
-            try:
-                return resume_run(run_dir, device, quiet, on_validation=report)[1]
-            except ConfigError as error:
-                raise ConfigError(f"{error}; delete that folder to train the trial again from the start "
-                                  f"(finished trials are kept)") from error
-        train_values, model_values = split_options(values)
-        return train_and_save(settings.preset, dataset, data_description, features, TrainConfig(**train_values),
-                              model_values, run_dir, device, quiet, on_validation=report)[1]
-
-    def objective(trial: optuna.Trial) -> float:
-        values = settings.trial_space.sample(trial)
-        run_dir = trial_run_dir(settings.study_dir, values)
-        owner = _owner(study, run_dir, trial.number)
-        if owner is not None and owner.state == TrialState.RUNNING:
-            hide.hide(trial.number)
-            console.print(f"trial {trial.number} repeats trial {owner.number}, which another process is training: "
-                          f"skipped")
-            raise RunInProgress(f"trial {trial.number} repeats running trial {owner.number}")
-        if owner is not None:
-            trial.set_user_attr("repeats", owner.number)
-            console.print(f"trial {trial.number} repeats trial {owner.number}: its result, without training")
-            if owner.state == TrialState.PRUNED:
-                raise optuna.TrialPruned()
-            return float(owner.value)
-        trial.set_user_attr("run_dir", str(run_dir))
-        console.print(f"trial {trial.number}: {json.dumps(values, sort_keys=True)} -> {run_dir}")
-
-        def report(epoch: int, score: float) -> None:
-            trial.report(score, epoch)
-            if trial.should_prune():
-                console.print(f"trial {trial.number} pruned after epoch {epoch} (valid {METRIC} {score:.4f})")
-                raise optuna.TrialPruned()
-
-        try:
-            metrics = train(values, run_dir, trial.number, report)
-        except DivergedError as error:
-            # A NaN loss is what some corners of a space give (a learning rate too high): an
-            # outcome of the trial's values, counted as pruned, not a reason to stop the study.
-            trial.set_user_attr("diverged", str(error))
-            console.print(f"trial {trial.number} diverged: {error}; counted as pruned")
-            raise optuna.TrialPruned() from None
-        score = metrics["valid"][METRIC]
-        console.print(f"trial {trial.number}: valid {METRIC} {score:.4f} (best epoch {metrics['best_epoch']})")
-        return score
+    objective = TrialObjective(settings, study, dataset, data_description, features, device, console, hide)
 
     deadline = None if settings.timeout_minutes is None else time.monotonic() + 60 * settings.timeout_minutes
     said_waiting = False
