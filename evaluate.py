@@ -1,5 +1,6 @@
 """Evaluate a run: `python evaluate.py --run RUN` is `crossan evaluate --run RUN` (see
 `crossan evaluate --help`)."""
+
 from crossan.zoo.cli.evaluate import main
 from crossan.zoo.cli.options import run_cli
 

@@ -8,6 +8,7 @@ PyTorch's; on a CPU shared with other jobs, `--threads 1` gives steadier numbers
 is the median of `--repeats` timed calls after a warm-up. Ratios are onnxruntime / PyTorch:
 below 1 for latency and above 1 for throughput mean onnxruntime is faster.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,17 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from machine import cpu_name
 from rich.console import Console
 from rich.table import Table
+from timing import median_seconds
 
 from crossan.export.onnx_export import export_onnx
 from crossan.export.spec import item_encoder_spec, user_encoder_spec
 from crossan.export.wrappers import ItemEncoder, UserEncoder
-from crossan.zoo.models.recommender import Recommender
-from crossan.zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
 from crossan.zoo.models import build_model, list_models, load_model, preset_config
-from machine import cpu_name
-from timing import median_seconds
+from crossan.zoo.models.config import PAPER_BACKBONE_WIDTH, PAPER_NUM_STATES
+from crossan.zoo.models.recommender import Recommender
 
 USER_BATCHES = (1, 256)
 ITEM_BATCH = 256
@@ -40,8 +41,9 @@ def benchmark_model(args: argparse.Namespace) -> tuple[Recommender, str]:
     if args.run is not None:
         return load_model(args.run), str(args.run)
     config = preset_config(args.preset)
-    config = config.fit_to_data(CATALOGUE, {m: (PAPER_NUM_STATES, PAPER_BACKBONE_WIDTH)
-                                               for m in config.backbone_modalities()})
+    config = config.fit_to_data(
+        CATALOGUE, {m: (PAPER_NUM_STATES, PAPER_BACKBONE_WIDTH) for m in config.backbone_modalities()}
+    )
     torch.manual_seed(0)
     return build_model(config).eval(), f"{args.preset} (random weights)"
 
@@ -60,10 +62,15 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def compare(module: torch.nn.Module, onnx_session: ort.InferenceSession, input_names: tuple[str, ...],
-            inputs: tuple[torch.Tensor, ...], repeats: int) -> tuple[float, float]:
+def compare(
+    module: torch.nn.Module,
+    onnx_session: ort.InferenceSession,
+    input_names: tuple[str, ...],
+    inputs: tuple[torch.Tensor, ...],
+    repeats: int,
+) -> tuple[float, float]:
     """Median seconds per call of (PyTorch eager, onnxruntime) on the same inputs."""
-    feed = {name: tensor.numpy() for name, tensor in zip(input_names, inputs)}
+    feed = {name: tensor.numpy() for name, tensor in zip(input_names, inputs, strict=True)}
     with torch.inference_mode():
         eager = median_seconds(lambda: module(*inputs), repeats, WARMUP)
     return eager, median_seconds(lambda: onnx_session.run(None, feed), repeats, WARMUP)
@@ -73,8 +80,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", type=Path, help="run directory written by train.py")
-    source.add_argument("--preset", default="crossan-tiva", choices=list_models(), metavar="NAME",
-                        help="preset to build with random weights when --run is not given (default crossan-tiva)")
+    source.add_argument(
+        "--preset",
+        default="crossan-tiva",
+        choices=list_models(),
+        metavar="NAME",
+        help="preset to build with random weights when --run is not given (default crossan-tiva)",
+    )
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per measurement")
     parser.add_argument("--threads", type=int, help="intra-op threads of both runtimes (default: PyTorch's)")
     args = parser.parse_args()
@@ -92,17 +104,25 @@ def main() -> int:
         item_session, user_session = session(item_path, threads), session(user_path, threads)
         for batch in USER_BATCHES:
             eager, onnx = compare(users, user_session, user_spec.input_names, user_inputs(model, batch), args.repeats)
-            rows.append((f"user latency, B={batch}",
-                         f"{eager * 1e3:.3f} ms", f"{onnx * 1e3:.3f} ms", onnx / eager))
-        eager, onnx = compare(items, item_session, item_spec.input_names, model.random_item_inputs(ITEM_BATCH),
-                              args.repeats)
-        rows.append((f"item throughput, B={ITEM_BATCH}", f"{ITEM_BATCH / eager:,.0f} items/s",
-                     f"{ITEM_BATCH / onnx:,.0f} items/s", eager / onnx))
+            rows.append((f"user latency, B={batch}", f"{eager * 1e3:.3f} ms", f"{onnx * 1e3:.3f} ms", onnx / eager))
+        eager, onnx = compare(
+            items, item_session, item_spec.input_names, model.random_item_inputs(ITEM_BATCH), args.repeats
+        )
+        rows.append(
+            (
+                f"item throughput, B={ITEM_BATCH}",
+                f"{ITEM_BATCH / eager:,.0f} items/s",
+                f"{ITEM_BATCH / onnx:,.0f} items/s",
+                eager / onnx,
+            )
+        )
 
-    table = Table(title=f"{label}: PyTorch eager vs onnxruntime (CPU provider)",
-                  caption=f"{cpu_name()}; {threads} intra-op threads each; user sequences of "
-                          f"T={model.config.max_seq_len}; median of {args.repeats} calls; "
-                          f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+    table = Table(
+        title=f"{label}: PyTorch eager vs onnxruntime (CPU provider)",
+        caption=f"{cpu_name()}; {threads} intra-op threads each; user sequences of "
+        f"T={model.config.max_seq_len}; median of {args.repeats} calls; "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}",
+    )
     for column in ("measurement", "PyTorch eager", "onnxruntime", "onnxruntime / PyTorch"):
         table.add_column(column, justify="left" if column == "measurement" else "right")
     for name, eager_text, onnx_text, ratio in rows:

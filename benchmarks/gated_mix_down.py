@@ -72,40 +72,65 @@ def device_bandwidth_gbs(name: str) -> float | None:
     return None
 
 
-def traffic_bytes(pairs: int, towers: int, n: int, width: int, rank: int, element_size: int,
-                  with_backward: bool) -> int:
+def traffic_bytes(
+    pairs: int, towers: int, n: int, width: int, rank: int, element_size: int, with_backward: bool
+) -> int:
     """Bytes under the module docstring's byte model."""
-    forward = (pairs * n * width + towers * width * rank + towers * rank + towers * n * width
-               + towers * n * rank) * element_size
+    forward = (
+        pairs * n * width + towers * width * rank + towers * rank + towers * n * width + towers * n * rank
+    ) * element_size
     if not with_backward:
         return forward
-    backward = (2 * towers * n * width + 2 * towers * n * rank + pairs * n * width + towers * width * rank
-                + towers * n * width + towers * width * rank + towers * rank) * element_size
+    backward = (
+        2 * towers * n * width
+        + 2 * towers * n * rank
+        + pairs * n * width
+        + towers * width * rank
+        + towers * n * width
+        + towers * width * rank
+        + towers * rank
+    ) * element_size
     return forward + backward + 2 * towers * n * width * 4  # g is fp32, written once and read once
 
 
 def layer_inputs(model: SideNetworkRecommender, n: int, dtype: torch.dtype, layer: int = 1) -> dict:
     """The inputs the side network passes to gated_mix_down at `layer`, for n random items."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    items = tuple(torch.randn(n, model.config.num_states, w, device="cuda", generator=gen, dtype=dtype)
-                  for w in model.config.backbone_widths)
+    items = tuple(
+        torch.randn(n, model.config.num_states, w, device="cuda", generator=gen, dtype=dtype)
+        for w in model.config.backbone_widths
+    )
     with torch.no_grad():
         states = model.side_states(items)
         mixing = model.side.gates.mixing()
         # The previous layer's outputs, computed as the side network computes them.
         first = model.side.layers[0]
-        x, hidden = gated_mix_down(states[0], None, mixing[0], first.down_weight, first.down_bias, first.activation,
-                                   "torch", model.side.gates.pattern)
+        x, hidden = gated_mix_down(
+            states[0],
+            None,
+            mixing[0],
+            first.down_weight,
+            first.down_bias,
+            first.activation,
+            "torch",
+            model.side.gates.pattern,
+        )
         previous = first.up_residual(x, hidden)
     adapters = model.side.layers[layer]
-    return {"states": states[layer], "previous": previous.requires_grad_(),
-            "mixing": mixing[layer].clone().requires_grad_(),
-            "w_down": adapters.down_weight, "b_down": adapters.down_bias, "activation": adapters.activation,
-            "pattern": model.side.gates.pattern}
+    return {
+        "states": states[layer],
+        "previous": previous.requires_grad_(),
+        "mixing": mixing[layer].clone().requires_grad_(),
+        "w_down": adapters.down_weight,
+        "b_down": adapters.down_bias,
+        "activation": adapters.activation,
+        "pattern": model.side.gates.pattern,
+    }
 
 
-def bench_case(args: argparse.Namespace, model: SideNetworkRecommender, n: int, dtype_name: str,
-               compiled_reference) -> list[Row]:
+def bench_case(
+    args: argparse.Namespace, model: SideNetworkRecommender, n: int, dtype_name: str, compiled_reference
+) -> list[Row]:
     """Time the three implementations at one N and dtype, forward and forward+backward."""
     from triton.testing import do_bench
 
@@ -146,14 +171,28 @@ def bench_case(args: argparse.Namespace, model: SideNetworkRecommender, n: int, 
                 with torch.no_grad():
                     times[name] = do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
             else:
-                times[name] = do_bench(forward_backward(fn), warmup=args.warmup_ms, rep=args.rep_ms,
-                                       grad_to_none=leaves, return_mode="median")
+                times[name] = do_bench(
+                    forward_backward(fn),
+                    warmup=args.warmup_ms,
+                    rep=args.rep_ms,
+                    grad_to_none=leaves,
+                    return_mode="median",
+                )
         nbytes = traffic_bytes(pairs, towers, n, width, rank, positional[0].element_size(), mode != "forward")
         gbs = nbytes / (times["fused"] * 1e-3) / 1e9
-        rows.append(Row(n=n, dtype=dtype_name, mode=mode, fused_ms=times["fused"], eager_ms=times["eager"],
-                        compiled_ms=times["compiled"], fused_gbs=gbs,
-                        peak_fraction=gbs / args.bandwidth_gbs if args.bandwidth_gbs else None,
-                        max_abs_diff_h=max_abs_diff))
+        rows.append(
+            Row(
+                n=n,
+                dtype=dtype_name,
+                mode=mode,
+                fused_ms=times["fused"],
+                eager_ms=times["eager"],
+                compiled_ms=times["compiled"],
+                fused_gbs=gbs,
+                peak_fraction=gbs / args.bandwidth_gbs if args.bandwidth_gbs else None,
+                max_abs_diff_h=max_abs_diff,
+            )
+        )
     return rows
 
 
@@ -166,8 +205,19 @@ def print_table(rows: list[Row], device_name: str, bandwidth: float | None, args
         title=f"gated_mix_down, one {args.preset} side layer (r={args.adapter_dim or 'preset'}) on {device_name} "
         f"(peak {peak})"
     )
-    for column in ("N", "dtype", "pass", "fused ms", "eager ms", "compiled ms", "eager/fused", "compiled/fused",
-                   "fused GB/s", "% of peak", "max |dh|"):
+    for column in (
+        "N",
+        "dtype",
+        "pass",
+        "fused ms",
+        "eager ms",
+        "compiled ms",
+        "eager/fused",
+        "compiled/fused",
+        "fused GB/s",
+        "% of peak",
+        "max |dh|",
+    ):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
@@ -188,15 +238,32 @@ def print_table(rows: list[Row], device_name: str, bandwidth: float | None, args
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, nargs="+", default=[64 * 11, 4096 * 11],
-                        help="rows N (batch x sequence positions); default 704 and 45056")
-    parser.add_argument("--preset", default="crossan-tiva", choices=[
-        name for name in crossan.list_models() if (config := crossan.preset_config(name)).backbone_modalities()
-        and config.stored_features is StoredFeatures.STATES], help="side-network preset")
+    parser.add_argument(
+        "--n",
+        type=int,
+        nargs="+",
+        default=[64 * 11, 4096 * 11],
+        help="rows N (batch x sequence positions); default 704 and 45056",
+    )
+    parser.add_argument(
+        "--preset",
+        default="crossan-tiva",
+        choices=[
+            name
+            for name in crossan.list_models()
+            if (config := crossan.preset_config(name)).backbone_modalities()
+            and config.stored_features is StoredFeatures.STATES
+        ],
+        help="side-network preset",
+    )
     parser.add_argument("--adapter-dim", type=int, default=None, help="adapter hidden size r (default: the preset's)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp16", "bf16"])
-    parser.add_argument("--bandwidth-gbs", type=float, default=None,
-                        help="peak memory bandwidth of the GPU in GB/s (default: looked up by device name)")
+    parser.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=None,
+        help="peak memory bandwidth of the GPU in GB/s (default: looked up by device name)",
+    )
     parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
     parser.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time per measurement")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
@@ -209,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/gated_mix_down.py needs a CUDA GPU and none is available; nothing was measured.")
         return 0
     if not triton_available():
-        print("benchmarks/gated_mix_down.py needs the triton package, which is not installed; "
-              "nothing was measured.")
+        print("benchmarks/gated_mix_down.py needs the triton package, which is not installed; nothing was measured.")
         return 0
     device_name = torch.cuda.get_device_name()
     if args.bandwidth_gbs is None:
@@ -226,8 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print_table(rows, device_name, args.bandwidth_gbs, args)
     if args.json is not None:
-        payload = {"device": device_name, "peak_gbs": args.bandwidth_gbs, "preset": args.preset,
-                   "adapter_dim": model.config.adapter_dim, "rows": [asdict(row) for row in rows]}
+        payload = {
+            "device": device_name,
+            "peak_gbs": args.bandwidth_gbs,
+            "preset": args.preset,
+            "adapter_dim": model.config.adapter_dim,
+            "rows": [asdict(row) for row in rows],
+        }
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
 

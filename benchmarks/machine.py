@@ -1,4 +1,5 @@
 """What machine a benchmark ran on, for the tables' captions (standard library only)."""
+
 from __future__ import annotations
 
 import platform

@@ -15,6 +15,7 @@ untimed warm-up round, so that a load change on the machine hits every option al
 per epoch = median seconds per step times the batches of a full epoch (extrapolated); the
 ratio is to the same model's in-batch row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +34,17 @@ from rich.table import Table
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+# The real-data benchmark's features and score temperature, so that both benchmarks time one setting.
+from real_data import COSINE, PRIOR, TEXT_BACKBONE, TEXT_MAX_TOKENS  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
+
 from crossan.zoo.cli.options import run_cli  # noqa: E402
 from crossan.zoo.data import DATA_KINDS, load_dataset  # noqa: E402
 from crossan.zoo.features.prepare import prepare_features  # noqa: E402
 from crossan.zoo.features.settings import FeatureSettings  # noqa: E402
-from crossan.zoo.runs.pipeline import resolve_device  # noqa: E402
 from crossan.zoo.models import build_model, preset_config  # noqa: E402
+from crossan.zoo.runs.pipeline import resolve_device  # noqa: E402
 from crossan.zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
-
-# The real-data benchmark's features and score temperature, so that both benchmarks time one setting.
-from real_data import COSINE, PRIOR, TEXT_BACKBONE, TEXT_MAX_TOKENS  # noqa: E402
-from timing import interleaved_medians  # noqa: E402
 
 PLAIN = "in-batch"
 
@@ -103,8 +104,9 @@ def main() -> int:
     console = Console(stderr=True)
     device = resolve_device(args.device)
     dataset = load_dataset(args.data, args.data_root, args.cache_dir)
-    settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS,
-                               overrides=(("text", TEXT_BACKBONE),))
+    settings = FeatureSettings(
+        cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS, overrides=(("text", TEXT_BACKBONE),)
+    )
     quiet = Console(quiet=True)
     trainers: dict[tuple[str, str], Trainer] = {}
     for model_name in args.models:
@@ -127,22 +129,33 @@ def main() -> int:
     for (model_name, row), trainer in trainers.items():
         steps = -(-len(trainer.windows) // trainer.config.batch_size)
         per_step = seconds_per_epoch[model_name, row] / args.steps  # an epoch here is `--steps` steps
-        report.setdefault(model_name, {})[row] = {"seconds_per_step": per_step, "steps_per_epoch": steps,
-                                                  "seconds_per_epoch": per_step * steps}
+        report.setdefault(model_name, {})[row] = {
+            "seconds_per_step": per_step,
+            "steps_per_epoch": steps,
+            "seconds_per_epoch": per_step * steps,
+        }
     for rows in report.values():
         for entry in rows.values():
             entry["ratio_to_in_batch"] = entry["seconds_per_epoch"] / rows[PLAIN]["seconds_per_epoch"]
     if args.json:
         print(json.dumps(report))
         return 0
-    table = Table(title=f"{dataset.name}: training seconds per epoch by negative option "
-                        f"(sliding windows, batch 64, {torch.get_num_threads()} threads, {device.type})")
+    table = Table(
+        title=f"{dataset.name}: training seconds per epoch by negative option "
+        f"(sliding windows, batch 64, {torch.get_num_threads()} threads, {device.type})"
+    )
     for column in ("model", "option", "s/step", "steps/epoch", "s/epoch", "vs in-batch"):
         table.add_column(column, justify="left" if column in ("model", "option") else "right")
     for model_name, rows in report.items():
         for row, entry in rows.items():
-            table.add_row(model_name, row, f"{entry['seconds_per_step']:.3f}", f"{entry['steps_per_epoch']:,}",
-                          f"{entry['seconds_per_epoch']:.1f}", f"{entry['ratio_to_in_batch']:.2f}x")
+            table.add_row(
+                model_name,
+                row,
+                f"{entry['seconds_per_step']:.3f}",
+                f"{entry['steps_per_epoch']:,}",
+                f"{entry['seconds_per_epoch']:.1f}",
+                f"{entry['ratio_to_in_batch']:.2f}x",
+            )
     Console(width=None if sys.stdout.isatty() else 140).print(table)
     return 0
 

@@ -13,6 +13,7 @@ Media decoding is left out of both. Throughput is the median of `--repeats` pass
 `--items` items in batches of `--batch`, both runtimes with the same number of threads. The
 table also gives what one item costs to keep: its cached states (float16) and its embedding.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,25 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from machine import cpu_name
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, AutoTokenizer, BertConfig, BertModel,
-                          VideoMAEConfig, VideoMAEImageProcessorPil, VideoMAEModel, ViTConfig, ViTImageProcessorPil,
-                          ViTModel)
+from timing import median_seconds, timed_call
+from transformers import (
+    ASTConfig,
+    ASTFeatureExtractor,
+    ASTModel,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    VideoMAEConfig,
+    VideoMAEImageProcessorPil,
+    VideoMAEModel,
+    ViTConfig,
+    ViTImageProcessorPil,
+    ViTModel,
+)
 
 from crossan.export.backbones import export_backbones
 from crossan.export.content import backbone_file
@@ -37,14 +51,33 @@ from crossan.export.preprocessing import load_preprocessing
 from crossan.zoo.backbones import Backbone, BackboneSpec, StateExtractor
 from crossan.zoo.backbones.minilm import minilm_dir
 from crossan.zoo.backbones.tiny import tiny_backbone
-from machine import cpu_name
-from timing import median_seconds, timed_call
 
 MODALITIES = ("text", "image", "video", "audio")
 SIDE_LAYERS = 6
 EMBEDDING_BYTES = 64 * 4  # a 64-d float32 item embedding
-WORDS = ("blue", "steel", "kettle", "lab", "glass", "beaker", "digital", "scale", "set", "of", "nitrile", "gloves",
-         "microscope", "slide", "pipette", "tips", "sterile", "500", "ml", "with", "lid")
+WORDS = (
+    "blue",
+    "steel",
+    "kettle",
+    "lab",
+    "glass",
+    "beaker",
+    "digital",
+    "scale",
+    "set",
+    "of",
+    "nitrile",
+    "gloves",
+    "microscope",
+    "slide",
+    "pipette",
+    "tips",
+    "sterile",
+    "500",
+    "ml",
+    "with",
+    "lid",
+)
 
 
 def paper_backbone(modality: str) -> tuple[torch.nn.Module, Any]:
@@ -85,7 +118,7 @@ def measure(modality: str, args: argparse.Namespace, threads: int, folder: Path)
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(folder / backbone_file(modality)), options, providers=["CPUExecutionProvider"])
     contents = made_up_contents(modality, args.items, np.random.default_rng(0))
-    batches = [contents[i: i + args.batch] for i in range(0, len(contents), args.batch)]
+    batches = [contents[i : i + args.batch] for i in range(0, len(contents), args.batch)]
 
     def pytorch() -> list[np.ndarray]:
         return [extractor.encode(batch).numpy() for batch in batches]
@@ -97,22 +130,32 @@ def measure(modality: str, args: argparse.Namespace, threads: int, folder: Path)
             outputs.append(session.run(None, {name: inputs[name] for name in preprocessor.input_names})[0])
         return outputs
 
-    error = max(float(np.abs(a - b).max()) for a, b in zip(pytorch(), served()))
+    error = max(float(np.abs(a - b).max()) for a, b in zip(pytorch(), served(), strict=True))
     eager, onnx = median_seconds(pytorch, args.repeats), median_seconds(served, args.repeats)
     states, width = extractor.output_shape
-    return {"modality": modality, "architecture": type(extractor.backbone.model).__name__,
-            "pytorch_items_per_second": args.items / eager, "onnx_items_per_second": args.items / onnx,
-            "onnx_over_pytorch": eager / onnx, "max_abs_error": error,
-            "onnx_file_mb": (folder / backbone_file(modality)).stat().st_size / 2**20,
-            "export_seconds": export_seconds, "cache_bytes_per_item": states * width * 2,
-            "embedding_bytes_per_item": EMBEDDING_BYTES}
+    return {
+        "modality": modality,
+        "architecture": type(extractor.backbone.model).__name__,
+        "pytorch_items_per_second": args.items / eager,
+        "onnx_items_per_second": args.items / onnx,
+        "onnx_over_pytorch": eager / onnx,
+        "max_abs_error": error,
+        "onnx_file_mb": (folder / backbone_file(modality)).stat().st_size / 2**20,
+        "export_seconds": export_seconds,
+        "cache_bytes_per_item": states * width * 2,
+        "embedding_bytes_per_item": EMBEDDING_BYTES,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modalities", nargs="+", choices=MODALITIES, default=["text", "image"])
-    parser.add_argument("--widths", choices=("paper", "tiny"), default="paper",
-                        help="paper: base-size random backbones (default); tiny: the test backbones")
+    parser.add_argument(
+        "--widths",
+        choices=("paper", "tiny"),
+        default="paper",
+        help="paper: base-size random backbones (default); tiny: the test backbones",
+    )
     parser.add_argument("--items", type=int, default=16, help="made-up items per pass (default 16)")
     parser.add_argument("--batch", type=int, default=8, help="items per backbone call (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per runtime (default 3)")
@@ -129,18 +172,36 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
-    table = Table(title=f"new items from raw content ({args.widths} widths): PyTorch extractor vs exported backbone",
-                  caption=f"{cpu_name()}; {threads} threads each; {args.items} items in batches of {args.batch}, "
-                          f"median of {args.repeats} passes, decoding excluded; cache: {SIDE_LAYERS + 1} float16 "
-                          f"states per item; torch {torch.__version__}, onnxruntime {ort.__version__}")
-    for column in ("modality", "backbone", "PyTorch items/s", "ONNX items/s", "ONNX / PyTorch", "max abs error",
-                   "ONNX MB", "export s", "cache bytes/item"):
+    table = Table(
+        title=f"new items from raw content ({args.widths} widths): PyTorch extractor vs exported backbone",
+        caption=f"{cpu_name()}; {threads} threads each; {args.items} items in batches of {args.batch}, "
+        f"median of {args.repeats} passes, decoding excluded; cache: {SIDE_LAYERS + 1} float16 "
+        f"states per item; torch {torch.__version__}, onnxruntime {ort.__version__}",
+    )
+    for column in (
+        "modality",
+        "backbone",
+        "PyTorch items/s",
+        "ONNX items/s",
+        "ONNX / PyTorch",
+        "max abs error",
+        "ONNX MB",
+        "export s",
+        "cache bytes/item",
+    ):
         table.add_column(column, justify="left" if column in ("modality", "backbone") else "right")
     for r in results.values():
-        table.add_row(r["modality"], r["architecture"], f"{r['pytorch_items_per_second']:.1f}",
-                      f"{r['onnx_items_per_second']:.1f}", f"{r['onnx_over_pytorch']:.2f}",
-                      f"{r['max_abs_error']:.1e}", f"{r['onnx_file_mb']:.0f}", f"{r['export_seconds']:.0f}",
-                      f"{r['cache_bytes_per_item']:,}")
+        table.add_row(
+            r["modality"],
+            r["architecture"],
+            f"{r['pytorch_items_per_second']:.1f}",
+            f"{r['onnx_items_per_second']:.1f}",
+            f"{r['onnx_over_pytorch']:.2f}",
+            f"{r['max_abs_error']:.1e}",
+            f"{r['onnx_file_mb']:.0f}",
+            f"{r['export_seconds']:.0f}",
+            f"{r['cache_bytes_per_item']:,}",
+        )
     Console().print(table)
     return 0
 

@@ -31,6 +31,7 @@ Two rows train nothing: popularity, and, when a content row reads text, the text
 the frozen backbone alone (the prior of `backbone_prior_weight`, without the learned part), which
 shows what the content models add to their backbone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,17 +48,17 @@ from rich.console import Console
 from rich.table import Table
 
 from crossan.zoo.cli.options import run_cli
-from crossan.zoo.runs.settings import split_options
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data import DATA_KINDS, load_dataset
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.experiments.definition import RunSpec, TableDefinition
 from crossan.zoo.experiments.report import per_user_values
 from crossan.zoo.experiments.runner import TableRuns, train_missing
-from crossan.zoo.models.config import RecommenderConfig, SideNetworkConfig
 from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.models.config import RecommenderConfig, SideNetworkConfig
 from crossan.zoo.runs.pipeline import describe_data, resolve_device
 from crossan.zoo.runs.run import open_run
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
 from crossan.zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
@@ -103,8 +104,9 @@ RECIPES = {
     "crossan-t": Recipe("crossan-t", CROSSAN_TRAINING, COSINE),
     "crossan-t + ID": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, **ID_TERM}),
     "crossan-t + prior": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, **PRIOR}),
-    "crossan-t + prior 0.5, ranked at 1": Recipe("crossan-t", CROSSAN_TRAINING, {
-        **COSINE, "backbone_prior_weight": 0.5, "backbone_prior_inference_weight": 1.0}),
+    "crossan-t + prior 0.5, ranked at 1": Recipe(
+        "crossan-t", CROSSAN_TRAINING, {**COSINE, "backbone_prior_weight": 0.5, "backbone_prior_inference_weight": 1.0}
+    ),
     "crossan-t + prior 0.5": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, "backbone_prior_weight": 0.5}),
     "crossan-t + prior 2": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, "backbone_prior_weight": 2.0}),
 }
@@ -117,27 +119,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="amazon", choices=DATA_KINDS)
     parser.add_argument("--data-root", type=Path, help="data folder (required unless --data toy)")
-    parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="ROW",
-                        help=f"rows to train (default: all of {', '.join(RECIPES)})")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(RECIPES),
+        choices=list(RECIPES),
+        metavar="ROW",
+        help=f"rows to train (default: all of {', '.join(RECIPES)})",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--epochs", type=int, default=50, help="maximum epochs per run (early stopping applies)")
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     parser.add_argument("--out", type=Path, help="folder for the runs (default weights/bench-<data>)")
-    parser.add_argument("--tune", type=int, metavar="TRIALS",
-                        help="tune every chosen family first, with this many finished trials each")
+    parser.add_argument(
+        "--tune", type=int, metavar="TRIALS", help="tune every chosen family first, with this many finished trials each"
+    )
     parser.add_argument("--tune-timeout", type=float, metavar="MINUTES", help="at most this long per family")
-    parser.add_argument("--tune-only", action="store_true",
-                        help="tune and stop, without the seeded runs (a second worker beside the full command)")
+    parser.add_argument(
+        "--tune-only",
+        action="store_true",
+        help="tune and stop, without the seeded runs (a second worker beside the full command)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object: row -> mean test metrics")
     return parser
 
 
 def benchmark_table(recipes: dict[str, Recipe], models: list[str], epochs: int, patience: int) -> TableDefinition:
     """The chosen rows as an experiment table (its runner keeps, resumes and trains runs)."""
-    runs = tuple(RunSpec(name, recipes[name].preset, {**recipes[name].train, **recipes[name].model})
-                 for name in models)
+    runs = tuple(RunSpec(name, recipes[name].preset, {**recipes[name].train, **recipes[name].model}) for name in models)
     return TableDefinition("real-data", "real data", runs, runs[0].name, {"epochs": epochs, "patience": patience})
 
 
@@ -155,8 +166,9 @@ def main() -> int:
         raise ConfigError("--tune-only needs --tune TRIALS")
     seeds = tuple(dict.fromkeys(args.seeds))
     out = args.out or Path("weights") / f"bench-{args.data}"
-    settings = FeatureSettings(cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS,
-                               overrides=(("text", TEXT_BACKBONE),))
+    settings = FeatureSettings(
+        cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS, overrides=(("text", TEXT_BACKBONE),)
+    )
     recipes, tuning = dict(RECIPES), {}
     if args.tune is not None:
         for preset in dict.fromkeys(RECIPES[name].preset for name in models):
@@ -175,10 +187,17 @@ def main() -> int:
 
     cold = cold_item_users(dataset, "test")
     popularity = {mask: evaluate_popularity(dataset, "test", mask) for mask in (True, False)}
-    results: dict[str, dict[str, Any]] = {"popularity": {
-        "test": popularity[True].metrics, "test_unmasked": popularity[False].metrics,
-        "test_cold": metrics_from_ranks(popularity[True].ranks[cold]), "valid_ndcg10": None,
-        "seconds_per_epoch": 0.0, "trainable_parameters": 0, "seeds": 0}}
+    results: dict[str, dict[str, Any]] = {
+        "popularity": {
+            "test": popularity[True].metrics,
+            "test_unmasked": popularity[False].metrics,
+            "test_cold": metrics_from_ranks(popularity[True].ranks[cold]),
+            "valid_ndcg10": None,
+            "seconds_per_epoch": 0.0,
+            "trainable_parameters": 0,
+            "seeds": 0,
+        }
+    }
     frozen_text: torch.Tensor | None = None
     ranks: dict[str, list[list[int | None]]] = {}
     for spec in table.definition.runs:
@@ -189,58 +208,100 @@ def main() -> int:
             metrics, state = read_json(folder / "metrics.json"), read_json(folder / "trainer_state.json")
             run = open_run(folder, device)
             if frozen_text is None and "text" in run.features.modalities:
-                text_states = run.features.gather(torch.arange(dataset.num_items))[run.features.modalities.index("text")]
+                text_states = run.features.gather(torch.arange(dataset.num_items))[
+                    run.features.modalities.index("text")
+                ]
                 frozen_text = text_states[:, -1].cpu()
             unmasked = evaluate_model(run.model, dataset, run.features, "test", mask_history=False)
             seed_ranks = read_json(folder / "per_user_test.json")["ranks"]
             ranks[spec.name].append(seed_ranks)
             test_ranks = torch.tensor([math.inf if r is None else float(r) for r in seed_ranks])
-            per_seed.append({"test": metrics["test"], "test_unmasked": unmasked.metrics,
-                             "test_cold": metrics_from_ranks(test_ranks[cold]),
-                             "valid_ndcg10": metrics["valid"]["NDCG@10"], "best_epoch": metrics["best_epoch"],
-                             "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in state["history"]])),
-                             "trainable_parameters": metrics["trainable_parameters"]})
+            per_seed.append(
+                {
+                    "test": metrics["test"],
+                    "test_unmasked": unmasked.metrics,
+                    "test_cold": metrics_from_ranks(test_ranks[cold]),
+                    "valid_ndcg10": metrics["valid"]["NDCG@10"],
+                    "best_epoch": metrics["best_epoch"],
+                    "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in state["history"]])),
+                    "trainable_parameters": metrics["trainable_parameters"],
+                }
+            )
         results[spec.name] = _mean_over_seeds(per_seed) | {"recipe": spec.options, "preset": spec.preset}
     if frozen_text is not None:
         results[SIMILARITY_ROW] = history_similarity_row(dataset, frozen_text, cold)
-    reference = max((name for name in models if recipes[name].preset == ID_PRESET),
-                    key=lambda name: results[name]["valid_ndcg10"])
+    reference = max(
+        (name for name in models if recipes[name].preset == ID_PRESET), key=lambda name: results[name]["valid_ndcg10"]
+    )
     comparisons = {name: _paired_test(ranks[name], ranks[reference]) for name in models if name != reference}
-    report = {"data": data_description, "seeds": list(seeds), "cold_test_users": int(cold.sum()),
-              "reference": reference, "rows": results, "paired_t_tests": comparisons,
-              "text_backbone": TEXT_BACKBONE, "text_max_tokens": TEXT_MAX_TOKENS, "tuning": tuning}
+    report = {
+        "data": data_description,
+        "seeds": list(seeds),
+        "cold_test_users": int(cold.sum()),
+        "reference": reference,
+        "rows": results,
+        "paired_t_tests": comparisons,
+        "text_backbone": TEXT_BACKBONE,
+        "text_max_tokens": TEXT_MAX_TOKENS,
+        "tuning": tuning,
+    }
     if args.json:
-        print(json.dumps({name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]}
-                          for name, r in results.items()} | {"details": report}))
+        print(
+            json.dumps(
+                {name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]} for name, r in results.items()}
+                | {"details": report}
+            )
+        )
         return 0
     print_tables(report, dataset.name)
     return 0
 
 
-def tune_family(preset: str, args: argparse.Namespace, out: Path, dataset: SequenceDataset,
-                data_description: dict[str, Any], settings: FeatureSettings, device: torch.device,
-                console: Console) -> dict[str, Any]:
+def tune_family(
+    preset: str,
+    args: argparse.Namespace,
+    out: Path,
+    dataset: SequenceDataset,
+    data_description: dict[str, Any],
+    settings: FeatureSettings,
+    device: torch.device,
+    console: Console,
+) -> dict[str, Any]:
     """Tune `preset` on validation with the benchmark's budget (`--tune` finished trials, the
     benchmark's epochs and patience); returns the study's summary with its best recipe."""
     space = load_space(default_space(preset), preset)
-    study_settings = StudySettings(preset, space, args.tune, out / "tune" / preset,
-                                   timeout_minutes=args.tune_timeout,
-                                   overrides=(("epochs", args.epochs), ("patience", args.patience)))
+    study_settings = StudySettings(
+        preset,
+        space,
+        args.tune,
+        out / "tune" / preset,
+        timeout_minutes=args.tune_timeout,
+        overrides=(("epochs", args.epochs), ("patience", args.patience)),
+    )
     console.print(f"tuning {preset}: {args.tune} trials on the validation split")
-    return write_outputs(run_study(study_settings, dataset, data_description, settings, device, console),
-                         study_settings)
+    return write_outputs(
+        run_study(study_settings, dataset, data_description, settings, device, console), study_settings
+    )
 
 
 def history_similarity_row(dataset: SequenceDataset, frozen_text: torch.Tensor, cold: torch.Tensor) -> dict[str, Any]:
     """The untrained text baseline: the frozen-similarity prior alone (the text backbone's last
     state of the history, decayed as the prior recipe's, against every item)."""
     length = RecommenderConfig.max_seq_len
-    test = {mask: evaluate_history_similarity(dataset, frozen_text, "test", PRIOR_DECAY, length, mask)
-            for mask in (True, False)}
+    test = {
+        mask: evaluate_history_similarity(dataset, frozen_text, "test", PRIOR_DECAY, length, mask)
+        for mask in (True, False)
+    }
     valid = evaluate_history_similarity(dataset, frozen_text, "valid", PRIOR_DECAY, length)
-    return {"test": test[True].metrics, "test_unmasked": test[False].metrics,
-            "test_cold": metrics_from_ranks(test[True].ranks[cold]), "valid_ndcg10": valid.metrics["NDCG@10"],
-            "seconds_per_epoch": 0.0, "trainable_parameters": 0, "seeds": 0}
+    return {
+        "test": test[True].metrics,
+        "test_unmasked": test[False].metrics,
+        "test_cold": metrics_from_ranks(test[True].ranks[cold]),
+        "valid_ndcg10": valid.metrics["NDCG@10"],
+        "seconds_per_epoch": 0.0,
+        "trainable_parameters": 0,
+        "seeds": 0,
+    }
 
 
 def _mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -250,9 +311,12 @@ def _mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         mean[key] = {m: float(np.mean([s[key][m] for s in per_seed])) for m in METRIC_NAMES}
     for key in ("valid_ndcg10", "seconds_per_epoch"):
         mean[key] = float(np.mean([s[key] for s in per_seed]))
-    return mean | {"trainable_parameters": per_seed[0]["trainable_parameters"], "seeds": len(per_seed),
-                   "test_ndcg10_per_seed": [s["test"]["NDCG@10"] for s in per_seed],
-                   "best_epochs": [s["best_epoch"] for s in per_seed]}
+    return mean | {
+        "trainable_parameters": per_seed[0]["trainable_parameters"],
+        "seeds": len(per_seed),
+        "test_ndcg10_per_seed": [s["test"]["NDCG@10"] for s in per_seed],
+        "best_epochs": [s["best_epoch"] for s in per_seed],
+    }
 
 
 def _paired_test(first: list[list[int | None]], second: list[list[int | None]]) -> dict[str, dict[str, float]]:
@@ -271,29 +335,43 @@ def print_tables(report: dict[str, Any], name: str) -> None:
     console = Console(width=None if sys.stdout.isatty() else 170)
     rows, reference = report["rows"], report["reference"]
     seeds = ", ".join(map(str, report["seeds"]))
-    table = Table(title=f"{name}: test split, masked full ranking, mean over seeds {seeds} "
-                        f"(ratios and p to {reference})")
-    for column in ("row", *METRIC_NAMES, "valid NDCG@10", "s/epoch", "trainable params", "NDCG@10 ratio",
-                   "p (NDCG@10)"):
+    table = Table(
+        title=f"{name}: test split, masked full ranking, mean over seeds {seeds} (ratios and p to {reference})"
+    )
+    for column in (
+        "row",
+        *METRIC_NAMES,
+        "valid NDCG@10",
+        "s/epoch",
+        "trainable params",
+        "NDCG@10 ratio",
+        "p (NDCG@10)",
+    ):
         table.add_column(column, justify="left" if column == "row" else "right")
     for row, result in rows.items():
         test = result["test"]
         test_vs = report["paired_t_tests"].get(row)
-        table.add_row(row, *(f"{test[m]:.4f}" for m in METRIC_NAMES),
-                      "" if result["valid_ndcg10"] is None else f"{result['valid_ndcg10']:.4f}",
-                      f"{result['seconds_per_epoch']:.1f}", f"{result['trainable_parameters']:,}",
-                      f"{test['NDCG@10'] / rows[reference]['test']['NDCG@10']:.2f}x",
-                      "" if test_vs is None else f"{test_vs['NDCG@10']['p_value']:.2g}")
+        table.add_row(
+            row,
+            *(f"{test[m]:.4f}" for m in METRIC_NAMES),
+            "" if result["valid_ndcg10"] is None else f"{result['valid_ndcg10']:.4f}",
+            f"{result['seconds_per_epoch']:.1f}",
+            f"{result['trainable_parameters']:,}",
+            f"{test['NDCG@10'] / rows[reference]['test']['NDCG@10']:.2f}x",
+            "" if test_vs is None else f"{test_vs['NDCG@10']['p_value']:.2g}",
+        )
     console.print(table)
     for row, result in rows.items():
         if result.get("recipe"):
             settings = ", ".join(f"{k}={v}" for k, v in result["recipe"].items())
             console.print(f"{row}: {result['preset']} with {settings}; best epochs {result['best_epochs']}")
-    console.print(f"content models read {report['text_backbone']} states of titles cut at "
-                  f"{report['text_max_tokens']} tokens")
-    for key, title in (("test_unmasked", "unmasked full ranking"),
-                       ("test_cold", f"masked, {report['cold_test_users']} users whose test item never occurs "
-                                     "in training")):
+    console.print(
+        f"content models read {report['text_backbone']} states of titles cut at {report['text_max_tokens']} tokens"
+    )
+    for key, title in (
+        ("test_unmasked", "unmasked full ranking"),
+        ("test_cold", f"masked, {report['cold_test_users']} users whose test item never occurs in training"),
+    ):
         extra = Table(title=f"{name}: test split, {title}")
         extra.add_column("row")
         for m in METRIC_NAMES:
@@ -311,10 +389,17 @@ def print_budget(tuning: dict[str, dict[str, Any]], name: str, console: Console)
     for column in ("family", "finished trials", "trained", "pruned", "trial minutes", "best valid NDCG@10", "study"):
         budget.add_column(column, justify="left" if column in ("family", "study") else "right")
     for preset, summary in tuning.items():
-        budget.add_row(preset, str(summary["finished_trials"]), str(summary["trained_trials"]),
-                       str(summary["pruned_trials"]), f"{summary['trial_minutes']:.1f}",
-                       f"{summary['valid NDCG@10']:.4f}", summary["study"])
+        budget.add_row(
+            preset,
+            str(summary["finished_trials"]),
+            str(summary["trained_trials"]),
+            str(summary["pruned_trials"]),
+            f"{summary['trial_minutes']:.1f}",
+            f"{summary['valid NDCG@10']:.4f}",
+            summary["study"],
+        )
     console.print(budget)
+
 
 if __name__ == "__main__":
     run_cli(main)

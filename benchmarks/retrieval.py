@@ -25,9 +25,11 @@ method name, each entry with `recall@10`, `queries_per_s`, `build_s`, `index_byt
 `parameters`, plus a `setup` entry. At 10^6 items a run takes 2 to 5 minutes on two cores, most
 of it the HNSW build, and about 2 GB of memory.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -35,13 +37,13 @@ from typing import Any
 
 import faiss
 import numpy as np
+from machine import cpu_name
 from rich.console import Console
 from rich.table import Table
+from timing import median_seconds, timed_call
 
 from crossan.export.ann_index import HnswParameters, IndexParameters, IvfParameters, build_index
 from crossan.export.item_table import load_item_table
-from machine import cpu_name
-from timing import median_seconds, timed_call
 
 K = 10
 DEFAULT_ITEMS = 1_000_000
@@ -82,7 +84,7 @@ def exact_top_k(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """The `K` best rows per query by inner product (unordered: recall needs only the set)."""
     found = []
     for start in range(0, len(queries), EXACT_CHUNK):
-        scores = queries[start:start + EXACT_CHUNK] @ table.T
+        scores = queries[start : start + EXACT_CHUNK] @ table.T
         # Copied: a view would keep the chunk's whole [32, N] index array alive.
         found.append(np.argpartition(-scores, K - 1, axis=1)[:, :K].copy())
     return np.concatenate(found)
@@ -90,29 +92,41 @@ def exact_top_k(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each query's true top-`K` among its `K` found rows."""
-    return float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth)]))
+    return float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth, strict=True)]))
 
 
 def measure(table: np.ndarray, queries: np.ndarray) -> dict[str, dict[str, Any]]:
     """Every method's figures, keyed by method name."""
     truth, seconds = timed_call(lambda: exact_top_k(table, queries))
-    report = {"exact": {"recall@10": 1.0, "queries_per_s": len(queries) / seconds, "build_s": 0.0,
-                        "index_bytes": table.nbytes, "parameters": {}}}
+    report = {
+        "exact": {
+            "recall@10": 1.0,
+            "queries_per_s": len(queries) / seconds,
+            "build_s": 0.0,
+            "index_bytes": table.nbytes,
+            "parameters": {},
+        }
+    }
     builds: list[tuple[str, IndexParameters, list[IndexParameters]]] = [
         ("hnsw", HnswParameters(), [HnswParameters(ef_search=ef) for ef in HNSW_EF_SEARCH]),
-        ("ivf", IvfParameters(), [IvfParameters(nprobe=nprobe) for nprobe in IVF_NPROBE])]
+        ("ivf", IvfParameters(), [IvfParameters(nprobe=nprobe) for nprobe in IVF_NPROBE]),
+    ]
     for kind, build_parameters, searches in builds:
-        index, build_s = timed_call(lambda: build_index(table, build_parameters))
+        index, build_s = timed_call(functools.partial(build_index, table, build_parameters))
         index_bytes = int(faiss.serialize_index(index).nbytes)
         for parameters in searches:
             parameters.set_search_parameters(index)
             found = index.search(queries, K)[1]  # untimed: the recall's pass, and the warm-up
-            seconds = median_seconds(lambda: index.search(queries, K), PASSES, warmup=0)
+            seconds = median_seconds(functools.partial(index.search, queries, K), PASSES, warmup=0)
             knob = "ef_search" if kind == "hnsw" else "nprobe"
             name = f"{kind} {knob}={getattr(parameters, knob)}"
-            report[name] = {"recall@10": recall(found, truth), "queries_per_s": len(queries) / seconds,
-                            "build_s": build_s, "index_bytes": index_bytes,
-                            "parameters": {**parameters.build_settings(), **vars(parameters)}}
+            report[name] = {
+                "recall@10": recall(found, truth),
+                "queries_per_s": len(queries) / seconds,
+                "build_s": build_s,
+                "index_bytes": index_bytes,
+                "parameters": {**parameters.build_settings(), **vars(parameters)},
+            }
     return report
 
 
@@ -138,23 +152,36 @@ def main() -> int:
         table, queries = synthetic_table(items, dim, args.queries, args.seed)
         source = "synthetic"
     report = measure(table, queries)
-    setup = {"source": source, "items": table.shape[0], "dim": table.shape[1], "queries": len(queries),
-             "threads": faiss.omp_get_max_threads(), "cpu": cpu_name(), "faiss": faiss.__version__}
+    setup = {
+        "source": source,
+        "items": table.shape[0],
+        "dim": table.shape[1],
+        "queries": len(queries),
+        "threads": faiss.omp_get_max_threads(),
+        "cpu": cpu_name(),
+        "faiss": faiss.__version__,
+    }
     if args.json:
         print(json.dumps({**report, "setup": setup}))
         return 0
     exact_rate = report["exact"]["queries_per_s"]
-    table_view = Table(title=f"top-{K} retrieval, {setup['items']:,} x {setup['dim']} items ({source}), "
-                             f"{setup['queries']} queries",
-                       caption=f"{setup['cpu']}; {setup['threads']} thread(s); indexes: median of {PASSES} passes, "
-                               f"exact: one pass; "
-                               f"faiss {setup['faiss']}")
+    table_view = Table(
+        title=f"top-{K} retrieval, {setup['items']:,} x {setup['dim']} items ({source}), {setup['queries']} queries",
+        caption=f"{setup['cpu']}; {setup['threads']} thread(s); indexes: median of {PASSES} passes, "
+        f"exact: one pass; "
+        f"faiss {setup['faiss']}",
+    )
     for column in ("method", "recall@10", "queries/s", "x exact", "build s", "index MB"):
         table_view.add_column(column, justify="left" if column == "method" else "right")
     for name, entry in report.items():
-        table_view.add_row(name, f"{entry['recall@10']:.3f}", f"{entry['queries_per_s']:,.0f}",
-                           f"{entry['queries_per_s'] / exact_rate:.1f}", f"{entry['build_s']:.1f}",
-                           f"{entry['index_bytes'] / 2**20:,.0f}")
+        table_view.add_row(
+            name,
+            f"{entry['recall@10']:.3f}",
+            f"{entry['queries_per_s']:,.0f}",
+            f"{entry['queries_per_s'] / exact_rate:.1f}",
+            f"{entry['build_s']:.1f}",
+            f"{entry['index_bytes'] / 2**20:,.0f}",
+        )
     # Rich falls back to 80 columns when stdout is not a terminal, which would wrap the table.
     Console(width=None if sys.stdout.isatty() else 120).print(table_view)
     return 0

@@ -31,6 +31,7 @@ the stage's driving size (interactions; ranked users x items for validation) and
 catalogue size, over the points that finished. A stage past its limit is reported with the
 limit and takes no part in the fit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,12 +120,15 @@ def write_data(point: Point) -> None:
         same = np.minimum(previous // CLUSTER * CLUSTER + rng.integers(0, CLUSTER, point.users), point.items - 1)
         sequences[:, step] = np.where(rng.random(point.users) < STAY, same, rng.integers(0, point.items, point.users))
     with (point.root / "items.tsv").open("w") as handle:
-        handle.writelines(f"i{item}\tsynthetic item {item} of cluster {item // CLUSTER}\n" for item in range(point.items))
+        handle.writelines(
+            f"i{item}\tsynthetic item {item} of cluster {item // CLUSTER}\n" for item in range(point.items)
+        )
     with (point.root / "users.tsv").open("w") as handle:
         for start in range(0, point.users, 100_000):
-            rows = sequences[start:start + 100_000]
-            handle.writelines(f"u{start + n}\t" + " ".join(f"i{item}" for item in row) + "\n"
-                              for n, row in enumerate(rows.tolist()))
+            rows = sequences[start : start + 100_000]
+            handle.writelines(
+                f"u{start + n}\t" + " ".join(f"i{item}" for item in row) + "\n" for n, row in enumerate(rows.tolist())
+            )
     states = torch.empty(point.items, NUM_STATES, point.width, dtype=torch.float16)
     generator = torch.Generator().manual_seed(SEED)
     chunk = CLUSTER * 8192
@@ -132,7 +136,7 @@ def write_data(point: Point) -> None:
         rows = min(chunk, point.items - start)
         clusters = torch.randn(-(-rows // CLUSTER), NUM_STATES, point.width, generator=generator)
         noise = torch.randn(rows, NUM_STATES, point.width, generator=generator)
-        states[start:start + rows] = (clusters.repeat_interleave(CLUSTER, dim=0)[:rows] + 0.5 * noise).half()
+        states[start : start + rows] = (clusters.repeat_interleave(CLUSTER, dim=0)[:rows] + 0.5 * noise).half()
     write_states(point.cache, states, {"synthetic": "scale benchmark", "width": str(point.width)})
     marker.touch()
 
@@ -175,10 +179,16 @@ def read_stage(point: Point, valid_users: int, epoch_steps: int) -> dict[str, An
     id_bytes = sum(len(i) for i in dataset.item_ids) + sum(len(u) for u in dataset.user_ids)
     # Python keeps each id and title as an object (about 50 bytes on top of its characters).
     table_bytes = id_bytes + sum(len(t) for t in dataset.titles or ()) + 50 * (2 * point.items + point.users)
-    return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline,
-            "need": _sequence_bytes(point) + table_bytes,
-            "facts": {"files MB": round(sum(f.stat().st_size for f in point.root.glob("*.tsv")) / 1e6, 1),
-                      "cache MB": round(point.cache.stat().st_size / 1e6, 1)}}
+    return {
+        "footprint": baseline,
+        "seconds": seconds,
+        "peak": peak_rss() - baseline,
+        "need": _sequence_bytes(point) + table_bytes,
+        "facts": {
+            "files MB": round(sum(f.stat().st_size for f in point.root.glob("*.tsv")) / 1e6, 1),
+            "cache MB": round(point.cache.stat().st_size / 1e6, 1),
+        },
+    }
 
 
 def data_set_stage(point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
@@ -195,9 +205,13 @@ def data_set_stage(point: Point, valid_users: int, epoch_steps: int) -> dict[str
     cold_item_users(dataset, "test")
     windows, _ = training_windows(dataset, 11)
     seconds = time.perf_counter() - started
-    return {"footprint": baseline, "seconds": seconds, "peak": peak_rss() - baseline,
-            "need": windows.numel() * 8 + (point.items + 1) * 8 + point.users * 9,
-            "facts": {"windows": len(windows)}}
+    return {
+        "footprint": baseline,
+        "seconds": seconds,
+        "peak": peak_rss() - baseline,
+        "need": windows.numel() * 8 + (point.items + 1) * 8 + point.users * 9,
+        "facts": {"windows": len(windows)},
+    }
 
 
 @dataclass
@@ -228,8 +242,15 @@ def _model_setup(preset: str, point: Point) -> ModelSetup:
     states = open_states(point.cache) if modalities else None
     features = ItemFeatures(point.items, {modality: states for modality in modalities} or None)
     model = build_model(base.fit_to_data(point.items, features.shapes()))
-    return ModelSetup(dataset, features, model, baseline, sum(p.numel() * 4 for p in model.parameters()),
-                      0 if states is None else states.numel() * 2, point.root / f"after-one-epoch-{preset}.safetensors")
+    return ModelSetup(
+        dataset,
+        features,
+        model,
+        baseline,
+        sum(p.numel() * 4 for p in model.parameters()),
+        0 if states is None else states.numel() * 2,
+        point.root / f"after-one-epoch-{preset}.safetensors",
+    )
 
 
 def epoch_stage(preset: str, point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
@@ -242,8 +263,9 @@ def epoch_stage(preset: str, point: Point, valid_users: int, epoch_steps: int) -
 
     setup = _model_setup(preset, point)
     started = time.perf_counter()
-    trainer = Trainer(setup.model, setup.dataset, setup.features, TrainConfig(epochs=1, patience=1),
-                      console=Console(quiet=True))
+    trainer = Trainer(
+        setup.model, setup.dataset, setup.features, TrainConfig(epochs=1, patience=1), console=Console(quiet=True)
+    )
     setup_seconds = time.perf_counter() - started
     steps = -(-len(trainer.windows) // trainer.config.batch_size)
     if 0 < epoch_steps < steps:  # the first batches of the epoch's shuffle, timed and extrapolated
@@ -255,9 +277,17 @@ def epoch_stage(preset: str, point: Point, valid_users: int, epoch_steps: int) -
     save_file(setup.model.state_dict(), setup.weights)  # validation ranks with what this epoch learned
     # Parameters, gradients and AdamW's two moments; the windows; the cache pages read.
     need = 4 * setup.parameter_bytes + trainer.windows.numel() * 8 + _sequence_bytes(point) + setup.cache_bytes
-    return {"footprint": setup.baseline, "seconds": measured * steps / taken, "peak": peak_rss() - setup.baseline,
-            "need": need, "facts": {"loss": round(loss, 3), "steps": f"{taken} of {steps}" if taken < steps else steps,
-                                    "set-up s": round(setup_seconds, 2)}}
+    return {
+        "footprint": setup.baseline,
+        "seconds": measured * steps / taken,
+        "peak": peak_rss() - setup.baseline,
+        "need": need,
+        "facts": {
+            "loss": round(loss, 3),
+            "steps": f"{taken} of {steps}" if taken < steps else steps,
+            "set-up s": round(setup_seconds, 2),
+        },
+    }
 
 
 def validation_stage(preset: str, point: Point, valid_users: int, epoch_steps: int) -> dict[str, Any]:
@@ -279,12 +309,25 @@ def validation_stage(preset: str, point: Point, valid_users: int, epoch_steps: i
     # Parameters, the catalogue's embeddings (and their item table), the cache pages read.
     batch_scores = min(512 * point.items, BATCH_SCORES)
     # A batch's scores and their comparison with the targets.
-    need = (setup.parameter_bytes + point.items * setup.model.config.embedding_dim * 4 * 2 + batch_scores * 5
-            + _sequence_bytes(point) + setup.cache_bytes)
-    return {"footprint": setup.baseline, "seconds": seconds, "peak": peak_rss() - setup.baseline, "need": need,
-            "scores": ranked * point.items,
-            "facts": {"ranked users": ranked, "epochs trained": int(trained),
-                      "NDCG@10": f"{result.metrics['NDCG@10']:.4f} ± {result.standard_error('NDCG@10'):.4f}"}}
+    need = (
+        setup.parameter_bytes
+        + point.items * setup.model.config.embedding_dim * 4 * 2
+        + batch_scores * 5
+        + _sequence_bytes(point)
+        + setup.cache_bytes
+    )
+    return {
+        "footprint": setup.baseline,
+        "seconds": seconds,
+        "peak": peak_rss() - setup.baseline,
+        "need": need,
+        "scores": ranked * point.items,
+        "facts": {
+            "ranked users": ranked,
+            "epochs trained": int(trained),
+            "NDCG@10": f"{result.metrics['NDCG@10']:.4f} ± {result.standard_error('NDCG@10'):.4f}",
+        },
+    }
 
 
 StageFunction = Callable[[Point, int, int], dict[str, Any]]
@@ -318,8 +361,19 @@ def main_stage(argv: list[str]) -> int:
 def measure(stage: str, point: Point, valid_users: int, epoch_steps: int, limit: float) -> StageResult:
     """`stage` on `point` in a fresh process, killed after `limit` seconds."""
     result = StageResult(stage, point.users, point.items, point.interactions)
-    command = [sys.executable, __file__, "--run-stage", stage, str(point.work), str(point.users), str(point.items),
-               str(point.per_user), str(point.width), str(valid_users), str(epoch_steps)]
+    command = [
+        sys.executable,
+        __file__,
+        "--run-stage",
+        stage,
+        str(point.work),
+        str(point.users),
+        str(point.items),
+        str(point.per_user),
+        str(point.width),
+        str(valid_users),
+        str(epoch_steps),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
@@ -368,28 +422,52 @@ def print_report(results: list[StageResult], exponents: dict[str, dict[str, floa
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=header)
-    for column in ("stage", "users", "items", "interactions", "seconds", "s per unit", "peak MB", "need MB",
-                   "peak / need", "facts"):
+    for column in (
+        "stage",
+        "users",
+        "items",
+        "interactions",
+        "seconds",
+        "s per unit",
+        "peak MB",
+        "need MB",
+        "peak / need",
+        "facts",
+    ):
         table.add_column(column, justify="left" if column in ("stage", "facts") else "right")
     for r in results:
-        unit = "" if r.per_unit_seconds is None else (
-            f"{r.per_unit_seconds:.2f} /1e9 scores" if r.stage.startswith("validation") else
-            f"{r.per_unit_seconds:.2f} /1e6 int.")
+        unit = (
+            ""
+            if r.per_unit_seconds is None
+            else (
+                f"{r.per_unit_seconds:.2f} /1e9 scores"
+                if r.stage.startswith("validation")
+                else f"{r.per_unit_seconds:.2f} /1e6 int."
+            )
+        )
         ratio = "" if not r.need_bytes or r.peak_bytes is None else f"{r.peak_bytes / r.need_bytes:.2f}"
-        table.add_row(r.stage, f"{r.users:,}", f"{r.items:,}", f"{r.interactions:,}",
-                      r.status if r.seconds is None else f"{r.seconds:.2f}", unit,
-                      "" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:,.0f}",
-                      "" if r.need_bytes is None else f"{r.need_bytes / 2**20:,.0f}", ratio,
-                      ", ".join(f"{k} {v}" for k, v in r.facts.items()))
+        table.add_row(
+            r.stage,
+            f"{r.users:,}",
+            f"{r.items:,}",
+            f"{r.interactions:,}",
+            r.status if r.seconds is None else f"{r.seconds:.2f}",
+            unit,
+            "" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:,.0f}",
+            "" if r.need_bytes is None else f"{r.need_bytes / 2**20:,.0f}",
+            ratio,
+            ", ".join(f"{k} {v}" for k, v in r.facts.items()),
+        )
     console.print(table)
-    growth = Table(title="growth exponents: log seconds fitted on log driving size (interactions; ranked users x "
-                         "items for validation) and log items")
+    growth = Table(
+        title="growth exponents: log seconds fitted on log driving size (interactions; ranked users x "
+        "items for validation) and log items"
+    )
     for column in ("stage", "exponent in driving size", "exponent in items", "points"):
         growth.add_column(column, justify="left" if column == "stage" else "right")
     for stage, fit in exponents.items():
         points = sum(1 for r in results if r.stage == stage and r.seconds is not None)
-        growth.add_row(stage, f"{fit['driving']:.2f}", f"{fit['items']:.2f}" if "items" in fit else "",
-                       str(points))
+        growth.add_row(stage, f"{fit['driving']:.2f}", f"{fit['items']:.2f}" if "items" in fit else "", str(points))
     console.print(growth)
 
 
@@ -399,17 +477,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--interactions-per-user", type=int, default=10, metavar="N")
     parser.add_argument("--state-width", type=int, default=128, help="width of the synthetic cached states")
-    parser.add_argument("--valid-users", type=int, default=10_000,
-                        help="users one validation ranks (valid_users; 0 = all)")
-    parser.add_argument("--epoch-steps", type=int, default=1000, metavar="N",
-                        help="epochs of more steps train their first N batches and extrapolate the epoch's "
-                             "seconds from them (0 = every epoch whole)")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), metavar="STAGE",
-                        help=f"stages to run (default: all of {', '.join(STAGES)})")
-    parser.add_argument("--stage-limit", type=float, default=1800, metavar="SECONDS",
-                        help="a stage still running after this long is stopped and reported as such")
-    parser.add_argument("--work", type=Path, default=Path("weights") / "scale",
-                        help="where the synthetic data sets are written (and reused)")
+    parser.add_argument(
+        "--valid-users", type=int, default=10_000, help="users one validation ranks (valid_users; 0 = all)"
+    )
+    parser.add_argument(
+        "--epoch-steps",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="epochs of more steps train their first N batches and extrapolate the epoch's "
+        "seconds from them (0 = every epoch whole)",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        metavar="STAGE",
+        help=f"stages to run (default: all of {', '.join(STAGES)})",
+    )
+    parser.add_argument(
+        "--stage-limit",
+        type=float,
+        default=1800,
+        metavar="SECONDS",
+        help="a stage still running after this long is stopped and reported as such",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("weights") / "scale",
+        help="where the synthetic data sets are written (and reused)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     return parser
 
@@ -424,8 +523,11 @@ def main() -> int:
         raise SystemExit(f"error: every --items needs at least {CLUSTER} items and every --users one user")
     from rich.progress import Progress
 
-    points = [Point(u, i, args.interactions_per_user, args.state_width, args.work.resolve())
-              for u in sorted(args.users) for i in sorted(args.items)]
+    points = [
+        Point(u, i, args.interactions_per_user, args.state_width, args.work.resolve())
+        for u in sorted(args.users)
+        for i in sorted(args.items)
+    ]
     results: list[StageResult] = []
     with Progress(transient=True) as progress:
         task = progress.add_task("scale", total=len(points) * (1 + len(args.stages)))
@@ -438,9 +540,11 @@ def main() -> int:
                 results.append(measure(stage, point, args.valid_users, args.epoch_steps, args.stage_limit))
                 progress.advance(task)
     exponents = growth_exponents(results)
-    header = (f"scale: {args.interactions_per_user} interactions per user, states of items x {NUM_STATES} x "
-              f"{args.state_width} float16, validation over {args.valid_users:,} users, float32, "
-              f"{_machine()}")
+    header = (
+        f"scale: {args.interactions_per_user} interactions per user, states of items x {NUM_STATES} x "
+        f"{args.state_width} float16, validation over {args.valid_users:,} users, float32, "
+        f"{_machine()}"
+    )
     if args.json:
         print(json.dumps({"header": header, "results": [asdict(r) for r in results], "exponents": exponents}))
         return 0

@@ -17,6 +17,7 @@ rounds after one warm-up round), and each figure is the median. `--json` prints 
 with keys `crossan-tiva`, `crossan-tiva-per-tower`, `iisan-e-tiva@512`, `iisan-e-tiva@1024`,
 each `{"ms_per_step": ...}`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,21 +26,24 @@ import sys
 from collections.abc import Callable
 
 import torch
+from machine import cpu_name
 from rich.console import Console
 from rich.table import Table
+from timing import interleaved_medians
 
 import crossan
 from crossan.zoo.models.side_network import SideNetworkRecommender
-from machine import cpu_name
-from timing import interleaved_medians
 
-RATIOS = (("crossan-tiva", "crossan-tiva-per-tower", "batched / per-tower"),
-          ("crossan-tiva", "iisan-e-tiva@512", "crossan-tiva / iisan-e-tiva@512"),
-          ("crossan-tiva", "iisan-e-tiva@1024", "crossan-tiva / iisan-e-tiva@1024"))
+RATIOS = (
+    ("crossan-tiva", "crossan-tiva-per-tower", "batched / per-tower"),
+    ("crossan-tiva", "iisan-e-tiva@512", "crossan-tiva / iisan-e-tiva@512"),
+    ("crossan-tiva", "iisan-e-tiva@1024", "crossan-tiva / iisan-e-tiva@1024"),
+)
 
 
-def item_side_step(model: SideNetworkRecommender, inputs: tuple[torch.Tensor, ...],
-                   per_tower: bool) -> Callable[[], None]:
+def item_side_step(
+    model: SideNetworkRecommender, inputs: tuple[torch.Tensor, ...], per_tower: bool
+) -> Callable[[], None]:
     """One forward + backward of the item side, through the batched or the per-tower side network."""
 
     def step() -> None:
@@ -55,10 +59,11 @@ def build_cases(items: int) -> dict[str, Callable[[], None]]:
     generator = torch.Generator().manual_seed(0)
     cases = {}
     for label, preset, overrides, per_tower in (
-            ("crossan-tiva", "crossan-tiva", {}, False),
-            ("crossan-tiva-per-tower", "crossan-tiva", {}, True),
-            ("iisan-e-tiva@512", "iisan-e-tiva", {"adapter_dim": 512}, False),
-            ("iisan-e-tiva@1024", "iisan-e-tiva", {}, False)):
+        ("crossan-tiva", "crossan-tiva", {}, False),
+        ("crossan-tiva-per-tower", "crossan-tiva", {}, True),
+        ("iisan-e-tiva@512", "iisan-e-tiva", {"adapter_dim": 512}, False),
+        ("iisan-e-tiva@1024", "iisan-e-tiva", {}, False),
+    ):
         torch.manual_seed(0)
         model = crossan.create_model(preset, **overrides).train()
         cases[label] = item_side_step(model, model.random_item_inputs(items, generator), per_tower)
@@ -81,9 +86,11 @@ def main() -> int:
     if args.json:
         print(json.dumps({name: {"ms_per_step": round(ms, 2)} for name, ms in medians.items()}))
         return 0
-    table = Table(title=f"item side forward + backward, {args.items} items, 4 x 768 backbones, 7 states (CPU)",
-                  caption=f"{cpu_name()}; {args.threads} thread(s); median of {args.steps} interleaved steps; "
-                          f"torch {torch.__version__}")
+    table = Table(
+        title=f"item side forward + backward, {args.items} items, 4 x 768 backbones, 7 states (CPU)",
+        caption=f"{cpu_name()}; {args.threads} thread(s); median of {args.steps} interleaved steps; "
+        f"torch {torch.__version__}",
+    )
     table.add_column("model")
     table.add_column("ms / step", justify="right")
     for name, ms in medians.items():

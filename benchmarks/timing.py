@@ -2,6 +2,7 @@
 
 The scripts import it as a sibling (`from timing import median_seconds`): Python puts a script's
 folder first on `sys.path`."""
+
 from __future__ import annotations
 
 import statistics
@@ -27,8 +28,12 @@ def timed_call(call: Callable[[], Result], synchronize: Callable[[], None] | Non
     return result, time.perf_counter() - started
 
 
-def interleaved_medians(cases: Mapping[Key, Callable[[], object]], repeats: int, warmup: int = 1,
-                        synchronize: Callable[[], None] | None = None) -> dict[Key, float]:
+def interleaved_medians(
+    cases: Mapping[Key, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    synchronize: Callable[[], None] | None = None,
+) -> dict[Key, float]:
     """Median seconds per call of each case over `repeats` timed rounds after `warmup` untimed ones
     (allocators, caches, optimiser state). The cases take turns round by round, so that a change
     in the machine's load hits every case alike."""
@@ -42,7 +47,8 @@ def interleaved_medians(cases: Mapping[Key, Callable[[], object]], repeats: int,
     return {key: statistics.median(values) for key, values in seconds.items()}
 
 
-def median_seconds(call: Callable[[], object], repeats: int, warmup: int = 1,
-                   synchronize: Callable[[], None] | None = None) -> float:
+def median_seconds(
+    call: Callable[[], object], repeats: int, warmup: int = 1, synchronize: Callable[[], None] | None = None
+) -> float:
     """Median seconds of `call()` over `repeats` timed calls after `warmup` untimed ones."""
     return interleaved_medians({"call": call}, repeats, warmup, synchronize)["call"]

@@ -13,6 +13,7 @@ and a serving process that only touches `crossan.OnnxRecommender` never loads Py
     model = crossan.create_model("crossan-tiva", num_items=1000)
     recommender = crossan.OnnxRecommender("weights/<run>/export")
 """
+
 from __future__ import annotations
 
 import importlib

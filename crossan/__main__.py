@@ -1,4 +1,5 @@
 """`python -m crossan` is the `crossan` command."""
+
 from crossan.command import main
 
 if __name__ == "__main__":

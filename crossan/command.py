@@ -9,6 +9,7 @@
 
 A subcommand's module is imported only when it runs, so `crossan --help` loads no PyTorch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,8 +34,17 @@ def usage() -> str:
     """The command's help: its subcommands, a line each."""
     width = max(map(len, SUBCOMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
-    return "\n".join(["usage: crossan <command> [options]   (crossan <command> --help for its options)", "",
-                      "commands:", *lines, "", "  --version  print the version", ""])
+    return "\n".join(
+        [
+            "usage: crossan <command> [options]   (crossan <command> --help for its options)",
+            "",
+            "commands:",
+            *lines,
+            "",
+            "  --version  print the version",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

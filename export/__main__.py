@@ -1,4 +1,5 @@
 """`python -m crossan.export` is `crossan export`."""
+
 from crossan.export.cli import main
 from crossan.zoo.cli.options import run_cli
 

@@ -11,6 +11,7 @@ match and otherwise builds and saves a new one, so a re-exported table never mee
 NumPy and faiss only, never PyTorch or the zoo, so serving stays small
 (tests/test_serving_imports.py checks it).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,18 @@ import numpy as np
 from crossan.export.ranking import PAD, check_finite_scores, top_k_rows
 from crossan.zoo.core.atomic import atomic_write
 
-__all__ = ["INDEX_FILE", "SIDECAR_FILE", "HnswParameters", "IvfParameters", "IndexParameters", "table_fingerprint",
-           "build_index", "save_index", "open_index", "ann_top_k_rows"]
+__all__ = [
+    "INDEX_FILE",
+    "SIDECAR_FILE",
+    "HnswParameters",
+    "IvfParameters",
+    "IndexParameters",
+    "table_fingerprint",
+    "build_index",
+    "save_index",
+    "open_index",
+    "ann_top_k_rows",
+]
 
 INDEX_FILE = "item_index.faiss"
 SIDECAR_FILE = "item_index.json"
@@ -155,15 +166,20 @@ def _read_saved(index_path: Path, sidecar_path: Path, expected: dict[str, Any]) 
         return None
     count, dim = expected["table_shape"]
     if (index.ntotal, index.d) != (count, dim):
-        warnings.warn(f"{index_path}: holds {index.ntotal} x {index.d} vectors, its table {count} x {dim}; "
-                      f"rebuilding it", stacklevel=4)
+        warnings.warn(
+            f"{index_path}: holds {index.ntotal} x {index.d} vectors, its table {count} x {dim}; rebuilding it",
+            stacklevel=4,
+        )
         return None
     return index
 
 
 def _expected_sidecar(table_path: Path, table: np.ndarray, parameters: IndexParameters) -> dict[str, Any]:
-    return {"table_sha256": table_fingerprint(table_path), "table_shape": list(table.shape),
-            "parameters": parameters.build_settings()}
+    return {
+        "table_sha256": table_fingerprint(table_path),
+        "table_shape": list(table.shape),
+        "parameters": parameters.build_settings(),
+    }
 
 
 def save_index(table_path: Path, table: np.ndarray, index: faiss.Index, parameters: IndexParameters) -> None:
@@ -180,8 +196,9 @@ def save_index(table_path: Path, table: np.ndarray, index: faiss.Index, paramete
         atomic_write(index_path, lambda path: faiss.write_index(index, path))
         atomic_write(sidecar_path, lambda path: Path(path).write_text(json.dumps(expected, indent=2) + "\n"))
     except OSError as error:
-        warnings.warn(f"could not save the FAISS index beside {table_path} ({error}); it will be rebuilt next time",
-                      stacklevel=3)
+        warnings.warn(
+            f"could not save the FAISS index beside {table_path} ({error}); it will be rebuilt next time", stacklevel=3
+        )
 
 
 def open_index(table_path: Path, table: np.ndarray, parameters: IndexParameters) -> faiss.Index:
@@ -203,9 +220,14 @@ def _search_size(wanted: int, catalogue: int) -> int:
     return min(catalogue, 1 << max(0, wanted - 1).bit_length())
 
 
-def ann_top_k_rows(index: faiss.Index, user_vectors: np.ndarray, item_table: np.ndarray,
-                   histories: Sequence[np.ndarray], k: int, item_names: Sequence[str] | None = None
-                   ) -> list[np.ndarray]:
+def ann_top_k_rows(
+    index: faiss.Index,
+    user_vectors: np.ndarray,
+    item_table: np.ndarray,
+    histories: Sequence[np.ndarray],
+    k: int,
+    item_names: Sequence[str] | None = None,
+) -> list[np.ndarray]:
     """Per user, the `k` best catalogue rows that `index` finds, best first, none from the history
     (1-based item indices, as for `crossan.export.ranking.top_k_rows`).
 
@@ -234,7 +256,7 @@ def ann_top_k_rows(index: faiss.Index, user_vectors: np.ndarray, item_table: np.
                 with np.errstate(over="ignore", invalid="ignore"):
                     scores = vectors[users] @ np.asarray(item_table, dtype=np.float32).T
                 check_finite_scores(scores, item_names, users)
-            for user, rows in zip(users, found):
+            for user, rows in zip(users, found, strict=True):
                 rows = rows[rows >= 0]
                 rows = rows[~np.isin(rows, seen[user])]
                 if len(rows) >= wanted[user]:
@@ -245,7 +267,10 @@ def ann_top_k_rows(index: faiss.Index, user_vectors: np.ndarray, item_table: np.
                     sizes[user] = min(catalogue, 2 * size)
                     pending.append(user)
     if exhausted:
-        for user, rows in zip(exhausted, top_k_rows(vectors[exhausted], item_table,
-                                                    [histories[user] for user in exhausted], k, item_names)):
+        for user, rows in zip(
+            exhausted,
+            top_k_rows(vectors[exhausted], item_table, [histories[user] for user in exhausted], k, item_names),
+            strict=True,
+        ):
             ranked[user] = rows
     return ranked

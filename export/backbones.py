@@ -7,6 +7,7 @@ mel filter bank for audio), so `crossan.export.content.ContentEncoder` embeds ne
 PyTorch. `validate_backbones` runs that serving path on real items of the run and compares
 it with the PyTorch extractor that built the feature cache.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,15 +22,31 @@ from crossan.export.content import ContentEncoder, backbone_file
 from crossan.export.errors import NonFiniteOutputError, ValueMismatchError
 from crossan.export.item_table import save_safetensors
 from crossan.export.onnx_export import export_onnx
-from crossan.export.preprocessing import (AUDIO_FILTERS_FILE, TOKENIZER_FILE, AudioPreprocessor, ImagePreprocessor,
-                                  Preprocessor, TextPreprocessor, VideoPreprocessor, save_preprocessing)
+from crossan.export.preprocessing import (
+    AUDIO_FILTERS_FILE,
+    TOKENIZER_FILE,
+    AudioPreprocessor,
+    ImagePreprocessor,
+    Preprocessor,
+    TextPreprocessor,
+    VideoPreprocessor,
+    save_preprocessing,
+)
 from crossan.export.spec import DEFAULT_OPSET, ExportSpec
 from crossan.zoo.backbones.extractor import CLIP_SECONDS, VIDEO_FRAMES, StateExtractor
-from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.data.dataset import SequenceDataset
 
-__all__ = ["BACKBONE_TOLERANCE", "BackboneStates", "BackboneCheck", "backbone_spec", "serving_preprocessor",
-           "export_backbones", "item_sources", "validate_backbones"]
+__all__ = [
+    "BACKBONE_TOLERANCE",
+    "BackboneStates",
+    "BackboneCheck",
+    "backbone_spec",
+    "serving_preprocessor",
+    "export_backbones",
+    "item_sources",
+    "validate_backbones",
+]
 
 BACKBONE_TOLERANCE = 1e-3
 """Largest absolute difference allowed between served and PyTorch states (float32 through up to
@@ -59,8 +76,15 @@ def backbone_spec(extractor: StateExtractor, opset: int = DEFAULT_OPSET) -> Expo
         for name in extractor.input_names:
             axes[name][1] = "tokens"
         max_sizes["tokens"] = extractor.text_max_tokens
-    return ExportSpec(f"{modality}_backbone", extractor.input_names, (output,), axes, max_sizes=max_sizes,
-                      tolerance=BACKBONE_TOLERANCE, opset=opset)
+    return ExportSpec(
+        f"{modality}_backbone",
+        extractor.input_names,
+        (output,),
+        axes,
+        max_sizes=max_sizes,
+        tolerance=BACKBONE_TOLERANCE,
+        opset=opset,
+    )
 
 
 def _example_inputs(extractor: StateExtractor, preprocessor: Preprocessor) -> tuple[torch.Tensor, ...]:
@@ -71,10 +95,12 @@ def _example_inputs(extractor: StateExtractor, preprocessor: Preprocessor) -> tu
 
 
 def _pixel_settings(processor: Any) -> dict[str, Any]:
-    return {"resample": int(processor.resample),
-            "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else None,
-            "mean": [float(v) for v in processor.image_mean] if processor.do_normalize else None,
-            "std": [float(v) for v in processor.image_std] if processor.do_normalize else None}
+    return {
+        "resample": int(processor.resample),
+        "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else None,
+        "mean": [float(v) for v in processor.image_mean] if processor.do_normalize else None,
+        "std": [float(v) for v in processor.image_std] if processor.do_normalize else None,
+    }
 
 
 def serving_preprocessor(extractor: StateExtractor, folder: Path) -> Preprocessor:
@@ -91,34 +117,59 @@ def serving_preprocessor(extractor: StateExtractor, folder: Path) -> Preprocesso
     if modality == "audio":
         filters = getattr(processor, "mel_filters", None)
         if filters is None:
-            raise ConfigError(f"{name} computes filter banks with torchaudio; the served NumPy path needs the "
-                              f"one transformers uses without it (uninstall torchaudio before exporting)")
-        save_safetensors(Path(folder) / AUDIO_FILTERS_FILE,
-                         {"mel_filters": np.ascontiguousarray(filters, dtype=np.float64),
-                          "window": np.ascontiguousarray(processor.window, dtype=np.float64)})
+            raise ConfigError(
+                f"{name} computes filter banks with torchaudio; the served NumPy path needs the "
+                f"one transformers uses without it (uninstall torchaudio before exporting)"
+            )
+        save_safetensors(
+            Path(folder) / AUDIO_FILTERS_FILE,
+            {
+                "mel_filters": np.ascontiguousarray(filters, dtype=np.float64),
+                "window": np.ascontiguousarray(processor.window, dtype=np.float64),
+            },
+        )
         normalise = bool(processor.do_normalize)
         # Frame, hop and FFT sizes, pre-emphasis and floor are constants of ASTFeatureExtractor's code.
-        return AudioPreprocessor(int(processor.sampling_rate), CLIP_SECONDS, int(processor.max_length),
-                                 frame_length=400, hop_length=160, fft_length=512, preemphasis=0.97,
-                                 mel_floor=1.192092955078125e-07, mean=float(processor.mean) if normalise else None,
-                                 std=float(processor.std) if normalise else None, folder=Path(folder))
+        return AudioPreprocessor(
+            int(processor.sampling_rate),
+            CLIP_SECONDS,
+            int(processor.max_length),
+            frame_length=400,
+            hop_length=160,
+            fft_length=512,
+            preemphasis=0.97,
+            mel_floor=1.192092955078125e-07,
+            mean=float(processor.mean) if normalise else None,
+            std=float(processor.std) if normalise else None,
+            folder=Path(folder),
+        )
     if getattr(processor, "do_pad", False):
         raise ConfigError(f"{name} pads images; the served preprocessing does not")
     size = processor.size
     if modality == "image":
         if getattr(processor, "do_center_crop", False) or not (size.get("height") and size.get("width")):
-            raise ConfigError(f"{name}: only a resize to height x width without a crop is served, got size {dict(size)}")
-        return ImagePreprocessor(int(size["height"]), int(size["width"]), resize=bool(processor.do_resize),
-                                 **_pixel_settings(processor))
+            raise ConfigError(
+                f"{name}: only a resize to height x width without a crop is served, got size {dict(size)}"
+            )
+        return ImagePreprocessor(
+            int(size["height"]), int(size["width"]), resize=bool(processor.do_resize), **_pixel_settings(processor)
+        )
     crop = processor.crop_size
     if not (processor.do_resize and processor.do_center_crop and size.get("shortest_edge")):
         raise ConfigError(f"{name}: only a shortest-edge resize and a centre crop are served, got size {dict(size)}")
-    return VideoPreprocessor(VIDEO_FRAMES, CLIP_SECONDS, int(size["shortest_edge"]), int(crop["height"]),
-                             int(crop["width"]), **_pixel_settings(processor))
+    return VideoPreprocessor(
+        VIDEO_FRAMES,
+        CLIP_SECONDS,
+        int(size["shortest_edge"]),
+        int(crop["height"]),
+        int(crop["width"]),
+        **_pixel_settings(processor),
+    )
 
 
-def export_backbones(extractors: dict[str, StateExtractor], out_dir: Path, opset: int = DEFAULT_OPSET
-                     ) -> list[ExportSpec]:
+def export_backbones(
+    extractors: dict[str, StateExtractor], out_dir: Path, opset: int = DEFAULT_OPSET
+) -> list[ExportSpec]:
     """Write every modality's backbone ONNX and `preprocessing.json` (with its data files) into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +177,9 @@ def export_backbones(extractors: dict[str, StateExtractor], out_dir: Path, opset
     for modality, extractor in extractors.items():
         preprocessor = serving_preprocessor(extractor, out_dir)
         spec = backbone_spec(extractor, opset)
-        export_onnx(BackboneStates(extractor), spec, _example_inputs(extractor, preprocessor),
-                    out_dir / backbone_file(modality))
+        export_onnx(
+            BackboneStates(extractor), spec, _example_inputs(extractor, preprocessor), out_dir / backbone_file(modality)
+        )
         specs.append(spec)
         preprocessors[modality] = preprocessor
     save_preprocessing(out_dir, preprocessors)
@@ -155,12 +207,18 @@ class BackboneCheck:
     tolerance: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"modality": self.modality, "provider": self.provider, "items": self.num_items,
-                "max_abs_error": self.max_abs_error, "tolerance": self.tolerance}
+        return {
+            "modality": self.modality,
+            "provider": self.provider,
+            "items": self.num_items,
+            "max_abs_error": self.max_abs_error,
+            "tolerance": self.tolerance,
+        }
 
 
-def validate_backbones(extractors: dict[str, StateExtractor], encoder: ContentEncoder, dataset: SequenceDataset,
-                       rows: list[int]) -> tuple[list[BackboneCheck], dict[str, np.ndarray]]:
+def validate_backbones(
+    extractors: dict[str, StateExtractor], encoder: ContentEncoder, dataset: SequenceDataset, rows: list[int]
+) -> tuple[list[BackboneCheck], dict[str, np.ndarray]]:
     """Served states (torch-free preprocessing + ONNX backbone, on `encoder`'s provider) against
     `StateExtractor.encode` for catalogue `rows`; raises `ValueMismatchError` past the tolerance.
     Returns the checks and the served states by modality."""
@@ -171,12 +229,16 @@ def validate_backbones(extractors: dict[str, StateExtractor], encoder: ContentEn
         reference = extractor.encode([extractor.read_item(dataset, r) for r in rows]).numpy()
         if not np.isfinite(states).all():
             count = int((~np.isfinite(states)).sum())
-            raise NonFiniteOutputError(f"{backbone_file(modality)} on {provider}: output states_{modality} holds "
-                                       f"{count} NaN or infinite values on {len(rows)} items")
+            raise NonFiniteOutputError(
+                f"{backbone_file(modality)} on {provider}: output states_{modality} holds "
+                f"{count} NaN or infinite values on {len(rows)} items"
+            )
         error = float(np.abs(states - reference).max())
         if not error <= BACKBONE_TOLERANCE:
-            raise ValueMismatchError(f"{backbone_file(modality)} on {provider}: served states differ from PyTorch's "
-                                     f"by {error:.2e} (tolerance {BACKBONE_TOLERANCE:.0e}) on {len(rows)} items")
+            raise ValueMismatchError(
+                f"{backbone_file(modality)} on {provider}: served states differ from PyTorch's "
+                f"by {error:.2e} (tolerance {BACKBONE_TOLERANCE:.0e}) on {len(rows)} items"
+            )
         checks.append(BackboneCheck(modality, provider, len(rows), error, BACKBONE_TOLERANCE))
         served[modality] = states
     return checks, served

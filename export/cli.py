@@ -1,8 +1,9 @@
 """Export a training run's encoders to ONNX and TorchScript and validate them against PyTorch.
 
-    crossan export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
-    python -m crossan.export --run weights/<run>          # the same command
+crossan export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
+python -m crossan.export --run weights/<run>          # the same command
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,14 +16,18 @@ from crossan.export.spec import DEFAULT_OPSET
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The options of `crossan export` (and `python -m crossan.export`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", type=Path, required=True, help="run directory written by train.py")
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    parser.add_argument("--with-backbones", action="store_true",
-                        help="also export the frozen backbones and their preprocessing, so new items are "
-                             "embedded from raw content without PyTorch (checked on real items of the run)")
+    parser.add_argument(
+        "--with-backbones",
+        action="store_true",
+        help="also export the frozen backbones and their preprocessing, so new items are "
+        "embedded from raw content without PyTorch (checked on real items of the run)",
+    )
     return parser
 
 
@@ -43,11 +48,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         report = export_run(args.run, args.out, args.opset, args.with_backbones)
     for table in report.tables():
         console.print(table)
-    console.print(f"wrote {', '.join(sorted(p.name for p in report.out_dir.iterdir()))} to {report.out_dir} "
-                  f"(report: {REPORT_FILE})")
+    console.print(
+        f"wrote {', '.join(sorted(p.name for p in report.out_dir.iterdir()))} to {report.out_dir} "
+        f"(report: {REPORT_FILE})"
+    )
     left = sorted(p.name for p in report.out_dir.parent.glob(f".{report.out_dir.name}{PARTIAL}*"))
     if left:
-        console.print(f"note: {', '.join(left)} beside it: left by an export that was killed (or is still running); "
-                      f"nothing loads it, delete it")
+        console.print(
+            f"note: {', '.join(left)} beside it: left by an export that was killed (or is still running); "
+            f"nothing loads it, delete it"
+        )
     return 0
-

@@ -9,6 +9,7 @@ per-layer states, which are rounded to float16 as the training cache stores them
 `item_encoder.onnx` maps all modalities' states to the item embedding. Torch-free, like
 `crossan.export.serve`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -19,8 +20,15 @@ import numpy as np
 import onnxruntime as ort
 
 from crossan.export.errors import ExportFileError
-from crossan.export.preprocessing import (AUDIO_FILTERS_FILE, PREPROCESSING_FILE, PREPROCESSORS, TOKENIZER_FILE,
-                                          WITH_BACKBONES, Preprocessor, load_preprocessing)
+from crossan.export.preprocessing import (
+    AUDIO_FILTERS_FILE,
+    PREPROCESSING_FILE,
+    PREPROCESSORS,
+    TOKENIZER_FILE,
+    WITH_BACKBONES,
+    Preprocessor,
+    load_preprocessing,
+)
 from crossan.export.reading import check_records, open_session, read_records
 from crossan.zoo.core.errors import MissingFileError
 
@@ -46,8 +54,11 @@ class ContentEncoder:
         export_dir = Path(export_dir)
         records = read_records(export_dir)
         backbone_files = [backbone_file(m) for m in PREPROCESSORS]
-        check_records(export_dir, records, [ITEM_ENCODER_FILE, PREPROCESSING_FILE, TOKENIZER_FILE,
-                                            AUDIO_FILTERS_FILE, *backbone_files])
+        check_records(
+            export_dir,
+            records,
+            [ITEM_ENCODER_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, AUDIO_FILTERS_FILE, *backbone_files],
+        )
         item_path = export_dir / ITEM_ENCODER_FILE
         self.item_session, self.item_spec = open_session(item_path, providers, "item_encoder")
         names = self.item_spec.input_names
@@ -55,16 +66,20 @@ class ContentEncoder:
         self.takes_item_rows = bool(names) and names[-1] == ITEM_ROWS_INPUT
         states_names = names[:-1] if self.takes_item_rows else names
         if not states_names or not all(name.startswith("states_") for name in states_names):
-            raise ValueError(f"{item_path} takes {', '.join(names)}, not backbone states: "
-                             f"this model does not embed items from their content")
+            raise ValueError(
+                f"{item_path} takes {', '.join(names)}, not backbone states: "
+                f"this model does not embed items from their content"
+            )
         self.modalities = tuple(name.removeprefix("states_") for name in states_names)
         self.preprocessors: dict[str, Preprocessor] = load_preprocessing(export_dir)
         self.backbones: dict[str, ort.InferenceSession] = {}
         for modality in self.modalities:
             path = export_dir / backbone_file(modality)
             if modality not in self.preprocessors:
-                raise ExportFileError(f"{export_dir / PREPROCESSING_FILE}: no {modality} settings, which "
-                                      f"{ITEM_ENCODER_FILE} needs; {WITH_BACKBONES}")
+                raise ExportFileError(
+                    f"{export_dir / PREPROCESSING_FILE}: no {modality} settings, which "
+                    f"{ITEM_ENCODER_FILE} needs; {WITH_BACKBONES}"
+                )
             if not path.is_file():
                 raise MissingFileError(f"{path}: missing; {WITH_BACKBONES}")
             self.backbones[modality] = open_session(path, providers, f"{modality}_backbone")[0]
@@ -84,12 +99,11 @@ class ContentEncoder:
         preprocessor, session = self.preprocessors[modality], self.backbones[modality]
         chunks = []
         for start in range(0, len(contents), BATCH_SIZE):
-            inputs = preprocessor(contents[start: start + BATCH_SIZE])
+            inputs = preprocessor(contents[start : start + BATCH_SIZE])
             chunks.append(session.run(None, {name: inputs[name] for name in preprocessor.input_names})[0])
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
-    def embed_states(self, states: Mapping[str, np.ndarray], catalogue_rows: Sequence[int] | None = None
-                     ) -> np.ndarray:
+    def embed_states(self, states: Mapping[str, np.ndarray], catalogue_rows: Sequence[int] | None = None) -> np.ndarray:
         """Item embeddings `[B, D]` from per-modality states, rounded to float16 as the cache
         stores them. New items have no ID vector; `catalogue_rows` re-embeds known items with
         theirs (a model with an ID term; validation)."""
@@ -106,8 +120,10 @@ class ContentEncoder:
         missing = [m for m in self.modalities if m not in sources]
         extra = sorted(set(sources) - set(self.modalities))
         if missing or extra:
-            raise ValueError(f"the item encoder takes {', '.join(self.modalities)}; "
-                             + (f"missing {', '.join(missing)}" if missing else f"unused {', '.join(extra)}"))
+            raise ValueError(
+                f"the item encoder takes {', '.join(self.modalities)}; "
+                + (f"missing {', '.join(missing)}" if missing else f"unused {', '.join(extra)}")
+            )
         counts = {m: len(sources[m]) for m in self.modalities}
         if len(set(counts.values())) != 1:
             raise ValueError(f"every modality needs one source per item, got {counts}")

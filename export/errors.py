@@ -3,13 +3,22 @@
 The checks run in a fixed order (names, then shapes, then values, then recommendations) and
 stop at the first failure, so the class says which property broke first.
 """
+
 from __future__ import annotations
 
 from crossan.zoo.core.errors import UserError
 
-__all__ = ["ExportValidationError", "NameMismatchError", "ShapeMismatchError", "ValueMismatchError",
-           "RecommendationMismatchError", "NonFiniteOutputError", "ExportWriteError", "ExportFileError",
-           "NonFiniteScoreError"]
+__all__ = [
+    "ExportValidationError",
+    "NameMismatchError",
+    "ShapeMismatchError",
+    "ValueMismatchError",
+    "RecommendationMismatchError",
+    "NonFiniteOutputError",
+    "ExportWriteError",
+    "ExportFileError",
+    "NonFiniteScoreError",
+]
 
 
 class ExportValidationError(Exception):

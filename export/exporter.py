@@ -8,6 +8,7 @@ the exported item encoder, and top-k agreement with PyTorch for every test user.
 It writes beside the output folder and swaps the result in only once everything passed
 (`crossan.export.publishing`), so a failed export leaves the folder as it was.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,30 +23,52 @@ import onnxruntime as ort
 import torch
 from rich.table import Table
 
+from crossan.export.ann_index import INDEX_FILE, SIDECAR_FILE
 from crossan.export.backbones import BackboneCheck, export_backbones, validate_backbones
 from crossan.export.content import ContentEncoder
-from crossan.export.ann_index import INDEX_FILE, SIDECAR_FILE
 from crossan.export.item_table import TABLE_FILE, save_item_table
-from crossan.export.providers import CPU, exact_float32, execution_providers
-from crossan.export.ranking import history_window
 from crossan.export.onnx_export import export_onnx
+from crossan.export.providers import CPU, exact_float32, execution_providers
 from crossan.export.publishing import check_replaceable, staged_export
+from crossan.export.ranking import history_window
 from crossan.export.reading import RECORDS_KEY, REPORT_FILE, file_record
 from crossan.export.spec import DEFAULT_OPSET, ExportSpec, item_encoder_spec, user_encoder_spec
 from crossan.export.torchscript import export_torchscript
-from crossan.export.validation import (AgreementResult, Case, Encoder, GridResult, OnnxEncoder, TorchEncoder,
-                               TorchScriptEncoder, catalogue_embeddings, check_agreement, item_cases,
-                               recommend, user_cases, validate_encoder)
+from crossan.export.validation import (
+    AgreementResult,
+    Case,
+    Encoder,
+    GridResult,
+    OnnxEncoder,
+    TorchEncoder,
+    TorchScriptEncoder,
+    catalogue_embeddings,
+    check_agreement,
+    item_cases,
+    recommend,
+    user_cases,
+    validate_encoder,
+)
 from crossan.export.wrappers import ItemEncoder, UserEncoder
 from crossan.zoo.backbones import StateExtractor, load_backbone
-from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.models.recommender import Recommender
+from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.runs.run import Run, open_run
 
-__all__ = ["REPORT_FILE", "TOP_K", "ExportedModel", "ExportReport", "export_model", "validate_grid", "run_extractors",
-           "check_backbones", "export_run", "write_and_validate"]
+__all__ = [
+    "REPORT_FILE",
+    "TOP_K",
+    "ExportedModel",
+    "ExportReport",
+    "export_model",
+    "validate_grid",
+    "run_extractors",
+    "check_backbones",
+    "export_run",
+    "write_and_validate",
+]
 
 TOP_K = 10
 REEMBEDDED_ITEMS = 32
@@ -75,8 +98,11 @@ class ExportedModel:
     user_spec: ExportSpec
 
     def files(self) -> list[Path]:
-        return [self.out_dir / name for spec in (self.item_spec, self.user_spec)
-                for name in (spec.onnx_file, spec.torchscript_file)]
+        return [
+            self.out_dir / name
+            for spec in (self.item_spec, self.user_spec)
+            for name in (spec.onnx_file, spec.torchscript_file)
+        ]
 
     def references(self, model: Recommender) -> tuple[TorchEncoder, TorchEncoder]:
         """The eager (item, user) encoders the exports are compared with."""
@@ -85,11 +111,18 @@ class ExportedModel:
     def runtimes(self) -> list[tuple[Encoder, Encoder]]:
         """(item, user) encoder pairs: onnxruntime on each available provider, then TorchScript."""
         pairs: list[tuple[Encoder, Encoder]] = [
-            (OnnxEncoder(self.out_dir / self.item_spec.onnx_file, self.item_spec, provider),
-             OnnxEncoder(self.out_dir / self.user_spec.onnx_file, self.user_spec, provider))
-            for provider in execution_providers()]
-        pairs.append((TorchScriptEncoder(self.out_dir / self.item_spec.torchscript_file, self.item_spec),
-                      TorchScriptEncoder(self.out_dir / self.user_spec.torchscript_file, self.user_spec)))
+            (
+                OnnxEncoder(self.out_dir / self.item_spec.onnx_file, self.item_spec, provider),
+                OnnxEncoder(self.out_dir / self.user_spec.onnx_file, self.user_spec, provider),
+            )
+            for provider in execution_providers()
+        ]
+        pairs.append(
+            (
+                TorchScriptEncoder(self.out_dir / self.item_spec.torchscript_file, self.item_spec),
+                TorchScriptEncoder(self.out_dir / self.user_spec.torchscript_file, self.user_spec),
+            )
+        )
         return pairs
 
 
@@ -107,17 +140,19 @@ def export_model(model: Recommender, out_dir: Path, opset: int = DEFAULT_OPSET) 
     length = min(EXAMPLE_LENGTH, model.config.max_seq_len)
     padding_mask = torch.zeros(EXAMPLE_BATCH, length, dtype=torch.bool)
     padding_mask[0, : length - 1] = True
-    user_example = (torch.randn(EXAMPLE_BATCH, length, model.item_embedding_width, generator=generator),
-                    padding_mask)
-    for module, spec, example in ((ItemEncoder(model), exported.item_spec, item_example),
-                                  (UserEncoder(model), exported.user_spec, user_example)):
+    user_example = (torch.randn(EXAMPLE_BATCH, length, model.item_embedding_width, generator=generator), padding_mask)
+    for module, spec, example in (
+        (ItemEncoder(model), exported.item_spec, item_example),
+        (UserEncoder(model), exported.user_spec, user_example),
+    ):
         export_onnx(module, spec, example, exported.out_dir / spec.onnx_file)
         export_torchscript(module, example, exported.out_dir / spec.torchscript_file)
     return exported
 
 
-def validate_grid(model: Recommender, exported: ExportedModel, items: list[Case],
-                  users: list[Case]) -> list[GridResult]:
+def validate_grid(
+    model: Recommender, exported: ExportedModel, items: list[Case], users: list[Case]
+) -> list[GridResult]:
     """Every exported encoder in every runtime against PyTorch at the given cases."""
     reference_items, reference_users = exported.references(model)
     results = []
@@ -142,7 +177,8 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run": str(self.run_dir), "preset": self.preset,
+            "run": str(self.run_dir),
+            "preset": self.preset,
             "specs": [s.to_dict() for s in self.specs],
             "max_abs_errors": [g.to_dict() for g in self.grids],
             "top_k_agreement": [a.to_dict() for a in self.agreements],
@@ -150,8 +186,12 @@ class ExportReport:
             "reembedded_items_max_abs_error": self.reembedded_error,
             "files": sorted(p.name for p in self.out_dir.iterdir() if p.name != REPORT_FILE),
             RECORDS_KEY: {p.name: file_record(p) for p in sorted(self.out_dir.iterdir()) if p.name not in UNRECORDED},
-            "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                         "python": platform.python_version()},
+            "versions": {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+                "python": platform.python_version(),
+            },
         }
 
     def tables(self) -> list[Table]:
@@ -160,24 +200,36 @@ class ExportReport:
         for column in ("encoder", "runtime", "cases", "max abs error", "tolerance"):
             errors.add_column(column, justify="left" if column in ("encoder", "runtime") else "right")
         for grid in self.grids:
-            errors.add_row(grid.encoder, grid.runtime, str(len(grid.errors)), f"{grid.max_abs_error:.2e}",
-                           f"{grid.tolerance:.0e}")
+            errors.add_row(
+                grid.encoder, grid.runtime, str(len(grid.errors)), f"{grid.max_abs_error:.2e}", f"{grid.tolerance:.0e}"
+            )
         agreement = Table(title=f"top-{TOP_K} recommendations identical to PyTorch (test users, history masked)")
         for column in ("runtime", "users", "identical", "agreement", "near-tie swaps"):
             agreement.add_column(column, justify="left" if column == "runtime" else "right")
         for result in self.agreements:
-            agreement.add_row(result.runtime, str(result.num_users), str(result.agreeing), f"{result.fraction:.2%}",
-                              f"{result.near_ties} (gap <= {result.tie_tolerance:.0e})" if result.tie_tolerance
-                              else "-")
+            agreement.add_row(
+                result.runtime,
+                str(result.num_users),
+                str(result.agreeing),
+                f"{result.fraction:.2%}",
+                f"{result.near_ties} (gap <= {result.tie_tolerance:.0e})" if result.tie_tolerance else "-",
+            )
         if not self.backbones:
             return [errors, agreement]
-        backbones = Table(title=f"{self.preset}: served backbone states from raw content vs PyTorch "
-                                f"(re-embedded items: max abs error {self.reembedded_error:.2e} against the table)")
+        backbones = Table(
+            title=f"{self.preset}: served backbone states from raw content vs PyTorch "
+            f"(re-embedded items: max abs error {self.reembedded_error:.2e} against the table)"
+        )
         for column in ("modality", "runtime", "items", "max abs error", "tolerance"):
             backbones.add_column(column, justify="left" if column in ("modality", "runtime") else "right")
         for check in self.backbones:
-            backbones.add_row(check.modality, f"onnxruntime {check.provider.removesuffix('ExecutionProvider')}",
-                              str(check.num_items), f"{check.max_abs_error:.2e}", f"{check.tolerance:.0e}")
+            backbones.add_row(
+                check.modality,
+                f"onnxruntime {check.provider.removesuffix('ExecutionProvider')}",
+                str(check.num_items),
+                f"{check.max_abs_error:.2e}",
+                f"{check.tolerance:.0e}",
+            )
         return [errors, agreement, backbones]
 
 
@@ -190,14 +242,22 @@ def run_extractors(run: Run) -> dict[str, StateExtractor]:
         backbone = load_backbone(settings.spec(modality))
         changed = sorted(k for k, v in backbone.identity.items() if recorded.get(k) != v)
         if changed:
-            raise ConfigError(f"the {modality} backbone is not the one {run.directory} was trained on "
-                              f"({', '.join(changed)} differ)")
+            raise ConfigError(
+                f"the {modality} backbone is not the one {run.directory} was trained on ({', '.join(changed)} differ)"
+            )
         extractors[modality] = StateExtractor(backbone, settings.side_layers, settings.text_max_tokens)
     return extractors
 
 
-def check_backbones(extractors: dict[str, StateExtractor], specs: list[ExportSpec], dataset: SequenceDataset,
-                    out_dir: Path, rows: list[int], table: np.ndarray, report: ExportReport) -> np.ndarray:
+def check_backbones(
+    extractors: dict[str, StateExtractor],
+    specs: list[ExportSpec],
+    dataset: SequenceDataset,
+    out_dir: Path,
+    rows: list[int],
+    table: np.ndarray,
+    report: ExportReport,
+) -> np.ndarray:
     """Check the exported backbones (`specs`: signatures, then served states of catalogue `rows`
     on every execution provider, into `report.backbones`); return `table` with those rows
     re-embedded from their raw content on the CPU provider."""
@@ -216,8 +276,9 @@ def check_backbones(extractors: dict[str, StateExtractor], specs: list[ExportSpe
     return reembedded
 
 
-def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_OPSET,
-               with_backbones: bool = False) -> ExportReport:
+def export_run(
+    run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, with_backbones: bool = False
+) -> ExportReport:
     """Export and validate a training run into `out_dir` (default `<run_dir>/export`).
 
     Everything is written into a hidden folder beside `out_dir` and swapped in only after every
@@ -237,8 +298,9 @@ def export_run(run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_
     return report
 
 
-def write_and_validate(run: Run, out_dir: Path, opset: int = DEFAULT_OPSET,
-                       with_backbones: bool = False) -> ExportReport:
+def write_and_validate(
+    run: Run, out_dir: Path, opset: int = DEFAULT_OPSET, with_backbones: bool = False
+) -> ExportReport:
     """Write and check a run's export in `out_dir`; raises an `ExportValidationError` on the first failure.
 
     Writes the four encoder files, `item_embeddings.safetensors` (computed by the exported ONNX
@@ -283,8 +345,9 @@ def write_and_validate(run: Run, out_dir: Path, opset: int = DEFAULT_OPSET,
     for item_encoder, user_encoder in exported.runtimes():
         table = catalogue_embeddings(item_encoder, features.gather, dataset.num_items)
         top = recommend(user_encoder, table, histories, max_len, TOP_K)
-        report.agreements.append(check_agreement(reference_top, top, user_encoder.runtime, TOP_K, reference_scores,
-                                                 FLOAT32_TIE_TOLERANCE))
+        report.agreements.append(
+            check_agreement(reference_top, top, user_encoder.runtime, TOP_K, reference_scores, FLOAT32_TIE_TOLERANCE)
+        )
         if isinstance(item_encoder, OnnxEncoder) and item_encoder.provider == CPU:
             onnx_table, onnx_users = table, user_encoder
     if onnx_table is None:
@@ -296,10 +359,21 @@ def write_and_validate(run: Run, out_dir: Path, opset: int = DEFAULT_OPSET,
         report.specs += backbone_specs
         reembedded = check_backbones(extractors, backbone_specs, dataset, out_dir, rows, onnx_table, report)
         top = recommend(onnx_users, reembedded, histories, max_len, TOP_K)
-        report.agreements.append(check_agreement(
-            reference_top, top, f"{onnx_users.runtime}, {len(rows)} items re-embedded from raw content", TOP_K,
-            reference_scores, TIE_TOLERANCE))
-    save_item_table(out_dir / TABLE_FILE, onnx_table, dataset.item_ids,
-                    source=f"{exported.item_spec.onnx_file} in onnxruntime CPU, run {run_dir}")
+        report.agreements.append(
+            check_agreement(
+                reference_top,
+                top,
+                f"{onnx_users.runtime}, {len(rows)} items re-embedded from raw content",
+                TOP_K,
+                reference_scores,
+                TIE_TOLERANCE,
+            )
+        )
+    save_item_table(
+        out_dir / TABLE_FILE,
+        onnx_table,
+        dataset.item_ids,
+        source=f"{exported.item_spec.onnx_file} in onnxruntime CPU, run {run_dir}",
+    )
     (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     return report

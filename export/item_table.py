@@ -4,6 +4,7 @@ Reading checks what is cheap to check, each failure one line naming the file: th
 header (an empty or truncated file fails there), the tensor and its shape, the ids in the
 metadata (a list of distinct strings, one per row) and that every embedding is finite.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,14 @@ def save_item_table(path: Path, embeddings: np.ndarray, item_ids: Sequence[str],
     """Write `embeddings [N, D]` (row i = `item_ids[i]`) atomically; the ids go into the file's metadata."""
     if len(item_ids) != embeddings.shape[0]:
         raise ValueError(f"{len(item_ids)} item ids for {embeddings.shape[0]} embeddings")
-    atomic_write(Path(path), lambda temporary: save_safetensors(
-        Path(temporary), {_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)},
-        metadata={"item_ids": json.dumps(list(item_ids)), "source": source}))
+    atomic_write(
+        Path(path),
+        lambda temporary: save_safetensors(
+            Path(temporary),
+            {_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)},
+            metadata={"item_ids": json.dumps(list(item_ids)), "source": source},
+        ),
+    )
     return path
 
 
@@ -49,8 +55,9 @@ def _read(path: Path) -> tuple[np.ndarray, object]:
     try:
         with safe_open(str(path), framework="np") as handle:
             if _TENSOR not in handle.keys():
-                raise ExportFileError(f"{path}: no {_TENSOR!r} tensor (it holds {describe(list(handle.keys()))}); "
-                                      f"{REEXPORT}")
+                raise ExportFileError(
+                    f"{path}: no {_TENSOR!r} tensor (it holds {describe(list(handle.keys()))}); {REEXPORT}"
+                )
             embeddings = handle.get_tensor(_TENSOR)
             ids_text = (handle.metadata() or {}).get("item_ids")
     except SafetensorError as error:
@@ -58,8 +65,9 @@ def _read(path: Path) -> tuple[np.ndarray, object]:
     try:
         return embeddings, json.loads(ids_text) if ids_text is not None else None
     except json.JSONDecodeError as error:
-        raise ExportFileError(f"{path}: its item_ids metadata is not valid JSON ({one_line(error)}); "
-                              f"{REEXPORT}") from error
+        raise ExportFileError(
+            f"{path}: its item_ids metadata is not valid JSON ({one_line(error)}); {REEXPORT}"
+        ) from error
 
 
 def load_item_table(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -67,8 +75,10 @@ def load_item_table(path: Path) -> tuple[np.ndarray, list[str]]:
     path = require_file(Path(path))
     embeddings, item_ids = _read(path)
     if embeddings.ndim != 2 or embeddings.dtype != np.float32:
-        raise ExportFileError(f"{path}: embeddings are {embeddings.dtype}{list(embeddings.shape)}, "
-                              f"expected float32 [items, width]; {REEXPORT}")
+        raise ExportFileError(
+            f"{path}: embeddings are {embeddings.dtype}{list(embeddings.shape)}, "
+            f"expected float32 [items, width]; {REEXPORT}"
+        )
     if not isinstance(item_ids, list) or not all(isinstance(item, str) for item in item_ids):
         raise ExportFileError(f"{path}: its item_ids metadata is not a list of strings; {REEXPORT}")
     if len(item_ids) != embeddings.shape[0]:
@@ -78,6 +88,8 @@ def load_item_table(path: Path) -> tuple[np.ndarray, list[str]]:
         raise ExportFileError(f"{path}: item ids repeat ({describe(repeated)}); {REEXPORT}")
     bad = non_finite_rows(embeddings)
     if len(bad):
-        raise ExportFileError(f"{path}: the embeddings of {len(bad)} item(s) hold NaN or inf "
-                              f"({describe([item_ids[row] for row in bad])}); {REEXPORT}")
+        raise ExportFileError(
+            f"{path}: the embeddings of {len(bad)} item(s) hold NaN or inf "
+            f"({describe([item_ids[row] for row in bad])}); {REEXPORT}"
+        )
     return embeddings, item_ids

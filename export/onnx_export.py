@@ -1,4 +1,5 @@
 """ONNX export of one encoder with `torch.onnx.export(dynamo=True)` and symbolic batch/length axes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,22 +26,33 @@ def export_onnx(module: nn.Module, spec: ExportSpec, example_inputs: Sequence[to
     example_inputs = tuple(example_inputs)
     if len(example_inputs) != len(spec.input_names):
         raise ValueError(f"{spec.name}: {len(example_inputs)} example inputs for inputs {spec.input_names}")
-    dims = {axis: torch.export.Dim(axis, max=spec.max_sizes.get(axis))
-            for axes in spec.dynamic_axes.values() for axis in axes.values()}
+    dims = {
+        axis: torch.export.Dim(axis, max=spec.max_sizes.get(axis))
+        for axes in spec.dynamic_axes.values()
+        for axis in axes.values()
+    }
     shapes = torch.export.ShapesCollection()
-    for name, tensor in zip(spec.input_names, example_inputs):
+    for name, tensor in zip(spec.input_names, example_inputs, strict=True):
         axes = spec.dynamic_axes.get(name, {})
         for index, axis in axes.items():
             if tensor.shape[index] < 2:
-                raise ValueError(f"{spec.name}: example {name} has size {tensor.shape[index]} on dynamic axis "
-                                 f"{axis!r}; use at least 2 or the axis becomes static")
+                raise ValueError(
+                    f"{spec.name}: example {name} has size {tensor.shape[index]} on dynamic axis "
+                    f"{axis!r}; use at least 2 or the axis becomes static"
+                )
         shapes[tensor] = {index: dims[axis] for index, axis in axes.items()}
     module = module.eval()
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
-            module, example_inputs, dynamo=True, input_names=list(spec.input_names),
-            output_names=list(spec.output_names), dynamic_shapes=shapes.dynamic_shapes(module, example_inputs),
-            opset_version=spec.opset, verbose=False)
+            module,
+            example_inputs,
+            dynamo=True,
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            dynamic_shapes=shapes.dynamic_shapes(module, example_inputs),
+            opset_version=spec.opset,
+            verbose=False,
+        )
     if program is None:  # the exporter returns None only when asked to write the file itself
         raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.model.metadata_props[SPEC_METADATA_KEY] = json.dumps(spec.to_dict())

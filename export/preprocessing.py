@@ -14,6 +14,7 @@ the processor it replaces on real items of the run.
 | video    | video file path     | `pixel_values [B, frames, 3, H, W]`            |
 | audio    | video/audio path    | `input_values [B, time frames, mel bins]`      |
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,18 @@ from PIL import Image
 from crossan.export.errors import ExportFileError
 from crossan.export.reading import one_line, read_json, require_file
 
-__all__ = ["PREPROCESSING_FILE", "TOKENIZER_FILE", "AUDIO_FILTERS_FILE", "Preprocessor", "TextPreprocessor",
-           "ImagePreprocessor", "VideoPreprocessor", "AudioPreprocessor", "save_preprocessing",
-           "load_preprocessing"]
+__all__ = [
+    "PREPROCESSING_FILE",
+    "TOKENIZER_FILE",
+    "AUDIO_FILTERS_FILE",
+    "Preprocessor",
+    "TextPreprocessor",
+    "ImagePreprocessor",
+    "VideoPreprocessor",
+    "AudioPreprocessor",
+    "save_preprocessing",
+    "load_preprocessing",
+]
 
 PREPROCESSING_FILE = "preprocessing.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -93,8 +103,10 @@ class TextPreprocessor:
 
     def __call__(self, contents: Sequence[str]) -> dict[str, np.ndarray]:
         encodings = self.tokenizer.encode_batch([str(title) for title in contents])
-        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
 
     def _pad_id(self) -> int:
         """The pad id the tokenizer file records (the one transformers padded with), else its pad token's."""
@@ -145,7 +157,7 @@ class PixelSteps:
             top, left = (height - self.crop[0]) // 2, (width - self.crop[1]) // 2
             if top < 0 or left < 0:
                 raise ValueError(f"cannot crop {height}x{width} pixels to {self.crop[0]}x{self.crop[1]}")
-            pixels = pixels[:, top: top + self.crop[0], left: left + self.crop[1]]
+            pixels = pixels[:, top : top + self.crop[0], left : left + self.crop[1]]
         if self.rescale_factor is None:
             values = pixels.astype(np.float32)
         else:
@@ -180,8 +192,12 @@ class ImagePreprocessor:
 
     def __call__(self, contents: Sequence[Image.Image]) -> dict[str, np.ndarray]:
         steps = PixelSteps(self.rescale_factor, self.mean, self.std)
-        images = [_resize(image.convert("RGB"), self.height, self.width, self.resample) if self.resize
-                  else image.convert("RGB") for image in contents]
+        images = [
+            _resize(image.convert("RGB"), self.height, self.width, self.resample)
+            if self.resize
+            else image.convert("RGB")
+            for image in contents
+        ]
         return {"pixel_values": np.stack([steps(image) for image in images])}
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,8 +276,9 @@ class AudioPreprocessor:
         try:
             tensors = load_file(str(path))
         except SafetensorError as error:
-            raise ExportFileError(f"{path}: not a readable safetensors file ({one_line(error)}); "
-                                  f"{WITH_BACKBONES}") from error
+            raise ExportFileError(
+                f"{path}: not a readable safetensors file ({one_line(error)}); {WITH_BACKBONES}"
+            ) from error
         missing = [name for name in ("mel_filters", "window") if name not in tensors]
         if missing:
             raise ExportFileError(f"{path}: no {' or '.join(missing)} tensor; {WITH_BACKBONES}")
@@ -281,8 +298,9 @@ class AudioPreprocessor:
         starts = np.arange(count)[:, None] * self.hop_length
         frames = wave[starts + np.arange(self.frame_length)[None, :]]
         frames = frames - frames.mean(axis=1, keepdims=True)
-        frames = np.concatenate([frames[:, :1] * (1 - self.preemphasis),
-                                 frames[:, 1:] - self.preemphasis * frames[:, :-1]], axis=1)
+        frames = np.concatenate(
+            [frames[:, :1] * (1 - self.preemphasis), frames[:, 1:] - self.preemphasis * frames[:, :-1]], axis=1
+        )
         frames = frames * self.window.astype(np.float64)
         # transformers keeps the spectrum in complex64 before taking its power; so does this.
         spectrum = np.fft.rfft(frames, n=self.fft_length, axis=1).astype(np.complex64)
@@ -307,16 +325,19 @@ class AudioPreprocessor:
         return {"input_values": _example_values((batch, self.max_length, self.mel_filters.shape[1]))}
 
 
-PREPROCESSORS: dict[str, type] = {p.modality: p for p in (TextPreprocessor, ImagePreprocessor, VideoPreprocessor,
-                                                          AudioPreprocessor)}
+PREPROCESSORS: dict[str, type] = {
+    p.modality: p for p in (TextPreprocessor, ImagePreprocessor, VideoPreprocessor, AudioPreprocessor)
+}
 _NEEDS_FOLDER = ("text", "audio")
 
 
 def save_preprocessing(folder: Path, preprocessors: dict[str, Preprocessor]) -> Path:
     """Write `preprocessing.json` (the settings of every modality's preprocessor) into `folder`."""
     path = Path(folder) / PREPROCESSING_FILE
-    document = {"format_version": FORMAT_VERSION,
-                "modalities": {modality: p.to_dict() for modality, p in preprocessors.items()}}
+    document = {
+        "format_version": FORMAT_VERSION,
+        "modalities": {modality: p.to_dict() for modality, p in preprocessors.items()},
+    }
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
 

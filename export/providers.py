@@ -5,6 +5,7 @@ asked for it on a machine without one logs an error and falls back to the CPU. S
 asked for only when onnxruntime offers it *and* the CUDA driver reports a device, checked
 through the driver library itself (ctypes), so that the serving side stays free of PyTorch.
 """
+
 from __future__ import annotations
 
 import ctypes

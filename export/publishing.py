@@ -19,6 +19,7 @@ and that folder is the previous export, complete: rename it back to DIR (or expo
 DIR is replaced only when it holds nothing but files an export writes, so a mistyped `--out`
 never deletes anything else.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,9 +41,21 @@ from crossan.zoo.core.errors import ConfigError, UserError
 
 __all__ = ["EXPORT_FILES", "is_export_file", "check_replaceable", "publish", "staged_export"]
 
-EXPORT_FILES = frozenset({ITEM_ENCODER_FILE, USER_ENCODER_FILE, "item_encoder.pt", "user_encoder.pt", TABLE_FILE,
-                          REPORT_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, AUDIO_FILTERS_FILE, INDEX_FILE,
-                          SIDECAR_FILE})
+EXPORT_FILES = frozenset(
+    {
+        ITEM_ENCODER_FILE,
+        USER_ENCODER_FILE,
+        "item_encoder.pt",
+        "user_encoder.pt",
+        TABLE_FILE,
+        REPORT_FILE,
+        PREPROCESSING_FILE,
+        TOKENIZER_FILE,
+        AUDIO_FILTERS_FILE,
+        INDEX_FILE,
+        SIDECAR_FILE,
+    }
+)
 BACKBONE_FILE = re.compile(r"[a-z]+_backbone\.onnx")
 FOLDER_MODE = 0o755
 """An export folder is meant to be read by serving processes of other users (mkdtemp makes it private)."""
@@ -57,14 +70,21 @@ def check_replaceable(out_dir: Path) -> None:
     """Raise `ConfigError` unless `out_dir` is free or an export folder: a file there, or a folder
     holding anything an export does not write (a mistyped `--out`), is never replaced."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir}: a file is there, not a folder; the export writes a folder "
-                          f"(give --out a new folder or an earlier export)")
+        raise ConfigError(
+            f"{out_dir}: a file is there, not a folder; the export writes a folder "
+            f"(give --out a new folder or an earlier export)"
+        )
     if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir()
-                         if not p.name.startswith(".") and not (p.is_file() and is_export_file(p.name)))
+        foreign = sorted(
+            p.name
+            for p in out_dir.iterdir()
+            if not p.name.startswith(".") and not (p.is_file() and is_export_file(p.name))
+        )
         if foreign:
-            raise ConfigError(f"{out_dir} holds {describe(foreign, 5)}, which no export writes: not replacing it "
-                              f"(give --out a new folder or an earlier export)")
+            raise ConfigError(
+                f"{out_dir} holds {describe(foreign, 5)}, which no export writes: not replacing it "
+                f"(give --out a new folder or an earlier export)"
+            )
 
 
 def _sync_folder(folder: Path) -> None:
@@ -123,8 +143,10 @@ def staged_export(out_dir: Path) -> Iterator[Path]:
     except OSError as error:
         if isinstance(error, UserError):
             raise
-        raise ExportWriteError(f"the export to {out_dir} failed ({error}); "
-                               f"{'it is unchanged' if out_dir.exists() else 'nothing was written there'}") from error
+        raise ExportWriteError(
+            f"the export to {out_dir} failed ({error}); "
+            f"{'it is unchanged' if out_dir.exists() else 'nothing was written there'}"
+        ) from error
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

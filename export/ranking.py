@@ -5,6 +5,7 @@ NaN and infinite scores have no order, so they stop the ranking with `NonFiniteS
 instead of being left out of it. NumPy only (the zoo's data set module it takes `PAD` from loads no
 PyTorch), so that serving runs without PyTorch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,8 +31,8 @@ def history_window(histories: Sequence[np.ndarray], length: int) -> tuple[np.nda
     for i, history in enumerate(histories):
         tail = np.asarray(history, dtype=np.int64)[-length:]
         if len(tail):
-            rows[i, length - len(tail):] = tail - 1
-            padding_mask[i, length - len(tail):] = False
+            rows[i, length - len(tail) :] = tail - 1
+            padding_mask[i, length - len(tail) :] = False
     return rows, padding_mask
 
 
@@ -41,8 +42,9 @@ def non_finite_rows(values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
 
 
-def check_finite_scores(scores: np.ndarray, item_names: Sequence[str] | None = None,
-                        users: Sequence[int] | None = None) -> None:
+def check_finite_scores(
+    scores: np.ndarray, item_names: Sequence[str] | None = None, users: Sequence[int] | None = None
+) -> None:
     """Raise `NonFiniteScoreError` naming the users (rows of `scores [B, N]`: positions in the
     batch, or `users[row]`) and the items (columns: `item_names[column]`, else the catalogue row)
     of every NaN or infinite score."""
@@ -53,13 +55,20 @@ def check_finite_scores(scores: np.ndarray, item_names: Sequence[str] | None = N
     columns = np.flatnonzero(~finite.all(axis=0)).tolist()
     named_users = [users[row] for row in rows] if users is not None else rows
     named_items = [item_names[c] for c in columns] if item_names is not None else [f"row {c}" for c in columns]
-    raise NonFiniteScoreError(f"NaN or infinite scores for user(s) {describe(named_users)} (positions in the batch) "
-                              f"and item(s) {describe(named_items)}: the embeddings are not finite or their dot "
-                              f"products overflow float32; nothing was ranked")
+    raise NonFiniteScoreError(
+        f"NaN or infinite scores for user(s) {describe(named_users)} (positions in the batch) "
+        f"and item(s) {describe(named_items)}: the embeddings are not finite or their dot "
+        f"products overflow float32; nothing was ranked"
+    )
 
 
-def top_k_rows(user_vectors: np.ndarray, item_table: np.ndarray, histories: Sequence[np.ndarray],
-               k: int, item_names: Sequence[str] | None = None) -> list[np.ndarray]:
+def top_k_rows(
+    user_vectors: np.ndarray,
+    item_table: np.ndarray,
+    histories: Sequence[np.ndarray],
+    k: int,
+    item_names: Sequence[str] | None = None,
+) -> list[np.ndarray]:
     """Per user, the `k` best catalogue rows by dot product, best first, none from the history.
 
     Ties keep catalogue order (stable sort), so two runtimes that agree on the scores agree

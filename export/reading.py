@@ -6,6 +6,7 @@ foreign one raises `ExportFileError`, as does a file whose size or sha256 differ
 export recorded in `validation.json` (`RECORDS_KEY`). Exports without such a record (older ones,
 or folders assembled by hand) are read without that check. Torch-free, like the rest of serving.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,22 @@ from crossan.export.errors import ExportFileError
 from crossan.export.spec import SPEC_METADATA_KEY, ExportSpec
 from crossan.zoo.core.errors import MissingFileError
 
-__all__ = ["REPORT_FILE", "RECORDS_KEY", "REEXPORT", "PARTIAL", "OLD", "describe", "one_line", "require_file",
-           "read_json", "file_record", "read_records", "check_records", "open_session", "missing_folder_error"]
+__all__ = [
+    "REPORT_FILE",
+    "RECORDS_KEY",
+    "REEXPORT",
+    "PARTIAL",
+    "OLD",
+    "describe",
+    "one_line",
+    "require_file",
+    "read_json",
+    "file_record",
+    "read_records",
+    "check_records",
+    "open_session",
+    "missing_folder_error",
+]
 
 REPORT_FILE = "validation.json"
 RECORDS_KEY = "file_hashes"
@@ -32,8 +47,14 @@ PARTIAL = ".partial-"
 OLD = ".old-"
 """Infixes of the hidden folders beside an export folder DIR: `.DIR.partial-*` is an export being
 written (or one whose process was killed), `.DIR.old-*` the previous export while it is swapped out."""
-UNREADABLE_MODEL = (ort_state.InvalidProtobuf, ort_state.InvalidArgument, ort_state.InvalidGraph,
-                    ort_state.NoModel, ort_state.Fail, ort_state.NotImplemented)
+UNREADABLE_MODEL = (
+    ort_state.InvalidProtobuf,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.NoModel,
+    ort_state.Fail,
+    ort_state.NotImplemented,
+)
 """What onnxruntime raises for a file that is not a model it can load (all plain `Exception`s)."""
 HASH_BLOCK = 1 << 24
 
@@ -85,8 +106,9 @@ def read_records(export_dir: Path) -> dict[str, dict[str, Any]]:
     report = read_json(path)
     records = report.get(RECORDS_KEY, {}) if isinstance(report, dict) else None
     if not isinstance(records, dict) or not all(
-            isinstance(r, dict) and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256"), str)
-            for r in records.values()):
+        isinstance(r, dict) and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256"), str)
+        for r in records.values()
+    ):
         raise ExportFileError(f"{path}: {RECORDS_KEY!r} is not a map of file name to bytes and sha256; {REEXPORT}")
     return records
 
@@ -102,12 +124,15 @@ def check_records(export_dir: Path, records: Mapping[str, Mapping[str, Any]], na
         recorded, found = records[name], file_record(path)
         for key in ("bytes", "sha256"):
             if found[key] != recorded[key]:
-                raise ExportFileError(f"{path}: {key} {found[key]}, but {REPORT_FILE} records {recorded[key]}: "
-                                      f"the file changed after the export; {REEXPORT}")
+                raise ExportFileError(
+                    f"{path}: {key} {found[key]}, but {REPORT_FILE} records {recorded[key]}: "
+                    f"the file changed after the export; {REEXPORT}"
+                )
 
 
-def open_session(path: Path, providers: Sequence[str | tuple[str, dict[str, str]]], name: str
-                 ) -> tuple[ort.InferenceSession, ExportSpec]:
+def open_session(
+    path: Path, providers: Sequence[str | tuple[str, dict[str, str]]], name: str
+) -> tuple[ort.InferenceSession, ExportSpec]:
     """An onnxruntime session of the exported graph `name` at `path`, with the spec it carries.
 
     A missing, empty or unloadable file, one without an export spec, or one holding another
@@ -121,8 +146,10 @@ def open_session(path: Path, providers: Sequence[str | tuple[str, dict[str, str]
     try:
         spec = ExportSpec.from_json(metadata)
     except (TypeError, KeyError, ValueError, AttributeError) as error:
-        raise ExportFileError(f"{path}: no readable export spec in its {SPEC_METADATA_KEY!r} metadata, so not "
-                              f"written by `python -m crossan.export`; {REEXPORT}") from error
+        raise ExportFileError(
+            f"{path}: no readable export spec in its {SPEC_METADATA_KEY!r} metadata, so not "
+            f"written by `python -m crossan.export`; {REEXPORT}"
+        ) from error
     if spec.name != name:
         raise ExportFileError(f"{path}: holds the {spec.name} graph, not the {name}; {REEXPORT}")
     return session, spec
@@ -133,8 +160,12 @@ def missing_folder_error(export_dir: Path) -> MissingFileError:
     swap was cut off between its two renames (`.DIR.old-*` beside it, see `crossan.export.publishing`)."""
     left = sorted(export_dir.parent.glob(f".{export_dir.name}{OLD}*")) if export_dir.parent.is_dir() else []
     if left:
-        return MissingFileError(f"{export_dir}: missing, but {left[-1].name} beside it holds the previous export "
-                                f"(an export was stopped while swapping it in): rename it to {export_dir.name}, "
-                                f"or {REEXPORT}")
-    return MissingFileError(f"{export_dir}: no export folder there; write one with "
-                            f"`python -m crossan.export --run <run> --out {export_dir}`")
+        return MissingFileError(
+            f"{export_dir}: missing, but {left[-1].name} beside it holds the previous export "
+            f"(an export was stopped while swapping it in): rename it to {export_dir.name}, "
+            f"or {REEXPORT}"
+        )
+    return MissingFileError(
+        f"{export_dir}: no export folder there; write one with "
+        f"`python -m crossan.export --run <run> --out {export_dir}`"
+    )

@@ -9,6 +9,7 @@ Imports only NumPy, onnxruntime, safetensors, faiss, and for new items `tokenize
 PyAV, never PyTorch, transformers or the model code, so a serving process stays small
 (tests/test_serving_imports.py checks it).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,10 @@ class UnknownItemError(ValueError):
 
     def __init__(self, unknown: list[str], num_items: int) -> None:
         shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        super().__init__(f"{len(unknown)} unknown item id(s): {shown} (the item table has {num_items} items; "
-                         f"embed new items with item_encoder.onnx and re-export the table)")
+        super().__init__(
+            f"{len(unknown)} unknown item id(s): {shown} (the item table has {num_items} items; "
+            f"embed new items with item_encoder.onnx and re-export the table)"
+        )
         self.unknown = unknown
 
 
@@ -66,8 +69,9 @@ def _check_item_ids(item_ids: object, what: str) -> None:
 def _check_histories(histories: object) -> None:
     """`histories` must be a list or tuple of histories, each a list or tuple of item ids (str)."""
     if not isinstance(histories, LIST_TYPES):
-        raise TypeError(f"histories must be a list of histories (lists of item ids, str), "
-                        f"got {type(histories).__name__}")
+        raise TypeError(
+            f"histories must be a list of histories (lists of item ids, str), got {type(histories).__name__}"
+        )
     for i, history in enumerate(histories):
         _check_item_ids(history, f"history {i}")
 
@@ -78,8 +82,10 @@ def _check_content(content: object) -> None:
         raise TypeError(f"content must map each modality to a list of sources, got {type(content).__name__}")
     for modality, sources in content.items():
         if not isinstance(sources, LIST_TYPES):
-            raise TypeError(f"content[{modality!r}] must be a list of sources (a title or a path per item), "
-                            f"got {type(sources).__name__}")
+            raise TypeError(
+                f"content[{modality!r}] must be a list of sources (a title or a path per item), "
+                f"got {type(sources).__name__}"
+            )
         wrong = next((s for s in sources if not isinstance(s, (str, os.PathLike))), None)
         if wrong is not None:
             raise TypeError(f"content[{modality!r}]: sources are str or paths, got {wrong!r} ({type(wrong).__name__})")
@@ -109,9 +115,13 @@ class OnnxRecommender:
     does not grow with the catalogue the way a full scan does.
     """
 
-    def __init__(self, export_dir: str | Path, providers: Sequence[str] | None = None,
-                 index: Literal["exact", "faiss"] = "exact",
-                 index_parameters: IndexParameters | None = None) -> None:
+    def __init__(
+        self,
+        export_dir: str | Path,
+        providers: Sequence[str] | None = None,
+        index: Literal["exact", "faiss"] = "exact",
+        index_parameters: IndexParameters | None = None,
+    ) -> None:
         if index not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(map(repr, INDEX_KINDS))}, got {index!r}")
         if index_parameters is not None and index != "faiss":
@@ -123,8 +133,9 @@ class OnnxRecommender:
         self._requested_providers = list(providers or execution_providers())
         self._content: ContentEncoder | None = None
         check_records(export_dir, read_records(export_dir), [USER_ENCODER_FILE])
-        self.session, self.spec = open_session(export_dir / USER_ENCODER_FILE, self._requested_providers,
-                                               "user_encoder")
+        self.session, self.spec = open_session(
+            export_dir / USER_ENCODER_FILE, self._requested_providers, "user_encoder"
+        )
         max_len = self.spec.max_sizes.get("length")
         if not isinstance(max_len, int) or max_len < 1:
             raise ExportFileError(f"{export_dir / USER_ENCODER_FILE}: its spec bounds no history length; {REEXPORT}")
@@ -133,17 +144,20 @@ class OnnxRecommender:
         self._check_width()
         self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
         self.index_parameters = index_parameters or HnswParameters()
-        self.ann_index = (open_index(export_dir / TABLE_FILE, self.item_table, self.index_parameters)
-                          if index == "faiss" else None)
+        self.ann_index = (
+            open_index(export_dir / TABLE_FILE, self.item_table, self.index_parameters) if index == "faiss" else None
+        )
 
     def _check_width(self) -> None:
         """The table's embeddings must be as wide as the user encoder's input: two files of
         different exports (or models) must not be ranked together."""
         width = self.session.get_inputs()[0].shape[-1]
         if isinstance(width, int) and width != self.item_table.shape[1]:
-            raise ExportFileError(f"{self.export_dir / TABLE_FILE}: embeddings are {self.item_table.shape[1]} wide, "
-                                  f"{USER_ENCODER_FILE} takes {width}: the files come from different exports; "
-                                  f"{REEXPORT}")
+            raise ExportFileError(
+                f"{self.export_dir / TABLE_FILE}: embeddings are {self.item_table.shape[1]} wide, "
+                f"{USER_ENCODER_FILE} takes {width}: the files come from different exports; "
+                f"{REEXPORT}"
+            )
 
     @property
     def providers(self) -> list[str]:
@@ -153,8 +167,9 @@ class OnnxRecommender:
             used.update(self._content.providers)
         return sorted(used)
 
-    def add_items(self, item_ids: Sequence[str], content: Mapping[str, Sequence[str | Path]],
-                  save: bool = False) -> np.ndarray:
+    def add_items(
+        self, item_ids: Sequence[str], content: Mapping[str, Sequence[str | Path]], save: bool = False
+    ) -> np.ndarray:
         """Embed new items from their raw content and add them to the ranking; returns their
         embeddings `[len(item_ids), D]`.
 
@@ -171,9 +186,14 @@ class OnnxRecommender:
         repeated = sorted(item for item, count in Counter(item_ids).items() if count > 1)
         known = sorted(item for item in set(item_ids) if item in self._index)
         if repeated or known:
-            raise ValueError("item ids must be new and distinct: "
-                             + (f"repeated {', '.join(repeated[:10])}" if repeated
-                                else f"already in the table: {', '.join(known[:10])}"))
+            raise ValueError(
+                "item ids must be new and distinct: "
+                + (
+                    f"repeated {', '.join(repeated[:10])}"
+                    if repeated
+                    else f"already in the table: {', '.join(known[:10])}"
+                )
+            )
         if self._content is None:
             self._content = ContentEncoder(self.export_dir, self._requested_providers)
         lengths = {m: len(sources) for m, sources in content.items()}
@@ -188,8 +208,12 @@ class OnnxRecommender:
         if self.ann_index is not None:
             self.ann_index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
         if save:
-            table_path = save_item_table(self.export_dir / TABLE_FILE, self.item_table, self.item_ids,
-                                         source=f"{TABLE_FILE} with {len(item_ids)} item(s) added from raw content")
+            table_path = save_item_table(
+                self.export_dir / TABLE_FILE,
+                self.item_table,
+                self.item_ids,
+                source=f"{TABLE_FILE} with {len(item_ids)} item(s) added from raw content",
+            )
             if self.ann_index is not None:
                 save_index(table_path, self.item_table, self.ann_index, self.index_parameters)
         return embeddings
@@ -197,13 +221,17 @@ class OnnxRecommender:
     def _check_new_embeddings(self, item_ids: list[str], embeddings: np.ndarray) -> None:
         """New items join the table only with embeddings of its width and finite values."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.item_table.shape[1]:
-            raise ExportFileError(f"{self.export_dir / ITEM_ENCODER_FILE}: gives embeddings of shape "
-                                  f"{list(embeddings.shape)}, the table's are {self.item_table.shape[1]} wide: the "
-                                  f"files come from different exports; {REEXPORT}")
+            raise ExportFileError(
+                f"{self.export_dir / ITEM_ENCODER_FILE}: gives embeddings of shape "
+                f"{list(embeddings.shape)}, the table's are {self.item_table.shape[1]} wide: the "
+                f"files come from different exports; {REEXPORT}"
+            )
         bad = non_finite_rows(embeddings)
         if len(bad):
-            raise NonFiniteScoreError(f"{ITEM_ENCODER_FILE} gives NaN or infinite embeddings for new item(s) "
-                                      f"{describe([item_ids[row] for row in bad])}; none was added")
+            raise NonFiniteScoreError(
+                f"{ITEM_ENCODER_FILE} gives NaN or infinite embeddings for new item(s) "
+                f"{describe([item_ids[row] for row in bad])}; none was added"
+            )
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[str]]:
         """For each history (item ids, oldest first), the `k` best item ids not in it, best first.
@@ -224,13 +252,16 @@ class OnnxRecommender:
         indices = [np.array([self._index[item] for item in history], dtype=np.int64) for history in histories]
         rows, padding_mask = history_window(indices, self.max_len)
         embeddings_name, mask_name = self.spec.input_names
-        (user_vectors,) = self.session.run(list(self.spec.output_names), {
-            embeddings_name: self.item_table[rows], mask_name: padding_mask})
+        (user_vectors,) = self.session.run(
+            list(self.spec.output_names), {embeddings_name: self.item_table[rows], mask_name: padding_mask}
+        )
         bad = non_finite_rows(user_vectors)
         if len(bad):
-            raise NonFiniteScoreError(f"{self.export_dir / USER_ENCODER_FILE} gives NaN or infinite user embeddings "
-                                      f"for histories {describe(bad.tolist())} (positions in the request); "
-                                      f"nothing was ranked")
+            raise NonFiniteScoreError(
+                f"{self.export_dir / USER_ENCODER_FILE} gives NaN or infinite user embeddings "
+                f"for histories {describe(bad.tolist())} (positions in the request); "
+                f"nothing was ranked"
+            )
         if self.ann_index is None:
             ranked = top_k_rows(user_vectors, self.item_table, indices, k, self.item_ids)
         else:

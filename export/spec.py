@@ -2,6 +2,7 @@
 
 Torch-free: the serving helper reads the spec an ONNX file carries in its metadata.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from crossan.zoo.models.recommender import Recommender
 
-__all__ = ["DEFAULT_OPSET", "SPEC_METADATA_KEY", "TOLERANCE", "ExportSpec", "item_encoder_spec",
-           "user_encoder_spec"]
+__all__ = ["DEFAULT_OPSET", "SPEC_METADATA_KEY", "TOLERANCE", "ExportSpec", "item_encoder_spec", "user_encoder_spec"]
 
 DEFAULT_OPSET = 18
 SPEC_METADATA_KEY = "crossan.export_spec"
@@ -51,13 +51,18 @@ class ExportSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, text: str) -> "ExportSpec":
+    def from_json(cls, text: str) -> ExportSpec:
         """Inverse of `json.dumps(spec.to_dict())` (JSON turns axis indices into strings)."""
         values = json.loads(text)
-        return cls(name=values["name"], input_names=tuple(values["input_names"]),
-                   output_names=tuple(values["output_names"]),
-                   dynamic_axes={k: {int(a): n for a, n in axes.items()} for k, axes in values["dynamic_axes"].items()},
-                   max_sizes=values["max_sizes"], tolerance=values["tolerance"], opset=values["opset"])
+        return cls(
+            name=values["name"],
+            input_names=tuple(values["input_names"]),
+            output_names=tuple(values["output_names"]),
+            dynamic_axes={k: {int(a): n for a, n in axes.items()} for k, axes in values["dynamic_axes"].items()},
+            max_sizes=values["max_sizes"],
+            tolerance=values["tolerance"],
+            opset=values["opset"],
+        )
 
 
 def item_encoder_spec(model: Recommender, opset: int = DEFAULT_OPSET) -> ExportSpec:
@@ -69,7 +74,16 @@ def item_encoder_spec(model: Recommender, opset: int = DEFAULT_OPSET) -> ExportS
 
 def user_encoder_spec(model: Recommender, opset: int = DEFAULT_OPSET) -> ExportSpec:
     """`item_embeddings [B, T, D]`, `padding_mask [B, T]` -> `user_embedding [B, D]`, T <= max_seq_len."""
-    axes = {"item_embeddings": {0: "batch", 1: "length"}, "padding_mask": {0: "batch", 1: "length"},
-            "user_embedding": {0: "batch"}}
-    return ExportSpec("user_encoder", ("item_embeddings", "padding_mask"), ("user_embedding",), axes,
-                      max_sizes={"length": model.config.max_seq_len}, opset=opset)
+    axes = {
+        "item_embeddings": {0: "batch", 1: "length"},
+        "padding_mask": {0: "batch", 1: "length"},
+        "user_embedding": {0: "batch"},
+    }
+    return ExportSpec(
+        "user_encoder",
+        ("item_embeddings", "padding_mask"),
+        ("user_embedding",),
+        axes,
+        max_sizes={"length": model.config.max_seq_len},
+        opset=opset,
+    )

@@ -11,6 +11,7 @@ The traced module is then frozen (`torch.jit.freeze`): the wrappers hold the who
 freezing keeps only the parameters the traced graph uses (the user encoder shrinks from the
 size of the model to that of SASRec).
 """
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """The two halves of a recommender as stand-alone modules, the units that get exported."""
+
 from __future__ import annotations
 
 import torch

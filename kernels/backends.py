@@ -4,6 +4,7 @@ Configs and layers check a backend name when they are built; importing the kerne
 that would load Triton (seconds, and a compiler) in every process that only builds a config,
 lists the models or prints `--help`. The kernel is imported when a side network first runs it.
 """
+
 from __future__ import annotations
 
 __all__ = ["BACKENDS"]

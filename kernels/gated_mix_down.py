@@ -79,18 +79,43 @@ def _interpreter_enabled() -> bool:
 
 
 def _gated_mix_down_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton types the pointers, sizes, constexprs
-    states_ptr, previous_ptr, mixing_ptr, pattern_ptr, w_ptr, b_ptr, x_ptr, h_ptr,
-    n_rows, width, rank,
-    stride_sm, stride_sn, stride_sw,
-    stride_zt, stride_zn, stride_zw,
-    stride_gt, stride_gs,
-    stride_wt, stride_wi, stride_wr,
-    stride_bt, stride_br,
-    stride_xt, stride_xn, stride_xw,
-    stride_ht, stride_hn, stride_hr,
-    NUM_MODALITIES: tl.constexpr, NUM_TOWERS: tl.constexpr, HAS_PREVIOUS: tl.constexpr,
+    states_ptr,
+    previous_ptr,
+    mixing_ptr,
+    pattern_ptr,
+    w_ptr,
+    b_ptr,
+    x_ptr,
+    h_ptr,
+    n_rows,
+    width,
+    rank,
+    stride_sm,
+    stride_sn,
+    stride_sw,
+    stride_zt,
+    stride_zn,
+    stride_zw,
+    stride_gt,
+    stride_gs,
+    stride_wt,
+    stride_wi,
+    stride_wr,
+    stride_bt,
+    stride_br,
+    stride_xt,
+    stride_xn,
+    stride_xw,
+    stride_ht,
+    stride_hn,
+    stride_hr,
+    NUM_MODALITIES: tl.constexpr,
+    NUM_TOWERS: tl.constexpr,
+    HAS_PREVIOUS: tl.constexpr,
     ACTIVATION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     """One [BLOCK_N, BLOCK_R] tile of h[tower]; programs with pid_r == 0 also write their rows of x."""
     # Axis 0 runs fastest, so the programs sharing a row block of one tower are adjacent and
@@ -151,18 +176,45 @@ def _gated_mix_down_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton types 
 
 
 def _gated_mix_down_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton types the pointers, sizes, constexprs
-    grad_pre_ptr, w_ptr, grad_x_ptr, states_ptr, previous_ptr, pattern_ptr, g_ptr, partial_ptr,
-    n_rows, width, rank, num_partials,
-    stride_pt, stride_pn, stride_pr,
-    stride_wt, stride_wi, stride_wr,
-    stride_xt, stride_xn, stride_xw,
-    stride_sm, stride_sn, stride_sw,
-    stride_zt, stride_zn, stride_zw,
-    stride_gt, stride_gs,
-    stride_ot, stride_on, stride_ow,
-    NUM_MODALITIES: tl.constexpr, NUM_TOWERS: tl.constexpr,
-    HAS_GRAD_X: tl.constexpr, HAS_PREVIOUS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr,
+    grad_pre_ptr,
+    w_ptr,
+    grad_x_ptr,
+    states_ptr,
+    previous_ptr,
+    pattern_ptr,
+    g_ptr,
+    partial_ptr,
+    n_rows,
+    width,
+    rank,
+    num_partials,
+    stride_pt,
+    stride_pn,
+    stride_pr,
+    stride_wt,
+    stride_wi,
+    stride_wr,
+    stride_xt,
+    stride_xn,
+    stride_xw,
+    stride_sm,
+    stride_sn,
+    stride_sw,
+    stride_zt,
+    stride_zn,
+    stride_zw,
+    stride_gt,
+    stride_gs,
+    stride_ot,
+    stride_on,
+    stride_ow,
+    NUM_MODALITIES: tl.constexpr,
+    NUM_TOWERS: tl.constexpr,
+    HAS_GRAD_X: tl.constexpr,
+    HAS_PREVIOUS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """One [BLOCK_N, BLOCK_W] tile of g[tower] = grad_pre[tower] @ w_down[tower]^T + grad_x[tower].
 
@@ -297,7 +349,8 @@ def _build_kernels(interpret: bool) -> _Kernels:
     prune = None if interpret else {"early_config_prune": _keep_full_r_tiles}
     key = ["width", "rank", "NUM_MODALITIES", "NUM_TOWERS", "HAS_PREVIOUS"]
     forward = triton.autotune(configs=forward_configs, key=key, prune_configs_by=prune)(
-        triton.jit(_gated_mix_down_fwd_kernel))
+        triton.jit(_gated_mix_down_fwd_kernel)
+    )
     backward = triton.autotune(configs=backward_configs, key=key, reset_to_zero=["partial_ptr"])(
         triton.jit(_gated_mix_down_bwd_kernel)
     )
@@ -324,8 +377,13 @@ def _source_args(states: torch.Tensor, previous: torch.Tensor | None) -> tuple[t
 
 
 def _launch_forward(
-    states: torch.Tensor, previous: torch.Tensor | None, weights: torch.Tensor, used: torch.Tensor,
-    w_down: torch.Tensor, b_down: torch.Tensor, activation: str,
+    states: torch.Tensor,
+    previous: torch.Tensor | None,
+    weights: torch.Tensor,
+    used: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    activation: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the forward kernel; weights [T, M + T] fp32 and used [T, M + T] int32 share strides."""
     num_modalities, n_rows, width = states.shape
@@ -341,8 +399,17 @@ def _launch_forward(
 
     with _device_guard(states):
         _kernels().forward[grid](
-            states, previous_arg, weights, used, w_down, b_down, x, h,
-            n_rows, width, rank,
+            states,
+            previous_arg,
+            weights,
+            used,
+            w_down,
+            b_down,
+            x,
+            h,
+            n_rows,
+            width,
+            rank,
             *states.stride(),
             *previous_strides,
             *weights.stride(),
@@ -359,8 +426,12 @@ def _launch_forward(
 
 
 def _launch_backward(
-    grad_pre: torch.Tensor, w_down: torch.Tensor, grad_x: torch.Tensor | None, states: torch.Tensor,
-    previous: torch.Tensor | None, used: torch.Tensor,
+    grad_pre: torch.Tensor,
+    w_down: torch.Tensor,
+    grad_x: torch.Tensor | None,
+    states: torch.Tensor,
+    previous: torch.Tensor | None,
+    used: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the backward kernel; returns g [T, N, W] fp32 (the gradient of x, through the
     down-projection and the residual) and d [T, M + T] fp32 with d[t, j] = sum(g[t] * source_j)."""
@@ -375,8 +446,7 @@ def _launch_backward(
     # The program count depends on the tile the autotuner picks, so size the partial-sum
     # buffer for the smallest tile and zero it: slots no program writes add nothing.
     num_partials = max(
-        triton.cdiv(n_rows, cfg.kwargs["BLOCK_N"]) * triton.cdiv(width, cfg.kwargs["BLOCK_W"])
-        for cfg in kernel.configs
+        triton.cdiv(n_rows, cfg.kwargs["BLOCK_N"]) * triton.cdiv(width, cfg.kwargs["BLOCK_W"]) for cfg in kernel.configs
     )
     partials = torch.zeros((num_towers, sources, num_partials), dtype=torch.float32, device=states.device)
     # Stand-ins for absent tensors are never read (HAS_GRAD_X / HAS_PREVIOUS).
@@ -388,8 +458,18 @@ def _launch_backward(
 
     with _device_guard(states):
         kernel[grid](
-            grad_pre, w_down, grad_x_arg, states, previous_arg, used, g, partials,
-            n_rows, width, rank, num_partials,
+            grad_pre,
+            w_down,
+            grad_x_arg,
+            states,
+            previous_arg,
+            used,
+            g,
+            partials,
+            n_rows,
+            width,
+            rank,
+            num_partials,
             *grad_pre.stride(),
             *w_down.stride(),
             *grad_x_strides,
@@ -436,16 +516,14 @@ class _GatedMixDownFunction(torch.autograd.Function):
         weights = effective_mixing(mixing.detach(), pattern, torch.float32).contiguous()
         used = torch.ones_like(weights, dtype=torch.int32) if pattern is None else pattern.to(torch.int32).contiguous()
         x, h = _launch_forward(states, previous, weights, used, w_down, b_down, activation)
-        ctx.save_for_backward(states, previous, weights, used, w_down, b_down, x,
-                              h if activation == "relu" else None)
+        ctx.save_for_backward(states, previous, weights, used, w_down, b_down, x, h if activation == "relu" else None)
         ctx.activation = activation
         ctx.mixing_dtype = mixing.dtype
         ctx.set_materialize_grads(False)
         return x, h
 
     @staticmethod
-    def backward(ctx: Any, grad_x: torch.Tensor | None, grad_h: torch.Tensor | None
-                 ) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_x: torch.Tensor | None, grad_h: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         states, previous, weights, used, w_down, b_down, x, h = ctx.saved_tensors
         states_need_grad, previous_need_grad, mixing_need_grad, w_need_grad, b_need_grad = ctx.needs_input_grad[:5]
 

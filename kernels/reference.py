@@ -25,8 +25,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ACTIVATIONS", "MixDownInputs", "gated_mix_down_reference", "mix_down_prepared", "prepare_inputs",
-           "effective_mixing", "mix_down_reference"]
+__all__ = [
+    "ACTIVATIONS",
+    "MixDownInputs",
+    "gated_mix_down_reference",
+    "mix_down_prepared",
+    "prepare_inputs",
+    "effective_mixing",
+    "mix_down_reference",
+]
 
 ACTIVATIONS = ("relu", "gelu")
 
@@ -69,8 +76,10 @@ def prepare_inputs(
         raise ValueError(f"states must be [M, N, W] with M, W >= 1, got shape {tuple(states.shape)}")
     num_modalities, rows, width = states.shape
     if w_down.dim() != 3 or w_down.shape[1] != width or min(w_down.shape[0], w_down.shape[2]) < 1:
-        raise ValueError(f"w_down must be [T, W, r] with W = {width} (the [in, out] layout, i.e. "
-                         f"adapter down weights transposed), got {tuple(w_down.shape)}")
+        raise ValueError(
+            f"w_down must be [T, W, r] with W = {width} (the [in, out] layout, i.e. "
+            f"adapter down weights transposed), got {tuple(w_down.shape)}"
+        )
     num_towers, _, rank = w_down.shape
     if b_down.shape != (num_towers, rank):
         raise ValueError(f"b_down must be [T, r] = [{num_towers}, {rank}] to match w_down, got {tuple(b_down.shape)}")
@@ -80,14 +89,18 @@ def prepare_inputs(
     if mixing.shape != (num_towers, sources):
         raise ValueError(f"mixing must be [T, M + T] = [{num_towers}, {sources}], got {tuple(mixing.shape)}")
     if pattern is not None and (pattern.shape != mixing.shape or pattern.dtype != torch.bool):
-        raise ValueError(f"pattern must be a bool tensor of the mixing shape {tuple(mixing.shape)}, "
-                         f"got {pattern.dtype} {tuple(pattern.shape)}")
+        raise ValueError(
+            f"pattern must be a bool tensor of the mixing shape {tuple(mixing.shape)}, "
+            f"got {pattern.dtype} {tuple(pattern.shape)}"
+        )
     if not states.is_floating_point() or not mixing.is_floating_point():
         raise ValueError(f"states and mixing must be floating point, got {states.dtype} and {mixing.dtype}")
     layer_tensors = [t for t in (states, previous, w_down, b_down) if t is not None]
     if len({t.dtype for t in layer_tensors}) != 1:
-        raise ValueError("states, previous, w_down and b_down must share one dtype, got "
-                         + ", ".join(str(t.dtype) for t in layer_tensors))
+        raise ValueError(
+            "states, previous, w_down and b_down must share one dtype, got "
+            + ", ".join(str(t.dtype) for t in layer_tensors)
+        )
     devices = {t.device for t in (*layer_tensors, mixing, *(() if pattern is None else (pattern,)))}
     if len(devices) != 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
@@ -100,9 +113,15 @@ def effective_mixing(mixing: torch.Tensor, pattern: torch.Tensor | None, dtype: 
     return mixing if pattern is None else mixing.masked_fill(~pattern, 0.0)
 
 
-def gated_mix_down_reference(states: torch.Tensor, previous: torch.Tensor | None, mixing: torch.Tensor,
-                             w_down: torch.Tensor, b_down: torch.Tensor, activation: str = "relu",
-                             pattern: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gated_mix_down_reference(
+    states: torch.Tensor,
+    previous: torch.Tensor | None,
+    mixing: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    activation: str = "relu",
+    pattern: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference `(x [T, N, W], h [T, N, r])` in plain torch ops; autograd flows through it.
 
     `previous=None` stands for outputs that are all zero (the first side layer). The mix runs
@@ -120,9 +139,15 @@ def mix_down_prepared(inputs: MixDownInputs, activation: str) -> tuple[torch.Ten
         return mix_down_reference(states, previous, mixing, w_down, b_down, activation, pattern)
 
 
-def mix_down_reference(states: torch.Tensor, previous: torch.Tensor | None, mixing: torch.Tensor,
-                       w_down: torch.Tensor, b_down: torch.Tensor, activation: str,
-                       pattern: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def mix_down_reference(
+    states: torch.Tensor,
+    previous: torch.Tensor | None,
+    mixing: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    activation: str,
+    pattern: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's arithmetic on checked inputs, outside autocast; TorchScript compiles it
     (the scripted side network runs it)."""
     num_modalities, rows, width = states.shape

@@ -1,5 +1,6 @@
 """Shared fixtures: one small toy data set, one feature cache, one toy-trained run and its
 exports (without and with backbones) per test session."""
+
 from __future__ import annotations
 
 import os
@@ -42,10 +43,27 @@ def toy_run(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFa
     """crossan-tiva trained for one epoch by train.py on the session's small toy data set (read
     as MicroLens) with the tiny random backbones, caching features in the session's cache."""
     run_dir = tmp_path_factory.mktemp("toy-run") / "run"
-    subprocess.run([sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens",
-                    "--data-root", str(toy_root), "--epochs", "1", "--run-dir", str(run_dir),
-                    "--cache-dir", str(cache_dir)], cwd=Path(__file__).resolve().parents[1], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--preset",
+            "crossan-tiva",
+            "--data",
+            "microlens",
+            "--data-root",
+            str(toy_root),
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(run_dir),
+            "--cache-dir",
+            str(cache_dir),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+    )
     return run_dir
 
 

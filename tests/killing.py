@@ -1,4 +1,5 @@
 """Killing real training processes (tests' helper): SIGKILL at a point read from their output."""
+
 from __future__ import annotations
 
 import os

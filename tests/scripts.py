@@ -1,6 +1,7 @@
 """Run a top-level script's `main` inside the test process, as its command line would: same
 arguments, same one-line errors and exit status, with stdout and stderr captured. This spares
 each call a new interpreter importing PyTorch and transformers (seconds each)."""
+
 from __future__ import annotations
 
 import contextlib

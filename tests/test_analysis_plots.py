@@ -1,4 +1,5 @@
 """The gate heatmap and the training curves: the numbers they show and the panels they draw."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,13 @@ def test_iisan_heatmap_shows_the_sigmoid_gates_and_the_inter_tower() -> None:
     mixing, towers, sources = create_model("iisan-e-tiva").gate_table()
     data = gate_heatmap_data(mixing, towers, sources)
     inputs = {t["tower"]: t["inputs"] for t in data["towers"]}
-    assert inputs == {"text": ["H", "T"], "image": ["H", "I"], "video": ["H", "V"], "audio": ["H", "A"],
-                      "inter": ["H:text", "H:image", "H:video", "H:audio", "inter"]}
+    assert inputs == {
+        "text": ["H", "T"],
+        "image": ["H", "I"],
+        "video": ["H", "V"],
+        "audio": ["H", "A"],
+        "inter": ["H:text", "H:image", "H:video", "H:audio", "inter"],
+    }
     for tower in data["towers"][:4]:  # intra towers: g on the state, 1 - g on the own previous output
         values = torch.tensor(tower["values"])
         assert values.sum(dim=1) == pytest.approx(torch.ones(len(values)), abs=1e-4)
@@ -69,8 +75,10 @@ def test_output_labels_use_initials_unless_they_would_be_ambiguous() -> None:
 
 
 def test_training_curves_mark_the_best_epoch(tmp_path: Path) -> None:
-    history = [{"epoch": e, "loss": 5.0 - e, "train_seconds": 1.0, "valid": {"NDCG@10": v, "HR@10": 2 * v}}
-               for e, v in zip(range(1, 6), (0.1, 0.2, 0.3, 0.25, 0.28))]
+    history = [
+        {"epoch": e, "loss": 5.0 - e, "train_seconds": 1.0, "valid": {"NDCG@10": v, "HR@10": 2 * v}}
+        for e, v in zip(range(1, 6), (0.1, 0.2, 0.3, 0.25, 0.28), strict=True)
+    ]
     figure = training_curves_figure(history, best_epoch=3)
     assert len(figure.axes) == 2
     loss_axes, metric_axes = figure.axes

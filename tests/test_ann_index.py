@@ -2,6 +2,7 @@
 returns history items, still returns k items when the history crowds the top, and its saved index
 is reused until the table or the build parameters change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,12 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from crossan.export.serve import OnnxRecommender
-from crossan.export.ann_index import (INDEX_FILE, SIDECAR_FILE, HnswParameters, IvfParameters, ann_top_k_rows, build_index,
-                              open_index, table_fingerprint)
+from crossan.export.ann_index import (
+    INDEX_FILE,
+    SIDECAR_FILE,
+    HnswParameters,
+    IvfParameters,
+    ann_top_k_rows,
+    build_index,
+    open_index,
+    table_fingerprint,
+)
 from crossan.export.item_table import TABLE_FILE, save_item_table
 from crossan.export.onnx_export import export_onnx
 from crossan.export.ranking import top_k_rows
+from crossan.export.serve import OnnxRecommender
 from crossan.export.spec import user_encoder_spec
 from crossan.export.wrappers import UserEncoder
 from crossan.zoo.models import build_model, preset_config
@@ -47,7 +56,7 @@ def no_history(count: int) -> list[np.ndarray]:
 
 
 def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth)]))
+    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +72,7 @@ def test_index_top_k_matches_exact(table: np.ndarray, kind: str) -> None:
     exact = top_k_rows(users, table, no_history(len(users)), K)
     assert all(len(rows) == K for rows in found)
     assert recall(found, exact) >= 0.95
-    assert np.mean([np.array_equal(f, e) for f, e in zip(found, exact)]) >= 0.8  # same order, too
+    assert np.mean([np.array_equal(f, e) for f, e in zip(found, exact, strict=True)]) >= 0.8  # same order, too
 
 
 def test_history_is_excluded_and_k_items_still_come_back(table: np.ndarray) -> None:
@@ -75,7 +84,9 @@ def test_history_is_excluded_and_k_items_still_come_back(table: np.ndarray) -> N
     index = build_index(table, GENEROUS["hnsw"])
     found = ann_top_k_rows(index, users, table, histories, K)
     exact = top_k_rows(users, table, histories, K)
-    assert all(len(rows) == K and not np.isin(rows, history - 1).any() for rows, history in zip(found, histories))
+    assert all(
+        len(rows) == K and not np.isin(rows, history - 1).any() for rows, history in zip(found, histories, strict=True)
+    )
     assert recall(found, exact) >= 0.95
 
 
@@ -87,7 +98,7 @@ def test_short_results_are_searched_again_until_k_or_the_catalogue_is_left() -> 
     users = queries(20, seed=5)
     histories = [np.arange(1, 396) if user % 2 else np.arange(1, 31) for user in range(20)]
     found = ann_top_k_rows(index, users, table, histories, K)
-    for rows, history in zip(found, histories):
+    for rows, history in zip(found, histories, strict=True):
         assert len(rows) == min(K, 400 - len(history)) and not np.isin(rows, history - 1).any()
     exact = top_k_rows(users, table, histories, K)
     assert [sorted(rows) for rows in found[1::2]] == [sorted(rows) for rows in exact[1::2]]
@@ -99,8 +110,11 @@ def test_index_is_saved_reused_and_rebuilt(tmp_path: Path) -> None:
     open_index(table_path, table, HnswParameters())
     index_path, sidecar_path = tmp_path / INDEX_FILE, tmp_path / SIDECAR_FILE
     sidecar = json.loads(sidecar_path.read_text())
-    assert sidecar == {"table_sha256": table_fingerprint(table_path), "table_shape": [ROWS, DIM],
-                       "parameters": {"kind": "hnsw", "m": 32, "ef_construction": 64}}
+    assert sidecar == {
+        "table_sha256": table_fingerprint(table_path),
+        "table_shape": [ROWS, DIM],
+        "parameters": {"kind": "hnsw", "m": 32, "ef_construction": 64},
+    }
     assert not list(tmp_path.glob(".*.tmp"))
 
     def built_again(parameters: HnswParameters | IvfParameters, table: np.ndarray = table) -> bool:
@@ -154,13 +168,14 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_faiss_recommender_agrees_with_exact(export_dir: Path) -> None:
     rng = np.random.default_rng(6)
-    histories = [[f"i{n:04d}" for n in rng.choice(CATALOGUE, rng.integers(1, 30), replace=False)]
-                 for _ in range(200)]
+    histories = [[f"i{n:04d}" for n in rng.choice(CATALOGUE, rng.integers(1, 30), replace=False)] for _ in range(200)]
     exact = OnnxRecommender(export_dir).recommend(histories, k=K)
     approximate = OnnxRecommender(export_dir, index="faiss").recommend(histories, k=K)
     assert (export_dir / INDEX_FILE).is_file()
-    assert all(len(items) == K and not set(items) & set(history) for items, history in zip(approximate, histories))
-    assert np.mean([a == e for a, e in zip(approximate, exact)]) >= 0.95
+    assert all(
+        len(items) == K and not set(items) & set(history) for items, history in zip(approximate, histories, strict=True)
+    )
+    assert np.mean([a == e for a, e in zip(approximate, exact, strict=True)]) >= 0.95
     reloaded = OnnxRecommender(export_dir, index="faiss", index_parameters=HnswParameters(ef_search=400))
     assert reloaded.recommend(histories[:5], k=K) == exact[:5]
 
@@ -179,8 +194,14 @@ def test_retrieval_benchmark_prints_one_json_object() -> None:
     report = json.loads(result.stdout)
     setup = report.pop("setup")
     assert setup["items"] == 5000 and setup["queries"] == 200 and setup["dim"] == 64
-    assert set(report) == {"exact", "hnsw ef_search=128", "hnsw ef_search=256", "hnsw ef_search=512",
-                           "ivf nprobe=8", "ivf nprobe=16"}
+    assert set(report) == {
+        "exact",
+        "hnsw ef_search=128",
+        "hnsw ef_search=256",
+        "hnsw ef_search=512",
+        "ivf nprobe=8",
+        "ivf nprobe=16",
+    }
     for entry in report.values():
         assert set(entry) == {"recall@10", "queries_per_s", "build_s", "index_bytes", "parameters"}
         assert 0 <= entry["recall@10"] <= 1 and entry["queries_per_s"] > 0 and entry["index_bytes"] > 0

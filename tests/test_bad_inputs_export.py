@@ -12,6 +12,7 @@ export is one error that says what and where, and a failed export leaves the pre
 The fast tests reuse the session's toy run and export; the slow set runs real exports that are
 failed, killed and starved of disk.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save_file
 
@@ -36,8 +38,14 @@ import crossan.export.exporter as exporter
 from crossan.export.__main__ import main as export_main
 from crossan.export.ann_index import INDEX_FILE, HnswParameters, ann_top_k_rows, build_index
 from crossan.export.content import ITEM_ENCODER_FILE
-from crossan.export.errors import (ExportFileError, ExportValidationError, ExportWriteError, NonFiniteOutputError,
-                                   NonFiniteScoreError, ValueMismatchError)
+from crossan.export.errors import (
+    ExportFileError,
+    ExportValidationError,
+    ExportWriteError,
+    NonFiniteOutputError,
+    NonFiniteScoreError,
+    ValueMismatchError,
+)
 from crossan.export.exporter import export_run
 from crossan.export.item_table import TABLE_FILE, load_item_table, save_item_table
 from crossan.export.preprocessing import load_preprocessing
@@ -57,6 +65,7 @@ NUM_ITEMS = 128  # tests/conftest.py SMALL_TOY
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
 
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (hidden ones too) by relative path, with its bytes."""
@@ -85,14 +94,21 @@ def scaled_user_encoder(source: Path, target: Path, scale: float, spec: bool = T
     spec_json = next(p.value for p in original.metadata_props if p.key == SPEC_METADATA_KEY)
     width = original.graph.input[0].type.tensor_type.shape.dim[2].dim_value
     graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["item_embeddings", "axes"], ["summed"], keepdims=0),
-         helper.make_node("Mul", ["summed", "scale"], ["user_embedding"])],
+        [
+            helper.make_node("ReduceSum", ["item_embeddings", "axes"], ["summed"], keepdims=0),
+            helper.make_node("Mul", ["summed", "scale"], ["user_embedding"]),
+        ],
         "user_encoder",
-        [helper.make_tensor_value_info("item_embeddings", TensorProto.FLOAT, ["batch", "length", width]),
-         helper.make_tensor_value_info("padding_mask", TensorProto.BOOL, ["batch", "length"])],
+        [
+            helper.make_tensor_value_info("item_embeddings", TensorProto.FLOAT, ["batch", "length", width]),
+            helper.make_tensor_value_info("padding_mask", TensorProto.BOOL, ["batch", "length"]),
+        ],
         [helper.make_tensor_value_info("user_embedding", TensorProto.FLOAT, ["batch", width])],
-        initializer=[numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
-                     numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale")])
+        initializer=[
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+            numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     if spec:
@@ -117,6 +133,7 @@ def recommender(toy_export: Path) -> OnnxRecommender:
 
 # --- 1. NaN and inf are never ranked -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("index", ["exact", "faiss"])
 def test_nan_user_embeddings_raise_naming_the_histories(toy_export: Path, tmp_path: Path, index: str) -> None:
     """Before: `recommend` returned `[[]]` (every score NaN, every item left out)."""
@@ -124,8 +141,11 @@ def test_nan_user_embeddings_raise_naming_the_histories(toy_export: Path, tmp_pa
     scaled_user_encoder(toy_export / USER_ENCODER_FILE, folder / USER_ENCODER_FILE, float("nan"))
     rerecord(folder, USER_ENCODER_FILE)
     recommender = OnnxRecommender(folder, index=index)  # type: ignore[arg-type]
-    with pytest.raises(NonFiniteScoreError, match=r"user_encoder\.onnx gives NaN or infinite user embeddings for "
-                                                  r"histories 0, 1 \(positions in the request\); nothing was ranked"):
+    with pytest.raises(
+        NonFiniteScoreError,
+        match=r"user_encoder\.onnx gives NaN or infinite user embeddings for "
+        r"histories 0, 1 \(positions in the request\); nothing was ranked",
+    ):
         recommender.recommend(HISTORIES, k=5)
     assert issubclass(NonFiniteScoreError, UserError) and issubclass(NonFiniteScoreError, ValueError)
 
@@ -135,8 +155,11 @@ def test_nan_item_embeddings_in_the_table_are_refused_on_loading(toy_export: Pat
     table, item_ids = load_item_table(folder / TABLE_FILE)
     table[2, 0], table[5, 3] = np.nan, np.inf
     save_item_table(folder / TABLE_FILE, table, item_ids, "test")
-    with pytest.raises(ExportFileError, match=r"item_embeddings\.safetensors: the embeddings of 2 item\(s\) hold "
-                                              r"NaN or inf \(i0003, i0006\)"):
+    with pytest.raises(
+        ExportFileError,
+        match=r"item_embeddings\.safetensors: the embeddings of 2 item\(s\) hold "
+        r"NaN or inf \(i0003, i0006\)",
+    ):
         OnnxRecommender(folder)
 
 
@@ -173,23 +196,33 @@ def test_export_validation_names_the_graph_and_output_that_are_not_finite() -> N
     embeddings = np.ones((4, 3), dtype=np.float32)
     embeddings[2, 1] = np.nan
     items = ConstantEncoder("item_encoder", "item_embedding", embeddings)
-    with pytest.raises(NonFiniteOutputError, match=r"^item_encoder in fake: output item_embedding is NaN or infinite "
-                                                   r"in 1 catalogue rows \(2\)$"):
+    with pytest.raises(
+        NonFiniteOutputError,
+        match=r"^item_encoder in fake: output item_embedding is NaN or infinite "
+        r"in 1 catalogue rows \(2\)$",
+    ):
         catalogue_embeddings(items, lambda rows: (rows,), 4)
 
     vectors = np.ones((3, 3), dtype=np.float32)
     vectors[1] = np.inf
     users = ConstantEncoder("user_encoder", "user_embedding", vectors)
-    with pytest.raises(NonFiniteOutputError, match=r"^user_encoder in fake: output user_embedding is NaN or infinite "
-                                                   r"in 1 users \(1\)$"):
+    with pytest.raises(
+        NonFiniteOutputError,
+        match=r"^user_encoder in fake: output user_embedding is NaN or infinite "
+        r"in 1 users \(1\)$",
+    ):
         recommend(users, np.ones((4, 3), dtype=np.float32), [np.array([1]), np.array([2]), np.array([3])], 2)
 
     case = [("B=1", (torch.zeros(1, 3),))]
     finite = ConstantEncoder("user_encoder", "user_embedding", np.ones((1, 3), dtype=np.float32), "pytorch")
-    broken = ConstantEncoder("user_encoder", "user_embedding", np.full((1, 3), np.nan, dtype=np.float32),
-                             "onnxruntime CPU")
-    with pytest.raises(NonFiniteOutputError, match=r"^user_encoder in onnxruntime CPU at B=1: output user_embedding "
-                                                   r"is NaN or infinite in 1 rows \(0\)$"):
+    broken = ConstantEncoder(
+        "user_encoder", "user_embedding", np.full((1, 3), np.nan, dtype=np.float32), "onnxruntime CPU"
+    )
+    with pytest.raises(
+        NonFiniteOutputError,
+        match=r"^user_encoder in onnxruntime CPU at B=1: output user_embedding "
+        r"is NaN or infinite in 1 rows \(0\)$",
+    ):
         validate_encoder(broken, finite, case)  # type: ignore[arg-type]
     broken.runtime = "pytorch"
     with pytest.raises(NonFiniteOutputError, match=r"user_encoder in pytorch at B=1: .*the run's model itself"):
@@ -198,6 +231,7 @@ def test_export_validation_names_the_graph_and_output_that_are_not_finite() -> N
 
 
 # --- 2. exports are swapped in whole -------------------------------------------------------------
+
 
 def fake_export(folder: Path, marker: str) -> Path:
     """A folder with the names of an export's files, each holding `marker`."""
@@ -220,7 +254,8 @@ class Killed(BaseException):
 
 
 def test_a_kill_between_the_two_renames_leaves_the_previous_export_recoverable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = fake_export(tmp_path / "export", "old")
     staging = fake_export(tmp_path / ".export.partial-abc", "new")
     real_rename, calls = os.rename, []
@@ -237,8 +272,11 @@ def test_a_kill_between_the_two_renames_leaves_the_previous_export_recoverable(
     monkeypatch.undo()
     old = tmp_path / ".export.old-abc"
     assert not out.exists() and tree(old) == {name: f"old {name}".encode() for name in SERVING_FILES}
-    with pytest.raises(MissingFileError, match=r"export: missing, but \.export\.old-abc beside it holds the previous "
-                                               r"export .*: rename it to export"):
+    with pytest.raises(
+        MissingFileError,
+        match=r"export: missing, but \.export\.old-abc beside it holds the previous "
+        r"export .*: rename it to export",
+    ):
         OnnxRecommender(out)
     old.rename(out)  # the documented recovery
     assert tree(out) == {name: f"old {name}".encode() for name in SERVING_FILES}
@@ -256,8 +294,11 @@ def test_a_failed_swap_renames_the_previous_export_back(tmp_path: Path, monkeypa
         real_rename(source, target)
 
     monkeypatch.setattr(os, "rename", second_rename_fails)
-    with pytest.raises(ExportWriteError, match=r"the export to .*export failed \(\[Errno 5\] Input/output error: "
-                                               r".*'\); it is unchanged"):
+    with pytest.raises(
+        ExportWriteError,
+        match=r"the export to .*export failed \(\[Errno 5\] Input/output error: "
+        r".*'\); it is unchanged",
+    ):
         with staged_export(out) as staging:
             for name in SERVING_FILES:
                 (staging / name).write_text(f"new {name}")
@@ -266,20 +307,31 @@ def test_a_failed_swap_renames_the_previous_export_back(tmp_path: Path, monkeypa
 
 FAILED_EXPORTS = {
     # fault: (what the export raises after half-writing an encoder, the one line printed; None: a traceback)
-    "validation": (ValueMismatchError("user_encoder in onnxruntime CPU at B=1: max abs error 1 > tolerance 0.0001"),
-                   None),
-    "disk full": (OSError(errno.ENOSPC, "No space left on device"),
-                  r"^error: the export to .*/export failed \(\[Errno 28\] No space left on device: "
-                  r"'.*/\.export\.partial-\w+/user_encoder\.onnx'\); it is unchanged$"),
-    "not finite": (NonFiniteOutputError("item_encoder in pytorch at B=1: output item_embedding is NaN"),
-                   r"^error: item_encoder in pytorch at B=1: output item_embedding is NaN$"),
+    "validation": (
+        ValueMismatchError("user_encoder in onnxruntime CPU at B=1: max abs error 1 > tolerance 0.0001"),
+        None,
+    ),
+    "disk full": (
+        OSError(errno.ENOSPC, "No space left on device"),
+        r"^error: the export to .*/export failed \(\[Errno 28\] No space left on device: "
+        r"'.*/\.export\.partial-\w+/user_encoder\.onnx'\); it is unchanged$",
+    ),
+    "not finite": (
+        NonFiniteOutputError("item_encoder in pytorch at B=1: output item_embedding is NaN"),
+        r"^error: item_encoder in pytorch at B=1: output item_embedding is NaN$",
+    ),
 }
 
 
 @pytest.mark.parametrize("fault", FAILED_EXPORTS)
 def test_a_failed_export_leaves_the_previous_one_byte_for_byte(
-        toy_run: Path, toy_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str], fault: str) -> None:
+    toy_run: Path,
+    toy_export: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fault: str,
+) -> None:
     """Before: the new encoders sat beside the old table and report, and `OnnxRecommender`
     served the mix. Here the export fails after writing half of an encoder into its folder."""
     out = tmp_path / "export"
@@ -304,8 +356,9 @@ def test_a_failed_export_leaves_the_previous_one_byte_for_byte(
     assert OnnxRecommender(out).recommend(HISTORIES, k=5) == served
 
 
-def test_out_naming_a_file_or_a_foreign_folder_is_one_line(toy_run: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_naming_a_file_or_a_foreign_folder_is_one_line(
+    toy_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     file = tmp_path / "notes.txt"
     file.write_text("keep me")
     err = one_line_error(capsys, ["--run", str(toy_run), "--out", str(file)])
@@ -329,8 +382,9 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
-def test_a_real_validation_mismatch_leaves_the_previous_export(toy_run: Path, toy_export: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_real_validation_mismatch_leaves_the_previous_export(
+    toy_run: Path, toy_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The encoders are really exported into the hidden folder; the check after them fails."""
     out = tmp_path / "export"
     shutil.copytree(toy_export, out)
@@ -346,13 +400,15 @@ def test_a_real_validation_mismatch_leaves_the_previous_export(toy_run: Path, to
 
 
 @pytest.mark.slow
-def test_a_killed_export_leaves_the_previous_export_and_a_rerun_replaces_it(toy_run: Path, toy_export: Path,
-                                                                           tmp_path: Path) -> None:
+def test_a_killed_export_leaves_the_previous_export_and_a_rerun_replaces_it(
+    toy_run: Path, toy_export: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "export"
     shutil.copytree(toy_export, out)
     before, served = tree(out), OnnxRecommender(out).recommend(HISTORIES, k=5)
-    process = subprocess.Popen(export_command(toy_run, out), cwd=REPO, env=SUBPROCESS_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        export_command(toy_run, out), cwd=REPO, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not any(tmp_path.glob(f".export.partial-*/{ITEM_ENCODER_FILE}")):  # killed mid-export
         assert process.poll() is None and time.monotonic() < deadline, "the export ended before it was killed"
@@ -364,8 +420,9 @@ def test_a_killed_export_leaves_the_previous_export_and_a_rerun_replaces_it(toy_
     (left,) = [p.name for p in tmp_path.iterdir() if p.name != "export"]
     assert left.startswith(".export.partial-")  # hidden, nothing loads it
 
-    rerun = subprocess.run(export_command(toy_run, out), cwd=REPO, env=SUBPROCESS_ENV, capture_output=True,
-                           text=True, timeout=600)
+    rerun = subprocess.run(
+        export_command(toy_run, out), cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert left in rerun.stdout and "delete it" in rerun.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", left])
@@ -385,13 +442,20 @@ run_cli(lambda: main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_the_export_is_one_line_and_leaves_the_previous_export(toy_run: Path, toy_export: Path,
-                                                                                 tmp_path: Path) -> None:
+def test_a_full_disk_during_the_export_is_one_line_and_leaves_the_previous_export(
+    toy_run: Path, toy_export: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "export"
     shutil.copytree(toy_export, out)
     before = tree(out)
-    result = subprocess.run([sys.executable, "-c", DISK_FULL, "--run", str(toy_run), "--out", str(out)], cwd=REPO,
-                            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, "--run", str(toy_run), "--out", str(out)],
+        cwd=REPO,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
@@ -401,6 +465,7 @@ def test_a_full_disk_during_the_export_is_one_line_and_leaves_the_previous_expor
 
 
 # --- 3. every file the serving side reads --------------------------------------------------------
+
 
 def damage(folder: Path, name: str, how: str, toy_export: Path) -> None:
     """Damage file `name` of `folder` in the way `how` names."""
@@ -425,8 +490,11 @@ USER_ENCODER_FAULTS = {
     "truncated": (ExportFileError, r"user_encoder\.onnx: not a readable ONNX model \(.*Protobuf parsing failed"),
     "not ONNX": (ExportFileError, r"user_encoder\.onnx: not a readable ONNX model"),
     "item encoder": (ExportFileError, r"user_encoder\.onnx: holds the item_encoder graph, not the user_encoder"),
-    "no spec": (ExportFileError, r"user_encoder\.onnx: no readable export spec in its 'crossan.export_spec' "
-                                 r"metadata, so not written by `python -m crossan.export`"),
+    "no spec": (
+        ExportFileError,
+        r"user_encoder\.onnx: no readable export spec in its 'crossan.export_spec' "
+        r"metadata, so not written by `python -m crossan.export`",
+    ),
 }
 
 
@@ -455,14 +523,16 @@ TABLE_FAULTS = {
     "fewer ids": (ExportFileError, r"item_embeddings\.safetensors: 127 item ids for 128 embeddings"),
     "repeated ids": (ExportFileError, r"item_embeddings\.safetensors: item ids repeat \(i0001\)"),
     "int ids": (ExportFileError, r"item_embeddings\.safetensors: its item_ids metadata is not a list of strings"),
-    "other width": (ExportFileError, r"item_embeddings\.safetensors: embeddings are 32 wide, user_encoder\.onnx takes "
-                                     r"64: the files come from different exports"),
+    "other width": (
+        ExportFileError,
+        r"item_embeddings\.safetensors: embeddings are 32 wide, user_encoder\.onnx takes "
+        r"64: the files come from different exports",
+    ),
 }
 
 
 @pytest.mark.parametrize("how", TABLE_FAULTS)
-def test_a_damaged_or_inconsistent_item_table_is_one_line_naming_it(toy_export: Path, tmp_path: Path,
-                                                                     how: str) -> None:
+def test_a_damaged_or_inconsistent_item_table_is_one_line_naming_it(toy_export: Path, tmp_path: Path, how: str) -> None:
     folder = serving_copy(toy_export, tmp_path / "export")
     path = folder / TABLE_FILE
     table, ids = load_item_table(path)
@@ -471,10 +541,13 @@ def test_a_damaged_or_inconsistent_item_table_is_one_line_naming_it(toy_export: 
     elif how == "not safetensors":
         path.write_text('{"item_ids": []}')
     else:
-        changed = {"other tensor": (table, ids, "table"), "fewer ids": (table, ids[1:], "item_embeddings"),
-                   "repeated ids": (table, ["i0001", *ids[1:-1], "i0001"], "item_embeddings"),
-                   "int ids": (table, list(range(len(ids))), "item_embeddings"),
-                   "other width": (np.ascontiguousarray(table[:, :32]), ids, "item_embeddings")}[how]
+        changed = {
+            "other tensor": (table, ids, "table"),
+            "fewer ids": (table, ids[1:], "item_embeddings"),
+            "repeated ids": (table, ["i0001", *ids[1:-1], "i0001"], "item_embeddings"),
+            "int ids": (table, list(range(len(ids))), "item_embeddings"),
+            "other width": (np.ascontiguousarray(table[:, :32]), ids, "item_embeddings"),
+        }[how]
         write_table(path, *changed)
     kind, pattern = TABLE_FAULTS[how]
     with pytest.raises(kind, match=pattern) as error:
@@ -487,17 +560,23 @@ def test_a_file_changed_after_the_export_is_one_line(toy_export: Path, tmp_path:
     folder = serving_copy(toy_export, tmp_path / "export")
     scaled_user_encoder(toy_export / USER_ENCODER_FILE, folder / USER_ENCODER_FILE, 1.0)
     size = (folder / USER_ENCODER_FILE).stat().st_size
-    with pytest.raises(ExportFileError, match=rf"user_encoder\.onnx: bytes {size}, but validation\.json records "
-                                              rf"\d+: the file changed after the export"):
+    with pytest.raises(
+        ExportFileError,
+        match=rf"user_encoder\.onnx: bytes {size}, but validation\.json records "
+        rf"\d+: the file changed after the export",
+    ):
         OnnxRecommender(folder)
     recorded = json.loads((toy_export / REPORT_FILE).read_text())[RECORDS_KEY]
     assert set(recorded) == {"item_encoder.onnx", "item_encoder.pt", "user_encoder.onnx", "user_encoder.pt"}
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ('{"preset": "crossan-t', r"validation\.json: not valid JSON \(Unterminated string"),
-    ('{"file_hashes": ["user_encoder.onnx"]}', r"validation\.json: 'file_hashes' is not a map of file name"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ('{"preset": "crossan-t', r"validation\.json: not valid JSON \(Unterminated string"),
+        ('{"file_hashes": ["user_encoder.onnx"]}', r"validation\.json: 'file_hashes' is not a map of file name"),
+    ],
+)
 def test_a_damaged_report_is_one_line_naming_it(toy_export: Path, tmp_path: Path, text: str, pattern: str) -> None:
     folder = serving_copy(toy_export, tmp_path / "export")
     (folder / REPORT_FILE).write_text(text)
@@ -506,8 +585,11 @@ def test_a_damaged_report_is_one_line_naming_it(toy_export: Path, tmp_path: Path
 
 
 def test_a_missing_export_folder_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(MissingFileError, match=r"nowhere: no export folder there; write one with "
-                                               r"`python -m crossan.export --run <run> --out .*nowhere`"):
+    with pytest.raises(
+        MissingFileError,
+        match=r"nowhere: no export folder there; write one with "
+        r"`python -m crossan.export --run <run> --out .*nowhere`",
+    ):
         OnnxRecommender(tmp_path / "nowhere")
 
 
@@ -517,8 +599,11 @@ def test_a_damaged_item_encoder_is_one_line_when_items_are_added(toy_export: Pat
     damage(folder, ITEM_ENCODER_FILE, "truncated", toy_export)
     if how == "truncated":
         (folder / REPORT_FILE).unlink()
-    pattern = (r"item_encoder\.onnx: not a readable ONNX model" if how == "truncated"
-               else r"item_encoder\.onnx: bytes \d+, but validation\.json records \d+")
+    pattern = (
+        r"item_encoder\.onnx: not a readable ONNX model"
+        if how == "truncated"
+        else r"item_encoder\.onnx: bytes \d+, but validation\.json records \d+"
+    )
     with pytest.raises(ExportFileError, match=pattern):
         OnnxRecommender(folder).add_items(["new"], {"text": ["a title"]})
 
@@ -533,14 +618,30 @@ def write_preprocessing(folder: Path, settings: dict[str, object]) -> None:
     (folder / "preprocessing.json").write_text(json.dumps({"format_version": 1, "modalities": settings}))
 
 
-AUDIO = {"sampling_rate": 16000, "seconds": 3.0, "max_length": 300, "frame_length": 400, "hop_length": 160,
-         "fft_length": 512, "preemphasis": 0.97, "mel_floor": 1.19e-7, "mean": None, "std": None}
+AUDIO = {
+    "sampling_rate": 16000,
+    "seconds": 3.0,
+    "max_length": 300,
+    "frame_length": 400,
+    "hop_length": 160,
+    "fft_length": 512,
+    "preemphasis": 0.97,
+    "mel_floor": 1.19e-7,
+    "mean": None,
+    "std": None,
+}
 PREPROCESSING_FAULTS = {
-    "preprocessing missing": (MissingFileError, r"preprocessing\.json: missing; export the backbones with "
-                                                r"`python -m crossan.export --run <run> --with-backbones`"),
+    "preprocessing missing": (
+        MissingFileError,
+        r"preprocessing\.json: missing; export the backbones with "
+        r"`python -m crossan.export --run <run> --with-backbones`",
+    ),
     "preprocessing truncated": (ExportFileError, r"preprocessing\.json: not valid JSON"),
-    "preprocessing settings": (ExportFileError, r"preprocessing\.json: bad text settings \(.*unexpected keyword "
-                                                r"argument 'lowercase'\)"),
+    "preprocessing settings": (
+        ExportFileError,
+        r"preprocessing\.json: bad text settings \(.*unexpected keyword "
+        r"argument 'lowercase'\)",
+    ),
     "preprocessing version": (ExportFileError, r"preprocessing\.json: format version 7, this code reads 1"),
     "tokenizer missing": (MissingFileError, r"tokenizer\.json: missing; export the backbones"),
     "tokenizer truncated": (ExportFileError, r"tokenizer\.json: not a readable tokenizer \(EOF while parsing"),
@@ -601,23 +702,28 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("args, kwargs, kind, pattern", BAD_REQUESTS)
-def test_bad_recommend_requests_say_what_was_expected(recommender: OnnxRecommender, args: tuple, kwargs: dict,
-                                                      kind: type, pattern: str) -> None:
+def test_bad_recommend_requests_say_what_was_expected(
+    recommender: OnnxRecommender, args: tuple, kwargs: dict, kind: type, pattern: str
+) -> None:
     with pytest.raises(kind, match=pattern) as error:
         recommender.recommend(*args, **kwargs)
     assert type(error.value) is kind
 
 
-@pytest.mark.parametrize("ids, content, pattern", [
-    ([9001], {"text": ["a title"]}, r"^item_ids: item ids are str, got 9001 \(int\) at position 0$"),
-    (np.array(["i9001"]), {"text": ["a title"]}, r"^item_ids must be a list of item ids \(str\), got ndarray$"),
-    ("i9001", {"text": ["a title"]}, r"^item_ids must be a list of item ids \(str\), got str$"),
-    (["i9001"], [["a title"]], r"^content must map each modality to a list of sources, got list$"),
-    (["i9001"], {"text": "a title"}, r"^content\['text'\] must be a list of sources .*got str$"),
-    (["i9001"], {"image": [3]}, r"^content\['image'\]: sources are str or paths, got 3 \(int\)$"),
-])
-def test_bad_add_items_requests_say_what_was_expected(recommender: OnnxRecommender, ids: object, content: object,
-                                                      pattern: str) -> None:
+@pytest.mark.parametrize(
+    "ids, content, pattern",
+    [
+        ([9001], {"text": ["a title"]}, r"^item_ids: item ids are str, got 9001 \(int\) at position 0$"),
+        (np.array(["i9001"]), {"text": ["a title"]}, r"^item_ids must be a list of item ids \(str\), got ndarray$"),
+        ("i9001", {"text": ["a title"]}, r"^item_ids must be a list of item ids \(str\), got str$"),
+        (["i9001"], [["a title"]], r"^content must map each modality to a list of sources, got list$"),
+        (["i9001"], {"text": "a title"}, r"^content\['text'\] must be a list of sources .*got str$"),
+        (["i9001"], {"image": [3]}, r"^content\['image'\]: sources are str or paths, got 3 \(int\)$"),
+    ],
+)
+def test_bad_add_items_requests_say_what_was_expected(
+    recommender: OnnxRecommender, ids: object, content: object, pattern: str
+) -> None:
     with pytest.raises(TypeError, match=pattern):
         recommender.add_items(ids, content)  # type: ignore[arg-type]
     assert len(recommender.item_ids) == NUM_ITEMS
@@ -628,10 +734,12 @@ KNOWN = st.sampled_from(sorted(KNOWN_IDS))
 UNKNOWN = st.one_of(st.just("no-such-item"), st.text(max_size=5).filter(lambda s: not s.startswith("i0")))
 WRONG = st.one_of(st.integers(), st.none(), st.floats(), st.booleans(), st.binary(max_size=3))
 ITEM = st.one_of(KNOWN, KNOWN, KNOWN, UNKNOWN, WRONG)
-HISTORY = st.one_of(st.lists(KNOWN, min_size=1, max_size=12), st.lists(ITEM, max_size=12), st.tuples(KNOWN), KNOWN,
-                    st.integers())
-REQUEST = st.one_of(st.lists(st.lists(KNOWN, min_size=1, max_size=12), min_size=1, max_size=4),
-                    st.lists(HISTORY, max_size=4), HISTORY)
+HISTORY = st.one_of(
+    st.lists(KNOWN, min_size=1, max_size=12), st.lists(ITEM, max_size=12), st.tuples(KNOWN), KNOWN, st.integers()
+)
+REQUEST = st.one_of(
+    st.lists(st.lists(KNOWN, min_size=1, max_size=12), min_size=1, max_size=4), st.lists(HISTORY, max_size=4), HISTORY
+)
 K = st.one_of(st.integers(1, 20), st.integers(-2, 20), st.floats(), st.booleans(), st.text(max_size=2))
 
 
@@ -642,7 +750,8 @@ def expected_error(histories: object, k: object) -> type[Exception] | None:
     if k < 1:
         return ValueError
     if not isinstance(histories, (list, tuple)) or not all(
-            isinstance(h, (list, tuple)) and all(isinstance(item, str) for item in h) for h in histories):
+        isinstance(h, (list, tuple)) and all(isinstance(item, str) for item in h) for h in histories
+    ):
         return TypeError
     if any(item not in KNOWN_IDS for h in histories for item in h):
         return UnknownItemError
@@ -654,8 +763,9 @@ def expected_error(histories: object, k: object) -> type[Exception] | None:
 @settings(max_examples=30, deadline=None)
 @given(histories=REQUEST, k=K)
 @example(histories=HISTORIES, k=10)
-def test_recommend_returns_k_distinct_known_items_or_the_documented_error(recommender: OnnxRecommender,
-                                                                          histories: object, k: object) -> None:
+def test_recommend_returns_k_distinct_known_items_or_the_documented_error(
+    recommender: OnnxRecommender, histories: object, k: object
+) -> None:
     expected = expected_error(histories, k)
     if expected is not None:
         with pytest.raises(expected) as error:
@@ -665,5 +775,5 @@ def test_recommend_returns_k_distinct_known_items_or_the_documented_error(recomm
     recommended = recommender.recommend(histories, k=k)  # type: ignore[arg-type]
     assert len(recommended) == len(histories)
     assert set(recommender.item_ids) == KNOWN_IDS
-    for items, history in zip(recommended, histories):
+    for items, history in zip(recommended, histories, strict=True):
         assert len(items) == k == len(set(items)) and set(items) <= KNOWN_IDS and not set(items) & set(history)

@@ -2,6 +2,7 @@
 preset, space, fixed values or backbones; `--set` on every model family; malformed recipes,
 spaces and table definitions; bad storage URLs and study folders; outputs written atomically,
 and a study killed mid-trial that a rerun finishes. Each fault is one line naming its cause."""
+
 from __future__ import annotations
 
 import json
@@ -17,19 +18,19 @@ import optuna
 import pytest
 import torch
 from killing import PROJECT, kill_when
-from scripts import ScriptResult, run_main
 from rich.console import Console
+from scripts import ScriptResult, run_main
 
-from crossan.zoo.runs.settings import split_options
+from crossan.zoo.cli.tune import main as tune_main
 from crossan.zoo.core.errors import ConfigError, DivergedError, NonFiniteError, NoResultError, UserError
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import architectures, list_models, preset_config
+from crossan.zoo.runs.settings import split_options
+from crossan.zoo.training.trainer import TrainConfig
 from crossan.zoo.tune import report as report_module
 from crossan.zoo.tune import study as study_module
-from crossan.zoo.cli.tune import main as tune_main
 from crossan.zoo.tune.recipe import read_recipe, recipe_origin, write_recipe
 from crossan.zoo.tune.space import default_space, load_space
-from crossan.zoo.training.trainer import TrainConfig
 from crossan.zoo.tune.study import StudySettings, open_study
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -46,8 +47,9 @@ def amazon_folder(root: Path, seed: int, users: int = 40, items: int = 30) -> Pa
     ids = [f"P{i:03d}" for i in range(items)]
     root.mkdir(parents=True)
     (root / "items.tsv").write_text("".join(f"{item}\tProduct {item}\n" for item in ids))
-    (root / "users.tsv").write_text("".join(f"U{u:04d}\t{' '.join(rng.sample(ids, rng.randint(3, 8)))}\n"
-                                            for u in range(users)))
+    (root / "users.tsv").write_text(
+        "".join(f"U{u:04d}\t{' '.join(rng.sample(ids, rng.randint(3, 8)))}\n" for u in range(users))
+    )
     return root
 
 
@@ -55,7 +57,7 @@ def one_line_error(result: ScriptResult) -> str:
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ")
-    return line[len("error: "):]
+    return line[len("error: ") :]
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +65,35 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One real 1-trial study of crossan-t (the example of docs/training.md, at 1 epoch) on a
     small Amazon set A, and a set B with the same catalogue and other users."""
     base = tmp_path_factory.mktemp("tuned")
-    paths = {"A": amazon_folder(base / "A", seed=1), "B": amazon_folder(base / "B", seed=2),
-             "study": base / "study", "cache": base / "cache"}
+    paths = {
+        "A": amazon_folder(base / "A", seed=1),
+        "B": amazon_folder(base / "B", seed=2),
+        "study": base / "study",
+        "cache": base / "cache",
+    }
     result = run_tuner(*study_args(paths, "A"))
     assert result.returncode == 0, result.stderr[-3000:]
     return paths
 
 
 def study_args(paths: dict[str, Path], data: str, *extra: str) -> list[str]:
-    return ["--preset", "crossan-t", "--data", "amazon", "--data-root", str(paths[data]), "--set", "epochs=1",
-            "--trials", "1", "--study", str(paths["study"]), "--cache-dir", str(paths["cache"]), *extra]
+    return [
+        "--preset",
+        "crossan-t",
+        "--data",
+        "amazon",
+        "--data-root",
+        str(paths[data]),
+        "--set",
+        "epochs=1",
+        "--trials",
+        "1",
+        "--study",
+        str(paths["study"]),
+        "--cache-dir",
+        str(paths["cache"]),
+        *extra,
+    ]
 
 
 def stored_trials(study: Path) -> int:
@@ -82,13 +103,17 @@ def stored_trials(study: Path) -> int:
 
 # 1. A study knows its origin.
 
+
 def test_the_best_recipe_records_data_set_preset_space_and_study(tuned: dict[str, Path]) -> None:
     recipe = json.loads((tuned["study"] / "best-recipe.json").read_text())
     origin = recipe["origin"]
     assert recipe["preset"] == origin["preset"] == "crossan-t" and recipe["set"]["epochs"] == 1
     assert origin["study"] == "study" and origin["storage"] == f"sqlite:///{tuned['study'].resolve()}/study.db"
     assert {key: origin["data"][key] for key in ("kind", "name", "root")} == {
-        "kind": "amazon", "name": "A", "root": str(tuned["A"].resolve())}
+        "kind": "amazon",
+        "name": "A",
+        "root": str(tuned["A"].resolve()),
+    }
     assert len(origin["data"]["fingerprint"]) == len(origin["data"]["sequences"]) == 16
     assert origin["space"]["file"].endswith("side-network.toml") and origin["space"]["fixed"]["epochs"] == 1
     assert "lr" in origin["space"]["params"] and origin["feature_settings"]["source"] == "tiny"
@@ -96,26 +121,34 @@ def test_the_best_recipe_records_data_set_preset_space_and_study(tuned: dict[str
         f"recipe {tuned['study'] / 'best-recipe.json'}: trial 0 of study 'study', valid NDCG@10 "
         f"{origin['valid NDCG@10']:.4f}, tuned on amazon data set 'A' at {tuned['A'].resolve()} (fingerprint "
         f"{origin['data']['fingerprint']}, sequences {origin['data']['sequences']}), preset crossan-t, space "
-        f"{origin['space']['file']}")
+        f"{origin['space']['file']}"
+    )
 
 
 def test_a_study_reopened_on_another_data_set_stops_and_trains_nothing(tuned: dict[str, Path]) -> None:
     recipe = (tuned["study"] / "best-recipe.json").read_bytes()
     error = one_line_error(run_tuner(*study_args(tuned, "B"), "--trials", "2"))
-    assert error.startswith(f"study 'study' in sqlite:///{tuned['study'].resolve()}/study.db was started with "
-                            f"another data set (amazon 'A' at {tuned['A'].resolve()}, 40 users, fingerprint ")
+    assert error.startswith(
+        f"study 'study' in sqlite:///{tuned['study'].resolve()}/study.db was started with "
+        f"another data set (amazon 'A' at {tuned['A'].resolve()}, 40 users, fingerprint "
+    )
     assert f"amazon 'B' at {tuned['B'].resolve()}, 40 users" in error
     assert stored_trials(tuned["study"]) == 1 and len(list((tuned["study"] / "trials").iterdir())) == 1
     assert (tuned["study"] / "best-recipe.json").read_bytes() == recipe
 
 
-@pytest.mark.parametrize(("extra", "differs"), [
-    (["--set", "epochs=2"], "another fixed values (epochs: 1 recorded, 2 now)"),
-    (["--set", "dropout=0.1"], "another search space (dropout: {"),
-    (["--backbone", "text=minilm"], "another feature settings (overrides: [] recorded, [[\"text\", \"minilm\"]] now)"),
-    (["--preset", "sasrec-id"], "another preset (\"crossan-t\" recorded, \"sasrec-id\" now)")])
-def test_a_study_reopened_with_other_settings_names_what_differs(tuned: dict[str, Path], extra: list[str],
-                                                                 differs: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "differs"),
+    [
+        (["--set", "epochs=2"], "another fixed values (epochs: 1 recorded, 2 now)"),
+        (["--set", "dropout=0.1"], "another search space (dropout: {"),
+        (["--backbone", "text=minilm"], 'another feature settings (overrides: [] recorded, [["text", "minilm"]] now)'),
+        (["--preset", "sasrec-id"], 'another preset ("crossan-t" recorded, "sasrec-id" now)'),
+    ],
+)
+def test_a_study_reopened_with_other_settings_names_what_differs(
+    tuned: dict[str, Path], extra: list[str], differs: str
+) -> None:
     error = one_line_error(run_tuner(*study_args(tuned, "A", *extra)))
     assert differs in error and error.endswith("rerun it with those settings, or give another --study folder")
     assert stored_trials(tuned["study"]) == 1
@@ -149,14 +182,35 @@ def test_set_on_a_tuned_field_fixes_it_instead_of_sampling_it(tmp_path: Path) ->
     assert settings.trial_space.fixed["lr"] == 0.002 and "lr" not in {p.name for p in settings.trial_space.parameters}
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ((("lr", "fast"),), '--set lr="fast" (with the space {space}): lr needs a number, got \'fast\' (str)'),
-    ((("score_temperature", 0.0),), "--set score_temperature=0.0 (with the space {space}): "
-                                    "backbone_prior_inference_weight needs cosine scores"),
-    (tuple((name, 0.1) for name in ("lr", "adapter_lr", "adapter_dim", "dropout", "attention_dropout",
-                                     "score_temperature", "backbone_prior_weight", "item_id_term",
-                                     "sampled_negatives", "sliding_windows", "weight_decay")),
-     "--set fixes every parameter of {space}: nothing is left to tune")])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((("lr", "fast"),), "--set lr=\"fast\" (with the space {space}): lr needs a number, got 'fast' (str)"),
+        (
+            (("score_temperature", 0.0),),
+            "--set score_temperature=0.0 (with the space {space}): backbone_prior_inference_weight needs cosine scores",
+        ),
+        (
+            tuple(
+                (name, 0.1)
+                for name in (
+                    "lr",
+                    "adapter_lr",
+                    "adapter_dim",
+                    "dropout",
+                    "attention_dropout",
+                    "score_temperature",
+                    "backbone_prior_weight",
+                    "item_id_term",
+                    "sampled_negatives",
+                    "sliding_windows",
+                    "weight_decay",
+                )
+            ),
+            "--set fixes every parameter of {space}: nothing is left to tune",
+        ),
+    ],
+)
 def test_a_bad_set_value_is_one_line_naming_it(tmp_path: Path, overrides: tuple, message: str) -> None:
     space = load_space(default_space("crossan-t"), "crossan-t")
     with pytest.raises(ConfigError) as raised:
@@ -166,14 +220,21 @@ def test_a_bad_set_value_is_one_line_naming_it(tmp_path: Path, overrides: tuple,
 
 # 3. Recipes, spaces, study folders and storage URLs.
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b'{"preset": "sasrec-id", "sett": {"epochs": 1}}',
-     "unknown key(s) 'sett'; a recipe has 'preset', 'set', 'origin'"),
-    (b"", "empty, expected JSON"),
-    (b'{"preset": "sasrec-id", "set": {"lr": 0.0', "not valid JSON (line 1, column 42: Expecting ',' delimiter)"),
-    (b"preset = 'sasrec-id'\n", "not valid JSON (line 1, column 1"),
-    (b'{"preset": "caf\xe9"}', "not UTF-8 text (byte 15)"),
-    (b'["sasrec-id"]', 'a recipe is an object with a "preset" name and a "set" object of values')])
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b'{"preset": "sasrec-id", "sett": {"epochs": 1}}',
+            "unknown key(s) 'sett'; a recipe has 'preset', 'set', 'origin'",
+        ),
+        (b"", "empty, expected JSON"),
+        (b'{"preset": "sasrec-id", "set": {"lr": 0.0', "not valid JSON (line 1, column 42: Expecting ',' delimiter)"),
+        (b"preset = 'sasrec-id'\n", "not valid JSON (line 1, column 1"),
+        (b'{"preset": "caf\xe9"}', "not UTF-8 text (byte 15)"),
+        (b'["sasrec-id"]', 'a recipe is an object with a "preset" name and a "set" object of values'),
+    ],
+)
 def test_a_bad_recipe_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "recipe.json"
     path.write_bytes(content)
@@ -188,14 +249,23 @@ def test_a_hand_written_recipe_says_it_has_no_origin(tmp_path: Path) -> None:
     assert recipe_origin(path) == f"recipe {path}: no origin recorded (written by hand or by another program)"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "the search space file is empty"),
-    (b"\n# a comment alone\n", "no [params.NAME] table, nothing to tune"),
-    (b'[params.lr]\ntype = "float"\nlow = 0.001\nhigh = ', "not TOML (Invalid value (at end of document))"),
-    (b'[params.lr]\ntype = "caf\xe9"\n', "not UTF-8 text (byte 23)"),
-    (b'fixed = 3\n[params.lr]\ntype = "categorical"\nchoices = [0.1]\n',
-     "fixed and params must be tables ([fixed], [params.NAME])"),
-    (b'[fixed]\nlr = 0.1\n[params.lr]\ntype = "categorical"\nchoices = [0.1]\n', "lr both fixed and tuned; keep one")])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the search space file is empty"),
+        (b"\n# a comment alone\n", "no [params.NAME] table, nothing to tune"),
+        (b'[params.lr]\ntype = "float"\nlow = 0.001\nhigh = ', "not TOML (Invalid value (at end of document))"),
+        (b'[params.lr]\ntype = "caf\xe9"\n', "not UTF-8 text (byte 23)"),
+        (
+            b'fixed = 3\n[params.lr]\ntype = "categorical"\nchoices = [0.1]\n',
+            "fixed and params must be tables ([fixed], [params.NAME])",
+        ),
+        (
+            b'[fixed]\nlr = 0.1\n[params.lr]\ntype = "categorical"\nchoices = [0.1]\n',
+            "lr both fixed and tuned; keep one",
+        ),
+    ],
+)
 def test_a_bad_space_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "space.toml"
     path.write_bytes(content)
@@ -204,26 +274,56 @@ def test_a_bad_space_file_is_one_line_naming_it(tmp_path: Path, content: bytes, 
     assert str(raised.value).startswith(f"{path}: {message}") and "\n" not in str(raised.value)
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (["--study", "{file}"], "--study {file}: is a file; a study is a folder"),
-    (["--study", "{file}/study"], "--study {file}/study: cannot make the folder (Not a directory)"),
-    (["--storage", "not a url"], "--storage 'not a url': not a database URL (e.g. sqlite:///study.db, "
-                                 "postgresql://user@host/db)"),
-    (["--storage", "sqlite://"], "--storage sqlite://: an in-memory database, lost when the command ends"),
-    (["--storage", "sqlite:///{tmp}/missing/folder/study.db"],
-     "--storage sqlite:///{tmp}/missing/folder/study.db: cannot open the database (unable to open database file)"),
-    (["--storage", "postgresql://tuner:secret@localhost/studies"],
-     "--storage postgresql://tuner:***@localhost/studies: no database driver for it is installed (No module named"),
-    (["--storage", "nosuchdb://host/studies"], "--storage nosuchdb://host/studies: cannot open the database "
-                                               "(Can't load plugin: sqlalchemy.dialects:nosuchdb)")])
-def test_a_bad_study_folder_or_storage_is_one_line_and_leaves_no_folder(tmp_path: Path, options: list[str],
-                                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--study", "{file}"], "--study {file}: is a file; a study is a folder"),
+        (["--study", "{file}/study"], "--study {file}/study: cannot make the folder (Not a directory)"),
+        (
+            ["--storage", "not a url"],
+            "--storage 'not a url': not a database URL (e.g. sqlite:///study.db, postgresql://user@host/db)",
+        ),
+        (["--storage", "sqlite://"], "--storage sqlite://: an in-memory database, lost when the command ends"),
+        (
+            ["--storage", "sqlite:///{tmp}/missing/folder/study.db"],
+            "--storage sqlite:///{tmp}/missing/folder/study.db: cannot open the database "
+            "(unable to open database file)",
+        ),
+        (
+            ["--storage", "postgresql://tuner:secret@localhost/studies"],
+            "--storage postgresql://tuner:***@localhost/studies: no database driver for it is installed "
+            "(No module named",
+        ),
+        (
+            ["--storage", "nosuchdb://host/studies"],
+            "--storage nosuchdb://host/studies: cannot open the database "
+            "(Can't load plugin: sqlalchemy.dialects:nosuchdb)",
+        ),
+    ],
+)
+def test_a_bad_study_folder_or_storage_is_one_line_and_leaves_no_folder(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
     data = amazon_folder(tmp_path / "data", seed=1)
     (tmp_path / "afile").write_text("not a folder\n")
     names = {"file": tmp_path / "afile", "tmp": tmp_path}
-    error = one_line_error(run_tuner("--preset", "sasrec-id", "--data", "amazon", "--data-root", str(data),
-                                     "--trials", "1", "--cache-dir", str(tmp_path / "cache"), "--study",
-                                     str(tmp_path / "new" / "study"), *(o.format(**names) for o in options)))
+    error = one_line_error(
+        run_tuner(
+            "--preset",
+            "sasrec-id",
+            "--data",
+            "amazon",
+            "--data-root",
+            str(data),
+            "--trials",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--study",
+            str(tmp_path / "new" / "study"),
+            *(o.format(**names) for o in options),
+        )
+    )
     assert error.startswith(message.format(**names)) and "secret" not in error
     assert not (tmp_path / "new").exists() and not (tmp_path / "missing").exists()
     assert (tmp_path / "afile").read_text() == "not a folder\n"
@@ -241,12 +341,24 @@ def test_a_study_of_an_older_tuner_that_recorded_nothing_stops(tmp_path: Path) -
 
 # 4. Outputs: atomic, and a study with nothing to recommend says so.
 
+
 def finished_study(tmp_path: Path, states: list[optuna.trial.TrialState]) -> tuple[optuna.Study, StudySettings]:
     """A study with trials told by hand, as training would have left them."""
     space = load_space(default_space("sasrec-id"), "sasrec-id")
     settings = StudySettings("sasrec-id", space, len(states), tmp_path / "study", overrides=(("epochs", 1),))
-    study = open_study(settings, {"kind": "amazon", "name": "A", "root": "/data/A", "fingerprint": "f",
-                                  "sequences": "s", "users": 40, "items": 30}, FeatureSettings())
+    study = open_study(
+        settings,
+        {
+            "kind": "amazon",
+            "name": "A",
+            "root": "/data/A",
+            "fingerprint": "f",
+            "sequences": "s",
+            "users": 40,
+            "items": 30,
+        },
+        FeatureSettings(),
+    )
     for number, state in enumerate(states):
         trial = study.ask()
         settings.trial_space.sample(trial)
@@ -260,8 +372,9 @@ def outputs(study_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.filterwarnings("ignore:Some regimes for parameter")  # PED-ANOVA over three trials
-def test_a_failure_while_outputs_are_written_leaves_every_file_whole(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_while_outputs_are_written_leaves_every_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     complete = optuna.trial.TrialState.COMPLETE
     study, settings = finished_study(tmp_path, [complete, complete])
     report_module.write_outputs(study, settings)
@@ -284,13 +397,16 @@ def test_a_study_without_a_complete_trial_is_one_line(tmp_path: Path) -> None:
     study, settings = finished_study(tmp_path, [pruned, pruned, failed])
     with pytest.raises(NoResultError) as raised:
         report_module.write_outputs(study, settings)
-    assert str(raised.value) == (f"study 'study' in {settings.shown_storage} has no complete trial (2 pruned, "
-                                 "1 fail): nothing to recommend; rerun with more --trials or a longer --timeout")
+    assert str(raised.value) == (
+        f"study 'study' in {settings.shown_storage} has no complete trial (2 pruned, "
+        "1 fail): nothing to recommend; rerun with more --trials or a longer --timeout"
+    )
     assert not (settings.study_dir / "best-recipe.json").exists()
 
 
-def study_whose_training_raises(error: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                ) -> tuple[StudySettings, Callable[[], optuna.Study]]:
+def study_whose_training_raises(
+    error: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[StudySettings, Callable[[], optuna.Study]]:
     """A 2-trial sasrec-id study on a small Amazon set whose every training raises `error`; its
     settings and a call that runs it."""
     from crossan.zoo.data import read_amazon
@@ -303,12 +419,14 @@ def study_whose_training_raises(error: Exception, tmp_path: Path, monkeypatch: p
     dataset = read_amazon(amazon_folder(tmp_path / "data", seed=1))
     space = load_space(default_space("sasrec-id"), "sasrec-id")
     settings = StudySettings("sasrec-id", space, 2, tmp_path / "study", overrides=(("epochs", 1),))
-    return settings, lambda: study_module.run_study(settings, dataset, describe_data("amazon", dataset),
-                                                    FeatureSettings(), torch.device("cpu"), Console(quiet=True))
+    return settings, lambda: study_module.run_study(
+        settings, dataset, describe_data("amazon", dataset), FeatureSettings(), torch.device("cpu"), Console(quiet=True)
+    )
 
 
-def test_a_diverged_trial_counts_as_pruned_and_the_study_goes_on(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_diverged_trial_counts_as_pruned_and_the_study_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     diverged = DivergedError("the training loss is nan at epoch 1, step 3: the model diverged")
     settings, run = study_whose_training_raises(diverged, tmp_path, monkeypatch)
     study = run()
@@ -318,8 +436,9 @@ def test_a_diverged_trial_counts_as_pruned_and_the_study_goes_on(tmp_path: Path,
         report_module.write_outputs(study, settings)
 
 
-def test_nan_inputs_in_a_trial_stop_the_study_rather_than_prune(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_inputs_in_a_trial_stop_the_study_rather_than_prune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """NaN in the feature cache is a defect of the inputs, not of the trial's values: the study
     stops with its one line instead of counting every trial as diverged."""
     nan_cache = NonFiniteError("cache.safetensors (text states): 3 non-finite value(s) in 1 row(s): row 2")
@@ -330,17 +449,29 @@ def test_nan_inputs_in_a_trial_stop_the_study_rather_than_prune(tmp_path: Path,
 
 # Experiment tables: definitions and --out.
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "the table definition is empty"),
-    (b'title = "caf\xe9"\n', "not UTF-8 text (byte 12)"),
-    (b'title = "t"\n[[runs]]\nname = "a"\npreset = ', "not valid TOML"),
-    (b'runs = 3\n', "runs must be a list of [[runs]] tables, got 3"),
-    (b'[[runs]]\nname = "a"\npreset = "crossan-t"\nset = 3\n', "run 'a': set must be a table of config values, got 3"),
-    (b'[[runs]]\nname = 7\npreset = "crossan-t"\n', "run 1: name must be a string, got 7"),
-    (b'sweep = { parameter = "lr", log_scal = true }\n[[runs]]\nname = "a"\npreset = "crossan-t"\nvalue = 1\n',
-     "sweep takes `parameter` and `log_scale`; unknown: log_scal"),
-    (b'[[runs]]\nname = "a"\npreset = "crossan-t"\nset = { adapter_dim = "wide" }\n',
-     "run 'a': adapter_dim needs an integer")])
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the table definition is empty"),
+        (b'title = "caf\xe9"\n', "not UTF-8 text (byte 12)"),
+        (b'title = "t"\n[[runs]]\nname = "a"\npreset = ', "not valid TOML"),
+        (b"runs = 3\n", "runs must be a list of [[runs]] tables, got 3"),
+        (
+            b'[[runs]]\nname = "a"\npreset = "crossan-t"\nset = 3\n',
+            "run 'a': set must be a table of config values, got 3",
+        ),
+        (b'[[runs]]\nname = 7\npreset = "crossan-t"\n', "run 1: name must be a string, got 7"),
+        (
+            b'sweep = { parameter = "lr", log_scal = true }\n[[runs]]\nname = "a"\npreset = "crossan-t"\nvalue = 1\n',
+            "sweep takes `parameter` and `log_scale`; unknown: log_scal",
+        ),
+        (
+            b'[[runs]]\nname = "a"\npreset = "crossan-t"\nset = { adapter_dim = "wide" }\n',
+            "run 'a': adapter_dim needs an integer",
+        ),
+    ],
+)
 def test_a_bad_table_definition_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
     from crossan.zoo.experiments import load_table
 
@@ -357,19 +488,42 @@ def test_experiments_out_naming_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("a file\n")
     result = run_main(experiments_main, "fusion", "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and result.stderr.splitlines() == [
-        f"error: --out {tmp_path / 'out'}: {tmp_path / 'out'} is a file; the table's runs and report go in a folder"]
+        f"error: --out {tmp_path / 'out'}: {tmp_path / 'out'} is a file; the table's runs and report go in a folder"
+    ]
     assert (tmp_path / "out").read_text() == "a file\n"
 
 
 # kill -9 in the middle of a trial.
 
+
 @pytest.mark.slow
 def test_a_study_killed_mid_trial_is_finished_by_a_rerun(tmp_path: Path) -> None:
     data = amazon_folder(tmp_path / "data", seed=3, users=600, items=200)
     study = tmp_path / "study"
-    command = [sys.executable, "-m", "crossan", "tune", "--preset", "sasrec-id", "--data", "amazon",
-               "--data-root", str(data), "--cache-dir", str(tmp_path / "cache"), "--study", str(study),
-               "--trials", "2", "--heartbeat", "1", "--set", "epochs=40", "--set", "patience=40"]
+    command = [
+        sys.executable,
+        "-m",
+        "crossan",
+        "tune",
+        "--preset",
+        "sasrec-id",
+        "--data",
+        "amazon",
+        "--data-root",
+        str(data),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--study",
+        str(study),
+        "--trials",
+        "2",
+        "--heartbeat",
+        "1",
+        "--set",
+        "epochs=40",
+        "--set",
+        "patience=40",
+    ]
 
     def first_trial_midway(lines: list[str]) -> bool:
         states = list((study / "trials").glob("*/trainer_state.json"))

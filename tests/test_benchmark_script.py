@@ -1,4 +1,6 @@
-"""The benchmark scripts run end to end (real data: on the small toy set, one epoch per model; side network: a few items)."""
+"""The benchmark scripts run end to end (real data: on the small toy set, one epoch per model; side network: a
+few items)."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +19,27 @@ pytestmark = pytest.mark.slow
 def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     """Two of the rows over two seeds (one epoch each), plus the untrained rows (popularity, and
     the text similarity from the content row's features), then a second call that keeps every run."""
-    command = [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs",
-               "1", "--models", "sasrec-id, full softmax", "crossan-t + ID", "--seeds", "1", "2",
-               "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"]
+    command = [
+        sys.executable,
+        "benchmarks/real_data.py",
+        "--data",
+        "toy",
+        "--data-root",
+        str(toy_root),
+        "--epochs",
+        "1",
+        "--models",
+        "sasrec-id, full softmax",
+        "crossan-t + ID",
+        "--seeds",
+        "1",
+        "2",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "bench"),
+        "--json",
+    ]
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -49,7 +69,11 @@ def test_side_network_benchmark_prints_the_four_timings() -> None:
     """The side-network benchmark's JSON has the documented keys (timings are not asserted)."""
     result = subprocess.run(
         [sys.executable, "benchmarks/side_network.py", "--items", "8", "--steps", "7", "--json"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert set(report) == {"crossan-tiva", "crossan-tiva-per-tower", "iisan-e-tiva@512", "iisan-e-tiva@1024"}
@@ -60,9 +84,26 @@ def test_new_items_benchmark_compares_served_states_with_pytorch() -> None:
     """Tiny text backbone: the JSON has one entry per modality, and the served
     states match PyTorch's (the script checks the two paths on the same contents)."""
     result = subprocess.run(
-        [sys.executable, "benchmarks/new_items.py", "--widths", "tiny", "--modalities", "text",
-         "--items", "4", "--batch", "2", "--repeats", "1", "--json"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/new_items.py",
+            "--widths",
+            "tiny",
+            "--modalities",
+            "text",
+            "--items",
+            "4",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert set(report) == {"text"}
@@ -76,9 +117,25 @@ def test_efficiency_benchmark_reports_every_model_and_the_caching_row() -> None:
     """Tiny widths, two models, one timed step: the JSON has the documented keys, the improvement
     rows are absent without IISAN-E, and caching pays back against the uncached model."""
     result = subprocess.run(
-        [sys.executable, "benchmarks/efficiency.py", "--widths", "tiny", "--models", "crossan-tiva", "lora-ti",
-         "--users", "4", "--steps", "1", "--json"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/efficiency.py",
+            "--widths",
+            "tiny",
+            "--models",
+            "crossan-tiva",
+            "lora-ti",
+            "--users",
+            "4",
+            "--steps",
+            "1",
+            "--json",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert set(report) == {"crossan-tiva", "lora-ti", "caching", "setting"}
@@ -97,9 +154,30 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
     from crossan.zoo.training.trainer import training_windows
 
     result = subprocess.run(
-        [sys.executable, "benchmarks/negatives_cost.py", "--data", "toy", "--data-root", str(toy_root),
-         "--cache-dir", str(cache_dir), "--steps", "1", "--rounds", "1", "--sampled", "64", "--memory", "128",
-         "--json"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/negatives_cost.py",
+            "--data",
+            "toy",
+            "--data-root",
+            str(toy_root),
+            "--cache-dir",
+            str(cache_dir),
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--sampled",
+            "64",
+            "--memory",
+            "128",
+            "--json",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     options = ["in-batch", "+ 64 uniform", "+ 64 popularity", "+ memory 128", "full softmax"]
@@ -115,18 +193,42 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
             assert abs(entry["seconds_per_epoch"] - entry["seconds_per_step"] * entry["steps_per_epoch"]) < 1e-9
 
 
-def test_real_data_benchmark_tunes_every_family_with_the_same_budget(toy_root: Path, cache_dir: Path,
-                                                                    tmp_path: Path) -> None:
+def test_real_data_benchmark_tunes_every_family_with_the_same_budget(
+    toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     """`--tune 2`: each family's study reaches two finished trials, and its best recipe is one more
     row, trained over the seeds and compared like the hand rows. `--tune-only` first runs the
     studies alone; the full command then finds them finished and trains no trial again."""
-    command = [sys.executable, "benchmarks/real_data.py", "--data", "toy", "--data-root", str(toy_root), "--epochs",
-               "2", "--patience", "2", "--models", "sasrec-id", "crossan-t", "--seeds", "1", "--tune", "2",
-               "--cache-dir", str(cache_dir), "--out", str(tmp_path / "bench"), "--json"]
+    command = [
+        sys.executable,
+        "benchmarks/real_data.py",
+        "--data",
+        "toy",
+        "--data-root",
+        str(toy_root),
+        "--epochs",
+        "2",
+        "--patience",
+        "2",
+        "--models",
+        "sasrec-id",
+        "crossan-t",
+        "--seeds",
+        "1",
+        "--tune",
+        "2",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "bench"),
+        "--json",
+    ]
     tuned = subprocess.run([*command, "--tune-only"], cwd=PROJECT, capture_output=True, text=True, timeout=1800)
     assert tuned.returncode == 0, tuned.stderr[-3000:]
-    assert {preset: summary["finished_trials"] for preset, summary in json.loads(tuned.stdout)["tuning"].items()} \
-        == {"sasrec-id": 2, "crossan-t": 2}
+    assert {preset: summary["finished_trials"] for preset, summary in json.loads(tuned.stdout)["tuning"].items()} == {
+        "sasrec-id": 2,
+        "crossan-t": 2,
+    }
     assert sorted(path.name for path in (tmp_path / "bench").iterdir()) == ["tune"], "--tune-only trained a row"
     trials = {path: path.stat().st_mtime for path in (tmp_path / "bench" / "tune").glob("*/trials/*/config.json")}
     assert len(trials) >= 2

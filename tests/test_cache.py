@@ -1,5 +1,6 @@
 """Feature cache: round trip, staleness, crash safety, damaged files; item features over it; LayerDrop indices;
 state extraction."""
+
 from __future__ import annotations
 
 import gc
@@ -11,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from crossan.zoo.backbones import BackboneSpec, StateExtractor, kept_state_indices, load_backbone
+from crossan.zoo.data import read_microlens
 from crossan.zoo.features.prepare import build_state_cache, state_metadata
 from crossan.zoo.features.states import cache_path, open_states, write_states
-from crossan.zoo.data import read_microlens
 from crossan.zoo.features.store import ItemFeatures
 
 
@@ -71,8 +72,15 @@ def test_damaged_files_do_not_load(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "states.safetensors"
     write_states(path, torch.randn(10, 3, 8).half(), {"a": "1"})
     data = path.read_bytes()
-    path.write_bytes({"torn data": data[:-2], "torn header": data[:20], "empty": b"", "header length only": data[:8],
-                      "trailing bytes": data + b"\0\0"}[damage])
+    path.write_bytes(
+        {
+            "torn data": data[:-2],
+            "torn header": data[:20],
+            "empty": b"",
+            "header length only": data[:8],
+            "trailing bytes": data + b"\0\0",
+        }[damage]
+    )
     assert open_states(path, {"a": "1"}) is None
     assert open_states(path) is None
 
@@ -90,7 +98,7 @@ def test_other_dtypes_and_tensor_names_do_not_load(tmp_path: Path) -> None:
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "states.safetensors"
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         write_states(path, torch.randn(2, 2, 2).half(), {"bad": 3})  # metadata values must be strings
     assert not path.exists() and not list(tmp_path.iterdir())
 

@@ -1,4 +1,5 @@
 """`run_cli`: a user error is one `error: ...` line and exit status 2; a bug keeps its traceback."""
+
 from __future__ import annotations
 
 import traceback
@@ -7,13 +8,13 @@ import pytest
 from scripts import run_script
 
 from crossan.zoo.cli.options import run_cli
-from crossan.zoo.data import DataError
 from crossan.zoo.core.errors import ConfigError, MissingFileError, UserError
-
+from crossan.zoo.data import DataError
 
 
 def _run_failing(error: BaseException, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
     """Exit status and stderr lines of `run_cli` over a main that raises `error`."""
+
     def main() -> int:
         raise error
 
@@ -22,14 +23,21 @@ def _run_failing(error: BaseException, capsys: pytest.CaptureFixture[str]) -> tu
     return exit_info.value.code, capsys.readouterr().err.splitlines()
 
 
-@pytest.mark.parametrize("error, line", [
-    (UserError("the thing is wrong"), "error: the thing is wrong"),
-    (ConfigError("--pooling expects KEY=VALUE, got 'text'"), "error: --pooling expects KEY=VALUE, got 'text'"),
-    (MissingFileError("weights/x: not a run directory"), "error: weights/x: not a run directory"),
-    (DataError("unknown item id 'i9'", "data/toy_pairs.tsv", 7), "error: data/toy_pairs.tsv:7: unknown item id 'i9'"),
-])
-def test_user_error_prints_one_line_and_exits_2(error: UserError, line: str,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (UserError("the thing is wrong"), "error: the thing is wrong"),
+        (ConfigError("--pooling expects KEY=VALUE, got 'text'"), "error: --pooling expects KEY=VALUE, got 'text'"),
+        (MissingFileError("weights/x: not a run directory"), "error: weights/x: not a run directory"),
+        (
+            DataError("unknown item id 'i9'", "data/toy_pairs.tsv", 7),
+            "error: data/toy_pairs.tsv:7: unknown item id 'i9'",
+        ),
+    ],
+)
+def test_user_error_prints_one_line_and_exits_2(
+    error: UserError, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     status, stderr = _run_failing(error, capsys)
     assert status == 2
     assert stderr == [line]

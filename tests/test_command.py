@@ -2,6 +2,7 @@
 `crossan SUB`, an unknown one or a user error is one line and exit status 2, and a subcommand
 does what its script does. In-process (`run_main`) but for two runs of the installed console
 script itself."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def crossan(*args: str) -> subprocess.CompletedProcess[str]:
     """The installed `crossan` console script (the one beside this interpreter first) with `args`."""
-    script = shutil.which("crossan", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                           os.environ.get("PATH", "")]))
+    script = shutil.which(
+        "crossan", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     assert script, "no crossan console script beside this interpreter or on PATH: pip install -e ."
     return subprocess.run([script, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -53,15 +55,15 @@ def test_an_unknown_subcommand_is_one_line_and_exit_2() -> None:
     result = crossan("trian", "--preset", "crossan-tiva")
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [
-        f"crossan: unknown command 'trian'; use one of {', '.join(SUBCOMMANDS)}"]
+    assert result.stderr.splitlines() == [f"crossan: unknown command 'trian'; use one of {', '.join(SUBCOMMANDS)}"]
 
 
 def test_a_user_error_in_a_subcommand_is_one_line_and_exit_2() -> None:
     result = crossan("evaluate", "--baseline", "popularity", "--device", "cuda")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "error: --device applies to runs (--run, --compare); popularity runs on the CPU"]
+        "error: --device applies to runs (--run, --compare); popularity runs on the CPU"
+    ]
 
 
 def test_a_user_error_deep_in_a_subcommand_is_one_line_and_exit_2() -> None:
@@ -80,8 +82,19 @@ def test_models_json_is_the_registry() -> None:
 
 
 def test_evaluate_gives_what_evaluate_py_gives(toy_root: Path, cache_dir: Path) -> None:
-    args = ("--baseline", "popularity", "--data", "toy", "--data-root", str(toy_root), "--cache-dir", str(cache_dir),
-            "--split", "valid", "--json")
+    args = (
+        "--baseline",
+        "popularity",
+        "--data",
+        "toy",
+        "--data-root",
+        str(toy_root),
+        "--cache-dir",
+        str(cache_dir),
+        "--split",
+        "valid",
+        "--json",
+    )
     from_command = run_main(command.main, "evaluate", *args)
     from_script = run_script("evaluate", *args)
     assert from_command.returncode == from_script.returncode == 0, from_command.stderr + from_script.stderr

@@ -1,4 +1,5 @@
 """Readers and bad input: every malformed file stops with one line naming file and line."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,9 +8,9 @@ from pathlib import Path
 import pytest
 from scripts import run_script
 
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data import DataError, read_amazon, read_microlens
 from crossan.zoo.data.dataset import MIN_INTERACTIONS
-from crossan.zoo.core.errors import ConfigError
 
 PROJECT = Path(__file__).resolve().parents[1]
 AMAZON = PROJECT.parent / "shared" / "data" / "amazon-scientific"
@@ -91,17 +92,30 @@ def test_missing_cover_and_video_are_errors_unless_allowed(microlens: Path) -> N
     (microlens / "videos" / "i0005.mp4").unlink()
     (microlens / "videos" / "i0009.mp4").unlink()
     dataset = read_microlens(microlens)
-    assert _error(lambda: check_media(dataset, "image", False)).startswith(f"{microlens / 'covers' / 'i0003.jpg'}: "
-                                                                            "missing image file (1 of 128")
-    assert _error(lambda: check_media(dataset, "audio", False)).startswith(f"{microlens / 'videos' / 'i0005.mp4'}: "
-                                                                            "missing audio file (2 of 128")
+    assert _error(lambda: check_media(dataset, "image", False)).startswith(
+        f"{microlens / 'covers' / 'i0003.jpg'}: missing image file (1 of 128"
+    )
+    assert _error(lambda: check_media(dataset, "audio", False)).startswith(
+        f"{microlens / 'videos' / 'i0005.mp4'}: missing audio file (2 of 128"
+    )
     assert check_media(dataset, "video", True) == {4, 8}
 
 
 def test_cli_reports_bad_input_in_one_line_without_traceback(microlens: Path, tmp_path: Path) -> None:
     (microlens / "videos" / "i0005.mp4").unlink()
-    result = run_script("train", "--preset", "crossan-tiva", "--data", "microlens", "--data-root", str(microlens),
-                        "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run"))
+    result = run_script(
+        "train",
+        "--preset",
+        "crossan-tiva",
+        "--data",
+        "microlens",
+        "--data-root",
+        str(microlens),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {microlens / 'videos' / 'i0005.mp4'}: missing video file")
@@ -124,6 +138,6 @@ def test_reads_amazon_scientific() -> None:
 def test_amazon_titles_are_html_decoded(tmp_path: Path) -> None:
     (tmp_path / "items.tsv").write_text("a\tNuts &amp; Bolts 5&quot; Kit\nb\tPlain\nc\tC&#39;s\n")
     (tmp_path / "users.tsv").write_text("u1\ta b c\nu2\tb c a\n")
-    assert read_amazon(tmp_path).titles == ["Nuts & Bolts 5\" Kit", "Plain", "C's"]
+    assert read_amazon(tmp_path).titles == ['Nuts & Bolts 5" Kit', "Plain", "C's"]
     real = read_amazon(AMAZON)
     assert not any("&amp;" in title or "&quot;" in title for title in real.titles)

@@ -1,5 +1,6 @@
 """Data-parallel training with torchrun (gloo, real processes): the batches, one step's loss and
 gradients, whole runs against one process, sharded feature caching, and resuming after a kill."""
+
 from __future__ import annotations
 
 import json
@@ -11,17 +12,32 @@ import pytest
 import torch
 from killing import PROJECT, kill_when
 
-from crossan.zoo.features.states import open_states
-from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.core.distributed import Processes
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.features.states import open_states
 from crossan.zoo.training.trainer import epoch_batches
 
 # --standalone: a local rendezvous on a free port, so runs never collide on a fixed one.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 # Two epochs of 13 steps on the small toy set. Dropout is off: the processes draw their own
 # dropout masks, so with it on the runs would differ as runs with different seeds do.
-COMPARED = ["--preset", "crossan-t", "--data", "toy", "--epochs", "2", "--patience", "10", "--batch-size", "64",
-            "--set", "dropout=0", "--set", "attention_dropout=0", "--json"]
+COMPARED = [
+    "--preset",
+    "crossan-t",
+    "--data",
+    "toy",
+    "--epochs",
+    "2",
+    "--patience",
+    "10",
+    "--batch-size",
+    "64",
+    "--set",
+    "dropout=0",
+    "--set",
+    "attention_dropout=0",
+    "--json",
+]
 # Same global batch as one process, so the loss history agrees to float rounding (1e-4 below).
 # The metrics are counts of users: float sums in another order (thread count, CPU model, the
 # reduction across processes) move the ranks of near-tie users, one whole user (1/800) at a
@@ -55,8 +71,13 @@ def test_shards_cover_the_rows_in_rank_order() -> None:
 
 @pytest.mark.slow
 def test_one_step_over_two_processes_has_the_single_process_loss_and_gradients(toy_root: Path) -> None:
-    result = subprocess.run([*TORCHRUN, "tests/distributed_step.py", str(toy_root), "crossan-tiva"], cwd=PROJECT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*TORCHRUN, "tests/distributed_step.py", str(toy_root), "crossan-tiva"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     cases = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(cases) == {"plain", "sliding windows", "a process without windows"}
@@ -65,11 +86,26 @@ def test_one_step_over_two_processes_has_the_single_process_loss_and_gradients(t
         assert case["gradient"] < 1e-5 and case["loss"] < 1e-5
 
 
-def train(launcher: list[str], toy_root: Path, cache_dir: Path, run_dir: Path,
-          args: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run([*launcher, "train.py", *args, "--data-root", str(toy_root), "--cache-dir",
-                             str(cache_dir), "--run-dir", str(run_dir)], cwd=PROJECT, capture_output=True, text=True,
-                            timeout=600)
+def train(
+    launcher: list[str], toy_root: Path, cache_dir: Path, run_dir: Path, args: list[str]
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [
+            *launcher,
+            "train.py",
+            *args,
+            "--data-root",
+            str(toy_root),
+            "--cache-dir",
+            str(cache_dir),
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -92,34 +128,65 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(toy_root:
     assert history(tmp_path / "two") == pytest.approx(history(tmp_path / "one"), abs=1e-4)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
 
-    single_file, = (cache_dir / "features" / "toy").iterdir()
+    (single_file,) = (cache_dir / "features" / "toy").iterdir()
     files = sorted(p.name for p in (sharded_cache / "features" / "toy").iterdir())
     assert files == [single_file.name], "the parts are joined into one file and removed"
-    torch.testing.assert_close(open_states(sharded_cache / "features" / "toy" / single_file.name).float(),
-                               open_states(single_file).float(), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        open_states(sharded_cache / "features" / "toy" / single_file.name).float(),
+        open_states(single_file).float(),
+        atol=1e-3,
+        rtol=1e-3,
+    )
 
 
 @pytest.mark.slow
-def test_killed_torchrun_run_resumes_under_torchrun_to_the_uninterrupted_metrics(toy_root: Path, cache_dir: Path,
-                                                                                  tmp_path: Path) -> None:
-    args = ["--preset", "crossan-t", "--data", "toy", "--epochs", "2", "--patience", "10", "--batch-size", "64",
-            "--json"]  # with dropout: each process's random state is checkpointed and restored
+def test_killed_torchrun_run_resumes_under_torchrun_to_the_uninterrupted_metrics(
+    toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    args = [
+        "--preset",
+        "crossan-t",
+        "--data",
+        "toy",
+        "--epochs",
+        "2",
+        "--patience",
+        "10",
+        "--batch-size",
+        "64",
+        "--json",
+    ]  # with dropout: each process's random state is checkpointed and restored
     uninterrupted = json.loads(train(TORCHRUN, toy_root, cache_dir, tmp_path / "whole", args).stdout)
 
     run_dir = tmp_path / "killed"
-    command = [*TORCHRUN, "train.py", *args, "--data-root", str(toy_root), "--cache-dir", str(cache_dir),
-               "--run-dir", str(run_dir)]
+    command = [
+        *TORCHRUN,
+        "train.py",
+        *args,
+        "--data-root",
+        str(toy_root),
+        "--cache-dir",
+        str(cache_dir),
+        "--run-dir",
+        str(run_dir),
+    ]
     kill_when(command, lambda lines: (run_dir / "trainer_state.json").is_file())  # launcher and workers at once
     assert json.loads((run_dir / "trainer_state.json").read_text())["epoch"] == 1
     assert not (run_dir / "metrics.json").exists()
 
-    alone = subprocess.run([sys.executable, "train.py", "--resume", str(run_dir)], cwd=PROJECT, capture_output=True,
-                           text=True, timeout=300)
+    alone = subprocess.run(
+        [sys.executable, "train.py", "--resume", str(run_dir)], cwd=PROJECT, capture_output=True, text=True, timeout=300
+    )
     assert alone.returncode == 2
     assert "processes (2 recorded, 1 now) differ from its config.json" in alone.stderr
 
-    resumed = subprocess.run([*TORCHRUN, "train.py", "--resume", str(run_dir), "--json"], cwd=PROJECT,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [*TORCHRUN, "train.py", "--resume", str(run_dir), "--json"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch 1" in " ".join(resumed.stderr.split())
     assert json.loads(resumed.stdout) == uninterrupted

@@ -11,6 +11,7 @@
 The checking functions take the file's path, so they also work on a file that is not in place
 yet (a new README, say).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,10 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 INLINE_CODE = re.compile(r"(`+).*?\1")
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-COMMAND = re.compile(r"^\s*(?:python3?\s+(train\.py|evaluate\.py|benchmarks/[\w-]+\.py|-m\s+crossan(?:\.\w+)+)"
-                     rf"|(crossan\s+(?:{'|'.join(SUBCOMMANDS)})))(?=\s|$)(.*)$")
+COMMAND = re.compile(
+    r"^\s*(?:python3?\s+(train\.py|evaluate\.py|benchmarks/[\w-]+\.py|-m\s+crossan(?:\.\w+)+)"
+    rf"|(crossan\s+(?:{'|'.join(SUBCOMMANDS)})))(?=\s|$)(.*)$"
+)
 OPTION = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 
 
@@ -96,8 +99,9 @@ def anchors(path: Path) -> frozenset[str]:
 
 def links(path: Path) -> list[tuple[int, str]]:
     """(line number, target) of every markdown link outside code blocks and inline code."""
-    return [(number, target) for number, line in split_code(path)[0]
-            for target in LINK.findall(INLINE_CODE.sub("", line))]
+    return [
+        (number, target) for number, line in split_code(path)[0] for target in LINK.findall(INLINE_CODE.sub("", line))
+    ]
 
 
 def broken_links(path: Path) -> list[str]:
@@ -152,8 +156,15 @@ def help_text(script: str) -> str:
     the repository root with this interpreter (`crossan SUB` as `python -m crossan SUB`, the
     console script's code); wide columns so that argparse wraps nothing."""
     argv = [sys.executable, *(["-m"] if script.startswith("crossan ") else []), *script.split(), "--help"]
-    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=HELP_TIMEOUT_S, check=False,
-                            env={**os.environ, "COLUMNS": "300"})
+    result = subprocess.run(
+        argv,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HELP_TIMEOUT_S,
+        check=False,
+        env={**os.environ, "COLUMNS": "300"},
+    )
     assert result.returncode == 0, f"{shown(script)} --help failed:\n{result.stdout}{result.stderr}"
     return result.stdout
 
@@ -180,8 +191,9 @@ def unknown_options(path: Path) -> list[str]:
         listed = set(OPTION.findall(help_text(script)))
         for option in dict.fromkeys(OPTION.findall(text)):
             if option not in listed:
-                problems.append(f"{_relative(path)}:{number}: {shown(script)}: {option} is not an option "
-                                f"(`{shown(script)} --help`)")
+                problems.append(
+                    f"{_relative(path)}:{number}: {shown(script)}: {option} is not an option (`{shown(script)} --help`)"
+                )
     return problems
 
 
@@ -191,8 +203,11 @@ def line_count(path: Path) -> int:
 
 def unlinked_docs(path: Path, docs: list[Path]) -> list[str]:
     """The docs files that `path` does not link to."""
-    targets = {(path.parent / unquote(t.partition("#")[0])).resolve()
-               for _, t in links(path) if not SCHEME.match(t) and t.partition("#")[0]}
+    targets = {
+        (path.parent / unquote(t.partition("#")[0])).resolve()
+        for _, t in links(path)
+        if not SCHEME.match(t) and t.partition("#")[0]
+    }
     return [_relative(doc) for doc in docs if doc.resolve() not in targets]
 
 
@@ -222,7 +237,8 @@ def test_readme_finds_commands_to_check() -> None:
 
 def test_readme_is_short() -> None:
     assert line_count(README) <= MAX_README_LINES, (
-        f"README.md has {line_count(README)} lines (at most {MAX_README_LINES}): move detail to docs/")
+        f"README.md has {line_count(README)} lines (at most {MAX_README_LINES}): move detail to docs/"
+    )
 
 
 def test_readme_links_every_doc() -> None:

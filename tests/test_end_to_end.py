@@ -2,6 +2,7 @@
 widths, which parameters one optimiser step changes, starting from a loaded backbone,
 activation checkpointing, and export.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,14 +14,13 @@ from crossan.export.exporter import export_model, validate_grid
 from crossan.export.validation import item_cases, user_cases
 from crossan.zoo.backbones.tiny import tiny_backbone
 from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.models.recommender import Recommender
-from crossan.zoo.models.end_to_end import ADDED_WEIGHT
 from crossan.zoo.models import config_from_dict, create_model
+from crossan.zoo.models.end_to_end import ADDED_WEIGHT
+from crossan.zoo.models.recommender import Recommender
 
 PAPER_TABLE_4 = {"fft-ti": 194_897_216, "adapter-ti": 38_017_088, "lora-ti": 37_992_512}
 # One modality: BERT-base alone, one head, concat fusion over one tower (64 x 64 + 64), SASRec.
-TEXT_ONLY = {"fft-t": 108_891_648 + 153_600, "adapter-t": 24 * 787_712 + 153_600,
-             "lora-t": 24 * 787_200 + 153_600}
+TEXT_ONLY = {"fft-t": 108_891_648 + 153_600, "adapter-t": 24 * 787_712 + 153_600, "lora-t": 24 * 787_200 + 153_600}
 TOKENS = 8
 
 
@@ -42,8 +42,14 @@ def tiny_model(name: str, **overrides: object) -> tuple[Recommender, dict[str, d
     modalities = ("text", "image") if name.endswith("-ti") else ("text",)
     loaded = {"text": text, "image": image}
     torch.manual_seed(0)
-    model = create_model(name, backbones=tuple(loaded[m].config.to_dict() for m in modalities),
-                         text_max_tokens=TOKENS, dropout=0.0, attention_dropout=0.0, **overrides)
+    model = create_model(
+        name,
+        backbones=tuple(loaded[m].config.to_dict() for m in modalities),
+        text_max_tokens=TOKENS,
+        dropout=0.0,
+        attention_dropout=0.0,
+        **overrides,
+    )
     for modality in modalities:
         model.load_backbone_weights(modality, loaded[modality].state_dict())
     return model, {m: loaded[m].state_dict() for m in modalities}
@@ -138,13 +144,18 @@ def test_uncached_models_export_to_onnx(tmp_path) -> None:
     model.eval()
     exported = export_model(model, tmp_path)
     generator = torch.Generator().manual_seed(1)
-    results = validate_grid(model, exported, item_cases(lambda batch: model.random_item_inputs(batch, generator)),
-                            user_cases(torch.randn(20, model.config.embedding_dim), model.config.max_seq_len))
+    results = validate_grid(
+        model,
+        exported,
+        item_cases(lambda batch: model.random_item_inputs(batch, generator)),
+        user_cases(torch.randn(20, model.config.embedding_dim), model.config.max_seq_len),
+    )
     assert max(r.max_abs_error for r in results) <= 1e-4
     assert exported.item_spec.input_names == ("text_input_ids", "text_attention_mask")
 
 
 # --- through train.py: stored inputs, a run, its files ----------------------------------------
+
 
 @pytest.mark.slow
 def test_train_py_trains_an_uncached_model_from_stored_inputs(toy_root, cache_dir, tmp_path) -> None:
@@ -160,10 +171,32 @@ def test_train_py_trains_an_uncached_model_from_stored_inputs(toy_root, cache_di
 
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "train.py", "--preset", "adapter-ti", "--data", "microlens", "--data-root", str(toy_root),
-         "--epochs", "1", "--batch-size", "64", "--set", "adapter_dim=8", "--run-dir", str(run_dir),
-         "--cache-dir", str(cache_dir), "--json"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "train.py",
+            "--preset",
+            "adapter-ti",
+            "--data",
+            "microlens",
+            "--data-root",
+            str(toy_root),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--set",
+            "adapter_dim=8",
+            "--run-dir",
+            str(run_dir),
+            "--cache-dir",
+            str(cache_dir),
+            "--json",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 <= metrics["test"]["NDCG@10"] <= 1

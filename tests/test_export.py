@@ -5,6 +5,7 @@ the serving helper and the README example.
 Tolerance: max abs error <= 1e-4 in float32 (`crossan.export.spec.TOLERANCE`) at batch sizes 1, 3, 17
 and lengths 1, 4, 10, none of which is an export shape.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,19 +20,18 @@ import onnx
 import pytest
 import torch
 
-from crossan.export.errors import (NameMismatchError, RecommendationMismatchError, ShapeMismatchError,
-                                  ValueMismatchError)
+from crossan.export.errors import NameMismatchError, RecommendationMismatchError, ShapeMismatchError, ValueMismatchError
 from crossan.export.exporter import ExportedModel, export_model, validate_grid
-from crossan.export.serve import OnnxRecommender, UnknownItemError
 from crossan.export.item_table import TABLE_FILE, load_item_table
 from crossan.export.onnx_export import export_onnx
 from crossan.export.ranking import history_window, top_k_rows
+from crossan.export.serve import OnnxRecommender, UnknownItemError
 from crossan.export.spec import TOLERANCE, item_encoder_spec
 from crossan.export.validation import OnnxEncoder, check_agreement, item_cases, user_cases, validate_encoder
 from crossan.export.wrappers import ItemEncoder
-from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models import build_model, list_models, preset_config
 from crossan.zoo.models.config import StoredFeatures
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.runs.run import open_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,23 +96,44 @@ def grid_cases(model: Recommender) -> tuple[list, list]:
 # cross-modal mixing off (indsan: another constant mask in the same mixer), or swap in a fusion
 # layer that tests/test_layer_portability.py exports on its own, take no new export path: they
 # run in the slow set.
-NO_NEW_EXPORT_PATH = {"crossan-tia", "crossan-tiv", "crossan-ti", "indsan-ti", "indsan-tiva", "iisan-ti",
-                      "crossan-tiva-concat", "crossan-tiva-sgated", "crossan-tiva-dgated"}
+NO_NEW_EXPORT_PATH = {
+    "crossan-tia",
+    "crossan-tiv",
+    "crossan-ti",
+    "indsan-ti",
+    "indsan-tiva",
+    "iisan-ti",
+    "crossan-tiva-concat",
+    "crossan-tiva-sgated",
+    "crossan-tiva-dgated",
+}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in NO_NEW_EXPORT_PATH else n
-                                  for n in list_models() if preset_config(n).stored_features is StoredFeatures.STATES])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in NO_NEW_EXPORT_PATH else n
+        for n in list_models()
+        if preset_config(n).stored_features is StoredFeatures.STATES
+    ],
+)
 def test_every_preset_exports_and_validates(name: str, exported_presets) -> None:
     model, exported = exported_presets(name)
     assert all(path.is_file() for path in exported.files())
     assert exported.item_spec.input_names == model.item_input_names
     results = validate_grid(model, exported, *grid_cases(model))
     checked = {(r.encoder, r.runtime) for r in results}
-    assert {(encoder, runtime) for encoder in ("item_encoder", "user_encoder")
-            for runtime in ("onnxruntime CPU", "torchscript")} <= checked
+    assert {
+        (encoder, runtime)
+        for encoder in ("item_encoder", "user_encoder")
+        for runtime in ("onnxruntime CPU", "torchscript")
+    } <= checked
     for result in results:
-        expected = ["B=1", "B=3", "B=17"] if result.encoder == "item_encoder" else [
-            f"B={b} T={t}" for t in (1, 4, 10) for b in (1, 3, 17)]
+        expected = (
+            ["B=1", "B=3", "B=17"]
+            if result.encoder == "item_encoder"
+            else [f"B={b} T={t}" for t in (1, 4, 10) for b in (1, 3, 17)]
+        )
         assert list(result.errors) == expected
         assert result.max_abs_error <= TOLERANCE
 
@@ -143,8 +164,11 @@ def test_backbone_prior_model_exports_and_validates(tmp_path: Path) -> None:
     The prior needs cosine scores, whose normalisation is part of the exported item encoder, so
     the served item table holds the unit embeddings that training scored."""
     model = tiny_model("crossan-ti")
-    model = type(model)(dataclasses.replace(model.config, score_temperature=0.1, backbone_prior_weight=0.5,
-                                            backbone_prior_inference_weight=1.5)).eval()
+    model = type(model)(
+        dataclasses.replace(
+            model.config, score_temperature=0.1, backbone_prior_weight=0.5, backbone_prior_inference_weight=1.5
+        )
+    ).eval()
     exported = export_model(model, tmp_path)
     items, users = grid_cases(model)
     results = validate_grid(model, exported, items, users)
@@ -281,16 +305,26 @@ def test_near_tie_swaps_are_allowed_up_to_the_tolerance_and_counted() -> None:
 
 # --- a toy-trained run, end to end -------------------------------------------------------------
 
+
 def test_export_command_validates_toy_run(toy_run: Path, toy_export: Path) -> None:
     names = {p.name for p in toy_export.iterdir()}
-    assert names == {"item_encoder.onnx", "user_encoder.onnx", "item_encoder.pt", "user_encoder.pt",
-                     TABLE_FILE, "validation.json"}
+    assert names == {
+        "item_encoder.onnx",
+        "user_encoder.onnx",
+        "item_encoder.pt",
+        "user_encoder.pt",
+        TABLE_FILE,
+        "validation.json",
+    }
     report = json.loads((toy_export / "validation.json").read_text())
     assert report["preset"] == "crossan-tiva"
     assert {"onnxruntime CPU", "torchscript"} <= {g["runtime"] for g in report["max_abs_errors"]}
     assert all(g["max_abs_error"] <= TOLERANCE for g in report["max_abs_errors"])
-    agreement = {a["runtime"]: (a["num_users"], a["fraction"]) for a in report["top_k_agreement"]
-                 if "re-embedded" not in a["runtime"]}
+    agreement = {
+        a["runtime"]: (a["num_users"], a["fraction"])
+        for a in report["top_k_agreement"]
+        if "re-embedded" not in a["runtime"]
+    }
     run = open_run(toy_run)
     assert agreement["onnxruntime CPU"] == agreement["torchscript"] == (run.dataset.num_users, 1.0)
 
@@ -310,7 +344,7 @@ def pytorch_top10(run_dir: Path, users: list[int]) -> list[list[str]]:
     window = torch.zeros(len(users), max_len, dtype=torch.long)
     for row, history in enumerate(histories):
         tail = torch.as_tensor(history[-max_len:])
-        window[row, max_len - len(tail):] = tail
+        window[row, max_len - len(tail) :] = tail
     with torch.no_grad():
         scores = model.scores(model.user_embeddings(model.item_table(items), window), items)
     for row, history in enumerate(histories):
@@ -325,7 +359,7 @@ def test_serving_helper_matches_pytorch(toy_run: Path, toy_export: Path) -> None
     recommender = OnnxRecommender(toy_export)
     recommended = recommender.recommend(histories, k=10)
     assert recommended == pytorch_top10(toy_run, users)
-    assert all(not set(r) & set(h) for r, h in zip(recommended, histories))
+    assert all(not set(r) & set(h) for r, h in zip(recommended, histories, strict=True))
     with pytest.raises(UnknownItemError, match="no-such-item"):
         recommender.recommend([[histories[0][0], "no-such-item"]])
 
@@ -360,8 +394,9 @@ def readme_serving_snippet(path: Path = SERVING_DOC) -> str:
     return block.group(1)
 
 
-def test_readme_serving_example_runs(toy_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_serving_example_runs(
+    toy_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The serving example of docs/serving.md ("Serving with ONNX Runtime"), run as written from a
     folder where its export path exists."""
     snippet = readme_serving_snippet()

@@ -1,5 +1,6 @@
 """The flat sequence layout: whole-array helpers agree with a per-user reading of the same data,
 and ranking in score-budgeted batches or over a user sample changes no rank."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data import read_microlens
 from crossan.zoo.data.dataset import PAD, SequenceDataset
-from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.training import evaluation
 from crossan.zoo.training.evaluation import evaluate_popularity, evaluation_users, rank_all_users
 from crossan.zoo.training.trainer import TrainConfig
@@ -19,8 +20,9 @@ from crossan.zoo.training.trainer import TrainConfig
 def random_dataset(seed: int = 0, users: int = 40, items: int = 30) -> tuple[SequenceDataset, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     sequences = [rng.integers(1, items + 1, size=int(rng.integers(3, 15))) for _ in range(users)]
-    dataset = SequenceDataset.from_sequences("random", Path("."), [f"i{n}" for n in range(items)],
-                                             [f"u{n}" for n in range(users)], sequences)
+    dataset = SequenceDataset.from_sequences(
+        "random", Path("."), [f"i{n}" for n in range(items)], [f"u{n}" for n in range(users)], sequences
+    )
     return dataset, sequences
 
 
@@ -67,7 +69,8 @@ def test_ranks_do_not_depend_on_the_score_budget(toy_root: Path, monkeypatch: py
 @pytest.mark.parametrize("mask_history", [True, False])
 @pytest.mark.parametrize("split", ["valid", "test"])
 def test_popularity_ranks_without_a_score_matrix_as_the_generic_ranking_does(
-        toy_root: Path, mask_history: bool, split: str) -> None:
+    toy_root: Path, mask_history: bool, split: str
+) -> None:
     for dataset in (read_microlens(toy_root, name="toy"), random_dataset(seed=3, items=12)[0]):
         generic = rank_all_users(dataset, split, popularity_scores(dataset), mask_history)
         fast = evaluate_popularity(dataset, split, mask_history)

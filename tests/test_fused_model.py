@@ -2,6 +2,7 @@
 
 Runs the Triton kernels in the interpreter on the CPU (TRITON_INTERPRET=1, set in conftest).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,8 @@ from crossan.zoo.training.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(
     not triton_available() or (os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available()),
-    reason="needs triton with TRITON_INTERPRET=1 or a CUDA device")
+    reason="needs triton with TRITON_INTERPRET=1 or a CUDA device",
+)
 
 # Float32 throughout: the loss and every gradient agree to these tolerances (the kernel sums
 # the K inputs and the GEMM in a different order than the reference).
@@ -38,8 +40,15 @@ def test_training_step_matches_reference(preset: str, seed: int, toy_root: Path)
     losses, grads = {}, {}
     for backend in ("torch", "triton"):
         torch.manual_seed(0)
-        model = crossan.create_model(preset, backbone_widths=(24,) * len(modalities), num_states=3, adapter_dim=40,
-                                 dropout=0.0, attention_dropout=0.0, mixer_backend=backend)
+        model = crossan.create_model(
+            preset,
+            backbone_widths=(24,) * len(modalities),
+            num_states=3,
+            adapter_dim=40,
+            dropout=0.0,
+            attention_dropout=0.0,
+            mixer_backend=backend,
+        )
         gates = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # non-trivial but unsaturated gates, so every mixing weight matters
             for name, parameter in model.named_parameters():
@@ -57,4 +66,6 @@ def test_training_step_matches_reference(preset: str, seed: int, toy_root: Path)
     gate_grads = [n for n in grads["torch"] if n.endswith(("logits", "theta")) and "fusion" not in n]
     assert gate_grads and all(grads["torch"][n].abs().sum() > 0 for n in gate_grads)
     for name, reference in grads["torch"].items():
-        torch.testing.assert_close(grads["triton"][name], reference, **GRAD_TOLERANCE, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads["triton"][name], reference, **GRAD_TOLERANCE, msg=lambda m, name=name: f"{name}: {m}"
+        )

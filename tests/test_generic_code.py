@@ -16,6 +16,7 @@ the line, for
     themselves may be asked for), a preprocessor class (`PREPROCESSORS` of export/preprocessing.py)
     or an index-parameter class (the members of `IndexParameters` of export/ann_index.py).
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,8 +40,12 @@ def checked_files(root: Path = REPO) -> list[Path]:
         for path in sorted((root / folder).rglob("*.py")):
             relative = path.relative_to(root)
             model_test = relative.parts[0] == "tests" and relative.name in model_tests
-            if "__pycache__" in relative.parts or relative.is_relative_to(MODELS_FOLDER) or model_test \
-                    or _through_link(root, relative):
+            if (
+                "__pycache__" in relative.parts
+                or relative.is_relative_to(MODELS_FOLDER)
+                or model_test
+                or _through_link(root, relative)
+            ):
                 continue
             files.append(path)
     return files
@@ -64,8 +69,9 @@ def family_classes() -> set[str]:
             yield child
             yield from subclasses(child)
 
-    models = {c for base in (Recommender, RecommenderConfig) for c in subclasses(base)
-              if c.__module__.startswith("crossan.")}  # not the made-up models a test defines
+    models = {
+        c for base in (Recommender, RecommenderConfig) for c in subclasses(base) if c.__module__.startswith("crossan.")
+    }  # not the made-up models a test defines
     return {c.__name__ for c in (*models, *PREPROCESSORS.values(), *typing.get_args(IndexParameters))}
 
 
@@ -77,8 +83,13 @@ def _names_architecture(node: ast.AST) -> bool:
     if isinstance(node, ast.Subscript):
         return _is_string(node.slice) and "architecture" in node.slice.value.lower()
     if isinstance(node, ast.Call):
-        looked_up = (isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args
-                     and _is_string(node.args[0]) and "architecture" in node.args[0].value.lower())
+        looked_up = (
+            isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and node.args
+            and _is_string(node.args[0])
+            and "architecture" in node.args[0].value.lower()
+        )
         return looked_up or _names_architecture(node.func)
     return False
 
@@ -116,16 +127,21 @@ def violations(source: str, filename: str, classes: set[str]) -> list[str]:
         if isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             for left, op, right in zip(sides[:-1], node.ops, sides[1:], strict=True):
-                if isinstance(op, COMPARISONS) and ((_names_architecture(left) and _is_literal(right))
-                                                    or (_is_literal(left) and _names_architecture(right))):
+                if isinstance(op, COMPARISONS) and (
+                    (_names_architecture(left) and _is_literal(right))
+                    or (_is_literal(left) and _names_architecture(right))
+                ):
                     found.append((node.lineno, f"compares an architecture with a literal name ({ast.unparse(node)})"))
         elif isinstance(node, ast.Match) and _names_architecture(node.subject):
             for case in node.cases:
                 if isinstance(case.pattern, ast.MatchValue) and _is_string(case.pattern.value):
-                    found.append((case.pattern.lineno,
-                                  f"matches an architecture against {case.pattern.value.value!r}"))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in TYPE_CHECKS
-              and len(node.args) == 2):
+                    found.append((case.pattern.lineno, f"matches an architecture against {case.pattern.value.value!r}"))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in TYPE_CHECKS
+            and len(node.args) == 2
+        ):
             named = sorted(set(_class_names(node.args[1])) & classes)
             if named:
                 found.append((node.lineno, f"{node.func.id} against {', '.join(named)} ({ast.unparse(node)})"))
@@ -135,8 +151,11 @@ def violations(source: str, filename: str, classes: set[str]) -> list[str]:
 def tree_violations(root: Path = REPO) -> list[str]:
     """Every violation in the checked files under `root` (the project, or another checkout of it)."""
     classes = family_classes()
-    return [v for path in checked_files(root)
-            for v in violations(path.read_text(encoding="utf-8"), str(path.relative_to(root)), classes)]
+    return [
+        v
+        for path in checked_files(root)
+        for v in violations(path.read_text(encoding="utf-8"), str(path.relative_to(root)), classes)
+    ]
 
 
 def test_generic_code_names_no_model_family() -> None:
@@ -145,15 +164,17 @@ def test_generic_code_names_no_model_family() -> None:
 
 
 def test_the_checker_flags_each_kind_of_violation() -> None:
-    bad = ('if config.architecture == "end-to-end": pass\n'
-           'ok = "crossan" != preset_architecture(name)\n'
-           'ok = values["architecture"] not in ("iisan", "sasrec-id")\n'
-           'ok = recorded.get("architecture") in {"crossan"}\n'
-           'match config.architecture:\n    case "iisan": pass\n'
-           'ok = isinstance(preprocessor, ImagePreprocessor)\n'
-           'ok = issubclass(kind, (int, export.ann_index.HnswParameters))\n'
-           'ok = isinstance(config, SideNetworkConfig | SASRecIDConfig)\n'
-           'ok = isinstance(model, Crossan)\n')
+    bad = (
+        'if config.architecture == "end-to-end": pass\n'
+        'ok = "crossan" != preset_architecture(name)\n'
+        'ok = values["architecture"] not in ("iisan", "sasrec-id")\n'
+        'ok = recorded.get("architecture") in {"crossan"}\n'
+        'match config.architecture:\n    case "iisan": pass\n'
+        "ok = isinstance(preprocessor, ImagePreprocessor)\n"
+        "ok = issubclass(kind, (int, export.ann_index.HnswParameters))\n"
+        "ok = isinstance(config, SideNetworkConfig | SASRecIDConfig)\n"
+        "ok = isinstance(model, Crossan)\n"
+    )
     found = violations(bad, "bad.py", family_classes())
     assert [v.split(":")[1] for v in found] == [str(line) for line in range(1, 11) if line != 5], found
     assert "ImagePreprocessor" in found[5] and "HnswParameters" in found[6]
@@ -161,25 +182,47 @@ def test_the_checker_flags_each_kind_of_violation() -> None:
 
 
 def test_the_checker_lets_generic_questions_pass() -> None:
-    good = ('ok = config.stored_features is StoredFeatures.INPUTS\n'
-            'ok = config.architecture == recorded_architecture\n'
-            'ok = {"architecture": config.architecture}\n'
-            'ok = isinstance(model, Recommender) and isinstance(config, RecommenderConfig)\n'
-            'ok = isinstance(value, (int, str, HoulsbyAdapter))\n'
-            'ok = modality == "text"\n')
+    good = (
+        "ok = config.stored_features is StoredFeatures.INPUTS\n"
+        "ok = config.architecture == recorded_architecture\n"
+        'ok = {"architecture": config.architecture}\n'
+        "ok = isinstance(model, Recommender) and isinstance(config, RecommenderConfig)\n"
+        "ok = isinstance(value, (int, str, HoulsbyAdapter))\n"
+        'ok = modality == "text"\n'
+    )
     assert violations(good, "good.py", family_classes()) == []
 
 
 def test_the_checker_reads_the_generic_code_and_not_the_models() -> None:
     read = {path.relative_to(REPO).as_posix() for path in checked_files()}
-    assert {"train.py", "zoo/tune/space.py", "export/backbones.py", "export/ann_index.py", "kernels/backends.py",
-            "benchmarks/efficiency.py", "crossan/command.py", "tests/test_tune.py"} <= read
+    assert {
+        "train.py",
+        "zoo/tune/space.py",
+        "export/backbones.py",
+        "export/ann_index.py",
+        "kernels/backends.py",
+        "benchmarks/efficiency.py",
+        "crossan/command.py",
+        "tests/test_tune.py",
+    } <= read
     assert not [name for name in read if name.startswith(("zoo/models/", "crossan/zoo/"))]
     assert not {"tests/test_models.py", "tests/test_end_to_end.py"} & read
 
 
 def test_every_family_class_is_known_to_the_checker() -> None:
     classes = family_classes()
-    assert {"Crossan", "IISAN", "SASRecID", "EndToEnd", "SideNetworkRecommender", "CrossanConfig", "EndToEndConfig",
-            "SideNetworkConfig", "TextPreprocessor", "AudioPreprocessor", "HnswParameters", "IvfParameters"} <= classes
+    assert {
+        "Crossan",
+        "IISAN",
+        "SASRecID",
+        "EndToEnd",
+        "SideNetworkRecommender",
+        "CrossanConfig",
+        "EndToEndConfig",
+        "SideNetworkConfig",
+        "TextPreprocessor",
+        "AudioPreprocessor",
+        "HnswParameters",
+        "IvfParameters",
+    } <= classes
     assert not {"Recommender", "RecommenderConfig"} & classes

@@ -8,6 +8,7 @@
   top-level parts (`zoo`, `kernels`, `export`) and the subfolders of `zoo/`; the graph of which
   folder imports which has no cycle.
 """
+
 from __future__ import annotations
 
 import ast
@@ -95,7 +96,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 found = visit(target)
                 if found:
@@ -113,20 +114,34 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_project_imports_its_modules_by_one_name() -> None:
-    found = [f"{path.relative_to(REPO)}:{line}: {name}" for path in project_files()
-             for line, name in bare_imports(path.read_text(encoding="utf-8"))]
+    found = [
+        f"{path.relative_to(REPO)}:{line}: {name}"
+        for path in project_files()
+        for line, name in bare_imports(path.read_text(encoding="utf-8"))
+    ]
     assert found == [], "import these as crossan.<name>:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("source", ["import zoo.models", "from export.spec import ExportSpec",
-                                    "def f():\n    from kernels import gated_mix_down\n", "import export"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import zoo.models",
+        "from export.spec import ExportSpec",
+        "def f():\n    from kernels import gated_mix_down\n",
+        "import export",
+    ],
+)
 def test_a_bare_import_is_found(source: str) -> None:
     assert bare_imports(source)
 
 
 def test_imports_of_the_installed_name_and_of_other_packages_pass() -> None:
-    assert bare_imports("import crossan.zoo.models\nfrom crossan.export import spec\nimport exporter\n"
-                        "from zookeeper import x\n") == []
+    assert (
+        bare_imports(
+            "import crossan.zoo.models\nfrom crossan.export import spec\nimport exporter\nfrom zookeeper import x\n"
+        )
+        == []
+    )
 
 
 def test_no_two_folders_import_each_other() -> None:
@@ -148,8 +163,14 @@ def test_a_cycle_is_found() -> None:
 def test_every_project_file_is_read() -> None:
     """The checks above see the code: the scripts, the links' targets once, and the tests."""
     names = {str(path.relative_to(REPO)) for path in project_files()}
-    assert {"train.py", "zoo/models/registry.py", "kernels/gated_mix_down.py", "export/serve.py",
-            "crossan/command.py", "tests/test_import_structure.py"} <= names
+    assert {
+        "train.py",
+        "zoo/models/registry.py",
+        "kernels/gated_mix_down.py",
+        "export/serve.py",
+        "crossan/command.py",
+        "tests/test_import_structure.py",
+    } <= names
     assert not any(name.startswith(("crossan/zoo", "crossan/kernels", "crossan/export")) for name in names)
 
 

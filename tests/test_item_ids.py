@@ -1,5 +1,6 @@
 """The optional ID term of content models: zero for cold and new items, trained only for items
 seen in training, exported with the item encoder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,10 +12,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from crossan.export.exporter import export_model
 from crossan.export.content import NO_ID_ROW as SERVED_NO_ID_ROW
-from crossan.zoo.data import read_microlens
+from crossan.export.exporter import export_model
 from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.data import read_microlens
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.layers.item_ids import NO_ID_ROW, ItemIdEmbedding
 from crossan.zoo.models import build_model, preset_config
@@ -58,8 +59,9 @@ def test_content_model_with_id_term_takes_rows_and_starts_as_pure_content() -> N
 def test_training_moves_only_the_id_vectors_of_training_items(toy_root: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
     model = content_model(dataset.num_items)
-    features = ItemFeatures(dataset.num_items, {"text": torch.randn(dataset.num_items, NUM_STATES, WIDTH)},
-                            with_rows=True)
+    features = ItemFeatures(
+        dataset.num_items, {"text": torch.randn(dataset.num_items, NUM_STATES, WIDTH)}, with_rows=True
+    )
     # Every item is drawn as a negative (the full softmax), the cold ones included.
     config = TrainConfig(epochs=1, patience=1, steps_per_epoch=3, full_softmax=True)
     trainer = Trainer(model, dataset, features, config, console=Console(quiet=True))

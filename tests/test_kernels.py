@@ -84,8 +84,17 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: 
         )
 
 
-def make_inputs(m: int, t: int, n: int, width: int, rank: int, dtype: torch.dtype, with_previous: bool = True,
-                states_requires_grad: bool = True, seed: int = 0) -> list:
+def make_inputs(
+    m: int,
+    t: int,
+    n: int,
+    width: int,
+    rank: int,
+    dtype: torch.dtype,
+    with_previous: bool = True,
+    states_requires_grad: bool = True,
+    seed: int = 0,
+) -> list:
     """Random leaves on DEVICE: states [M, N, W], previous [T, N, W] (or None), mixing [T, M + T]
     fp32 (rows of a softmax), w_down [T, W, r], b_down [T, r]."""
     gen = torch.Generator().manual_seed(seed)
@@ -135,7 +144,7 @@ def compare_with_reference(inputs, activation, atol, rtol, pattern=None, use_x=T
     names = ("grad states", "grad previous", "grad mixing", "grad w_down", "grad b_down")
     # Terms summed into one element: sources over towers, mixing over N x W, weights and biases over N.
     summed_terms = (num_towers, num_towers, n * width, n, n)
-    for name, terms, got, want in zip(names, summed_terms, grads, grads_ref):
+    for name, terms, got, want in zip(names, summed_terms, grads, grads_ref, strict=True):
         if want is None:
             assert got is None, f"{name}: expected no gradient"
             continue
@@ -167,9 +176,15 @@ def kernel_cases() -> list:
         for dtype in DTYPE_TOLERANCES:
             for activation in ("relu", "gelu"):
                 slow = not in_default_run(shape.id, dtype.id, activation)
-                cases.append(pytest.param(*shape.values, *dtype.values, activation,
-                                          id=f"{shape.id}-{dtype.id}-{activation}",
-                                          marks=[*shape.marks, *dtype.marks, *([pytest.mark.slow] if slow else [])]))
+                cases.append(
+                    pytest.param(
+                        *shape.values,
+                        *dtype.values,
+                        activation,
+                        id=f"{shape.id}-{dtype.id}-{activation}",
+                        marks=[*shape.marks, *dtype.marks, *([pytest.mark.slow] if slow else [])],
+                    )
+                )
     return cases
 
 
@@ -225,8 +240,9 @@ def test_triton_reads_states_where_they_live():
     assert_close("h", h, h_ref, 1e-5, 1e-5)
     grads = torch.autograd.grad(h.sum() + x.sum(), leaves)
     grads_ref = torch.autograd.grad(h_ref.sum() + x_ref.sum(), leaves)
-    for name, terms, got, want in zip(("states", "previous", "mixing", "w_down", "b_down"),
-                                      (2, 2, 37 * 48, 37, 37), grads, grads_ref):
+    for name, terms, got, want in zip(
+        ("states", "previous", "mixing", "w_down", "b_down"), (2, 2, 37 * 48, 37, 37), grads, grads_ref, strict=True
+    ):
         assert_close(f"grad {name}", got, want, 1e-5 * math.sqrt(terms), 1e-5)
 
 
@@ -311,8 +327,8 @@ def naive_gated_mix_down(states, previous, mixing, w_down, b_down, activation, p
     num_modalities, n, width = states.shape
     num_towers, _, rank = w_down.shape
     sources = [states[j] for j in range(num_modalities)] + [
-        previous[k] if previous is not None else torch.zeros(n, width, dtype=torch.float64)
-        for k in range(num_towers)]
+        previous[k] if previous is not None else torch.zeros(n, width, dtype=torch.float64) for k in range(num_towers)
+    ]
     x = torch.zeros(num_towers, n, width, dtype=torch.float64)
     h = torch.zeros(num_towers, n, rank, dtype=torch.float64)
     for t in range(num_towers):
@@ -322,7 +338,9 @@ def naive_gated_mix_down(states, previous, mixing, w_down, b_down, activation, p
                     x[t, row] += float(mixing[t, j]) * source[row].double()
             for c in range(rank):
                 pre = float(b_down[t, c]) + sum(float(x[t, row, i]) * float(w_down[t, i, c]) for i in range(width))
-                h[t, row, c] = max(pre, 0.0) if activation == "relu" else 0.5 * pre * (1.0 + math.erf(pre / math.sqrt(2.0)))
+                h[t, row, c] = (
+                    max(pre, 0.0) if activation == "relu" else 0.5 * pre * (1.0 + math.erf(pre / math.sqrt(2.0)))
+                )
     return x, h
 
 
@@ -417,8 +435,9 @@ def test_autocast_casts_fp32_parameters():
     states, previous, mixing, w_down, b_down = cpu_inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x, h = gated_mix_down(states, previous, mixing, w_down, b_down)
-    x_ref, h_ref = gated_mix_down_reference(states.bfloat16(), previous.bfloat16(), mixing, w_down.bfloat16(),
-                                            b_down.bfloat16())
+    x_ref, h_ref = gated_mix_down_reference(
+        states.bfloat16(), previous.bfloat16(), mixing, w_down.bfloat16(), b_down.bfloat16()
+    )
     assert x.dtype == h.dtype == torch.bfloat16
     assert torch.equal(x, x_ref) and torch.equal(h, h_ref)
 
@@ -439,8 +458,9 @@ def test_triton_interpreter_rejects_bf16():
         pytest.skip("only the interpreter refuses bf16")
     states, previous, mixing, w_down, b_down = cpu_inputs()
     with pytest.raises(RuntimeError, match="bfloat16"):
-        gated_mix_down(states.bfloat16(), previous.bfloat16(), mixing, w_down.bfloat16(), b_down.bfloat16(),
-                       backend="triton")
+        gated_mix_down(
+            states.bfloat16(), previous.bfloat16(), mixing, w_down.bfloat16(), b_down.bfloat16(), backend="triton"
+        )
 
 
 @pytest.mark.parametrize(
@@ -458,8 +478,19 @@ def test_triton_interpreter_rejects_bf16():
         (lambda s, z, g, w, b: (s, z.half(), g, w, b, "relu", "auto"), "dtype"),
         (lambda s, z, g, w, b: (s, z, g.long(), w, b, "relu", "auto"), "floating point"),
     ],
-    ids=["activation", "backend", "states_rank", "previous_shape", "mixing_shape", "w_mismatch", "w_rank",
-         "r_mismatch", "w_dtype", "previous_dtype", "integer_mixing"],
+    ids=[
+        "activation",
+        "backend",
+        "states_rank",
+        "previous_shape",
+        "mixing_shape",
+        "w_mismatch",
+        "w_rank",
+        "r_mismatch",
+        "w_dtype",
+        "previous_dtype",
+        "integer_mixing",
+    ],
 )
 def test_bad_inputs_raise_value_error(change, message):
     args = change(*cpu_inputs())

@@ -1,6 +1,7 @@
 """Every public module of `crossan.zoo.layers` works on its own, as another project would use it:
 forward and backward, `torch.jit.trace`, `torch.jit.script`, and ONNX export checked in
 onnxruntime at a batch size other than the one it was exported with."""
+
 from __future__ import annotations
 
 import inspect
@@ -16,9 +17,23 @@ import torch
 from torch import nn
 
 import crossan.zoo.layers as layers
-from crossan.zoo.layers import (ConcatFusion, DynamicGatedFusion, GateGroup, GatedAdapterLayer, GatedCrossModalMixer,
-                                HoulsbyAdapter, ItemIdEmbedding, MOMEFRouter, SASRec, SideGates, SideNetwork,
-                                SigmoidGatedMixer, StaticGatedFusion, TowerAdapters, TowerHead)
+from crossan.zoo.layers import (
+    ConcatFusion,
+    DynamicGatedFusion,
+    GatedAdapterLayer,
+    GatedCrossModalMixer,
+    GateGroup,
+    HoulsbyAdapter,
+    ItemIdEmbedding,
+    MOMEFRouter,
+    SASRec,
+    SideGates,
+    SideNetwork,
+    SigmoidGatedMixer,
+    StaticGatedFusion,
+    TowerAdapters,
+    TowerHead,
+)
 
 WIDTH, DIM, MODALITIES, LENGTH = 6, 8, 3, 4
 EXPORT_BATCH, CHECK_BATCH = 5, 3
@@ -37,8 +52,12 @@ class Case:
 def _side_gates() -> SideGates:
     mixer = GatedCrossModalMixer(1 + MODALITIES, gate_shape=(2, MODALITIES))
     columns = tuple((m, *(MODALITIES + k for k in range(MODALITIES))) for m in range(MODALITIES))
-    return SideGates([f"m{m}" for m in range(MODALITIES)], [f"m{m}" for m in range(MODALITIES)], 2,
-                     [GateGroup("cross_modal", mixer, tuple(range(MODALITIES)), columns)])
+    return SideGates(
+        [f"m{m}" for m in range(MODALITIES)],
+        [f"m{m}" for m in range(MODALITIES)],
+        2,
+        [GateGroup("cross_modal", mixer, tuple(range(MODALITIES)), columns)],
+    )
 
 
 def _with_random_parameters(module: nn.Module) -> nn.Module:
@@ -68,31 +87,44 @@ def _rand(*shape: int) -> torch.Tensor:
 
 CASES: dict[str, Case] = {
     "ConcatFusion": Case(lambda: ConcatFusion(MODALITIES, DIM), lambda n: (_rand(n, MODALITIES, DIM),), (0,)),
-    "DynamicGatedFusion": Case(lambda: DynamicGatedFusion(MODALITIES, DIM),
-                               lambda n: (_rand(n, MODALITIES, DIM),), (0,)),
-    "GatedAdapterLayer": Case(lambda: GatedAdapterLayer(GatedCrossModalMixer(3), HoulsbyAdapter(WIDTH, 4, "gelu")),
-                              lambda n: (_rand(3, n, WIDTH),), (1,)),
+    "DynamicGatedFusion": Case(
+        lambda: DynamicGatedFusion(MODALITIES, DIM), lambda n: (_rand(n, MODALITIES, DIM),), (0,)
+    ),
+    "GatedAdapterLayer": Case(
+        lambda: GatedAdapterLayer(GatedCrossModalMixer(3), HoulsbyAdapter(WIDTH, 4, "gelu")),
+        lambda n: (_rand(3, n, WIDTH),),
+        (1,),
+    ),
     "GatedCrossModalMixer": Case(lambda: GatedCrossModalMixer(3), lambda n: (_rand(3, n, WIDTH),), (1,)),
     "HoulsbyAdapter": Case(lambda: HoulsbyAdapter(WIDTH, 4), lambda n: (_rand(n, WIDTH),), (0,)),
     "ItemIdEmbedding": Case(_item_ids, lambda n: (torch.arange(n) % 11 - 1,), (0,)),
     "MOMEFRouter": Case(lambda: MOMEFRouter(MODALITIES, DIM, top_k=2), lambda n: (_rand(n, MODALITIES, DIM),), (0,)),
-    "SASRec": Case(lambda: SASRec(dim=DIM, max_len=LENGTH, num_blocks=1, num_heads=2, ffn_dim=16, dropout=0.0,
-                                  attention_dropout=0.0),
-                   lambda n: (_rand(n, LENGTH, DIM), _padding(n)), (0, 0)),
+    "SASRec": Case(
+        lambda: SASRec(
+            dim=DIM, max_len=LENGTH, num_blocks=1, num_heads=2, ffn_dim=16, dropout=0.0, attention_dropout=0.0
+        ),
+        lambda n: (_rand(n, LENGTH, DIM), _padding(n)),
+        (0, 0),
+    ),
     "SideGates": Case(_side_gates, lambda n: (), ()),
-    "SideNetwork": Case(lambda: SideNetwork(_side_gates(), WIDTH, 4, "gelu", backend="torch"),
-                        lambda n: (_rand(2, MODALITIES, n, WIDTH),), (2,)),
+    "SideNetwork": Case(
+        lambda: SideNetwork(_side_gates(), WIDTH, 4, "gelu", backend="torch"),
+        lambda n: (_rand(2, MODALITIES, n, WIDTH),),
+        (2,),
+    ),
     "SigmoidGatedMixer": Case(lambda: SigmoidGatedMixer(0.5), lambda n: (_rand(2, n, WIDTH),), (1,)),
-    "StaticGatedFusion": Case(lambda: StaticGatedFusion(MODALITIES, DIM), lambda n: (_rand(n, MODALITIES, DIM),),
-                              (0,)),
+    "StaticGatedFusion": Case(lambda: StaticGatedFusion(MODALITIES, DIM), lambda n: (_rand(n, MODALITIES, DIM),), (0,)),
     "TowerAdapters": Case(lambda: TowerAdapters(MODALITIES, WIDTH, 4), lambda n: (_rand(MODALITIES, n, WIDTH),), (1,)),
     "TowerHead": Case(lambda: TowerHead(WIDTH, DIM), lambda n: (_rand(n, WIDTH),), (0,)),
 }
 
 
 def public_modules() -> set[str]:
-    return {name for name in layers.__all__
-            if inspect.isclass(getattr(layers, name)) and issubclass(getattr(layers, name), nn.Module)}
+    return {
+        name
+        for name in layers.__all__
+        if inspect.isclass(getattr(layers, name)) and issubclass(getattr(layers, name), nn.Module)
+    }
 
 
 def test_every_public_module_has_a_case() -> None:
@@ -143,10 +175,11 @@ def test_onnx_export_matches_eager_at_another_batch(name: str, tmp_path: Path) -
     path = tmp_path / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, case.inputs(EXPORT_BATCH), str(path), dynamo=True, dynamic_shapes=shapes or None,
-                          verbose=False)
+        torch.onnx.export(
+            module, case.inputs(EXPORT_BATCH), str(path), dynamo=True, dynamic_shapes=shapes or None, verbose=False
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = case.inputs(CHECK_BATCH)
-    feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
+    feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs, strict=True)}
     (actual,) = session.run(None, feeds)
     assert max_error(module(*inputs), actual) <= TOLERANCE

@@ -1,14 +1,27 @@
 """Layers against hand-computed references."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from torch.func import functional_call
 
-from crossan.zoo.layers import (ConcatFusion, DynamicGatedFusion, GatedAdapterLayer, GateGroup, GatedCrossModalMixer,
-                        HoulsbyAdapter, MOMEFRouter, SASRec, SideGates, SideNetwork, SigmoidGatedMixer,
-                        StaticGatedFusion, TowerAdapters, TowerHead)
+from crossan.zoo.layers import (
+    ConcatFusion,
+    DynamicGatedFusion,
+    GatedAdapterLayer,
+    GatedCrossModalMixer,
+    GateGroup,
+    HoulsbyAdapter,
+    MOMEFRouter,
+    SASRec,
+    SideGates,
+    SideNetwork,
+    SigmoidGatedMixer,
+    StaticGatedFusion,
+    TowerAdapters,
+    TowerHead,
+)
 
 ATOL = 1e-6
 
@@ -97,7 +110,7 @@ def test_tower_adapters_are_houlsby_adapters_per_tower() -> None:
     torch.testing.assert_close(batched, per_tower, atol=1e-5, rtol=1e-5)
     grads = torch.autograd.grad((batched * batched.cos()).sum(), list(adapters.parameters()))
     grads_ref = torch.autograd.grad((per_tower * per_tower.cos()).sum(), list(adapters.parameters()))
-    for name, got, want in zip([n for n, _ in adapters.named_parameters()], grads, grads_ref):
+    for name, got, want in zip([n for n, _ in adapters.named_parameters()], grads, grads_ref, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
     assert adapters.down_weight.shape == (3, 12, 20) and adapters.up_weight.shape == (3, 20, 12)
     assert sum(p.numel() for p in TowerAdapters(4, 768, 512).parameters()) == 4 * 787_712
@@ -130,8 +143,11 @@ def test_side_gates_place_each_tower_softmax_in_its_row() -> None:
         expected[:, t] = weights[:, t, 0]
         expected[:, 3:] = weights[:, t, 1:]
         torch.testing.assert_close(mixing[:, t], expected)
-    assert gates.pattern.tolist() == [[True, False, False, True, True, True], [False, True, False, True, True, True],
-                                      [False, False, True, True, True, True]]
+    assert gates.pattern.tolist() == [
+        [True, False, False, True, True, True],
+        [False, True, False, True, True, True],
+        [False, False, True, True, True, True],
+    ]
     assert gates.source_names() == ("state:m0", "state:m1", "state:m2", "output:m0", "output:m1", "output:m2")
 
 
@@ -162,8 +178,9 @@ def test_side_network_layer_by_layer() -> None:
     for layer, adapters in enumerate(network.layers):
         sources = torch.cat([states[layer], previous])
         x = torch.einsum("ts,snw->tnw", mixing[layer], sources)
-        previous = torch.stack([functional_call(HoulsbyAdapter(8, 6, "gelu"), adapters.tower_parameters(t), (x[t],))
-                                for t in range(3)])
+        previous = torch.stack(
+            [functional_call(HoulsbyAdapter(8, 6, "gelu"), adapters.tower_parameters(t), (x[t],)) for t in range(3)]
+        )
     torch.testing.assert_close(network(states), previous, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\[L, M, N, W\]"):
         network(states[:1])
@@ -180,8 +197,7 @@ def test_momef_keeps_exactly_k_with_weights_summing_to_one() -> None:
     top = scores.topk(2, dim=1)
     # The kept modalities are the two highest scores, weighted by a softmax over them.
     torch.testing.assert_close(weights.gather(1, top.indices), torch.softmax(top.values, dim=1))
-    expected = torch.stack([sum(weights[n, m] * router.experts[m](towers[n, m]) for m in range(4))
-                            for n in range(32)])
+    expected = torch.stack([sum(weights[n, m] * router.experts[m](towers[n, m]) for m in range(4)) for n in range(32)])
     torch.testing.assert_close(router(towers), expected, atol=1e-5, rtol=1e-5)
     # Routing is per item: not every item keeps the same pair.
     assert len({tuple(sorted(t.tolist())) for t in top.indices}) > 1

@@ -3,6 +3,7 @@ end-to-end ones included), `list_models()`, `create_model` and every command's `
 neither Triton nor transformers nor ONNX; the kernel module is imported when a side network
 first runs it; the `--help` of the commands whose options need no model loads no PyTorch either.
 Checked in a fresh interpreter (this one has them loaded)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,12 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("triton", "transformers", "onnx", "onnxruntime", "crossan.kernels.gated_mix_down")
 # Command lines whose `--help` loads no PyTorch, then those whose help lists the presets, the
 # backbone sources or the experiment tables (found by importing the model registry, with PyTorch).
-HELP_WITHOUT_TORCH = (["evaluate.py"], ["-m", "crossan.export"], ["crossan"], ["crossan", "evaluate"],
-                      ["crossan", "export"], ["crossan", "models"])
+HELP_WITHOUT_TORCH = (
+    ["evaluate.py"],
+    ["-m", "crossan.export"],
+    ["crossan"],
+    ["crossan", "evaluate"],
+    ["crossan", "export"],
+    ["crossan", "models"],
+)
 HELP_WITH_TORCH = (["train.py"], ["crossan", "train"], ["crossan", "tune"], ["crossan", "experiments"])
 # Runs a command line's `--help` in this interpreter as its own process would: `python SCRIPT`,
 # `python -m MODULE` or the `crossan` console script.
-HELP_RUNNER = '''
+HELP_RUNNER = """
 import contextlib, io, runpy, sys
 from crossan.command import main as crossan
 
@@ -38,14 +45,15 @@ def answer_help(argv):
         except SystemExit as exit_:
             assert exit_.code == 0, (argv, exit_.code)
     assert "usage:" in out.getvalue(), (argv, out.getvalue())
-'''
+"""
 
 
 def loaded_after(code: str, names: tuple[str, ...] = HEAVY) -> list[list[str]]:
     """The modules of `names` loaded wherever `code`, run in a fresh interpreter, calls `report()`."""
     report = f"import sys\ndef report():\n    print(','.join(n for n in {names!r} if n in sys.modules))\n"
-    result = subprocess.run([sys.executable, "-c", report + code], cwd=REPO, capture_output=True, text=True,
-                            timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-c", report + code], cwd=REPO, capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return [[name for name in line.split(",") if name] for line in result.stdout.splitlines()]
 
@@ -56,11 +64,13 @@ def heavy_modules_after(code: str) -> list[str]:
 
 
 def test_configs_and_models_are_built_without_the_kernel_or_backbones() -> None:
-    code = ("import crossan\nfrom crossan.zoo.models.registry import preset_config\n"
-            "names = crossan.list_models()\n"
-            "assert len(names) > 10, names\n"
-            "configs = [preset_config(name) for name in names]\n"
-            "crossan.create_model('crossan-tiva')\n")
+    code = (
+        "import crossan\nfrom crossan.zoo.models.registry import preset_config\n"
+        "names = crossan.list_models()\n"
+        "assert len(names) > 10, names\n"
+        "configs = [preset_config(name) for name in names]\n"
+        "crossan.create_model('crossan-tiva')\n"
+    )
     assert heavy_modules_after(code) == []
 
 
@@ -73,27 +83,36 @@ def test_the_end_to_end_default_backbones_are_transformers_defaults() -> None:
     from crossan.zoo.models.config import StoredFeatures
 
     expected = {"text": list(BertConfig().to_dict().items()), "image": list(ViTConfig().to_dict().items())}
-    configs = [config for config in map(preset_config, list_models())
-               if config.stored_features is StoredFeatures.INPUTS]  # the models that run their backbones
+    configs = [
+        config for config in map(preset_config, list_models()) if config.stored_features is StoredFeatures.INPUTS
+    ]  # the models that run their backbones
     assert len(configs) >= 4
     for config in configs:
         assert [list(backbone.items()) for backbone in config.backbones] == [expected[m] for m in config.modalities]
 
 
 def test_every_help_loads_no_kernel_nor_backbones_and_the_light_ones_no_torch() -> None:
-    assert {argv[1] for argv in (*HELP_WITHOUT_TORCH, *HELP_WITH_TORCH) if argv[0] == "crossan" and argv[1:]} == \
-        set(SUBCOMMANDS)
-    code = (HELP_RUNNER + "".join(f"answer_help({argv!r})\n" for argv in HELP_WITHOUT_TORCH) + "report()\n"
-            + "".join(f"answer_help({argv!r})\n" for argv in HELP_WITH_TORCH) + "report()\n")
+    assert {argv[1] for argv in (*HELP_WITHOUT_TORCH, *HELP_WITH_TORCH) if argv[0] == "crossan" and argv[1:]} == set(
+        SUBCOMMANDS
+    )
+    code = (
+        HELP_RUNNER
+        + "".join(f"answer_help({argv!r})\n" for argv in HELP_WITHOUT_TORCH)
+        + "report()\n"
+        + "".join(f"answer_help({argv!r})\n" for argv in HELP_WITH_TORCH)
+        + "report()\n"
+    )
     light, every = loaded_after(code, (*HEAVY, "torch"))
     assert light == []
     assert every == ["torch"]
 
 
 def test_the_kernel_is_imported_when_a_side_network_first_runs() -> None:
-    code = ("import torch, crossan\nmodel = crossan.create_model('crossan-tiva').eval()\n"
-            "side = model.side\n"
-            "width = side.layers[0].down_weight.shape[1]\n"
-            "states = torch.zeros(len(side.layers), side.gates.num_modalities, 2, width)\n"
-            "side(states)\n")
+    code = (
+        "import torch, crossan\nmodel = crossan.create_model('crossan-tiva').eval()\n"
+        "side = model.side\n"
+        "width = side.layers[0].down_weight.shape[1]\n"
+        "states = torch.zeros(len(side.layers), side.gates.num_modalities, 2, width)\n"
+        "side(states)\n"
+    )
     assert "crossan.kernels.gated_mix_down" in heavy_modules_after(code)

@@ -1,4 +1,5 @@
 """The training loss against a naive per-row version; metrics against hand-worked ranks."""
+
 from __future__ import annotations
 
 import math
@@ -56,21 +57,21 @@ def test_same_user_mask_joins_windows_of_one_user() -> None:
     candidates = torch.arange(1, 8)
     row_user, row_target = torch.tensor([0, 1, 2]), torch.tensor([3, 5, 7])
     masked = same_user_mask(window, candidates, row_user, row_target, window_users=torch.tensor([9, 9, 4]))
-    assert masked.tolist() == [[True, True, False, True, True, False, False],
-                               [True, True, True, True, False, False, False],
-                               [False, True, False, False, False, True, False]]
+    assert masked.tolist() == [
+        [True, True, False, True, True, False, False],
+        [True, True, True, True, False, False, False],
+        [False, True, False, False, False, True, False],
+    ]
     alone = same_user_mask(window, candidates, row_user, row_target)
     assert alone[0].tolist() == [True, True, False, False, False, False, False]
 
 
 def test_ranks_hand_worked() -> None:
-    scores = torch.tensor([[0.9, 0.5, 0.7, 0.1, 0.7],
-                           [0.2, 0.3, 0.4, 0.5, 0.6],
-                           [0.9, 0.8, 0.1, 0.1, 0.1]])
+    scores = torch.tensor([[0.9, 0.5, 0.7, 0.1, 0.7], [0.2, 0.3, 0.4, 0.5, 0.6], [0.9, 0.8, 0.1, 0.1, 0.1]])
     targets = torch.tensor([2, 4, 1])
     masked = torch.zeros_like(scores, dtype=torch.bool)
-    masked[0, 0] = True   # removes the only better item; the tie at column 4 still counts
-    masked[2, 1] = True   # the target itself is in the history: a miss, never unmasked
+    masked[0, 0] = True  # removes the only better item; the tie at column 4 still counts
+    masked[2, 1] = True  # the target itself is in the history: a miss, never unmasked
     ranks = target_ranks(scores, targets, masked)
     assert ranks.tolist() == [2.0, 1.0, math.inf]
     assert target_ranks(scores, targets, None).tolist() == [3.0, 1.0, 2.0]

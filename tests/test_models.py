@@ -1,4 +1,5 @@
 """Registry, presets, parameter counts, config round trips, adapter parameters and trainable-only updates."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,19 +19,23 @@ def trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize(("name", "overrides", "expected"), [
-    ("crossan-tiva", {}, 24_733_200),
-    ("iisan-e-tiva", {"adapter_dim": 512}, 30_889_784),
-    ("iisan-e-tiva", {}, 58_432_824),
-])
+@pytest.mark.parametrize(
+    ("name", "overrides", "expected"),
+    [
+        ("crossan-tiva", {}, 24_733_200),
+        ("iisan-e-tiva", {"adapter_dim": 512}, 30_889_784),
+        ("iisan-e-tiva", {}, 58_432_824),
+    ],
+)
 def test_trainable_parameters_match_paper(name: str, overrides: dict, expected: int) -> None:
     assert trainable(crossan.create_model(name, **overrides)) == expected
 
 
 # The uncached baselines (stored backbone inputs) carry BERT-base and ViT-base by default;
 # tests/test_end_to_end.py covers them with tiny backbones.
-CACHED_PRESETS = [name for name in crossan.list_models()
-                  if crossan.preset_config(name).stored_features is StoredFeatures.STATES]
+CACHED_PRESETS = [
+    name for name in crossan.list_models() if crossan.preset_config(name).stored_features is StoredFeatures.STATES
+]
 SIDE_PRESETS = [name for name in CACHED_PRESETS if crossan.preset_config(name).backbone_modalities()]
 
 
@@ -125,8 +130,9 @@ def test_backbone_prior_adds_the_frozen_history_cosine() -> None:
     back, while the learned part of the score is unchanged; the padding's values are ignored."""
     torch.manual_seed(0)
     plain = small_model("crossan-ti", score_temperature=0.2).eval()
-    prior = crossan.build_model(dataclasses.replace(plain.config, backbone_prior_weight=0.7,
-                                                backbone_prior_decay=0.5)).eval()
+    prior = crossan.build_model(
+        dataclasses.replace(plain.config, backbone_prior_weight=0.7, backbone_prior_decay=0.5)
+    ).eval()
     prior.load_state_dict(plain.state_dict())
     inputs = item_inputs(plain, 9)
     window = torch.tensor([[0, 0, 3, 5, 1], [2, 4, 6, 8, 9]])
@@ -142,15 +148,21 @@ def test_backbone_prior_adds_the_frozen_history_cosine() -> None:
         garbage[0, :2] = 50.0
         users_from_garbage = prior.encode_users(garbage, window == 0)
     # The frozen embedding: each modality's last state at unit length, over sqrt(2) modalities.
-    frozen = torch.cat([torch.nn.functional.normalize(x[:, -1], dim=-1) for x in inputs], dim=1) / 2 ** 0.5
-    history = torch.stack([frozen[0] + 0.5 * frozen[4] + 0.25 * frozen[2],
-                           frozen[8] + 0.5 * frozen[7] + 0.25 * frozen[5] + 0.125 * frozen[3] + 0.0625 * frozen[1]])
+    frozen = torch.cat([torch.nn.functional.normalize(x[:, -1], dim=-1) for x in inputs], dim=1) / 2**0.5
+    history = torch.stack(
+        [
+            frozen[0] + 0.5 * frozen[4] + 0.25 * frozen[2],
+            frozen[8] + 0.5 * frozen[7] + 0.25 * frozen[5] + 0.125 * frozen[3] + 0.0625 * frozen[1],
+        ]
+    )
     cosines = torch.nn.functional.normalize(history, dim=-1) @ frozen.t()
     torch.testing.assert_close(scores - plain_scores, 0.7 * cosines / 0.2, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(states[:, -1], prior.user_embeddings(table, window))
     torch.testing.assert_close(users_from_garbage, prior.user_embeddings(table, window))
     # At an earlier position the pooled history holds only the items up to it.
-    torch.testing.assert_close(states[1, 1, 64:], 0.7 * torch.nn.functional.normalize(frozen[3] + 0.5 * frozen[1], dim=0))
+    torch.testing.assert_close(
+        states[1, 1, 64:], 0.7 * torch.nn.functional.normalize(frozen[3] + 0.5 * frozen[1], dim=0)
+    )
 
 
 @pytest.mark.parametrize("training_weight", [0.5, 0.0])
@@ -159,8 +171,14 @@ def test_backbone_prior_inference_weight_applies_outside_training(training_weigh
     mode (evaluation, export, serving); training keeps `backbone_prior_weight`, which may be 0
     (a prior added at inference only). The learned part of the user vector is the same in both."""
     torch.manual_seed(0)
-    model = small_model("crossan-t", score_temperature=0.1, backbone_prior_weight=training_weight,
-                        backbone_prior_inference_weight=2.0, dropout=0.0, attention_dropout=0.0)
+    model = small_model(
+        "crossan-t",
+        score_temperature=0.1,
+        backbone_prior_weight=training_weight,
+        backbone_prior_inference_weight=2.0,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
     assert (model.prior_training_weight, model.prior_inference_weight, model.has_prior) == (training_weight, 2.0, True)
     inputs = item_inputs(model, 9)
     window = torch.tensor([[0, 0, 3, 5, 1], [2, 4, 6, 8, 9]])
@@ -214,8 +232,9 @@ def test_crossan_mixes_other_modalities_and_indsan_does_not() -> None:
 
 def test_gate_parameter_counts() -> None:
     def gates(model: torch.nn.Module) -> int:
-        return sum(p.numel() for n, p in model.named_parameters() if n.endswith(("logits", "theta"))
-                   and "fusion" not in n)
+        return sum(
+            p.numel() for n, p in model.named_parameters() if n.endswith(("logits", "theta")) and "fusion" not in n
+        )
 
     assert gates(crossan.create_model("crossan-tiva")) == 140
     assert gates(crossan.create_model("iisan-e-tiva")) == 56
@@ -232,8 +251,9 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def outputs_and_gradients(model, method: str, inputs: tuple[torch.Tensor, ...]
-                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def outputs_and_gradients(
+    model, method: str, inputs: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     outputs = getattr(model, method)(model.side_states(inputs))
     (outputs * outputs.sin()).float().sum().backward()
@@ -256,13 +276,19 @@ def test_batched_side_network_matches_per_tower_reference(name: str) -> None:
     torch.testing.assert_close(outputs, reference, **BATCHED_TOLERANCE)
     assert grads.keys() == reference_grads.keys() and any("gates" in n for n in grads)
     for key, reference_grad in reference_grads.items():
-        torch.testing.assert_close(grads[key], reference_grad, **BATCHED_TOLERANCE, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            grads[key], reference_grad, **BATCHED_TOLERANCE, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
-@pytest.mark.skipif(not triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="needs triton with TRITON_INTERPRET=1")
-@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, dict(atol=1e-5, rtol=1e-5)),
-                                                  (torch.float16, dict(atol=2e-2, rtol=2e-2))], ids=["fp32", "fp16"])
+@pytest.mark.skipif(
+    not triton_available() or os.environ.get("TRITON_INTERPRET") != "1", reason="needs triton with TRITON_INTERPRET=1"
+)
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"),
+    [(torch.float32, dict(atol=1e-5, rtol=1e-5)), (torch.float16, dict(atol=2e-2, rtol=2e-2))],
+    ids=["fp32", "fp16"],
+)
 @pytest.mark.parametrize("name", ["crossan-tiva", "indsan-ti", "iisan-e-tiva"])
 def test_triton_side_network_matches_per_tower_reference(name: str, dtype: torch.dtype, tolerance: dict) -> None:
     """The fused kernel path (Triton interpreter) against the per-tower reference; in fp16 the
@@ -273,7 +299,7 @@ def test_triton_side_network_matches_per_tower_reference(name: str, dtype: torch
     reference, reference_grads = outputs_and_gradients(model, "per_tower_outputs", inputs)
     torch.testing.assert_close(outputs, reference, **tolerance)
     for key, reference_grad in reference_grads.items():
-        torch.testing.assert_close(grads[key], reference_grad, **tolerance, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(grads[key], reference_grad, **tolerance, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_gate_table_reads_every_tower_layer_and_input() -> None:

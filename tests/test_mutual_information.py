@@ -1,4 +1,5 @@
 """The KSG mutual-information estimator against Gaussians whose mutual information is known."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from crossan.zoo.analysis.mutual_information import (MutualInformationEstimator, gaussian_mutual_information,
-                                             pairwise_mutual_information)
+from crossan.zoo.analysis.mutual_information import (
+    MutualInformationEstimator,
+    gaussian_mutual_information,
+    pairwise_mutual_information,
+)
 from crossan.zoo.core.errors import ConfigError
 
 ROWS = 4000
@@ -50,7 +54,8 @@ GAUSSIAN_CASES = [
 
 @pytest.mark.parametrize(("dimensions", "correlation", "below", "above"), GAUSSIAN_CASES)
 def test_estimate_matches_the_mutual_information_of_correlated_gaussians(
-        dimensions: int, correlation: float, below: float, above: float) -> None:
+    dimensions: int, correlation: float, below: float, above: float
+) -> None:
     x, y = _correlated(ROWS, dimensions, correlation, seed=0)
     truth = gaussian_mutual_information(correlation, dimensions)
     estimate = MutualInformationEstimator(components=None).estimate(x, y)
@@ -73,10 +78,15 @@ def test_pca_keeps_the_mutual_information_that_lives_in_few_directions() -> None
     second_latent = correlation * first_latent + np.sqrt(1 - correlation**2) * rng.standard_normal((rows, latents))
     x = first_latent @ first_mixing + noise * rng.standard_normal((rows, columns))
     y = second_latent @ second_mixing + noise * rng.standard_normal((rows, columns))
-    covariance = np.block([
-        [first_mixing.T @ first_mixing + noise**2 * np.eye(columns), correlation * first_mixing.T @ second_mixing],
-        [correlation * second_mixing.T @ first_mixing, second_mixing.T @ second_mixing + noise**2 * np.eye(columns)],
-    ])
+    covariance = np.block(
+        [
+            [first_mixing.T @ first_mixing + noise**2 * np.eye(columns), correlation * first_mixing.T @ second_mixing],
+            [
+                correlation * second_mixing.T @ first_mixing,
+                second_mixing.T @ second_mixing + noise**2 * np.eye(columns),
+            ],
+        ]
+    )
     truth = _gaussian_mutual_information(covariance, columns)
     assert truth == pytest.approx(gaussian_mutual_information(correlation, latents), abs=0.05)
 
@@ -128,8 +138,11 @@ def test_pairwise_mutual_information_covers_every_pair_in_order() -> None:
     z = np.random.default_rng(8).standard_normal((500, 3))
     estimator = MutualInformationEstimator(components=None)
     result = pairwise_mutual_information({"text": x, "image": torch.from_numpy(y), "id": z}, estimator)
-    assert [(entry["first"], entry["second"]) for entry in result] == [("text", "image"), ("text", "id"),
-                                                                       ("image", "id")]
+    assert [(entry["first"], entry["second"]) for entry in result] == [
+        ("text", "image"),
+        ("text", "id"),
+        ("image", "id"),
+    ]
     assert result[0]["mutual_information"] == estimator.estimate(x, y)
     assert result[2]["mutual_information"] == estimator.estimate(y, z)
 
@@ -138,14 +151,27 @@ def test_describe_names_the_estimator_and_its_parameters() -> None:
     description = MutualInformationEstimator(neighbours=4, components=None, max_samples=500, seed=2).describe()
     assert json.loads(json.dumps(description)) == description
     assert description["estimator"].startswith("Kraskov-Stoegbauer-Grassberger")
-    assert (description["neighbours"], description["pca_components"], description["max_samples"],
-            description["seed"], description["units"]) == (4, None, 500, 2, "nats")
+    assert (
+        description["neighbours"],
+        description["pca_components"],
+        description["max_samples"],
+        description["seed"],
+        description["units"],
+    ) == (4, None, 500, 2, "nats")
 
 
-@pytest.mark.parametrize("settings", [
-    {"neighbours": 0}, {"neighbours": 2.5}, {"neighbours": True}, {"components": 0},
-    {"max_samples": 3}, {"max_samples": 0}, {"seed": -1},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"neighbours": 0},
+        {"neighbours": 2.5},
+        {"neighbours": True},
+        {"components": 0},
+        {"max_samples": 3},
+        {"max_samples": 0},
+        {"seed": -1},
+    ],
+)
 def test_invalid_settings_are_config_errors(settings: dict) -> None:
     with pytest.raises(ConfigError):
         MutualInformationEstimator(**settings)

@@ -1,5 +1,6 @@
 """Extra negatives: sampled catalogue items, the cross-batch memory and the full softmax, against
 hand-computed losses; the same-user masking and the sampling correction on every candidate."""
+
 from __future__ import annotations
 
 import pytest
@@ -71,9 +72,14 @@ def test_sampling_correction_scales_log_q(model: torch.nn.Module, strength: floa
     assert abs(float(loss) - float(full)) > 1e-3
 
 
-@pytest.mark.parametrize(("strength", "message"), [(-0.1, "sampling_correction must lie in"),
-                                                  (1.5, "sampling_correction must lie in"),
-                                                  (True, r"sampling_correction needs a number, got True \(bool\)")])
+@pytest.mark.parametrize(
+    ("strength", "message"),
+    [
+        (-0.1, "sampling_correction must lie in"),
+        (1.5, "sampling_correction must lie in"),
+        (True, r"sampling_correction needs a number, got True \(bool\)"),
+    ],
+)
 def test_sampling_correction_outside_zero_to_one_is_refused(strength: float, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig(sampling_correction=strength)
@@ -87,8 +93,9 @@ def test_sampled_negatives_join_the_pool_with_their_correction(model: torch.nn.M
     torch.manual_seed(3)
     candidates = negatives.candidates(torch.unique(WINDOW[WINDOW != 0]))
     assert len(candidates) > 8 and set(WINDOW[WINDOW != 0].tolist()) <= set(candidates.tolist())
-    p_sampled = torch.full((NUM_ITEMS + 1,), 1 / NUM_ITEMS, dtype=torch.float64) if sampling == "uniform" \
-        else popularity()
+    p_sampled = (
+        torch.full((NUM_ITEMS + 1,), 1 / NUM_ITEMS, dtype=torch.float64) if sampling == "uniform" else popularity()
+    )
     slots = int((WINDOW != 0).sum())
     at_least_once = 1 - (1 - p_sampled[candidates]) ** 40  # drawn items are de-duplicated
     log_q = (slots * popularity()[candidates] + at_least_once).log()
@@ -161,19 +168,23 @@ def test_memory_term_is_an_inclusion_probability_so_popular_items_are_not_overst
 def test_correction_is_a_constant_shift_without_extra_negatives() -> None:
     candidates = torch.tensor([1, 4, 7])
     shifted = sampling_log_weights(candidates, popularity(), batch_slots=9)
-    torch.testing.assert_close(shifted - popularity()[candidates].log(),
-                               torch.full((3,), torch.tensor(9.0, dtype=torch.float64).log().item(),
-                                          dtype=torch.float64))
+    torch.testing.assert_close(
+        shifted - popularity()[candidates].log(),
+        torch.full((3,), torch.tensor(9.0, dtype=torch.float64).log().item(), dtype=torch.float64),
+    )
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"full_softmax": True, "sampled_negatives": 5}, "full_softmax scores every item already"),
-    ({"full_softmax": True, "memory_size": 5}, "full_softmax scores every item already"),
-    ({"negative_sampling": "hard"}, "negative_sampling must be one of uniform, popularity"),
-    ({"sampled_negatives": -1}, "sampled_negatives must be a non-negative integer"),
-    ({"memory_max_age": 0}, "memory_max_age must be at least 1"),
-    ({"full_softmax": "yes"}, "full_softmax needs true or false, got 'yes'"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"full_softmax": True, "sampled_negatives": 5}, "full_softmax scores every item already"),
+        ({"full_softmax": True, "memory_size": 5}, "full_softmax scores every item already"),
+        ({"negative_sampling": "hard"}, "negative_sampling must be one of uniform, popularity"),
+        ({"sampled_negatives": -1}, "sampled_negatives must be a non-negative integer"),
+        ({"memory_max_age": 0}, "memory_max_age must be at least 1"),
+        ({"full_softmax": "yes"}, "full_softmax needs true or false, got 'yes'"),
+    ],
+)
 def test_bad_negative_options_are_one_line_errors(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**options)

@@ -8,6 +8,7 @@ on both sides, summed in another order); served states within 1e-3 of PyTorch's
 (`crossan.export.backbones.BACKBONE_TOLERANCE`; measured about 5e-6); a re-added item's embedding within
 1e-4 of its catalogue row (measured about 4e-7).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,14 @@ import torch
 from PIL import Image
 from transformers import ASTFeatureExtractor, VideoMAEImageProcessorPil, ViTImageProcessorPil
 
-from crossan.export.serve import OnnxRecommender
 from crossan.export.backbones import BACKBONE_TOLERANCE, serving_preprocessor
 from crossan.export.item_table import TABLE_FILE, load_item_table, save_item_table
 from crossan.export.preprocessing import load_preprocessing, save_preprocessing
 from crossan.export.providers import CPU, CUDA, execution_providers
+from crossan.export.serve import OnnxRecommender
 from crossan.zoo.backbones import BackboneSpec, StateExtractor, load_backbone
-from crossan.zoo.data import DataError, SequenceDataset
 from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.data import DataError, SequenceDataset
 from crossan.zoo.runs.run import open_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,7 @@ def random_image(generator: np.random.Generator, height: int, width: int, mode: 
 
 # --- the torch-free preprocessing against the processors it replaces ------------------------
 
+
 def test_text_preprocessing_equals_the_tokenizer(tmp_path: Path) -> None:
     extractor = extractor_for("text")
     titles = ["a kettle", "Über-long title " * 20, "", "Mixed CASE, punctuation! & numbers 42"]
@@ -63,8 +65,11 @@ def test_text_preprocessing_equals_the_tokenizer(tmp_path: Path) -> None:
 def test_image_preprocessing_equals_the_processor(tmp_path: Path, processor: object | None) -> None:
     extractor = extractor_for("image", processor)
     generator = np.random.default_rng(0)
-    images = [random_image(generator, 50, 37), random_image(generator, 300, 400, "L"),
-              random_image(generator, 224, 224, "RGBA").convert("RGB")]
+    images = [
+        random_image(generator, 50, 37),
+        random_image(generator, 300, 400, "L"),
+        random_image(generator, 224, 224, "RGBA").convert("RGB"),
+    ]
     served = serving_preprocessor(extractor, tmp_path)([image.convert("RGB") for image in images])
     expected = extractor.model_inputs([image.convert("RGB") for image in images])["pixel_values"].numpy()
     np.testing.assert_array_equal(served["pixel_values"], expected)
@@ -74,8 +79,9 @@ def test_image_preprocessing_equals_the_processor(tmp_path: Path, processor: obj
 def test_video_preprocessing_equals_the_processor(tmp_path: Path, processor: object | None) -> None:
     extractor = extractor_for("video", processor)
     generator = np.random.default_rng(1)
-    videos = [[generator.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(16)]
-              for h, w in ((48, 64), (257, 113))]
+    videos = [
+        [generator.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(16)] for h, w in ((48, 64), (257, 113))
+    ]
     served = serving_preprocessor(extractor, tmp_path)(videos)
     expected = extractor.model_inputs(videos)["pixel_values"].numpy()
     np.testing.assert_array_equal(served["pixel_values"], expected)
@@ -111,12 +117,22 @@ def test_unserved_processor_settings_are_refused(tmp_path: Path) -> None:
 
 # --- the exported run ----------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_export_with_backbones_validates_every_modality(toy_export_with_backbones: Path) -> None:
     names = {p.name for p in toy_export_with_backbones.iterdir()}
-    assert names == {"item_encoder.onnx", "user_encoder.onnx", "item_encoder.pt", "user_encoder.pt", TABLE_FILE,
-                     "validation.json", "preprocessing.json", "tokenizer.json", "audio_filters.safetensors",
-                     *(f"{m}_backbone.onnx" for m in MODALITIES)}
+    assert names == {
+        "item_encoder.onnx",
+        "user_encoder.onnx",
+        "item_encoder.pt",
+        "user_encoder.pt",
+        TABLE_FILE,
+        "validation.json",
+        "preprocessing.json",
+        "tokenizer.json",
+        "audio_filters.safetensors",
+        *(f"{m}_backbone.onnx" for m in MODALITIES),
+    }
     report = json.loads((toy_export_with_backbones / "validation.json").read_text())
     checks = {c["modality"]: c for c in report["backbone_states"]}
     assert set(checks) == set(MODALITIES)
@@ -156,8 +172,9 @@ print(json.dumps({"embedding": embedding[0].tolist(), "top": top[0], "providers"
 
 
 @pytest.mark.slow
-def test_held_back_item_is_added_from_raw_content_without_torch(toy_run: Path, toy_export_with_backbones: Path,
-                                                                 tmp_path: Path) -> None:
+def test_held_back_item_is_added_from_raw_content_without_torch(
+    toy_run: Path, toy_export_with_backbones: Path, tmp_path: Path
+) -> None:
     """With the FAISS index, so the new row also joins the index and is saved with it."""
     index = "faiss"
     run = open_run(toy_run)
@@ -165,14 +182,23 @@ def test_held_back_item_is_added_from_raw_content_without_torch(toy_run: Path, t
     folder = tmp_path / "export"
     shutil.copytree(toy_export_with_backbones, folder)
     table, item_ids = load_item_table(folder / TABLE_FILE)
-    save_item_table(folder / TABLE_FILE, np.delete(table, HELD_BACK, axis=0),
-                    item_ids[:HELD_BACK] + item_ids[HELD_BACK + 1:], source="held back one item")
+    save_item_table(
+        folder / TABLE_FILE,
+        np.delete(table, HELD_BACK, axis=0),
+        item_ids[:HELD_BACK] + item_ids[HELD_BACK + 1 :],
+        source="held back one item",
+    )
     item = dataset.item_ids[HELD_BACK]
-    content = {"text": [dataset.titles[HELD_BACK]], "image": [str(dataset.cover_paths[HELD_BACK])],
-               "video": [str(dataset.video_paths[HELD_BACK])], "audio": [str(dataset.video_paths[HELD_BACK])]}
+    content = {
+        "text": [dataset.titles[HELD_BACK]],
+        "image": [str(dataset.cover_paths[HELD_BACK])],
+        "video": [str(dataset.video_paths[HELD_BACK])],
+        "audio": [str(dataset.video_paths[HELD_BACK])],
+    }
     arguments = json.dumps({"folder": str(folder), "item": item, "content": content, "index": index})
-    result = subprocess.run([sys.executable, "-c", SERVE_NEW_ITEM, arguments], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_NEW_ITEM, arguments], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     served = json.loads(result.stdout)
     assert served["loaded"] == []
@@ -184,8 +210,12 @@ def test_held_back_item_is_added_from_raw_content_without_torch(toy_run: Path, t
 
 def new_item_sources(dataset: SequenceDataset) -> dict[str, list[str]]:
     """One made-up item's content: a new title, with the first item's cover and video."""
-    return {"text": ["new title"], "image": [str(dataset.cover_paths[0])], "video": [str(dataset.video_paths[0])],
-            "audio": [str(dataset.video_paths[0])]}
+    return {
+        "text": ["new title"],
+        "image": [str(dataset.cover_paths[0])],
+        "video": [str(dataset.video_paths[0])],
+        "audio": [str(dataset.video_paths[0])],
+    }
 
 
 @pytest.mark.slow
@@ -212,6 +242,7 @@ def test_an_export_without_backbones_refuses_new_items_naming_the_option(toy_run
 
 
 # --- execution providers -------------------------------------------------------------------
+
 
 def test_cuda_is_asked_for_only_with_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
     import crossan.export.providers as providers

@@ -1,6 +1,7 @@
 """The project installs one import name, `crossan`, and works where users run it: from a wheel
 installed away from the checkout, from any directory, and next to every installed distribution
 (transformers' `kernels` among them)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -17,23 +18,39 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("zoo", "kernels", "export")
-BENCHMARKS = sorted(path for path in (REPO / "benchmarks").glob("*.py")
-                    if 'if __name__ == "__main__":' in path.read_text(encoding="utf-8"))
+BENCHMARKS = sorted(
+    path
+    for path in (REPO / "benchmarks").glob("*.py")
+    if 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
+)
 
 
 def run_python(code: str, cwd: Path, flags: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter (with `flags`) in `cwd`, with `env` added to the environment."""
-    return subprocess.run([sys.executable, *flags, "-c", code], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
 
 
 def subpackages(root: Path, name: str = "crossan") -> list[str]:
     """Every package under `root` (the folder of package `name`), by dotted name: folders holding
     Python files, or folders holding such folders, with or without an `__init__.py`."""
-    folders = {folder for path in root.rglob("*.py") for folder in (path.parent, *path.parent.parents)
-               if folder == root or root in folder.parents}
-    return [".".join((name, *folder.relative_to(root).parts)) for folder in sorted(folders)
-            if "__pycache__" not in folder.relative_to(root).parts]
+    folders = {
+        folder
+        for path in root.rglob("*.py")
+        for folder in (path.parent, *path.parent.parents)
+        if folder == root or root in folder.parents
+    }
+    return [
+        ".".join((name, *folder.relative_to(root).parts))
+        for folder in sorted(folders)
+        if "__pycache__" not in folder.relative_to(root).parts
+    ]
 
 
 IMPORT_ALL = """
@@ -58,11 +75,22 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # egg-info in the checkout would count as a second installed `crossan`.
     source = tmp_path_factory.mktemp("source") / "crossan"
     skipped_at_top = {".git", ".venv", ".cache", "weights", "build", "experiments", "data"}
-    shutil.copytree(REPO, source, symlinks=True, ignore=lambda folder, names: {
-        name for name in names if name == "__pycache__" or name.endswith(".egg-info")
-        or (Path(folder) == REPO and name in skipped_at_top)})
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out), str(source)], check=True, capture_output=True, timeout=300)
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=lambda folder, names: {
+            name
+            for name in names
+            if name == "__pycache__" or name.endswith(".egg-info") or (Path(folder) == REPO and name in skipped_at_top)
+        },
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (built,) = out.glob("crossan-*.whl")
     return built
 
@@ -82,13 +110,18 @@ def test_the_wheel_imports_every_subpackage_outside_the_checkout(wheel: Path, tm
     """Installed where the editable install is not visible (no site processing, so no editable
     finder; the dependencies come from this environment's site-packages as a plain path)."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
-                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     names = subpackages(target / "crossan")
     assert {"crossan", *(f"crossan.{part}" for part in PARTS), "crossan.zoo.layers"} <= set(names)
     code = IMPORT_ALL.format(names=names, expected_root=str(target))
-    result = run_python(code, tmp_path, flags=("-S",),
-                        PYTHONPATH=os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]]))
+    result = run_python(
+        code, tmp_path, flags=("-S",), PYTHONPATH=os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]])
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == [str(len(names))]
 
@@ -98,7 +131,7 @@ def test_the_editable_install_imports_from_anywhere(tmp_path: Path) -> None:
     places = (tmp_path, REPO)
     with ThreadPoolExecutor(max_workers=len(places)) as pool:  # two interpreters, one per core
         results = list(pool.map(lambda cwd: run_python(code, cwd), places))
-    for cwd, result in zip(places, results):
+    for cwd, result in zip(places, results, strict=True):
         assert result.returncode == 0, (cwd, result.stderr[-3000:])
 
 
@@ -139,13 +172,17 @@ def test_every_benchmark_answers_help_from_the_root_and_from_outside(tmp_path: P
 
     def help_of(run: tuple[Path, Path]) -> subprocess.CompletedProcess[str]:
         script, cwd = run
-        return subprocess.run([sys.executable, str(script), "--help"], cwd=cwd, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(script), "--help"], cwd=cwd, capture_output=True, text=True, timeout=300
+        )
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(help_of, runs))
-    failures = [(script.name, str(cwd), result.stderr[-500:]) for (script, cwd), result in zip(runs, results)
-                if result.returncode != 0 or "usage:" not in result.stdout]
+    failures = [
+        (script.name, str(cwd), result.stderr[-500:])
+        for (script, cwd), result in zip(runs, results, strict=True)
+        if result.returncode != 0 or "usage:" not in result.stdout
+    ]
     assert not failures
 
 
@@ -160,8 +197,10 @@ def test_the_registry_imports_no_model_file() -> None:
     tree = ast.parse(Path(registry.__file__).read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    model_files = {f"crossan.zoo.models.{architecture_module}"
-                   for architecture_module in ("crossan", "iisan", "sasrec_id", "end_to_end")}
+    model_files = {
+        f"crossan.zoo.models.{architecture_module}"
+        for architecture_module in ("crossan", "iisan", "sasrec_id", "end_to_end")
+    }
     assert imported & model_files == set()
     assert {cls.__module__ for _, cls in models.architectures().values()} == model_files
     assert models.list_models() == registry.list_models() != []

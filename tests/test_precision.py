@@ -1,5 +1,6 @@
 """Mixed precision: bf16 autocast trains on the CPU to the fp32 metrics within 0.02 NDCG@10; the
 chosen precision is recorded; `auto` is fp32 on the CPU."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,32 @@ def test_bf16_on_cpu_stays_within_002_of_fp32(toy_root: Path, cache_dir: Path, t
     for precision in ("fp32", "bf16"):
         run_dir = tmp_path / precision
         result = subprocess.run(
-            [sys.executable, "train.py", "--preset", "crossan-t", "--data", "toy", "--data-root", str(toy_root),
-             "--cache-dir", str(cache_dir), "--epochs", "4", "--patience", "10", "--precision", precision,
-             "--run-dir", str(run_dir), "--json"], cwd=PROJECT, capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "train.py",
+                "--preset",
+                "crossan-t",
+                "--data",
+                "toy",
+                "--data-root",
+                str(toy_root),
+                "--cache-dir",
+                str(cache_dir),
+                "--epochs",
+                "4",
+                "--patience",
+                "10",
+                "--precision",
+                precision,
+                "--run-dir",
+                str(run_dir),
+                "--json",
+            ],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         metrics[precision] = json.loads(result.stdout)["test"]["NDCG@10"]
         config = json.loads((run_dir / "config.json").read_text())

@@ -1,4 +1,5 @@
 """MicroLens layout in both pair formats, pretrained backbones from local directories, MiniLM."""
+
 from __future__ import annotations
 
 import json
@@ -55,11 +56,14 @@ def test_both_pair_formats_read_the_same_sequences(fixtures: dict[str, Path]) ->
     assert tsv.fingerprint() == csv.fingerprint()
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    ("u0001,i0001", ":3: expected 'user,item,timestamp', got 2 field(s)"),
-    ("u0001,zz99,5", ":3: unknown item id 'zz99' (not in the item file)"),
-    ("u0001,i0001,yesterday", ":3: timestamp 'yesterday' is not a number"),
-])
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("u0001,i0001", ":3: expected 'user,item,timestamp', got 2 field(s)"),
+        ("u0001,zz99,5", ":3: unknown item id 'zz99' (not in the item file)"),
+        ("u0001,i0001,yesterday", ":3: timestamp 'yesterday' is not a number"),
+    ],
+)
 def test_bad_csv_rows_name_file_and_line(fixtures: dict[str, Path], tmp_path: Path, row: str, message: str) -> None:
     root = tmp_path / "bad"
     shutil.copytree(fixtures["csv"], root, symlinks=True)
@@ -87,8 +91,9 @@ def test_minilm_gives_real_sentence_embeddings() -> None:
     assert spec.pooling == "mean" and spec.source == "pretrained"
     extractor = StateExtractor(load_backbone(spec), side_layers=6)
     assert extractor.indices == [0, 1, 2, 3, 4, 5, 6] and extractor.backbone.width == 384
-    states = extractor.encode(["wireless bluetooth headphones", "noise cancelling earbuds",
-                               "organic chemistry laboratory textbook"])[:, -1]
+    states = extractor.encode(
+        ["wireless bluetooth headphones", "noise cancelling earbuds", "organic chemistry laboratory textbook"]
+    )[:, -1]
     cosine = torch.nn.functional.cosine_similarity
     assert cosine(states[0], states[1], dim=0) > cosine(states[0], states[2], dim=0) + 0.1
 
@@ -96,10 +101,28 @@ def test_minilm_gives_real_sentence_embeddings() -> None:
 def test_pretrained_source_never_falls_back_when_offline(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(
-        [sys.executable, "train.py", "--preset", "crossan-t", "--data", "amazon", "--data-root",
-         str(PROJECT.parent / "shared" / "data" / "amazon-scientific"), "--backbones", "pretrained",
-         "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run")],
-        cwd=PROJECT, capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            "train.py",
+            "--preset",
+            "crossan-t",
+            "--data",
+            "amazon",
+            "--data-root",
+            str(PROJECT.parent / "shared" / "data" / "amazon-scientific"),
+            "--backbones",
+            "pretrained",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot load the text backbone 'bert-base-uncased'")
 
@@ -110,10 +133,31 @@ def test_local_pretrained_directories_train_end_to_end(fixtures: dict[str, Path]
     shapes = {"text": (32, 6), "image": (48, 12), "video": (64, 8), "audio": (40, 6)}
     dirs = {m: save_tiny_backbone(m, tmp_path / "backbones" / m, width=w, layers=n) for m, (w, n) in shapes.items()}
     run_dir = tmp_path / "run"
-    command = [sys.executable, "train.py", "--preset", "crossan-tiva", "--data", "microlens", "--data-root",
-               str(fixtures["csv"]), "--backbones", "pretrained", "--epochs", "2", "--cache-dir",
-               str(tmp_path / "cache"), "--run-dir", str(run_dir), "--set", "side_width=32", "--set",
-               "adapter_dim=16", "--text-max-tokens", "12", "--json"]
+    command = [
+        sys.executable,
+        "train.py",
+        "--preset",
+        "crossan-tiva",
+        "--data",
+        "microlens",
+        "--data-root",
+        str(fixtures["csv"]),
+        "--backbones",
+        "pretrained",
+        "--epochs",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "side_width=32",
+        "--set",
+        "adapter_dim=16",
+        "--text-max-tokens",
+        "12",
+        "--json",
+    ]
     for modality, directory in dirs.items():
         command += ["--backbone", f"{modality}={directory}"]
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)

@@ -1,5 +1,6 @@
 """Kill a real training process with SIGKILL at three points, resume it, and get the metrics of an
 uninterrupted run; finished runs stay as they are; resumes that disagree with the run stop."""
+
 from __future__ import annotations
 
 import json
@@ -14,18 +15,45 @@ from killing import kill_when
 PROJECT = Path(__file__).resolve().parents[1]
 # Small batches and evaluation batches stretch the epoch and the validation to about a second
 # each on the small toy set, so that the kill points below are hit reliably.
-TRAIN_ARGS = ["--preset", "crossan-t", "--data", "toy", "--epochs", "3", "--patience", "10",
-              "--batch-size", "8", "--set", "eval_batch_size=8", "--json"]
+TRAIN_ARGS = [
+    "--preset",
+    "crossan-t",
+    "--data",
+    "toy",
+    "--epochs",
+    "3",
+    "--patience",
+    "10",
+    "--batch-size",
+    "8",
+    "--set",
+    "eval_batch_size=8",
+    "--json",
+]
 
 
 def train_command(toy_root: Path, cache_dir: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "train.py", *TRAIN_ARGS, "--data-root", str(toy_root), "--cache-dir", str(cache_dir),
-            "--run-dir", str(run_dir)]
+    return [
+        sys.executable,
+        "train.py",
+        *TRAIN_ARGS,
+        "--data-root",
+        str(toy_root),
+        "--cache-dir",
+        str(cache_dir),
+        "--run-dir",
+        str(run_dir),
+    ]
 
 
 def resume(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", "--resume", str(run_dir), "--json", *extra], cwd=PROJECT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "train.py", "--resume", str(run_dir), "--json", *extra],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def checkpointed_epoch(run_dir: Path) -> int:
@@ -36,16 +64,18 @@ def checkpointed_epoch(run_dir: Path) -> int:
 @pytest.fixture(scope="module")
 def uninterrupted(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    result = subprocess.run(train_command(toy_root, cache_dir, run_dir), cwd=PROJECT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        train_command(toy_root, cache_dir, run_dir), cwd=PROJECT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_point", ["mid_epoch", "after_checkpoint", "during_validation"])
-def test_killed_run_resumes_to_the_uninterrupted_metrics(kill_point: str, uninterrupted: dict, toy_root: Path,
-                                                         cache_dir: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_uninterrupted_metrics(
+    kill_point: str, uninterrupted: dict, toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / kill_point
     first_checkpoint: list[float] = []
 
@@ -68,8 +98,9 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(kill_point: str, uninte
     else:
         assert epoch >= 1
     assert not (run_dir / "metrics.json").exists()
-    unfinished = subprocess.run([sys.executable, "evaluate.py", "--run", str(run_dir)], cwd=PROJECT,
-                                capture_output=True, text=True, timeout=300)
+    unfinished = subprocess.run(
+        [sys.executable, "evaluate.py", "--run", str(run_dir)], cwd=PROJECT, capture_output=True, text=True, timeout=300
+    )
     assert unfinished.returncode == 2 and "has not finished" in unfinished.stderr
     assert len(unfinished.stderr.strip().splitlines()) == 1
 
@@ -81,11 +112,13 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(kill_point: str, uninte
 
 
 @pytest.mark.slow
-def test_finished_run_is_left_alone_and_disagreeing_resume_stops(uninterrupted: dict, toy_root: Path,
-                                                                 cache_dir: Path, tmp_path: Path) -> None:
+def test_finished_run_is_left_alone_and_disagreeing_resume_stops(
+    uninterrupted: dict, toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "finished"
-    subprocess.run(train_command(toy_root, cache_dir, run_dir), cwd=PROJECT, capture_output=True, check=True,
-                   timeout=600)
+    subprocess.run(
+        train_command(toy_root, cache_dir, run_dir), cwd=PROJECT, capture_output=True, check=True, timeout=600
+    )
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
     again = resume(run_dir)
     assert again.returncode == 0 and "finished already; nothing to resume" in " ".join(again.stderr.split())
@@ -93,11 +126,13 @@ def test_finished_run_is_left_alone_and_disagreeing_resume_stops(uninterrupted: 
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()} == before
 
     (run_dir / "trainer_state.json").write_text(
-        json.dumps({**json.loads((run_dir / "trainer_state.json").read_text()), "finished": False}))
+        json.dumps({**json.loads((run_dir / "trainer_state.json").read_text()), "finished": False})
+    )
     differing = resume(run_dir, "--epochs", "9", "--set", "adapter_dim=4")
     assert differing.returncode == 2
     assert differing.stderr.strip().splitlines() == [
-        f"error: cannot resume {run_dir}: train.epochs, model.adapter_dim differ from its config.json"]
+        f"error: cannot resume {run_dir}: train.epochs, model.adapter_dim differ from its config.json"
+    ]
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "code": "0" * 16}))
     changed_code = resume(run_dir)

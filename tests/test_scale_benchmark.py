@@ -1,5 +1,6 @@
 """benchmarks/scale.py: its synthetic data keep the planted rule, its fit recovers known growth
 exponents, and (slow) a small grid runs every stage through the real code path."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,8 +55,9 @@ def test_growth_exponents_recover_the_exponents_of_known_costs() -> None:
     for users in (10**4, 10**5, 10**6):
         for items in (10**4, 10**5, 10**6):
             interactions = users * 10
-            result = scale.StageResult("epoch sasrec-id", users, items, interactions,
-                                       seconds=2e-6 * interactions ** 1.1 * items ** 0.3)
+            result = scale.StageResult(
+                "epoch sasrec-id", users, items, interactions, seconds=2e-6 * interactions**1.1 * items**0.3
+            )
             result.driving_size = float(interactions)
             results.append(result)
     results.append(scale.StageResult("read", 10, 10, 100, status="over the 5 s limit"))
@@ -67,9 +69,29 @@ def test_growth_exponents_recover_the_exponents_of_known_costs() -> None:
 
 @pytest.mark.slow
 def test_a_small_grid_runs_every_stage_and_reports_it(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "benchmarks/scale.py", "--users", "1500", "3000", "--items", "400",
-                           "--state-width", "16", "--epoch-steps", "20", "--work", str(tmp_path), "--json"],
-                          cwd=PROJECT, capture_output=True, text=True, timeout=600, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/scale.py",
+            "--users",
+            "1500",
+            "3000",
+            "--items",
+            "400",
+            "--state-width",
+            "16",
+            "--epoch-steps",
+            "20",
+            "--work",
+            str(tmp_path),
+            "--json",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     report = json.loads(done.stdout)
     by_stage = {(r["stage"], r["users"]): r for r in report["results"]}
     assert {stage for stage, _ in by_stage} == set(load_scale().STAGES)

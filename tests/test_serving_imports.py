@@ -4,6 +4,7 @@ the short API's training names still resolve on first access.
 
 Each import check runs in a fresh interpreter, since this test process has PyTorch loaded already.
 """
+
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
 """Paired t-test over per-user metrics, and the users whose target is a cold item."""
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,13 @@ def test_identical_ranks_differ_by_nothing() -> None:
 def _tiny_dataset() -> SequenceDataset:
     # Training prefixes (all but the last two items): [1, 2], [2], [3, 1] -> items 1, 2, 3 are seen.
     sequences = [np.array([1, 2, 3, 4]), np.array([2, 3, 1]), np.array([3, 1, 5, 2])]
-    return SequenceDataset.from_sequences(name="tiny", root=Path("tiny"), item_ids=[f"i{n}" for n in range(1, 6)],
-                                          user_ids=["u0", "u1", "u2"], sequences=sequences)
+    return SequenceDataset.from_sequences(
+        name="tiny",
+        root=Path("tiny"),
+        item_ids=[f"i{n}" for n in range(1, 6)],
+        user_ids=["u0", "u1", "u2"],
+        sequences=sequences,
+    )
 
 
 def test_cold_item_users_are_those_whose_target_no_training_prefix_holds() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import pickle
 from fractions import Fraction
@@ -12,11 +13,11 @@ import av
 import numpy as np
 import pytest
 
+from crossan.zoo.core.errors import UserError
 from crossan.zoo.data import toy
 from crossan.zoo.data.errors import DataError
 from crossan.zoo.data.media import read_audio, read_cover, read_video_frames
 from crossan.zoo.data.toy import TOY_ATTRIBUTES, generate_toy, toy_item_attributes, toy_next_attributes
-from crossan.zoo.core.errors import UserError
 
 SMALL = {"num_items": 40, "num_users": 50}
 TINY = {"num_items": 16, "num_users": 10}
@@ -57,9 +58,11 @@ def test_generation_is_deterministic(toy_root: Path, tmp_path: Path) -> None:
     for item in ("i0001", "i0017", "i0040"):
         a = read_video_frames(toy_root / "videos" / f"{item}.mp4")
         b = read_video_frames(again / "videos" / f"{item}.mp4")
-        assert all(np.array_equal(x, y) for x, y in zip(a, b))
-        assert np.array_equal(np.asarray(read_cover(toy_root / "covers" / f"{item}.jpg")),
-                              np.asarray(read_cover(again / "covers" / f"{item}.jpg")))
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        assert np.array_equal(
+            np.asarray(read_cover(toy_root / "covers" / f"{item}.jpg")),
+            np.asarray(read_cover(again / "covers" / f"{item}.jpg")),
+        )
     other = generate_toy(tmp_path / "other", seed=4, **TINY)
     seed_three = generate_toy(tmp_path / "tiny", seed=3, **TINY)
     assert (other / "toy_pairs.tsv").read_bytes() != (seed_three / "toy_pairs.tsv").read_bytes()
@@ -130,7 +133,7 @@ def test_planted_rule_holds_for_most_transitions(toy_root: Path) -> None:
     combos = set(attributes.values())
 
     def predict(prev: tuple[int, ...]) -> tuple[int, ...]:
-        by_name = dict(zip(names, prev))
+        by_name = dict(zip(names, prev, strict=True))
         return tuple(
             (by_name[rule["next_from"][n]["attribute"]] + rule["next_from"][n]["offset"]) % rule["num_values"]
             for n in names
@@ -139,7 +142,7 @@ def test_planted_rule_holds_for_most_transitions(toy_root: Path) -> None:
     assert all(predict(c) == toy_next_attributes(c) and predict(c) in combos for c in combos)
     hits = total = 0
     for items in _sequences(toy_root).values():
-        for prev, nxt in zip(items, items[1:]):
+        for prev, nxt in itertools.pairwise(items):
             total += 1
             hits += attributes[nxt] == predict(attributes[prev])
     # About 450 transitions: one standard deviation of the fraction is ~0.017, and random

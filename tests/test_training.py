@@ -1,4 +1,5 @@
 """End to end on the small toy set: training beats popularity, runs repeat exactly, files reload."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,11 @@ from rich.console import Console
 from scripts import run_script
 
 import crossan
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data import read_microlens
 from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.runs.pipeline import describe_data, train_and_save
 from crossan.zoo.runs.run import open_run
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
@@ -26,9 +27,17 @@ QUICK = TrainConfig(epochs=4, patience=4, seed=7)
 
 def train(toy_root: Path, cache_dir: Path, run_dir: Path, preset: str, overrides: dict | None = None) -> dict:
     dataset = read_microlens(toy_root, name="toy")
-    _, metrics, _ = train_and_save(preset, dataset, describe_data("toy", dataset), FeatureSettings(cache_dir=cache_dir),
-                                   QUICK, {"adapter_dim": 64} if overrides is None else overrides, run_dir,
-                                   torch.device("cpu"), Console(quiet=True))
+    _, metrics, _ = train_and_save(
+        preset,
+        dataset,
+        describe_data("toy", dataset),
+        FeatureSettings(cache_dir=cache_dir),
+        QUICK,
+        {"adapter_dim": 64} if overrides is None else overrides,
+        run_dir,
+        torch.device("cpu"),
+        Console(quiet=True),
+    )
     return metrics
 
 
@@ -46,8 +55,15 @@ def test_crossan_beats_popularity_twofold(crossan_run: tuple[Path, dict]) -> Non
 
 def test_run_directory_holds_every_file(crossan_run: tuple[Path, dict]) -> None:
     run_dir, metrics = crossan_run
-    for name in ("config.json", "model.safetensors", "trainer_state.json", "metrics.json", "per_user_valid.json",
-                 "per_user_test.json", "curves.png"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "trainer_state.json",
+        "metrics.json",
+        "per_user_valid.json",
+        "per_user_test.json",
+        "curves.png",
+    ):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved["test"]) == {"HR@10", "HR@20", "NDCG@10", "NDCG@20"} and saved["best_epoch"] >= 1
@@ -67,17 +83,26 @@ def test_reloaded_run_reproduces_its_metrics(crossan_run: tuple[Path, dict]) -> 
 
 def test_returned_run_holds_the_best_epoch_model(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
-    outcome, metrics, run = train_and_save("sasrec-id", dataset, describe_data("toy", dataset),
-                                           FeatureSettings(cache_dir=cache_dir), QUICK, {}, tmp_path / "id",
-                                           torch.device("cpu"), Console(quiet=True))
+    outcome, metrics, run = train_and_save(
+        "sasrec-id",
+        dataset,
+        describe_data("toy", dataset),
+        FeatureSettings(cache_dir=cache_dir),
+        QUICK,
+        {},
+        tmp_path / "id",
+        torch.device("cpu"),
+        Console(quiet=True),
+    )
     assert run.config == json.loads((tmp_path / "id" / "config.json").read_text())
     assert evaluate_model(run.model, dataset, run.features, "test").metrics == pytest.approx(metrics["test"], abs=1e-6)
     for name, tensor in run.model.state_dict().items():
         assert torch.equal(tensor, outcome.best_state[name]), name
 
 
-def test_same_seed_gives_identical_metrics(crossan_run: tuple[Path, dict], toy_root: Path, cache_dir: Path,
-                                           tmp_path: Path) -> None:
+def test_same_seed_gives_identical_metrics(
+    crossan_run: tuple[Path, dict], toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     _, first = crossan_run
     second = train(toy_root, cache_dir, tmp_path / "again", "crossan-tiva")
     assert second["test"] == first["test"] and second["valid"] == first["valid"]
@@ -101,9 +126,9 @@ def test_a_prior_without_its_learned_part_ranks_like_the_history_similarity_base
     so its ranks are the untrained history-similarity baseline's over the same embeddings."""
     dataset = read_microlens(toy_root, name="toy")
     states = torch.randn(dataset.num_items, 3, 16, generator=torch.Generator().manual_seed(0))
-    config = crossan.preset_config("crossan-t", score_temperature=0.1, backbone_prior_weight=2.0,
-                               backbone_prior_decay=0.6, adapter_dim=8).fit_to_data(dataset.num_items,
-                                                                                   {"text": (3, 16)})
+    config = crossan.preset_config(
+        "crossan-t", score_temperature=0.1, backbone_prior_weight=2.0, backbone_prior_decay=0.6, adapter_dim=8
+    ).fit_to_data(dataset.num_items, {"text": (3, 16)})
     model = crossan.build_model(config).eval()
     with torch.no_grad():
         for parameter in model.heads.parameters():
@@ -135,16 +160,30 @@ def test_evaluate_cli_prints_json(crossan_run: tuple[Path, dict]) -> None:
 def test_evaluate_cli_analyses_towers_and_gates(crossan_run: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, _ = crossan_run
     heatmap = tmp_path / "gates.png"
-    result = run_script("evaluate", "--run", str(run_dir), "--mutual-information", "--mi-components", "4",
-                        "--gate-heatmap", str(heatmap), "--json")
+    result = run_script(
+        "evaluate",
+        "--run",
+        str(run_dir),
+        "--mutual-information",
+        "--mi-components",
+        "4",
+        "--gate-heatmap",
+        str(heatmap),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     information = report["mutual_information"]
     assert information["estimator"]["estimator"].startswith("Kraskov-Stoegbauer-Grassberger")
     assert information["estimator"]["pca_components"] == 4 and information["items"] == 128
     assert [(p["first"], p["second"]) for p in information["pairs"]] == [
-        ("text", "image"), ("text", "video"), ("text", "audio"), ("image", "video"), ("image", "audio"),
-        ("video", "audio")]
+        ("text", "image"),
+        ("text", "video"),
+        ("text", "audio"),
+        ("image", "video"),
+        ("image", "audio"),
+        ("video", "audio"),
+    ]
     assert information["mean"] == pytest.approx(np.mean([p["mutual_information"] for p in information["pairs"]]))
     gates = report["gate_heatmap"]
     assert [t["tower"] for t in gates["towers"]] == ["text", "image", "video", "audio"]
@@ -166,8 +205,13 @@ def _dataset_of(prefix_lengths: list[int]) -> SequenceDataset:
     for length in prefix_lengths:
         sequences.append(np.arange(next_item, next_item + length + 2))  # + valid and test items
         next_item += length + 2
-    return SequenceDataset.from_sequences(name="windows", root=Path("."), item_ids=[str(i) for i in range(1, next_item)],
-                                          user_ids=[f"u{u}" for u in range(len(sequences))], sequences=sequences)
+    return SequenceDataset.from_sequences(
+        name="windows",
+        root=Path("."),
+        item_ids=[str(i) for i in range(1, next_item)],
+        user_ids=[f"u{u}" for u in range(len(sequences))],
+        sequences=sequences,
+    )
 
 
 @pytest.mark.parametrize("length", [3, 5, 11])
@@ -175,9 +219,9 @@ def test_sliding_windows_predict_every_training_item_once(length: int) -> None:
     dataset = _dataset_of([1, 2, 4, 5, 9, 23, 30])
     windows, users = training_windows(dataset, length, sliding=True)
     targets: dict[int, list[int]] = {}
-    for window, user in zip(windows.tolist(), users.tolist()):
+    for window, user in zip(windows.tolist(), users.tolist(), strict=True):
         items = [i for i in window if i]
-        assert items == window[len(window) - len(items):], "windows are left-padded"
+        assert items == window[len(window) - len(items) :], "windows are left-padded"
         assert len(items) >= 2
         targets.setdefault(user, []).extend(items[1:])
     for user in range(dataset.num_users):
@@ -196,8 +240,9 @@ def test_default_windows_are_one_per_user_and_keep_the_newest_items() -> None:
 def test_trainer_groups_a_users_windows_only_when_sliding(toy_root: Path) -> None:
     dataset = read_microlens(toy_root, name="toy")
     features = ItemFeatures(dataset.num_items)
-    model = crossan.create_model("sasrec-id", num_items=dataset.num_items, max_seq_len=3, dropout=0.0,
-                             attention_dropout=0.0)
+    model = crossan.create_model(
+        "sasrec-id", num_items=dataset.num_items, max_seq_len=3, dropout=0.0, attention_dropout=0.0
+    )
     plain = Trainer(model, dataset, features, TrainConfig(), console=Console(quiet=True))
     assert plain.window_users is None and len(plain.windows) == dataset.num_users
     sliding = Trainer(model, dataset, features, TrainConfig(sliding_windows=True), console=Console(quiet=True))
@@ -216,12 +261,13 @@ def test_steps_per_epoch_takes_the_first_batches_of_each_shuffle(toy_root: Path)
     model = crossan.create_model("sasrec-id", num_items=dataset.num_items)
     config = TrainConfig(epochs=2, patience=2, batch_size=16, steps_per_epoch=3)
     trainer = Trainer(model, dataset, ItemFeatures(dataset.num_items), config, console=Console(quiet=True))
-    full = Trainer(model, dataset, ItemFeatures(dataset.num_items), TrainConfig(batch_size=16),
-                   console=Console(quiet=True))
+    full = Trainer(
+        model, dataset, ItemFeatures(dataset.num_items), TrainConfig(batch_size=16), console=Console(quiet=True)
+    )
     for epoch in (1, 2):
         budget, every = trainer._epoch_batches(epoch), full._epoch_batches(epoch)
         assert len(every) == -(-dataset.num_users // 16) and len(budget) == 3
-        assert all(torch.equal(a, b) for a, b in zip(budget, every))
+        assert all(torch.equal(a, b) for a, b in zip(budget, every[: len(budget)], strict=True))
     trainer.fit()
     steps = {int(state["step"]) for state in trainer.optimizer.state.values()}
     assert steps == {6}
@@ -229,13 +275,19 @@ def test_steps_per_epoch_takes_the_first_batches_of_each_shuffle(toy_root: Path)
         TrainConfig(steps_per_epoch=-1)
 
 
-def test_prior_inference_weight_auto_is_chosen_on_validation_and_recorded(toy_root: Path, cache_dir: Path,
-                                                                          tmp_path: Path) -> None:
+def test_prior_inference_weight_auto_is_chosen_on_validation_and_recorded(
+    toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     """`backbone_prior_inference_weight=auto` tries each grid weight on the validation split at
     the best epoch, keeps the best, reports validation at it, and saves it as the run's config."""
     grid = (0.0, 1.0, 3.0)
-    overrides = {"adapter_dim": 16, "score_temperature": 0.1, "backbone_prior_weight": 0.25,
-                 "backbone_prior_inference_weight": "auto", "backbone_prior_inference_grid": grid}
+    overrides = {
+        "adapter_dim": 16,
+        "score_temperature": 0.1,
+        "backbone_prior_weight": 0.25,
+        "backbone_prior_inference_weight": "auto",
+        "backbone_prior_inference_grid": grid,
+    }
     metrics = train(toy_root, cache_dir, tmp_path / "auto", "crossan-t", overrides)
     chosen = metrics["chosen_on_validation"]["backbone_prior_inference_weight"]
     scores = {entry["value"]: entry["NDCG@10"] for entry in chosen["valid"]}
@@ -261,8 +313,13 @@ def test_weight_decay_shrinks_matrices_and_spares_biases_and_norms(toy_root: Pat
     1-d parameters (biases, norm scales) stay; with no decay the step is Adam's."""
     dataset = read_microlens(toy_root, name="toy")
     model = crossan.create_model("sasrec-id", num_items=dataset.num_items)
-    trainer = Trainer(model, dataset, ItemFeatures(dataset.num_items), TrainConfig(lr=0.01, weight_decay=0.1),
-                      console=Console(quiet=True))
+    trainer = Trainer(
+        model,
+        dataset,
+        ItemFeatures(dataset.num_items),
+        TrainConfig(lr=0.01, weight_decay=0.1),
+        console=Console(quiet=True),
+    )
     groups = {group["name"]: group for group in trainer.optimizer.param_groups}
     assert groups["rest"]["weight_decay"] == 0.1 and groups["rest (no decay)"]["weight_decay"] == 0.0
     assert all(p.dim() > 1 for p in groups["rest"]["params"])
@@ -272,21 +329,30 @@ def test_weight_decay_shrinks_matrices_and_spares_biases_and_norms(toy_root: Pat
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     trainer.optimizer.step()
-    for old, new in zip(before, model.parameters()):
+    for old, new in zip(before, model.parameters(), strict=True):
         expected = old * (1 - 0.01 * 0.1) if old.dim() > 1 else old
         torch.testing.assert_close(new.detach(), expected, rtol=0, atol=1e-7)
     with pytest.raises(ConfigError, match="weight_decay"):
         TrainConfig(weight_decay=1.5)
 
 
-def test_valid_users_validates_a_fixed_sample_and_tests_everyone(toy_root: Path, cache_dir: Path,
-                                                                 tmp_path: Path) -> None:
+def test_valid_users_validates_a_fixed_sample_and_tests_everyone(
+    toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     dataset = read_microlens(toy_root, name="toy")
     config = TrainConfig(epochs=2, patience=2, seed=7, valid_users=40)
     console = Console(record=True, width=200)
-    outcome, metrics, _ = train_and_save("sasrec-id", dataset, describe_data("toy", dataset),
-                                         FeatureSettings(cache_dir=cache_dir), config, {}, tmp_path / "run",
-                                         torch.device("cpu"), console)
+    outcome, metrics, _ = train_and_save(
+        "sasrec-id",
+        dataset,
+        describe_data("toy", dataset),
+        FeatureSettings(cache_dir=cache_dir),
+        config,
+        {},
+        tmp_path / "run",
+        torch.device("cpu"),
+        console,
+    )
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["valid_users"] == 40
     valid = json.loads((tmp_path / "run" / "per_user_valid.json").read_text())
     test = json.loads((tmp_path / "run" / "per_user_test.json").read_text())

@@ -1,7 +1,9 @@
 """The tuner: shipped search spaces, one-line errors in spaces and recipes, recipes that train.py
 takes, and a study killed with SIGKILL that resumes without retraining finished trials."""
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -10,20 +12,18 @@ import threading
 import time
 from pathlib import Path
 
-import dataclasses
-
 import pytest
 import torch
 from killing import PROJECT, kill_when
 from scripts import run_script
 
 from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.models.config import StoredFeatures
 from crossan.zoo.tune.recipe import read_recipe, write_recipe
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
-from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.tune.study import FINISHED, StudySettings, distinct_runs, open_study, run_study, study_data
 
 TUNED_PRESETS = [name for name in list_models() if preset_config(name).stored_features is StoredFeatures.STATES]
@@ -35,13 +35,17 @@ def test_the_shipped_space_of_every_cached_preset_loads(preset: str) -> None:
     assert space.parameters and "lr" in {p.name for p in space.parameters}
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ('[params.lrr]\ntype = "float"\nlow = 0.1\nhigh = 1.0\n', "unknown config field(s) lrr"),
-    ('[params.lr]\ntype = "float"\nlow = "fast"\nhigh = 1.0\n', "params.lr: low needs a number, got 'fast'"),
-    ('[params.lr]\ntype = "normal"\n', "params.lr needs type = one of float, int, categorical"),
-    ('[params.epochs]\ntype = "categorical"\nchoices = ["abc"]\n', "epochs needs an integer, got 'abc' (str)"),
-    ('[params.lr]\ntype = "float"\nlow = 0.0\nhigh = 1.0\nlog = true\n', "low > 0 on a log scale"),
-    ('[fixed]\nepochs = 2\n', "no [params.NAME] table")])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[params.lrr]\ntype = "float"\nlow = 0.1\nhigh = 1.0\n', "unknown config field(s) lrr"),
+        ('[params.lr]\ntype = "float"\nlow = "fast"\nhigh = 1.0\n', "params.lr: low needs a number, got 'fast'"),
+        ('[params.lr]\ntype = "normal"\n', "params.lr needs type = one of float, int, categorical"),
+        ('[params.epochs]\ntype = "categorical"\nchoices = ["abc"]\n', "epochs needs an integer, got 'abc' (str)"),
+        ('[params.lr]\ntype = "float"\nlow = 0.0\nhigh = 1.0\nlog = true\n', "low > 0 on a log scale"),
+        ("[fixed]\nepochs = 2\n", "no [params.NAME] table"),
+    ],
+)
 def test_a_bad_space_is_one_line_naming_the_file_and_field(tmp_path: Path, table: str, message: str) -> None:
     path = tmp_path / "space.toml"
     path.write_text(table)
@@ -67,11 +71,35 @@ def finished_run_files(study: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_a_killed_study_keeps_finished_trials_resumes_the_killed_one_and_stops_at_the_budget(
-        toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
     study = tmp_path / "study"
-    command = [sys.executable, "-m", "crossan", "tune", "--preset", "sasrec-id", "--data", "toy", "--data-root",
-               str(toy_root), "--cache-dir", str(cache_dir), "--study", str(study), "--trials", "3", "--heartbeat",
-               "1", "--set", "epochs=3", "--set", "patience=3", "--pruner", "median"]
+    command = [
+        sys.executable,
+        "-m",
+        "crossan",
+        "tune",
+        "--preset",
+        "sasrec-id",
+        "--data",
+        "toy",
+        "--data-root",
+        str(toy_root),
+        "--cache-dir",
+        str(cache_dir),
+        "--study",
+        str(study),
+        "--trials",
+        "3",
+        "--heartbeat",
+        "1",
+        "--set",
+        "epochs=3",
+        "--set",
+        "patience=3",
+        "--pruner",
+        "median",
+    ]
 
     def second_trial_checkpointed(lines: list[str]) -> bool:
         folders = list((study / "trials").glob("*/trainer_state.json"))
@@ -105,8 +133,10 @@ def test_a_killed_study_keeps_finished_trials_resumes_the_killed_one_and_stops_a
 
 def two_point_space(tmp_path: Path) -> Path:
     path = tmp_path / "space.toml"
-    path.write_text('[fixed]\nepochs = 1\npatience = 1\n\n[params.lr]\ntype = "categorical"\n'
-                    'choices = [0.001, 0.002, 0.004, 0.008]\n')
+    path.write_text(
+        '[fixed]\nepochs = 1\npatience = 1\n\n[params.lr]\ntype = "categorical"\n'
+        "choices = [0.001, 0.002, 0.004, 0.008]\n"
+    )
     return path
 
 
@@ -122,8 +152,7 @@ def test_a_reopened_study_proposes_new_values_instead_of_replaying_its_first_one
     assert len(set(proposals)) > 1, f"every reopening replayed the first draw: {proposals}"
 
 
-def test_a_repeated_proposal_takes_the_finished_trials_result_without_training(toy_root: Path,
-                                                                              tmp_path: Path) -> None:
+def test_a_repeated_proposal_takes_the_finished_trials_result_without_training(toy_root: Path, tmp_path: Path) -> None:
     from rich.console import Console
 
     from crossan.zoo.data import load_dataset
@@ -148,8 +177,9 @@ def test_a_repeated_proposal_takes_the_finished_trials_result_without_training(t
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_a_trial_in_flight_elsewhere_holds_a_slot_of_the_budget(toy_root: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trial_in_flight_elsewhere_holds_a_slot_of_the_budget(
+    toy_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rich.console import Console
 
     from crossan.zoo.data import load_dataset
@@ -196,6 +226,9 @@ def test_the_trials_plot_names_preset_and_data_set_once_and_keeps_its_legend_off
     figure.canvas.draw()
     (axes,), (legend,) = figure.axes, figure.legends
     assert axes.get_title() == title
-    assert [text.get_text() for text in legend.get_texts()] == ["complete", "best so far",
-                                                                 "pruned (last epoch reported)"]
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "complete",
+        "best so far",
+        "pruned (last epoch reported)",
+    ]
     assert legend.get_window_extent().x0 >= axes.get_window_extent().x1  # right of the axes, over no point

@@ -1,4 +1,5 @@
 """Training curves: loss and validation NDCG@10 per epoch, the best epoch marked (`curves.png`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,15 @@ def training_curves_figure(history: list[dict[str, Any]], best_epoch: int, title
     if best_epoch in epochs:
         best = scores[epochs.index(best_epoch)]
         metric_axes.axvline(best_epoch, color="tab:red", linestyle="--", linewidth=1)
-        metric_axes.plot([best_epoch], [best], marker="*", markersize=12, color="tab:red", linestyle="none",
-                         label=f"best epoch {best_epoch} ({best:.4f})")
+        metric_axes.plot(
+            [best_epoch],
+            [best],
+            marker="*",
+            markersize=12,
+            color="tab:red",
+            linestyle="none",
+            label=f"best epoch {best_epoch} ({best:.4f})",
+        )
     metric_axes.set_xlabel("epoch")
     metric_axes.set_ylabel(f"validation {SELECTION_METRIC}")
     metric_axes.legend(loc="best")
@@ -46,8 +54,7 @@ def training_curves_figure(history: list[dict[str, Any]], best_epoch: int, title
     return figure
 
 
-def draw_training_curves(history: list[dict[str, Any]], best_epoch: int, path: Path,
-                         title: str | None = None) -> Path:
+def draw_training_curves(history: list[dict[str, Any]], best_epoch: int, path: Path, title: str | None = None) -> Path:
     """Write the curves as a PNG (atomically) and return its path."""
     figure = training_curves_figure(history, best_epoch, title)
     atomic_write(Path(path), lambda temporary: figure.savefig(temporary, format="png", dpi=120))

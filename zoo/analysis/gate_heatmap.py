@@ -1,4 +1,5 @@
 """The gate heatmap (paper Fig. 4): each tower's gate weights per side layer and input."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -28,12 +29,13 @@ def output_labels(tower_names: Sequence[str], modalities: Sequence[str]) -> dict
     exactly one modality.
     """
     initials = Counter(name[:1].upper() for name in tower_names if name in modalities)
-    return {name: name[:1].upper() if name in modalities and initials[name[:1].upper()] == 1 else name
-            for name in tower_names}
+    return {
+        name: name[:1].upper() if name in modalities and initials[name[:1].upper()] == 1 else name
+        for name in tower_names
+    }
 
 
-def gate_heatmap_data(mixing: torch.Tensor, tower_names: Sequence[str],
-                      source_names: Sequence[str]) -> dict[str, Any]:
+def gate_heatmap_data(mixing: torch.Tensor, tower_names: Sequence[str], source_names: Sequence[str]) -> dict[str, Any]:
     """Per tower, the weight of every input at every side layer, from `model.gate_table()`.
 
     A tower's inputs are its own backbone state (`H`) and then the towers' previous outputs in
@@ -59,10 +61,16 @@ def gate_heatmap_data(mixing: torch.Tensor, tower_names: Sequence[str],
                 (own if name == tower else states).append((s, "H" if name == tower else f"H:{name}"))
             else:
                 outputs.append((s, labels[name]))
-        columns, names = zip(*(own + states + outputs))
+        columns, names = zip(*(own + states + outputs), strict=True)
         values = values_by_source[:, t, list(columns)]
-        towers.append({"tower": tower, "layers": list(range(mixing.shape[0])), "inputs": list(names),
-                       "values": [[round(float(v), 4) for v in row] for row in values]})
+        towers.append(
+            {
+                "tower": tower,
+                "layers": list(range(mixing.shape[0])),
+                "inputs": list(names),
+                "values": [[round(float(v), 4) for v in row] for row in values],
+            }
+        )
     return {"towers": towers}
 
 
@@ -79,8 +87,13 @@ def gate_heatmap_figure(data: dict[str, Any], title: str | None = None) -> Figur
     towers = data["towers"]
     num_layers = max(len(tower["layers"]) for tower in towers)
     widths = [len(tower["inputs"]) for tower in towers]
-    figure = Figure(figsize=(CELL_WIDTH * sum(widths) + PANEL_MARGIN * len(towers) + FIGURE_MARGIN,
-                             CELL_HEIGHT * num_layers + FIGURE_HEADROOM), layout="constrained")
+    figure = Figure(
+        figsize=(
+            CELL_WIDTH * sum(widths) + PANEL_MARGIN * len(towers) + FIGURE_MARGIN,
+            CELL_HEIGHT * num_layers + FIGURE_HEADROOM,
+        ),
+        layout="constrained",
+    )
     FigureCanvasAgg(figure)
     panels = figure.subplots(1, len(towers), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
     images = []
@@ -92,11 +105,23 @@ def gate_heatmap_figure(data: dict[str, Any], title: str | None = None) -> Figur
             for column, value in enumerate(row):
                 red, green, blue, _ = image.cmap(image.norm(value))
                 light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # perceived brightness of the cell
-                axes.text(column, layer, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                          color="black" if light else "white")
+                axes.text(
+                    column,
+                    layer,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if light else "white",
+                )
         long_labels = max(len(label) for label in tower["inputs"]) > 2
-        axes.set_xticks(range(len(tower["inputs"])), tower["inputs"], rotation=45 if long_labels else 0,
-                        ha="right" if long_labels else "center", rotation_mode="anchor")
+        axes.set_xticks(
+            range(len(tower["inputs"])),
+            tower["inputs"],
+            rotation=45 if long_labels else 0,
+            ha="right" if long_labels else "center",
+            rotation_mode="anchor",
+        )
         axes.set_yticks(range(len(tower["layers"])), [str(layer) for layer in tower["layers"]])
         axes.set_xlabel("input")
         axes.set_title(tower["tower"])

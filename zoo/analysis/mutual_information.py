@@ -7,11 +7,12 @@ neighbour estimator of Kraskov, Stoegbauer and Grassberger (2004, Phys. Rev. E 6
 after standardising each variable and optionally reducing it with PCA, and names every one of
 those choices in `MutualInformationEstimator.describe()` so a reported number can be reproduced.
 """
+
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,10 +51,10 @@ class MutualInformationEstimator:
             raise ConfigError(f"neighbours must be an integer >= 1, got {self.neighbours!r}")
         if self.components is not None and (not _is_int(self.components) or self.components < 1):
             raise ConfigError(f"components must be None or an integer >= 1, got {self.components!r}")
-        if self.max_samples is not None and (not _is_int(self.max_samples)
-                                             or self.max_samples <= self.neighbours):
-            raise ConfigError(f"max_samples must be None or an integer > neighbours ({self.neighbours}), "
-                              f"got {self.max_samples!r}")
+        if self.max_samples is not None and (not _is_int(self.max_samples) or self.max_samples <= self.neighbours):
+            raise ConfigError(
+                f"max_samples must be None or an integer > neighbours ({self.neighbours}), got {self.max_samples!r}"
+            )
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
 
@@ -91,18 +92,21 @@ class MutualInformationEstimator:
         radius = np.nextafter(distances[:, -1], 0)
         first_counts = KDTree(first, metric="chebyshev").query_radius(first, radius, count_only=True) - 1
         second_counts = KDTree(second, metric="chebyshev").query_radius(second, radius, count_only=True) - 1
-        return float(digamma(self.neighbours) + digamma(count)
-                     - np.mean(digamma(first_counts + 1) + digamma(second_counts + 1)))
+        return float(
+            digamma(self.neighbours) + digamma(count) - np.mean(digamma(first_counts + 1) + digamma(second_counts + 1))
+        )
 
     def describe(self) -> dict:
         """The estimator and its parameters, JSON-friendly, to store beside a reported value."""
-        return {"estimator": "Kraskov-Stoegbauer-Grassberger (KSG-1), max-norm",
-                "neighbours": self.neighbours,
-                "standardised": True,
-                "pca_components": self.components,
-                "max_samples": self.max_samples,
-                "seed": self.seed,
-                "units": "nats"}
+        return {
+            "estimator": "Kraskov-Stoegbauer-Grassberger (KSG-1), max-norm",
+            "neighbours": self.neighbours,
+            "standardised": True,
+            "pca_components": self.components,
+            "max_samples": self.max_samples,
+            "seed": self.seed,
+            "units": "nats",
+        }
 
     def _prepare(self, values: np.ndarray) -> np.ndarray:
         """Standardised columns, reduced to `components` standardised PCA components when wider.
@@ -120,13 +124,15 @@ class MutualInformationEstimator:
         return _standardise(reduced)
 
 
-def pairwise_mutual_information(outputs: Mapping[str, np.ndarray | torch.Tensor],
-                                estimator: MutualInformationEstimator) -> list[dict]:
+def pairwise_mutual_information(
+    outputs: Mapping[str, np.ndarray | torch.Tensor], estimator: MutualInformationEstimator
+) -> list[dict]:
     """The estimate for every unordered pair of `outputs` (towers' outputs over the same rows),
     in the dict's order: `{"first": name, "second": name, "mutual_information": nats}` each."""
-    return [{"first": first, "second": second,
-             "mutual_information": estimator.estimate(outputs[first], outputs[second])}
-            for first, second in itertools.combinations(outputs, 2)]
+    return [
+        {"first": first, "second": second, "mutual_information": estimator.estimate(outputs[first], outputs[second])}
+        for first, second in itertools.combinations(outputs, 2)
+    ]
 
 
 def gaussian_mutual_information(correlation: float, dimensions: int) -> float:

@@ -1,4 +1,5 @@
 """Per-layer pooled hidden states of a frozen backbone, and its processors' inputs, over a catalogue."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +8,8 @@ import numpy as np
 import torch
 
 from crossan.zoo.backbones.loading import Backbone
-from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.data.dataset import SequenceDataset
 
 __all__ = ["kept_state_indices", "StateExtractor", "TEXT_MAX_TOKENS", "VIDEO_FRAMES", "CLIP_SECONDS"]
 
@@ -24,10 +25,11 @@ def kept_state_indices(num_layers: int, side_layers: int) -> list[int]:
     For 12 layers and 6 side layers: 0, 2, 4, 6, 8, 10, 12.
     """
     if side_layers < 1 or side_layers > num_layers:
-        raise ConfigError(f"cannot keep {side_layers + 1} distinct states of a {num_layers}-layer backbone; "
-                          f"use 1..{num_layers} side layers")
+        raise ConfigError(
+            f"cannot keep {side_layers + 1} distinct states of a {num_layers}-layer backbone; "
+            f"use 1..{num_layers} side layers"
+        )
     return [round(i * num_layers / side_layers) for i in range(side_layers + 1)]
-
 
 
 class StateExtractor:
@@ -50,8 +52,9 @@ class StateExtractor:
         if self.modality == "text":
             positions = int(backbone.model.config.max_position_embeddings)
             if text_max_tokens > positions:
-                raise ConfigError(f"text_max_tokens {text_max_tokens} exceeds the text backbone's "
-                                  f"{positions} positions")
+                raise ConfigError(
+                    f"text_max_tokens {text_max_tokens} exceeds the text backbone's {positions} positions"
+                )
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -63,8 +66,11 @@ class StateExtractor:
         if self.modality == "text":
             parameters["max_tokens"] = self.text_max_tokens
         else:
-            parameters["processor"] = {k: v for k, v in self.backbone.processor.to_dict().items()
-                                       if isinstance(v, (int, float, str, bool, list, dict, type(None)))}
+            parameters["processor"] = {
+                k: v
+                for k, v in self.backbone.processor.to_dict().items()
+                if isinstance(v, (int, float, str, bool, list, dict, type(None)))
+            }
         if self.modality in ("video", "audio"):
             parameters.update(clip_seconds=CLIP_SECONDS, frames=VIDEO_FRAMES)
         return parameters
@@ -89,25 +95,38 @@ class StateExtractor:
         (stored inputs: every row the same width)."""
         processor = self.backbone.processor
         if self.modality == "text":
-            return dict(processor(contents, padding="max_length" if pad_to_limit else True, truncation=True,
-                                  max_length=self.text_max_tokens, return_tensors="pt"))
+            return dict(
+                processor(
+                    contents,
+                    padding="max_length" if pad_to_limit else True,
+                    truncation=True,
+                    max_length=self.text_max_tokens,
+                    return_tensors="pt",
+                )
+            )
         if self.modality == "image":
             return {"pixel_values": processor(images=contents, return_tensors="pt")["pixel_values"]}
         if self.modality == "video":
             return {"pixel_values": processor(contents, return_tensors="pt")["pixel_values"]}
-        return {"input_values": processor([np.asarray(c, dtype=np.float32) for c in contents],
-                                          sampling_rate=processor.sampling_rate, return_tensors="pt")["input_values"]}
+        return {
+            "input_values": processor(
+                [np.asarray(c, dtype=np.float32) for c in contents],
+                sampling_rate=processor.sampling_rate,
+                return_tensors="pt",
+            )["input_values"]
+        }
 
     @property
     def input_names(self) -> tuple[str, ...]:
         """Names of the backbone inputs `pooled_states` takes, in order."""
         return {"text": ("input_ids", "attention_mask"), "audio": ("input_values",)}.get(
-            self.modality, ("pixel_values",))
+            self.modality, ("pixel_values",)
+        )
 
     def pooled_states(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Kept pooled states `[B, num_states, width]` (float32) from backbone inputs in
         `input_names` order: the part of `encode` after the processor (what the backbone export runs)."""
-        named = dict(zip(self.input_names, inputs))
+        named = dict(zip(self.input_names, inputs, strict=True))
         hidden = self.backbone.model(**named, output_hidden_states=True).hidden_states
         kept = torch.stack([hidden[i] for i in self.indices], dim=1)  # [B, S, tokens, W]
         if self.backbone.spec.pooling == "cls":
@@ -124,8 +143,9 @@ class StateExtractor:
         inputs = self.model_inputs(contents)
         return self.pooled_states(*(inputs[name].to(device) for name in self.input_names))
 
-    def encode_rows(self, dataset: SequenceDataset, rows: list[int], device: torch.device | str = "cpu"
-                    ) -> torch.Tensor:
+    def encode_rows(
+        self, dataset: SequenceDataset, rows: list[int], device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """Kept pooled states `[len(rows), S, W]` (float32) of catalogue `rows`, from their raw content."""
         return self.encode([self.read_item(dataset, row) for row in rows], device)
 

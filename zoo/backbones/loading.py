@@ -1,9 +1,10 @@
 """Frozen backbones by source: `pretrained` (hub ids or local dirs) or `tiny` (random, seeded)."""
+
 from __future__ import annotations
 
-from collections.abc import Callable
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +48,9 @@ class BackboneSpec:
             raise ConfigError(f"a pretrained {self.modality} backbone needs a hub id or a local directory")
 
     @classmethod
-    def resolve(cls, modality: str, source: str, override: str | None = None, pooling: str | None = None,
-                seed: int = 0) -> "BackboneSpec":
+    def resolve(
+        cls, modality: str, source: str, override: str | None = None, pooling: str | None = None, seed: int = 0
+    ) -> BackboneSpec:
         """Spec for `modality`: an explicit `override` (id, dir or `minilm`) wins over the source default.
 
         `minilm` is a sentence-embedding model, so it defaults to masked mean pooling.
@@ -88,16 +90,23 @@ def _weights_hash(model: torch.nn.Module) -> str:
 
 
 def _load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any]:
-    from transformers import (ASTFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer,
-                              VideoMAEImageProcessorPil)
+    from transformers import (
+        ASTFeatureExtractor,
+        AutoImageProcessor,
+        AutoModel,
+        AutoTokenizer,
+        VideoMAEImageProcessorPil,
+    )
 
     location = str(minilm_dir()) if spec.name_or_path == MINILM_ALIAS else spec.name_or_path
     # Image processors on the PIL backend: the default one needs torchvision, which this project
     # does not install, and the serving side reproduces the PIL one without transformers.
-    processor_loaders: dict[str, Callable[[str], Any]] = {"text": AutoTokenizer.from_pretrained,
-                         "image": lambda where: AutoImageProcessor.from_pretrained(where, backend="pil"),
-                         "video": VideoMAEImageProcessorPil.from_pretrained,
-                         "audio": ASTFeatureExtractor.from_pretrained}
+    processor_loaders: dict[str, Callable[[str], Any]] = {
+        "text": AutoTokenizer.from_pretrained,
+        "image": lambda where: AutoImageProcessor.from_pretrained(where, backend="pil"),
+        "video": VideoMAEImageProcessorPil.from_pretrained,
+        "audio": ASTFeatureExtractor.from_pretrained,
+    }
     try:
         model = AutoModel.from_pretrained(location)
         processor = processor_loaders[spec.modality](location)

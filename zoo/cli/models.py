@@ -1,4 +1,5 @@
 """`crossan models`: the model presets, with the architecture each builds."""
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@ errors, `KEY=VALUE` options, the metrics table.
 
 Importing this module loads no PyTorch: an adder imports what its choices need when a parser is
 built, so a command whose options need none answers `--help` without it."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,17 +12,32 @@ import functools
 import json
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.table import Table
 
 from crossan.zoo.core.errors import ConfigError, UserError
 
-__all__ = ["TRAIN_OPTIONS", "add_backbone_options", "add_data_options", "add_data_set_options", "add_device_option",
-           "add_json_option", "add_train_options", "check_data_options_apply", "data_and_settings",
-           "given_train_options", "metrics_table", "option_given", "parse_assignments", "parse_settings",
-           "parse_value", "run_cli"]
+__all__ = [
+    "TRAIN_OPTIONS",
+    "add_backbone_options",
+    "add_data_options",
+    "add_data_set_options",
+    "add_device_option",
+    "add_json_option",
+    "add_train_options",
+    "check_data_options_apply",
+    "data_and_settings",
+    "given_train_options",
+    "metrics_table",
+    "option_given",
+    "parse_assignments",
+    "parse_settings",
+    "parse_value",
+    "run_cli",
+]
 
 # The training config fields that are options of their own (`--batch-size` for batch_size); any
 # other field is `--set KEY=VALUE`.
@@ -83,9 +99,13 @@ def parse_settings(pairs: list[str], what: str) -> dict[str, Any]:
     return {key: parse_value(value) for key, value in parse_assignments(pairs, what).items()}
 
 
-def add_data_set_options(parser: argparse.ArgumentParser, *, data_help: str | None = None,
-                         root_help: str = "data folder (toy: generated under the cache dir)",
-                         cache_help: str = "where toy data is generated and backbone features are cached") -> None:
+def add_data_set_options(
+    parser: argparse.ArgumentParser,
+    *,
+    data_help: str | None = None,
+    root_help: str = "data folder (toy: generated under the cache dir)",
+    cache_help: str = "where toy data is generated and backbone features are cached",
+) -> None:
     """--data, --data-root, --cache-dir: which data set, where it is, and the cache folder (every
     command that reads a data set; evaluate.py words their help for its two modes)."""
     from crossan.zoo.data import DATA_KINDS
@@ -99,10 +119,19 @@ def add_backbone_options(parser: argparse.ArgumentParser) -> None:
     """--backbones and --backbone: where the item features' backbones come from."""
     from crossan.zoo.backbones import SOURCES
 
-    parser.add_argument("--backbones", default="tiny", choices=SOURCES,
-                        help="tiny: random small models (tests, demo); pretrained: the paper's hub models")
-    parser.add_argument("--backbone", action="append", default=[], metavar="MODALITY=ID_OR_DIR",
-                        help="per-modality backbone (hub id, local dir, or 'minilm' for text); repeatable")
+    parser.add_argument(
+        "--backbones",
+        default="tiny",
+        choices=SOURCES,
+        help="tiny: random small models (tests, demo); pretrained: the paper's hub models",
+    )
+    parser.add_argument(
+        "--backbone",
+        action="append",
+        default=[],
+        metavar="MODALITY=ID_OR_DIR",
+        help="per-modality backbone (hub id, local dir, or 'minilm' for text); repeatable",
+    )
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -114,14 +143,23 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-dir", default="videos", help="MicroLens video folder, relative to --data-root")
     add_backbone_options(parser)
     parser.add_argument("--pooling", action="append", default=[], metavar="MODALITY=cls|mean")
-    parser.add_argument("--text-max-tokens", type=int, default=TEXT_MAX_TOKENS, metavar="N",
-                        help=f"cut titles at N tokens for the text backbone (default {TEXT_MAX_TOKENS}, as the paper)")
-    parser.add_argument("--allow-missing-media", action="store_true",
-                        help="zero-fill the features of items whose cover or video is missing (counted)")
+    parser.add_argument(
+        "--text-max-tokens",
+        type=int,
+        default=TEXT_MAX_TOKENS,
+        metavar="N",
+        help=f"cut titles at N tokens for the text backbone (default {TEXT_MAX_TOKENS}, as the paper)",
+    )
+    parser.add_argument(
+        "--allow-missing-media",
+        action="store_true",
+        help="zero-fill the features of items whose cover or video is missing (counted)",
+    )
 
 
-def add_train_options(parser: argparse.ArgumentParser, names: tuple[str, ...] = TRAIN_OPTIONS,
-                      help_suffix: str = "") -> None:
+def add_train_options(
+    parser: argparse.ArgumentParser, names: tuple[str, ...] = TRAIN_OPTIONS, help_suffix: str = ""
+) -> None:
     """One option per training config field of `names` (numbers or strings), typed and explained
     as `TrainConfig` declares the field; its default None means not given, so that the recipe's,
     the table's or the config's value stays."""
@@ -131,8 +169,12 @@ def add_train_options(parser: argparse.ArgumentParser, names: tuple[str, ...] = 
     helps = {field.name: field.metadata.get("help", "") for field in dataclasses.fields(TrainConfig)}
     choices = {"precision": PRECISIONS}
     for name in names:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=types[name], choices=choices.get(name),
-                            help=(helps[name] + help_suffix).replace("%", "%%"))
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=types[name],
+            choices=choices.get(name),
+            help=(helps[name] + help_suffix).replace("%", "%%"),
+        )
 
 
 def given_train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,8 +182,9 @@ def given_train_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name, None) is not None}
 
 
-def add_device_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = DEVICES, default: str = "auto",
-                      help: str | None = None) -> None:
+def add_device_option(
+    parser: argparse.ArgumentParser, choices: tuple[str, ...] = DEVICES, default: str = "auto", help: str | None = None
+) -> None:
     """--device: auto (CUDA when there is one), cpu or cuda, or fewer `choices`."""
     parser.add_argument("--device", default=default, choices=choices, help=help)
 
@@ -159,8 +202,9 @@ def option_given(parser: argparse.ArgumentParser, args: argparse.Namespace, opti
     return getattr(args, option) != parser.get_default(option)
 
 
-def check_data_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                             modalities: tuple[str, ...], preset: str) -> None:
+def check_data_options_apply(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, modalities: tuple[str, ...], preset: str
+) -> None:
     """Stop with one line on a data or feature option that would change nothing for this data
     kind and these item `modalities` (`preset`'s), instead of dropping it without a word."""
     from crossan.zoo.models.config import MODALITIES
@@ -170,13 +214,17 @@ def check_data_options_apply(parser: argparse.ArgumentParser, args: argparse.Nam
     if args.data != "microlens":
         for option in ("cover_dir", "video_dir"):
             if given(option):
-                raise ConfigError(f"--{option.replace('_', '-')} applies to --data microlens only "
-                                  f"(this command reads --data {args.data})")
+                raise ConfigError(
+                    f"--{option.replace('_', '-')} applies to --data microlens only "
+                    f"(this command reads --data {args.data})"
+                )
     for pair in (*args.backbone, *args.pooling):
         modality = pair.partition("=")[0]
         if modality in MODALITIES and modality not in modalities:
-            raise ConfigError(f"{pair!r} names the {modality} backbone, which {preset} does not read "
-                              f"(it reads {', '.join(modalities) or 'no backbone'})")
+            raise ConfigError(
+                f"{pair!r} names the {modality} backbone, which {preset} does not read "
+                f"(it reads {', '.join(modalities) or 'no backbone'})"
+            )
     if given("text_max_tokens") and "text" not in modalities:
         raise ConfigError(f"--text-max-tokens applies to the text backbone, which {preset} does not read")
     if args.allow_missing_media and not set(modalities) & set(MEDIA_MODALITIES):
@@ -203,8 +251,13 @@ def data_and_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], An
     if bad:
         raise ConfigError(f"pooling must be one of {POOLINGS}, got {', '.join(sorted(bad))}")
     overrides = parse_assignments(args.backbone, "--backbone")
-    settings = FeatureSettings(source=args.backbones, overrides=tuple(overrides.items()),
-                               poolings=tuple(poolings.items()), text_max_tokens=args.text_max_tokens,
-                               cache_dir=args.cache_dir, allow_missing_media=args.allow_missing_media)
+    settings = FeatureSettings(
+        source=args.backbones,
+        overrides=tuple(overrides.items()),
+        poolings=tuple(poolings.items()),
+        text_max_tokens=args.text_max_tokens,
+        cache_dir=args.cache_dir,
+        allow_missing_media=args.allow_missing_media,
+    )
     dataset = load_dataset(args.data, args.data_root, args.cache_dir, args.cover_dir, args.video_dir)
     return dataset, describe_data(args.data, dataset, args.cover_dir, args.video_dir), settings

@@ -10,6 +10,7 @@ retried (and its run folder resumed) once its heartbeat is older than twice --he
 belongs to one preset, data set, search space, set of --set values and backbones: rerun with any
 other, it stops with one line naming what differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from crossan.zoo.cli.options import (add_data_options, add_device_option, add_json_option, check_data_options_apply,
-                                     data_and_settings, parse_settings)
+from crossan.zoo.cli.options import (
+    add_data_options,
+    add_device_option,
+    add_json_option,
+    check_data_options_apply,
+    data_and_settings,
+    parse_settings,
+)
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.runs.pipeline import resolve_device
 from crossan.zoo.runs.settings import split_options
@@ -30,21 +37,36 @@ from crossan.zoo.tune.study import PRUNERS, StudySettings, run_study
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The options of `crossan tune`."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", required=True, choices=list_models(), metavar="NAME")
     parser.add_argument("--space", type=Path, help="search space file (default: the one shipped for the preset)")
     parser.add_argument("--trials", type=int, default=24, help="finished trials to reach, pruned ones included")
     parser.add_argument("--timeout", type=float, metavar="MINUTES", help="stop starting trials after this long")
-    parser.add_argument("--study", type=Path, metavar="DIR",
-                        help="study folder (default: weights/tune/<preset>-<data>): trials, study.db, report")
+    parser.add_argument(
+        "--study",
+        type=Path,
+        metavar="DIR",
+        help="study folder (default: weights/tune/<preset>-<data>): trials, study.db, report",
+    )
     parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the study folder)")
     parser.add_argument("--pruner", default="median", choices=PRUNERS)
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
-    parser.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
-                        help="a trial's heartbeat; one silent for twice this long is retried")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config value every trial uses, over the space (e.g. --set epochs=10)")
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="a trial's heartbeat; one silent for twice this long is retried",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config value every trial uses, over the space (e.g. --set epochs=10)",
+    )
     add_device_option(parser)
     add_json_option(parser, "the summary as JSON")
     add_data_options(parser)
@@ -58,9 +80,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     console = Console(stderr=True)
     space = load_space(args.space or default_space(args.preset), args.preset)
     overrides = tuple(parse_settings(args.set, "--set").items())
-    settings = StudySettings(args.preset, space, args.trials, args.study or Path("weights") / "tune" /
-                             f"{args.preset}-{args.data}", args.storage, args.timeout, args.pruner, args.seed,
-                             args.heartbeat, overrides)
+    settings = StudySettings(
+        args.preset,
+        space,
+        args.trials,
+        args.study or Path("weights") / "tune" / f"{args.preset}-{args.data}",
+        args.storage,
+        args.timeout,
+        args.pruner,
+        args.seed,
+        args.heartbeat,
+        overrides,
+    )
     modalities = preset_config(args.preset, **split_options(dict(overrides))[1]).backbone_modalities()
     check_data_options_apply(parser, args, modalities, args.preset)
     dataset, description, features = data_and_settings(args)
@@ -69,7 +100,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        console.print(f"best trial {summary['best_trial']}: valid NDCG@10 {summary['valid NDCG@10']:.4f}; "
-                      f"recipe {settings.study_dir / 'best-recipe.json'}, report {settings.study_dir / 'report.md'}")
+        console.print(
+            f"best trial {summary['best_trial']}: valid NDCG@10 {summary['valid NDCG@10']:.4f}; "
+            f"recipe {settings.study_dir / 'best-recipe.json'}, report {settings.study_dir / 'report.md'}"
+        )
     return 0
-

@@ -1,11 +1,12 @@
 """Atomic file writes: a temporary file in the target folder, fsync, then rename."""
+
 from __future__ import annotations
 
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from crossan.zoo.core.errors import UserError
 
@@ -29,8 +30,10 @@ def write_failure(error: BaseException, path: Path) -> WriteFailedError | None:
     if getattr(error, "errno", None) in FULL_DISK_ERRNOS or any(word in text for word in FULL_DISK_WORDS):
         errno = getattr(error, "errno", None)
         reason = os.strerror(errno) if errno else " ".join(text.split())
-        return WriteFailedError(f"{path}: could not be written ({reason}); the previous file, if any, is kept; "
-                                "free space and run the command again")
+        return WriteFailedError(
+            f"{path}: could not be written ({reason}); the previous file, if any, is kept; "
+            "free space and run the command again"
+        )
     return None
 
 

@@ -6,6 +6,7 @@ barriers). In a single process (`SINGLE`, or a plain `python train.py`) every co
 identity, so the same code path serves both. The engine underneath is `torch.distributed`
 (gloo on the CPU, NCCL on CUDA) and `DistributedDataParallel` for gradients.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,9 +70,9 @@ class Processes:
         most = max(counts)
         sent = tensor.detach().to(self.device)
         padded = torch.zeros((most, *sent.shape[1:]), dtype=sent.dtype, device=self.device)
-        padded[:sent.shape[0]] = sent
+        padded[: sent.shape[0]] = sent
         gathered = self._all_gather(padded).view(self.world_size, most, *sent.shape[1:])
-        return torch.cat([gathered[r, :counts[r]] for r in range(self.world_size)]).to(tensor.device)
+        return torch.cat([gathered[r, : counts[r]] for r in range(self.world_size)]).to(tensor.device)
 
     def gather_rows_with_grad(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's `tensor` (the same shape on every rank), concatenated in rank order.
@@ -127,8 +128,9 @@ class Processes:
         return DistributedDataParallel(module, device_ids=device_ids)
 
     def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        out = torch.empty((self.world_size * tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype,
-                          device=self.device)
+        out = torch.empty(
+            (self.world_size * tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device=self.device
+        )
         dist.all_gather_single(out, tensor.contiguous())
         return out
 
@@ -150,8 +152,10 @@ def launched(device: torch.device) -> Iterator[tuple[Processes, torch.device]]:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible): "
-                              "start at most one process per GPU")
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible): "
+                "start at most one process per GPU"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)

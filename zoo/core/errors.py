@@ -4,10 +4,18 @@ Anything a user can fix (a bad option, a bad data file, a missing run or backbon
 `UserError`; everything else is a bug and keeps its traceback. Subclasses that also derive
 from a built-in (`ConfigError` is a `ValueError`) keep library callers' `except` clauses working.
 """
+
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "MissingFileError", "NonFiniteError", "DivergedError", "CorruptFileError",
-           "NoResultError"]
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "MissingFileError",
+    "NonFiniteError",
+    "DivergedError",
+    "CorruptFileError",
+    "NoResultError",
+]
 
 
 class UserError(Exception):

@@ -5,6 +5,7 @@ from recipe and experiment files and from Python. A value of the wrong type woul
 travel until some comparison fails far away (`'<' not supported between 'str' and 'int'`);
 checked where it enters, it is one line naming the field and the type it needs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,7 @@ def check_field_types(config: Any) -> None:
         value = getattr(config, field.name)
         expected = hints[field.name]
         if not matches_type(value, expected):
-            raise ConfigError(f"{field.name} needs {describe_type(expected)}, got {value!r} "
-                              f"({type(value).__name__})")
+            raise ConfigError(f"{field.name} needs {describe_type(expected)}, got {value!r} ({type(value).__name__})")
         if _holds_non_finite(value):
             raise ConfigError(f"{field.name} needs finite numbers, got {value!r}")
 
@@ -70,7 +70,8 @@ def matches_type(value: Any, expected: Any) -> bool:
         return len(value) == len(arguments) and all(map(matches_type, value, arguments))
     if origin is dict:
         return isinstance(value, dict) and all(
-            matches_type(key, arguments[0]) and matches_type(item, arguments[1]) for key, item in value.items())
+            matches_type(key, arguments[0]) and matches_type(item, arguments[1]) for key, item in value.items()
+        )
     if expected is Path:
         return isinstance(value, Path)
     return isinstance(value, origin or expected)
@@ -79,8 +80,15 @@ def matches_type(value: Any, expected: Any) -> bool:
 def describe_type(expected: Any) -> str:
     """The annotation in words: `an integer`, `a number or null`, `a list of strings`."""
     origin, arguments = typing.get_origin(expected), typing.get_args(expected)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
-             Path: "a path", Any: "any value"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+        Path: "a path",
+        Any: "any value",
+    }
     if expected in names:
         return names[expected]
     if origin in (typing.Union, types.UnionType):
@@ -98,5 +106,5 @@ def _plural(description: str) -> str:
     """`an integer` -> `integers`, `a string` -> `strings`, other words as they are."""
     for article in ("an ", "a "):
         if description.startswith(article):
-            return description[len(article):] + "s"
+            return description[len(article) :] + "s"
     return description

@@ -3,6 +3,7 @@
 Why: several processes share work through folders on one machine (toy data generation, the
 runs of an experiment table). A kernel lock (`flock` on POSIX, `LockFileEx` on Windows) needs no
 heartbeat and no cleanup: a process killed with SIGKILL releases it at once."""
+
 from __future__ import annotations
 
 import contextlib

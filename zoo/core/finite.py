@@ -4,6 +4,7 @@ Every place that turns tensors into a result (ranking, metrics, loading weights,
 feature cache) calls `require_finite`, which raises one `NonFiniteError` saying which tensor,
 how many values, and where the first one is, instead of letting the number through.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,7 +56,7 @@ def require_finite_rows(tensor: torch.Tensor, what: str, rows: torch.Tensor | No
         return
     step = max(1, CHECK_CHUNK // max(1, tensor[0].numel()))
     for start in range(0, tensor.shape[0], step):
-        require_finite(tensor[start:start + step], what, functools.partial(_row_name, start))
+        require_finite(tensor[start : start + step], what, functools.partial(_row_name, start))
 
 
 def _row_name(offset: int, index: int) -> str:

@@ -5,6 +5,7 @@ hand edit. The libraries then raise `JSONDecodeError`, `UnicodeDecodeError` or a
 `SafetensorError` without the file's path; these readers turn every such failure into a
 `MissingFileError` or a `CorruptFileError` whose one line names the file and what is wrong.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise CorruptFileError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: "
-                               f"{error.msg}); the file is truncated or damaged") from None
+        raise CorruptFileError(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: "
+            f"{error.msg}); the file is truncated or damaged"
+        ) from None
 
 
 def read_json_object(path: Path, keys: Iterable[str] = ()) -> dict[str, Any]:
@@ -59,8 +62,9 @@ def require_keys(value: dict[str, Any], keys: Iterable[str], where: str) -> None
     """One line naming the `keys` missing from `value` (read from `where`)."""
     missing = [key for key in keys if key not in value]
     if missing:
-        raise CorruptFileError(f"{where}: missing {', '.join(repr(key) for key in missing)}; "
-                               "the file is damaged or from another program")
+        raise CorruptFileError(
+            f"{where}: missing {', '.join(repr(key) for key in missing)}; the file is damaged or from another program"
+        )
 
 
 def load_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -1,21 +1,31 @@
 """Data sets: readers for the supported layouts and the embedded toy generator."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data.dataset import MIN_INTERACTIONS, PAD, SequenceDataset
 from crossan.zoo.data.errors import DataError
 from crossan.zoo.data.readers import read_amazon, read_microlens
-from crossan.zoo.core.errors import ConfigError
 
-__all__ = ["DATA_KINDS", "MIN_INTERACTIONS", "PAD", "DataError", "SequenceDataset", "load_dataset",
-           "read_amazon", "read_microlens"]
+__all__ = [
+    "DATA_KINDS",
+    "MIN_INTERACTIONS",
+    "PAD",
+    "DataError",
+    "SequenceDataset",
+    "load_dataset",
+    "read_amazon",
+    "read_microlens",
+]
 
 DATA_KINDS = ("toy", "microlens", "amazon")
 
 
-def load_dataset(kind: str, root: Path | None, cache_dir: Path, cover_dir: str = "covers",
-                 video_dir: str = "videos") -> SequenceDataset:
+def load_dataset(
+    kind: str, root: Path | None, cache_dir: Path, cover_dir: str = "covers", video_dir: str = "videos"
+) -> SequenceDataset:
     """Read data set `kind` from `root`.
 
     `toy` is generated with default parameters under `cache_dir/data/toy` (once), or into

@@ -1,4 +1,5 @@
 """In-memory sequential-recommendation data set with the leave-one-out split."""
+
 from __future__ import annotations
 
 import hashlib
@@ -71,21 +72,33 @@ class SequenceDataset:
     def __post_init__(self) -> None:
         self.items = np.asarray(self.items, dtype=ITEM_DTYPE)
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
-        if self.offsets.shape != (len(self.user_ids) + 1,) or self.offsets[0] != 0 \
-                or self.offsets[-1] != len(self.items):
+        if (
+            self.offsets.shape != (len(self.user_ids) + 1,)
+            or self.offsets[0] != 0
+            or self.offsets[-1] != len(self.items)
+        ):
             raise ValueError(f"offsets must run from 0 to {len(self.items)} with one entry per user plus one")
         if (self.lengths < MIN_INTERACTIONS).any():
             raise ValueError(f"every user needs at least {MIN_INTERACTIONS} interactions")
 
     @classmethod
-    def from_sequences(cls, name: str, root: Path, item_ids: list[str], user_ids: list[str],
-                       sequences: list[np.ndarray] | list[list[int]], **content: object) -> SequenceDataset:
+    def from_sequences(
+        cls,
+        name: str,
+        root: Path,
+        item_ids: list[str],
+        user_ids: list[str],
+        sequences: list[np.ndarray] | list[list[int]],
+        **content: object,
+    ) -> SequenceDataset:
         """A data set from one item-index sequence per user (small sets and tests)."""
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-        items = np.concatenate([np.asarray(s, dtype=ITEM_DTYPE) for s in sequences]) if sequences \
+        items = (
+            np.concatenate([np.asarray(s, dtype=ITEM_DTYPE) for s in sequences])
+            if sequences
             else np.zeros(0, dtype=ITEM_DTYPE)
-        return cls(name, root, item_ids, user_ids, items, np.concatenate([[0], np.cumsum(lengths)]),
-                   **content)  # type: ignore[arg-type]
+        )
+        return cls(name, root, item_ids, user_ids, items, np.concatenate([[0], np.cumsum(lengths)]), **content)  # type: ignore[arg-type]
 
     def required_titles(self) -> list[str]:
         """The items' titles; one line (`DataError`) for a data set without them."""
@@ -132,12 +145,14 @@ class SequenceDataset:
         """Raise a clear error when a model asks for content this data set lacks."""
         missing = [m for m in modalities if m not in self.modalities]
         if missing:
-            raise ConfigError(f"data set {self.name!r} at {self.root} has no {', '.join(missing)} content "
-                              f"(it provides: {', '.join(self.modalities) or 'nothing'})")
+            raise ConfigError(
+                f"data set {self.name!r} at {self.root} has no {', '.join(missing)} content "
+                f"(it provides: {', '.join(self.modalities) or 'nothing'})"
+            )
 
     def sequence(self, user: int) -> np.ndarray:
         """User `user`'s whole sequence (a view into `items`)."""
-        return self.items[self.offsets[user]:self.offsets[user + 1]]
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
 
     def history_ends(self, split: str) -> np.ndarray:
         """Per user, the end (exclusive, into `items`) of the history before the `split` target
@@ -146,7 +161,7 @@ class SequenceDataset:
 
     def history(self, user: int, split: str) -> np.ndarray:
         """Items the user had before the `split` target (`train` = the training prefix)."""
-        return self.items[self.offsets[user]:self.offsets[user + 1] - _items_after_history(split)]
+        return self.items[self.offsets[user] : self.offsets[user + 1] - _items_after_history(split)]
 
     def targets(self, split: str) -> np.ndarray:
         """Every user's `split` target item `[num_users]`."""
@@ -220,9 +235,11 @@ class SequenceDataset:
 
     def summary(self) -> str:
         lengths = self.lengths
-        return (f"{self.name}: {self.num_users:,} users, {self.num_items:,} items, {int(lengths.sum()):,} "
-                f"interactions (mean length {lengths.mean():.2f}); {self.dropped_users:,} users with fewer "
-                f"than {MIN_INTERACTIONS} interactions dropped; modalities: {', '.join(self.modalities)}")
+        return (
+            f"{self.name}: {self.num_users:,} users, {self.num_items:,} items, {int(lengths.sum()):,} "
+            f"interactions (mean length {lengths.mean():.2f}); {self.dropped_users:,} users with fewer "
+            f"than {MIN_INTERACTIONS} interactions dropped; modalities: {', '.join(self.modalities)}"
+        )
 
 
 def _required(values: list[T] | None, what: str, name: str) -> list[T]:

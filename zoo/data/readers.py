@@ -8,6 +8,7 @@
   Amazon titles come HTML-escaped (`&amp;`, `&quot;`); the reader decodes them, so a text
   backbone sees the characters rather than entity names that use up its token budget.
 """
+
 from __future__ import annotations
 
 import html
@@ -15,8 +16,12 @@ from pathlib import Path
 
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
-from crossan.zoo.data.text_files import (read_item_titles_csv, read_item_titles_tsv, read_user_sequences_csv,
-                                 read_user_sequences_tsv)
+from crossan.zoo.data.text_files import (
+    read_item_titles_csv,
+    read_item_titles_tsv,
+    read_user_sequences_csv,
+    read_user_sequences_tsv,
+)
 
 __all__ = ["read_microlens", "read_amazon", "microlens_name"]
 
@@ -39,8 +44,9 @@ def microlens_name(root: Path) -> str:
     return candidates[0]
 
 
-def read_microlens(root: Path, name: str | None = None, cover_dir: str = "covers",
-                   video_dir: str = "videos") -> SequenceDataset:
+def read_microlens(
+    root: Path, name: str | None = None, cover_dir: str = "covers", video_dir: str = "videos"
+) -> SequenceDataset:
     """Read a MicroLens-layout folder. Media folders that do not exist mean the data set
     lacks that modality; individual missing files are caught when features are cached."""
     root = Path(root)
@@ -60,10 +66,17 @@ def read_microlens(root: Path, name: str | None = None, cover_dir: str = "covers
         user_ids, items, offsets, dropped = read_user_sequences_tsv(tsv, index)
     covers, videos = root / cover_dir, root / video_dir
     return SequenceDataset(
-        name=name, root=root, item_ids=item_ids, user_ids=user_ids, items=items, offsets=offsets, titles=titles,
+        name=name,
+        root=root,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        items=items,
+        offsets=offsets,
+        titles=titles,
         cover_paths=[covers / f"{item}.jpg" for item in item_ids] if covers.is_dir() else None,
         video_paths=[videos / f"{item}.mp4" for item in item_ids] if videos.is_dir() else None,
-        dropped_users=dropped)
+        dropped_users=dropped,
+    )
 
 
 def read_amazon(root: Path) -> SequenceDataset:
@@ -74,5 +87,13 @@ def read_amazon(root: Path) -> SequenceDataset:
     titles = [html.unescape(title) for title in escaped_titles]
     index = {item: i + 1 for i, item in enumerate(item_ids)}
     user_ids, items, offsets, dropped = read_user_sequences_tsv(root / "users.tsv", index)
-    return SequenceDataset(name=root.name, root=root, item_ids=item_ids, user_ids=user_ids, items=items,
-                           offsets=offsets, titles=titles, dropped_users=dropped)
+    return SequenceDataset(
+        name=root.name,
+        root=root,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        items=items,
+        offsets=offsets,
+        titles=titles,
+        dropped_users=dropped,
+    )

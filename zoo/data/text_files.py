@@ -10,6 +10,7 @@ the first line fails anyway, on its column names read as item ids or a timestamp
 Every file must end with a line end: a last line without one is what a copy cut short leaves,
 and its last item id or timestamp may be cut too.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,14 @@ import numpy as np
 from crossan.zoo.data.dataset import MIN_INTERACTIONS
 from crossan.zoo.data.errors import DataError
 
-__all__ = ["iter_lines", "read_item_titles_csv", "read_item_titles_tsv", "read_user_sequences_tsv",
-           "read_user_sequences_csv", "UserSequences"]
+__all__ = [
+    "iter_lines",
+    "read_item_titles_csv",
+    "read_item_titles_tsv",
+    "read_user_sequences_tsv",
+    "read_user_sequences_csv",
+    "UserSequences",
+]
 
 USER_COLUMNS = frozenset({"user", "users", "user_id", "userid", "uid", "reviewer_id", "reviewerid"})
 ITEM_COLUMNS = frozenset({"item", "item_id", "itemid", "iid", "asin", "parent_asin"})
@@ -71,12 +78,17 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     if empty:
         raise DataError("file is empty", path)
     if text.strip() and not text.endswith("\n"):
-        raise DataError("the file ends inside this line, without a line end: a truncated copy? (add a line end if "
-                        "the line is whole)", path, number)
+        raise DataError(
+            "the file ends inside this line, without a line end: a truncated copy? (add a line end if "
+            "the line is whole)",
+            path,
+            number,
+        )
 
 
-def _csv_rows(path: Path, first: frozenset[str], second: frozenset[str],
-              every_row: bool) -> Iterator[tuple[int, list[str]]]:
+def _csv_rows(
+    path: Path, first: frozenset[str], second: frozenset[str], every_row: bool
+) -> Iterator[tuple[int, list[str]]]:
     """`(line number, fields)` of each non-blank CSV row, past an optional header line (one that
     names the columns `first` and `second`); an unclosed quote or any other CSV fault is a
     `DataError`, and so is a header below the first row when `every_row` asks to look for one
@@ -107,12 +119,16 @@ def _tsv_fields(path: Path, line: int, text: str, layout: str) -> tuple[str, str
     return fields[0], fields[1]
 
 
-def _reject_tsv_header(path: Path, line: int, cells: list[str], first: frozenset[str], second: frozenset[str],
-                       layout: str) -> None:
+def _reject_tsv_header(
+    path: Path, line: int, cells: list[str], first: frozenset[str], second: frozenset[str], layout: str
+) -> None:
     """Stop at a header line in a TSV file, whose `layout` has none."""
     if _is_header(cells, first, second):
-        raise DataError(f"a header line ({'<TAB>'.join(cells)!r}); this file has none, every line is "
-                        f"{layout!r}: delete the line", path, line)
+        raise DataError(
+            f"a header line ({'<TAB>'.join(cells)!r}); this file has none, every line is {layout!r}: delete the line",
+            path,
+            line,
+        )
 
 
 def _check_unique(item: str, seen: set[str], path: Path, line: int) -> None:
@@ -255,6 +271,6 @@ def read_user_sequences_csv(path: Path, item_index: dict[str, int]) -> UserSeque
     ordered_items = np.frombuffer(items, dtype=np.int32)[order]
     bounds = np.concatenate([[0], np.cumsum(np.bincount(user_column, minlength=len(user_index)))])
     sequences = FlatSequences()
-    for user, start, end in zip(user_index, bounds[:-1], bounds[1:]):
+    for user, start, end in zip(user_index, bounds[:-1], bounds[1:], strict=True):
         sequences.add(user, ordered_items[start:end].tolist())
     return sequences.finish(path)

@@ -60,8 +60,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from crossan.zoo.data.errors import DataError
 from crossan.zoo.core.file_lock import file_lock
+from crossan.zoo.data.errors import DataError
 
 __all__ = [
     "TOY_ATTRIBUTES",
@@ -115,7 +115,7 @@ Combo = tuple[int, int, int, int]
 
 def toy_next_attributes(attributes: Combo) -> Combo:
     """The rule: the attributes the item after one with `attributes` should have."""
-    prev = dict(zip(TOY_ATTRIBUTES, attributes))
+    prev = dict(zip(TOY_ATTRIBUTES, attributes, strict=True))
     return tuple(  # type: ignore[return-value]
         (prev[src] + offset) % TOY_NUM_VALUES for src, offset in (TOY_RULE[name] for name in TOY_ATTRIBUTES)
     )
@@ -261,7 +261,9 @@ def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
         vstream = container.add_stream(codec, rate=VIDEO_FPS)
         astream = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
         if not isinstance(vstream, av.VideoStream) or not isinstance(astream, av.AudioStream):
-            raise RuntimeError(f"PyAV made a {type(vstream).__name__} for {codec} and a {type(astream).__name__} for aac")
+            raise RuntimeError(
+                f"PyAV made a {type(vstream).__name__} for {codec} and a {type(astream).__name__} for aac"
+            )
         vstream.width = frames.shape[2]
         vstream.height = frames.shape[1]
         vstream.pix_fmt = "yuv420p"
@@ -314,35 +316,35 @@ def _write_dataset(
     num_frames = int(round(MEDIA_SECONDS * VIDEO_FPS))
     num_samples = int(round(MEDIA_SECONDS * AUDIO_RATE))
     titles: list[str] = []
-    for index, (item, combo) in enumerate(zip(item_ids, attributes)):
+    for index, (item, combo) in enumerate(zip(item_ids, attributes, strict=True)):
         rng = np.random.default_rng([seed, 2, index])
         titles.append(_title(combo, rng))
         Image.fromarray(_cover(combo, rng)).save(out / "covers" / f"{item}.jpg", format="JPEG", quality=90)
         _write_mp4(out / "videos" / f"{item}.mp4", _video(combo, rng, num_frames), _audio(combo, rng, num_samples))
 
     with (out / f"{TOY_NAME}_pairs.tsv").open("w", encoding="utf-8", newline="\n") as f:
-        for user, seq in zip(user_ids, sequences):
+        for user, seq in zip(user_ids, sequences, strict=True):
             f.write(f"{user}\t{' '.join(item_ids[i] for i in seq)}\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["item", "title"])
-    writer.writerows(zip(item_ids, titles))
+    writer.writerows(zip(item_ids, titles, strict=True))
     (out / f"{TOY_NAME}_title_en.csv").write_text(buffer.getvalue(), encoding="utf-8")
 
     rule = {
         "attributes": list(TOY_ATTRIBUTES),
         "modalities": {"topic": "text", "colour": "image", "pattern": "video", "pitch": "audio"},
         "values": {
-            "topic": [{"name": n, "words": list(w)} for n, w in zip(TOPIC_NAMES, TOPIC_WORDS)],
-            "colour": [{"name": n, "rgb": list(c)} for n, c in zip(COLOUR_NAMES, COLOURS)],
-            "pattern": [{"name": n, "rgb": list(c)} for n, c in zip(PATTERN_NAMES, PATTERN_COLOURS)],
+            "topic": [{"name": n, "words": list(w)} for n, w in zip(TOPIC_NAMES, TOPIC_WORDS, strict=True)],
+            "colour": [{"name": n, "rgb": list(c)} for n, c in zip(COLOUR_NAMES, COLOURS, strict=True)],
+            "pattern": [{"name": n, "rgb": list(c)} for n, c in zip(PATTERN_NAMES, PATTERN_COLOURS, strict=True)],
             "pitch": [{"hz": hz} for hz in PITCHES_HZ],
         },
         "next_from": {name: {"attribute": src, "offset": off} for name, (src, off) in TOY_RULE.items()},
         "num_values": TOY_NUM_VALUES,
         "follow_prob": follow_prob,
         "observed": {"transitions": transitions, "rule_draws": followed},
-        "items": {item: list(combo) for item, combo in zip(item_ids, attributes)},
+        "items": {item: list(combo) for item, combo in zip(item_ids, attributes, strict=True)},
     }
     (out / f"{TOY_NAME}_rule.json").write_text(json.dumps(rule, indent=1) + "\n", encoding="utf-8")
 

@@ -14,6 +14,7 @@
 
 Built-in tables live in `zoo/experiments/tables/`; any other file path works the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ from typing import Any
 
 from crossan.zoo.core.errors import ConfigError, MissingFileError
 from crossan.zoo.core.reading import read_text
-from crossan.zoo.runs.settings import split_options
 from crossan.zoo.models import list_models, preset_config
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.training.trainer import TrainConfig
 
 __all__ = ["RunSpec", "Sweep", "TableDefinition", "builtin_tables", "load_table"]
@@ -77,8 +78,10 @@ def load_table(name_or_path: str) -> TableDefinition:
     if not path.suffix:
         path = TABLES_DIR / f"{name_or_path}.toml"
         if not path.is_file():
-            raise MissingFileError(f"no table named {name_or_path!r}; built-in tables: {', '.join(builtin_tables())} "
-                                   "(or give a .toml/.json file)")
+            raise MissingFileError(
+                f"no table named {name_or_path!r}; built-in tables: {', '.join(builtin_tables())} "
+                "(or give a .toml/.json file)"
+            )
     if not path.is_file():
         raise MissingFileError(f"{path}: no such table definition")
     return _parse(path, _read(path))
@@ -107,8 +110,10 @@ def _run(path: Path, index: int, entry: Any) -> RunSpec:
     _require(path, f"run {index + 1}", entry, dict, "a table")
     extra = set(entry) - {"name", "preset", "set", "value", "compare_to"}
     if extra or "name" not in entry or "preset" not in entry:
-        raise ConfigError(f"{path}: run {index + 1} needs `name` and `preset` (and takes only `set`, `value`, "
-                          f"`compare_to`){'; unknown: ' + ', '.join(sorted(extra)) if extra else ''}")
+        raise ConfigError(
+            f"{path}: run {index + 1} needs `name` and `preset` (and takes only `set`, `value`, "
+            f"`compare_to`){'; unknown: ' + ', '.join(sorted(extra)) if extra else ''}"
+        )
     name = _require(path, f"run {index + 1}: name", entry["name"], str, "a string")
     if entry["preset"] not in list_models():
         raise ConfigError(f"{path}: run {name!r} names unknown preset {entry['preset']!r}")
@@ -125,8 +130,10 @@ def _parse(path: Path, raw: Any) -> TableDefinition:
     unknown = set(raw) - {"title", "baseline", "train", "sweep", "runs"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
-    runs = [_run(path, index, entry) for index, entry in
-            enumerate(_require(path, "runs", raw.get("runs", []), list, "a list of [[runs]] tables"))]
+    runs = [
+        _run(path, index, entry)
+        for index, entry in enumerate(_require(path, "runs", raw.get("runs", []), list, "a list of [[runs]] tables"))
+    ]
     if not runs:
         raise ConfigError(f"{path}: a table needs at least one [[runs]] entry")
     names = [r.name for r in runs]
@@ -150,10 +157,14 @@ def _parse(path: Path, raw: Any) -> TableDefinition:
     if "sweep" in raw:
         spec = _require(path, "sweep", raw["sweep"], dict, "a table with a parameter name")
         if set(spec) - {"parameter", "log_scale"}:
-            raise ConfigError(f"{path}: sweep takes `parameter` and `log_scale`; unknown: "
-                              f"{', '.join(sorted(set(spec) - {'parameter', 'log_scale'}))}")
-        sweep = Sweep(_require(path, "sweep.parameter", spec.get("parameter"), str, "a config field name"),
-                      _require(path, "sweep.log_scale", spec.get("log_scale", False), bool, "true or false"))
+            raise ConfigError(
+                f"{path}: sweep takes `parameter` and `log_scale`; unknown: "
+                f"{', '.join(sorted(set(spec) - {'parameter', 'log_scale'}))}"
+            )
+        sweep = Sweep(
+            _require(path, "sweep.parameter", spec.get("parameter"), str, "a config field name"),
+            _require(path, "sweep.log_scale", spec.get("log_scale", False), bool, "true or false"),
+        )
         if any(r.value is None for r in runs):
             raise ConfigError(f"{path}: every run of a sweep needs a `value`")
     return TableDefinition(path.stem, raw.get("title", path.stem), tuple(runs), baseline, train, sweep)

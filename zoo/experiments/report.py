@@ -1,5 +1,6 @@
 """A table's results from its finished runs: means and spread over seeds, relative improvements,
 paired t-test stars, as `TABLE.json` and `TABLE.md` (and `TABLE.png` for a sweep)."""
+
 from __future__ import annotations
 
 import math
@@ -23,13 +24,16 @@ SIGNIFICANCE_LEVEL = 0.05
 def per_user_values(rank_lists: list[list[int | None]], metric: str) -> np.ndarray:
     """A metric per user averaged over seeds, from each seed's per-user ranks (`None` = miss)."""
     # float64: in float32 scipy's p-value underflows to 0 below about 1e-45.
-    values = [per_user_metric(torch.tensor([math.inf if r is None else float(r) for r in ranks]), metric).double().numpy()
-              for ranks in rank_lists]
+    values = [
+        per_user_metric(torch.tensor([math.inf if r is None else float(r) for r in ranks]), metric).double().numpy()
+        for ranks in rank_lists
+    ]
     return np.mean(values, axis=0)
 
 
-def summarise(definition: TableDefinition, metrics: dict[str, list[dict[str, Any]]],
-              ranks: dict[str, list[list[int | None]]]) -> dict[str, Any]:
+def summarise(
+    definition: TableDefinition, metrics: dict[str, list[dict[str, Any]]], ranks: dict[str, list[list[int | None]]]
+) -> dict[str, Any]:
     """The table's numbers from each row's per-seed `metrics.json` contents and per-seed test ranks.
 
     Per row and metric: mean and standard deviation over seeds (sample, 0 for one seed) of the
@@ -49,9 +53,16 @@ def summarise(definition: TableDefinition, metrics: dict[str, list[dict[str, Any
     rows = []
     for run in definition.runs:
         per_seed = [m["test"] for m in metrics[run.name]]
-        row: dict[str, Any] = {"name": run.name, "preset": run.preset, "options": run.options, "value": run.value,
-                               "seeds": len(per_seed), "best_epochs": [m["best_epoch"] for m in metrics[run.name]],
-                               "mean": {}, "std": {}}
+        row: dict[str, Any] = {
+            "name": run.name,
+            "preset": run.preset,
+            "options": run.options,
+            "value": run.value,
+            "seeds": len(per_seed),
+            "best_epochs": [m["best_epoch"] for m in metrics[run.name]],
+            "mean": {},
+            "std": {},
+        }
         for metric in METRIC_NAMES:
             values = np.array([s[metric] for s in per_seed])
             row["mean"][metric] = float(values.mean())
@@ -67,19 +78,31 @@ def summarise(definition: TableDefinition, metrics: dict[str, list[dict[str, Any
                 row["p_value"][metric] = p_value
                 row["significant"][metric] = bool(p_value < SIGNIFICANCE_LEVEL)
         rows.append(row)
-    return {"table": definition.name, "title": definition.title, "baseline": definition.baseline,
-            "split": "test", "significance_level": SIGNIFICANCE_LEVEL, "metrics": list(METRIC_NAMES), "rows": rows}
+    return {
+        "table": definition.name,
+        "title": definition.title,
+        "baseline": definition.baseline,
+        "split": "test",
+        "significance_level": SIGNIFICANCE_LEVEL,
+        "metrics": list(METRIC_NAMES),
+        "rows": rows,
+    }
 
 
 def table_markdown(summary: dict[str, Any], seeds: tuple[int, ...]) -> str:
     """`TABLE.md`: one row per run (mean ± std over seeds, * for p < 0.05 against its comparison
     row), then one relative-improvement row per compared run."""
     metrics = summary["metrics"]
-    lines = [f"# {summary['title']}", "",
-             f"Test split, mean ± standard deviation over seeds {', '.join(map(str, seeds))}; * p < "
-             f"{summary['significance_level']} in a two-sided paired t-test over users against the row named in "
-             "the improvement rows.", "",
-             "| run | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines = [
+        f"# {summary['title']}",
+        "",
+        f"Test split, mean ± standard deviation over seeds {', '.join(map(str, seeds))}; * p < "
+        f"{summary['significance_level']} in a two-sided paired t-test over users against the row named in "
+        "the improvement rows.",
+        "",
+        "| run | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
     for row in summary["rows"]:
         cells = []
         for metric in metrics:
@@ -104,15 +127,20 @@ def write_report(table: TableRuns) -> dict[str, Any]:
     """Read the table's finished runs and write `TABLE.json`, `TABLE.md` (and `TABLE.png` for a
     sweep) in the table's folder; returns the summary."""
     definition = table.definition
-    metrics = {run.name: [read_json(table.directory(run, seed) / "metrics.json") for seed in table.seeds]
-               for run in definition.runs}
-    ranks = {run.name: [read_json(table.directory(run, seed) / "per_user_test.json")["ranks"] for seed in table.seeds]
-             for run in definition.runs}
+    metrics = {
+        run.name: [read_json(table.directory(run, seed) / "metrics.json") for seed in table.seeds]
+        for run in definition.runs
+    }
+    ranks = {
+        run.name: [read_json(table.directory(run, seed) / "per_user_test.json")["ranks"] for seed in table.seeds]
+        for run in definition.runs
+    }
     summary = {**summarise(definition, metrics, ranks), "seeds": list(table.seeds)}
     folder = table.folder
     if definition.sweep is not None:
-        summary["plot"] = str(draw_sweep(summary, definition.sweep, definition.title,
-                                         folder / f"{definition.name}.png"))
+        summary["plot"] = str(
+            draw_sweep(summary, definition.sweep, definition.title, folder / f"{definition.name}.png")
+        )
     write_json(folder / f"{definition.name}.json", summary)
     markdown = table_markdown(summary, table.seeds)
     atomic_write(folder / f"{definition.name}.md", lambda tmp: Path(tmp).write_text(markdown))
@@ -130,8 +158,14 @@ def draw_sweep(summary: dict[str, Any], sweep: Sweep, title: str, path: Path) ->
     axes = figure.add_subplot()
     values = [r["value"] for r in rows]
     for metric in ("HR@10", "NDCG@10"):
-        axes.errorbar(values, [r["mean"][metric] for r in rows], yerr=[r["std"][metric] for r in rows],
-                      marker="o", capsize=3, label=metric)
+        axes.errorbar(
+            values,
+            [r["mean"][metric] for r in rows],
+            yerr=[r["std"][metric] for r in rows],
+            marker="o",
+            capsize=3,
+            label=metric,
+        )
     if sweep.log_scale:
         axes.set_xscale("log")
     axes.set_xlabel(sweep.parameter)
@@ -141,4 +175,3 @@ def draw_sweep(summary: dict[str, Any], sweep: Sweep, title: str, path: Path) ->
     axes.legend()
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     return path
-

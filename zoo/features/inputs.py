@@ -8,6 +8,7 @@ or tokenising happens inside the training step. Token ids are stored as int32 wi
 mask, pixels as float16: `[N, tokens]` and `[N, 3, H, W]`. This module stores and maps
 tensors; the extractor's processors make them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from crossan.zoo.core.atomic import atomic_write
-from crossan.zoo.features.states import cache_path
 from crossan.zoo.core.distributed import SINGLE, Processes
+from crossan.zoo.features.states import cache_path
 
 __all__ = ["FORMAT_VERSION", "STORED_DTYPES", "input_cache_path", "open_inputs", "save_inputs"]
 
@@ -45,13 +46,16 @@ def open_inputs(path: Path, expected: dict[str, str] | None = None) -> dict[str,
         return None
 
 
-def save_inputs(path: Path, tensors: dict[str, torch.Tensor] | None, metadata: dict[str, str],
-                processes: Processes = SINGLE) -> dict[str, torch.Tensor]:
+def save_inputs(
+    path: Path, tensors: dict[str, torch.Tensor] | None, metadata: dict[str, str], processes: Processes = SINGLE
+) -> dict[str, torch.Tensor]:
     """Write the main process's `tensors` atomically (the others pass None and wait), map them."""
     if processes.is_main:
         assert tensors is not None, "the main process writes the stored inputs"
-        atomic_write(path, lambda temporary: save_file({k: v.contiguous() for k, v in tensors.items()}, temporary,
-                                                       metadata=metadata))
+        atomic_write(
+            path,
+            lambda temporary: save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata),
+        )
     processes.barrier()
     mapped = open_inputs(path, metadata)
     assert mapped is not None, f"{path} was just written but does not load"

@@ -5,6 +5,7 @@ file with matching metadata, has the extractor compute the rows when there is no
 them, and returns an `ItemFeatures` over the memory-mapped result. The storage modules never
 call the extractor; the extractor never calls them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,28 +14,35 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from crossan.zoo.backbones import Backbone, StateExtractor, load_backbone
+from crossan.zoo.core.distributed import SINGLE, Processes
+from crossan.zoo.core.errors import CorruptFileError, MissingFileError
+from crossan.zoo.core.finite import require_finite_rows
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
-from crossan.zoo.core.errors import CorruptFileError, MissingFileError
 from crossan.zoo.features import inputs as stored_inputs
 from crossan.zoo.features import states as state_cache
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.core.finite import require_finite_rows
-from crossan.zoo.core.distributed import SINGLE, Processes
+from crossan.zoo.models.config import RecommenderConfig, StoredFeatures
 
-if TYPE_CHECKING:
-    from crossan.zoo.models.config import RecommenderConfig
-
-__all__ = ["PreparedFeatures", "prepare_features", "open_recorded_features", "state_metadata", "input_metadata",
-           "build_state_cache", "extract_states", "gather_stored_inputs", "check_media"]
+__all__ = [
+    "PreparedFeatures",
+    "prepare_features",
+    "open_recorded_features",
+    "state_metadata",
+    "input_metadata",
+    "build_state_cache",
+    "extract_states",
+    "gather_stored_inputs",
+    "check_media",
+]
 
 
 @dataclass
@@ -47,12 +55,18 @@ class PreparedFeatures:
     loaded: dict[str, Backbone]
 
 
-def prepare_features(dataset: SequenceDataset, config: RecommenderConfig, settings: FeatureSettings,
-                     device: torch.device, console: Console, processes: Processes = SINGLE) -> PreparedFeatures:
-    """Item features for `config` (its `item_features()` modalities, as `stored_features` says:
+def prepare_features(
+    dataset: SequenceDataset,
+    config: RecommenderConfig,
+    settings: FeatureSettings,
+    device: torch.device,
+    console: Console,
+    processes: Processes = SINGLE,
+) -> PreparedFeatures:
+    """Item features for `config` (its `backbone_modalities()`, as `stored_features` says:
     cached backbone states, or stored backbone inputs for the uncached models), built on first use
     over all `processes`, gathered to `device`. A model with no modalities gets item rows."""
-    modalities, stored = config.item_features(), config.stored_features
+    modalities, stored = config.backbone_modalities(), config.stored_features
     dataset.require_modalities(modalities)
     for modality in modalities:  # fail on missing media before spending time on any backbone
         check_media(dataset, modality, settings.allow_missing_media)
@@ -62,23 +76,33 @@ def prepare_features(dataset: SequenceDataset, config: RecommenderConfig, settin
     for modality in modalities:
         backbone = load_backbone(settings.spec(modality))
         extractor = StateExtractor(backbone, settings.side_layers, settings.text_max_tokens)
-        if stored == "inputs":
+        if stored is StoredFeatures.INPUTS:
             path, opened = _stored_inputs(dataset, extractor, settings, console, processes)
             tensors.update({f"{modality}_{name}": opened[name] for name in extractor.input_names})
             loaded[modality] = backbone
         else:
             path, tensors[modality] = _cached_states(dataset, extractor, settings, device, console, processes)
-        described[modality] = {**backbone.identity, "preprocessing": extractor.preprocessing(),
-                               "kept_indices": extractor.indices, "cache_file": str(Path(path).resolve()),
-                               "cache_entry": Path(path).relative_to(settings.cache_dir).as_posix(),
-                               "stored": stored}
-    return PreparedFeatures(ItemFeatures(dataset.num_items, tensors, device, with_rows=config.reads_item_rows),
-                            described, loaded)
+        described[modality] = {
+            **backbone.identity,
+            "preprocessing": extractor.preprocessing(),
+            "kept_indices": extractor.indices,
+            "cache_file": str(Path(path).resolve()),
+            "cache_entry": Path(path).relative_to(settings.cache_dir).as_posix(),
+            "stored": stored.value,
+        }
+    return PreparedFeatures(
+        ItemFeatures(dataset.num_items, tensors, device, with_rows=config.reads_item_rows), described, loaded
+    )
 
 
-def open_recorded_features(backbones: dict[str, Any], num_items: int, device: torch.device | str,
-                           with_rows: bool, cache_dir: Path | None = None, full_check: bool = False
-                           ) -> ItemFeatures:
+def open_recorded_features(
+    backbones: dict[str, Any],
+    num_items: int,
+    device: torch.device | str,
+    with_rows: bool,
+    cache_dir: Path | None = None,
+    full_check: bool = False,
+) -> ItemFeatures:
     """The features a trained run used, from the files its `config.json` records
     (`features.backbones`, as `prepare_features` described them); nothing is rebuilt.
 
@@ -90,21 +114,29 @@ def open_recorded_features(backbones: dict[str, Any], num_items: int, device: to
         cache_file = Path(backbone["cache_file"])
         if cache_dir is not None and "cache_entry" in backbone:
             cache_file = Path(cache_dir) / backbone["cache_entry"]
-        stored = backbone.get("stored", "states")
-        opened = state_cache.open_states(cache_file) if stored == "states" else stored_inputs.open_inputs(cache_file)
-        if opened is None:
-            hint = "" if cache_dir is not None else "give --cache-dir where the cache is now, or "
-            raise MissingFileError(f"{cache_file}: cached {modality} {stored} are missing or unreadable; {hint}"
-                                   f"rerun train.py with the same options to rebuild them")
-        if stored == "states":
-            if opened.shape[0] != num_items:
-                raise CorruptFileError(f"{cache_file}: holds {opened.shape[0]} items' {modality} states, the "
-                                       f"run's data set has {num_items}")
-            rows = None if full_check else sample_rows(opened.shape[0])
-            require_finite_rows(opened, f"{cache_file} ({modality} states)", rows)
-            tensors[modality] = opened
+        stored = backbone.get("stored", StoredFeatures.STATES.value)
+        hint = "" if cache_dir is not None else "give --cache-dir where the cache is now, or "
+        missing = MissingFileError(
+            f"{cache_file}: cached {modality} {stored} are missing or unreadable; {hint}"
+            f"rerun train.py with the same options to rebuild them"
+        )
+        if stored == StoredFeatures.STATES.value:
+            states = state_cache.open_states(cache_file)
+            if states is None:
+                raise missing
+            if states.shape[0] != num_items:
+                raise CorruptFileError(
+                    f"{cache_file}: holds {states.shape[0]} items' {modality} states, the "
+                    f"run's data set has {num_items}"
+                )
+            rows = None if full_check else sample_rows(states.shape[0])
+            require_finite_rows(states, f"{cache_file} ({modality} states)", rows)
+            tensors[modality] = states
         else:
-            tensors.update({f"{modality}_{name}": tensor for name, tensor in opened.items()})
+            inputs = stored_inputs.open_inputs(cache_file)
+            if inputs is None:
+                raise missing
+            tensors.update({f"{modality}_{name}": tensor for name, tensor in inputs.items()})
     return ItemFeatures(num_items, tensors, device, with_rows=with_rows)
 
 
@@ -119,8 +151,14 @@ def sample_rows(num_rows: int) -> torch.Tensor | None:
     return torch.linspace(0, num_rows - 1, OPEN_CHECK_ROWS).long()
 
 
-def _cached_states(dataset: SequenceDataset, extractor: StateExtractor, settings: FeatureSettings,
-                   device: torch.device, console: Console, processes: Processes) -> tuple[Path, torch.Tensor]:
+def _cached_states(
+    dataset: SequenceDataset,
+    extractor: StateExtractor,
+    settings: FeatureSettings,
+    device: torch.device,
+    console: Console,
+    processes: Processes,
+) -> tuple[Path, torch.Tensor]:
     """The modality's cache file and its mapped states, built first if no process has it."""
     modality = extractor.modality
     metadata = state_metadata(dataset, extractor)
@@ -128,37 +166,57 @@ def _cached_states(dataset: SequenceDataset, extractor: StateExtractor, settings
     cached = state_cache.open_states(path, metadata)
     # Every process builds (its share) if any lacks the file, so they all meet at its barriers.
     if not processes.any(cached is None):
+        assert cached is not None  # no process lacks the file, this one included
         require_finite_rows(cached, f"{path} ({modality} states)", sample_rows(cached.shape[0]))
         console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
         return path, cached
     started = time.perf_counter()
     with _progress(f"caching {modality}", len(processes.shard(dataset.num_items)), console) as advance:
-        cached = build_state_cache(dataset, extractor, path, settings.batch_size, settings.allow_missing_media,
-                                   device, advance, processes)
-    console.print(f"cached {modality} states {tuple(cached.shape)} with "
-                  f"{extractor.backbone.identity['architecture']} in {time.perf_counter() - started:.1f}s -> {path}")
+        cached = build_state_cache(
+            dataset, extractor, path, settings.batch_size, settings.allow_missing_media, device, advance, processes
+        )
+    console.print(
+        f"cached {modality} states {tuple(cached.shape)} with "
+        f"{extractor.backbone.identity['architecture']} in {time.perf_counter() - started:.1f}s -> {path}"
+    )
     return path, cached
 
 
-def build_state_cache(dataset: SequenceDataset, extractor: StateExtractor, path: Path, batch_size: int = 32,
-                      allow_missing_media: bool = False, device: torch.device | str = "cpu",
-                      on_batch: Callable[[int], None] | None = None, processes: Processes = SINGLE) -> torch.Tensor:
+def build_state_cache(
+    dataset: SequenceDataset,
+    extractor: StateExtractor,
+    path: Path,
+    batch_size: int = 32,
+    allow_missing_media: bool = False,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+    processes: Processes = SINGLE,
+) -> torch.Tensor:
     """Run the backbone over (each process's share of) the catalogue, write the cache, map it.
     Missing media rows (when allowed) are zero-filled; `on_batch(n)` reports progress."""
     missing = check_media(dataset, extractor.modality, allow_missing_media)
-    share = extract_states(extractor, dataset, processes.shard(dataset.num_items), batch_size, missing, device,
-                           on_batch)
+    share = extract_states(
+        extractor, dataset, processes.shard(dataset.num_items), batch_size, missing, device, on_batch
+    )
     return state_cache.save_states(path, share, state_metadata(dataset, extractor), processes)
 
 
-def extract_states(extractor: StateExtractor, dataset: SequenceDataset, rows: range, batch_size: int = 32,
-                   missing: Collection[int] = frozenset(), device: torch.device | str = "cpu",
-                   on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+def extract_states(
+    extractor: StateExtractor,
+    dataset: SequenceDataset,
+    rows: range,
+    batch_size: int = 32,
+    missing: Collection[int] = frozenset(),
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """States `[len(rows), S, W]` (float16) of catalogue `rows`, a batch at a time; rows in `missing`
     stay zero. `on_batch(n)` reports progress."""
     num_states, width = extractor.output_shape
     states = torch.zeros(len(rows), num_states, width, dtype=torch.float16)
-    extractor.backbone.model.to(device)
+    # As an nn.Module: transformers' `@wraps(nn.Module.to)` hides the bound method's signature from mypy.
+    model: torch.nn.Module = extractor.backbone.model
+    model.to(device)
     for start in range(rows.start, rows.stop, batch_size):
         batch_rows = [r for r in range(start, min(start + batch_size, rows.stop)) if r not in missing]
         if batch_rows:
@@ -167,14 +225,21 @@ def extract_states(extractor: StateExtractor, dataset: SequenceDataset, rows: ra
         if on_batch is not None:
             on_batch(min(batch_size, rows.stop - start))
     # A backbone whose output overflows float16 (or is NaN) must not leave a cache that trains.
-    require_finite_rows(states, f"{extractor.modality} states computed by "
-                                f"{extractor.backbone.identity['architecture']} (float16 overflow?; not cached)")
+    require_finite_rows(
+        states,
+        f"{extractor.modality} states computed by "
+        f"{extractor.backbone.identity['architecture']} (float16 overflow?; not cached)",
+    )
     return states
 
 
-def gather_stored_inputs(extractor: StateExtractor, dataset: SequenceDataset, batch_size: int = 32,
-                         missing: Collection[int] = frozenset(),
-                         on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+def gather_stored_inputs(
+    extractor: StateExtractor,
+    dataset: SequenceDataset,
+    batch_size: int = 32,
+    missing: Collection[int] = frozenset(),
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, torch.Tensor]:
     """Every item's backbone inputs as `[N, ...]` tensors in their stored dtypes, a batch at a
     time; rows in `missing` stay zero."""
     tensors: dict[str, torch.Tensor] = {}
@@ -191,8 +256,13 @@ def gather_stored_inputs(extractor: StateExtractor, dataset: SequenceDataset, ba
     return tensors
 
 
-def _stored_inputs(dataset: SequenceDataset, extractor: StateExtractor, settings: FeatureSettings, console: Console,
-                   processes: Processes) -> tuple[Path, dict[str, torch.Tensor]]:
+def _stored_inputs(
+    dataset: SequenceDataset,
+    extractor: StateExtractor,
+    settings: FeatureSettings,
+    console: Console,
+    processes: Processes,
+) -> tuple[Path, dict[str, torch.Tensor]]:
     """The modality's stored-input file and its mapped tensors; the main process prepares them
     (tokenising and resizing are cheap next to a backbone) while the others wait."""
     modality = extractor.modality
@@ -200,6 +270,7 @@ def _stored_inputs(dataset: SequenceDataset, extractor: StateExtractor, settings
     path = stored_inputs.input_cache_path(settings.cache_dir, metadata, modality)
     opened = stored_inputs.open_inputs(path, metadata)
     if not processes.any(opened is None):
+        assert opened is not None  # no process lacks the file, this one included
         return path, opened
     tensors = None
     if processes.is_main:
@@ -235,8 +306,7 @@ def input_metadata(dataset: SequenceDataset, extractor: StateExtractor) -> dict[
 
 def _dataset_metadata(dataset: SequenceDataset) -> dict[str, str]:
     """The data set entries of a file's metadata: a file of another data set never loads."""
-    return {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
-            "num_items": str(dataset.num_items)}
+    return {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(), "num_items": str(dataset.num_items)}
 
 
 def check_media(dataset: SequenceDataset, modality: str, allow_missing: bool) -> set[int]:
@@ -247,15 +317,25 @@ def check_media(dataset: SequenceDataset, modality: str, allow_missing: bool) ->
     missing = {row for row, path in enumerate(paths) if not path.is_file()}
     if missing and not allow_missing:
         first = paths[min(missing)]
-        raise DataError(f"missing {modality} file ({len(missing)} of {len(paths)} items lack one; "
-                        f"--allow-missing-media zero-fills them)", first)
+        raise DataError(
+            f"missing {modality} file ({len(missing)} of {len(paths)} items lack one; "
+            f"--allow-missing-media zero-fills them)",
+            first,
+        )
     return missing
 
 
 @contextlib.contextmanager
 def _progress(label: str, total: int, console: Console) -> Iterator[Callable[[int], None]]:
     """A transient progress bar over `total` items; yields the function that advances it."""
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)

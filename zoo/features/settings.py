@@ -1,4 +1,5 @@
 """How item features are produced: backbone source, per-modality overrides, caching."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,17 +31,32 @@ class FeatureSettings:
         check_field_types(self)
 
     def spec(self, modality: str) -> BackboneSpec:
-        return BackboneSpec.resolve(modality, self.source, dict(self.overrides).get(modality),
-                                    dict(self.poolings).get(modality), self.backbone_seed)
+        return BackboneSpec.resolve(
+            modality,
+            self.source,
+            dict(self.overrides).get(modality),
+            dict(self.poolings).get(modality),
+            self.backbone_seed,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (recorded in `config.json`, read back by `--resume`); the cache folder
         as an absolute path, so the run finds it from any working directory."""
         values = dataclasses.asdict(self)
-        return {**values, "overrides": [list(p) for p in self.overrides], "poolings": [list(p) for p in self.poolings],
-                "cache_dir": str(self.cache_dir.resolve())}
+        return {
+            **values,
+            "overrides": [list(p) for p in self.overrides],
+            "poolings": [list(p) for p in self.poolings],
+            "cache_dir": str(self.cache_dir.resolve()),
+        }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "FeatureSettings":
-        return cls(**{**values, "overrides": tuple(map(tuple, values["overrides"])),
-                      "poolings": tuple(map(tuple, values["poolings"])), "cache_dir": Path(values["cache_dir"])})
+    def from_dict(cls, values: dict[str, Any]) -> FeatureSettings:
+        return cls(
+            **{
+                **values,
+                "overrides": tuple(map(tuple, values["overrides"])),
+                "poolings": tuple(map(tuple, values["poolings"])),
+                "cache_dir": Path(values["cache_dir"]),
+            }
+        )

@@ -7,6 +7,7 @@ fingerprint (`crossan.zoo.features.prepare.state_metadata`). A file whose metada
 what is asked for is rebuilt. Files are written to a temporary name and renamed, so a crash
 never leaves a file that loads. This module stores and maps tensors; it runs no backbone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,9 @@ def open_states(path: Path, expected: dict[str, str] | None = None) -> torch.Ten
         return None
 
 
-def save_states(path: Path, share: torch.Tensor, metadata: dict[str, str], processes: Processes = SINGLE
-                ) -> torch.Tensor:
+def save_states(
+    path: Path, share: torch.Tensor, metadata: dict[str, str], processes: Processes = SINGLE
+) -> torch.Tensor:
     """Write the cache file from each process's `share` of the rows (in rank order), map it.
 
     Over several processes each writes its share to a part file (atomically); after all have

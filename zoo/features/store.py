@@ -1,5 +1,6 @@
 """Item inputs of a model: cached backbone states per modality, stored backbone inputs (token ids,
 pixels) for the uncached models, or item rows for ID models."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,13 @@ class ItemFeatures:
     False.
     """
 
-    def __init__(self, num_items: int, states: dict[str, torch.Tensor] | None = None,
-                 device: torch.device | str = "cpu", with_rows: bool | None = None) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        states: dict[str, torch.Tensor] | None = None,
+        device: torch.device | str = "cpu",
+        with_rows: bool | None = None,
+    ) -> None:
         self.num_items = num_items
         self.with_rows = not states if with_rows is None else with_rows
         self.device = torch.device(device)
@@ -33,11 +39,13 @@ class ItemFeatures:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Each input's shape after the item axis (for states: `(num_states, width)`)."""
-        return {m: tuple(t.shape[1:]) for m, t in zip(self.modalities, self._states)}
+        return {m: tuple(t.shape[1:]) for m, t in zip(self.modalities, self._states, strict=True)}
 
     def with_item_rows(self, with_rows: bool) -> ItemFeatures:
         """The same tensors, gathered with or without the rows appended (for another model config)."""
-        return ItemFeatures(self.num_items, dict(zip(self.modalities, self._states)), self.device, with_rows)
+        return ItemFeatures(
+            self.num_items, dict(zip(self.modalities, self._states, strict=True)), self.device, with_rows
+        )
 
     def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Model inputs for catalogue `rows [U]` (0-based): `[U, ...]` per input on `device`

@@ -1,5 +1,6 @@
 """Reusable building blocks: adapters, the cross-modal mixer, the batched side network, fusions, SASRec,
 the item ID term. Each works on its own (eager, TorchScript trace and script, ONNX)."""
+
 from crossan.kernels.backends import BACKENDS
 from crossan.zoo.layers.activations import ACTIVATIONS, activate, check_activation
 from crossan.zoo.layers.adapter import HoulsbyAdapter, TowerAdapters

@@ -3,6 +3,7 @@
 `activate` branches on the name instead of looking a function up, so modules that call it
 from `forward` stay scriptable (`torch.jit.script`).
 """
+
 from __future__ import annotations
 
 import torch

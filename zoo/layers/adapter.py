@@ -5,6 +5,7 @@ Both compute `A(x) = x + W_up act(W_down x + b_down) + b_up` through the same tw
 `nn.Linear` layout) or of a stack of T adapters (`[T, r, W]`, applied to `x [T, N, W]` with
 one batched matrix product).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,14 +29,16 @@ def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     return torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
 
 
-def adapter_hidden(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
-                   activation: str) -> torch.Tensor:
+def adapter_hidden(
+    x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor, activation: str
+) -> torch.Tensor:
     """The activated bottleneck `act(x W_down^T + b_down)`, `[..., r]`."""
     return activate(_affine(x, down_weight, down_bias), activation)
 
 
-def adapter_output(x: torch.Tensor, hidden: torch.Tensor, up_weight: torch.Tensor,
-                   up_bias: torch.Tensor) -> torch.Tensor:
+def adapter_output(
+    x: torch.Tensor, hidden: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor
+) -> torch.Tensor:
     """The adapter's output `x + hidden W_up^T + b_up`, `[..., W]`, from its input and bottleneck."""
     return x + _affine(hidden, up_weight, up_bias)
 
@@ -78,8 +81,9 @@ class TowerAdapters(nn.Module):
     def __init__(self, num_towers: int, width: int, hidden_dim: int, activation: str = "relu") -> None:
         super().__init__()
         if num_towers <= 0 or width <= 0 or hidden_dim <= 0:
-            raise ValueError(f"towers, adapter width and hidden_dim must be positive, "
-                             f"got {num_towers}, {width}, {hidden_dim}")
+            raise ValueError(
+                f"towers, adapter width and hidden_dim must be positive, got {num_towers}, {width}, {hidden_dim}"
+            )
         check_activation(activation)
         self.num_towers = num_towers
         self.width = width
@@ -102,9 +106,15 @@ class TowerAdapters(nn.Module):
         """Tower `tower`'s adapter as `HoulsbyAdapter` parameter names (after `prefix`, for an
         adapter inside another module) -> slices: views, so gradients through them reach these
         stacked parameters (`torch.func.functional_call`)."""
-        return {f"{prefix}down.weight": self.down_weight[tower].t(), f"{prefix}down.bias": self.down_bias[tower],
-                f"{prefix}up.weight": self.up_weight[tower].t(), f"{prefix}up.bias": self.up_bias[tower]}
+        return {
+            f"{prefix}down.weight": self.down_weight[tower].t(),
+            f"{prefix}down.bias": self.down_bias[tower],
+            f"{prefix}up.weight": self.up_weight[tower].t(),
+            f"{prefix}up.bias": self.up_bias[tower],
+        }
 
     def extra_repr(self) -> str:
-        return (f"num_towers={self.num_towers}, width={self.width}, hidden_dim={self.hidden_dim}, "
-                f"activation={self.activation!r}")
+        return (
+            f"num_towers={self.num_towers}, width={self.width}, hidden_dim={self.hidden_dim}, "
+            f"activation={self.activation!r}"
+        )

@@ -3,6 +3,7 @@
 All fusions map `tower_embeddings [N, M, D] -> [N, D]`. MOMEF is the paper's method; the
 other three are the ablations of its Table 5.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,9 +47,7 @@ class MOMEFRouter(nn.Module):
 
     def forward(self, tower_embeddings: torch.Tensor) -> torch.Tensor:
         weights = self.routing_weights(tower_embeddings)
-        expert_out = torch.stack(
-            [expert(tower_embeddings[:, m]) for m, expert in enumerate(self.experts)], dim=1
-        )
+        expert_out = torch.stack([expert(tower_embeddings[:, m]) for m, expert in enumerate(self.experts)], dim=1)
         return (weights.unsqueeze(-1) * expert_out).sum(dim=1)
 
 

@@ -1,4 +1,5 @@
 """A tower's item head: two linear maps W -> W -> D with nothing in between."""
+
 from __future__ import annotations
 
 import torch

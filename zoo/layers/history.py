@@ -1,4 +1,5 @@
 """A user's history pooled with weights that decay with age (the frozen-similarity prior's user side)."""
+
 from __future__ import annotations
 
 import torch

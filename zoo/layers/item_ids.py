@@ -6,6 +6,7 @@ new items served from raw content (row -1), so a cold item's embedding is its co
 embedding alone, as without the term. The vectors start at zero: training begins from the pure
 content model.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

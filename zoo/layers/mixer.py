@@ -6,6 +6,7 @@ gives it leading axes, so that one module holds the gates of every tower and sid
 network reads its mixing matrices from such mixers, and the per-tower reference calls a
 single mixer (`gate_shape=()`) on stacked inputs. Both go through `gate_weights`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,9 +45,9 @@ class GatedCrossModalMixer(nn.Module):
         """`inputs [K, ..., W] -> [..., W]` (a mixer with `gate_shape=()`)."""
         # str.format, not f-strings: TorchScript compiles these error paths too.
         if len(self.gate_shape) > 0:
-            raise ValueError("this mixer holds gates of shape {}; call gate_weights() instead".format(self.gate_shape))
+            raise ValueError(f"this mixer holds gates of shape {self.gate_shape}; call gate_weights() instead")
         if inputs.shape[0] != self.num_inputs:
-            raise ValueError("mixer expects {} stacked inputs, got {}".format(self.num_inputs, inputs.shape[0]))
+            raise ValueError(f"mixer expects {self.num_inputs} stacked inputs, got {inputs.shape[0]}")
         weights = self.gate_weights().to(inputs.dtype)
         return torch.tensordot(weights, inputs, dims=1)
 

@@ -1,4 +1,5 @@
 """SASRec user encoder over a left-padded sequence of item embeddings."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,9 @@ class _SelfAttention(nn.Module):
 class _Block(nn.Module):
     """Post-LN transformer block: `LN(x + attn(x))`, then `LN(x + FFN(x))`."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
-                 eps: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, attention_dropout: float, eps: float
+    ) -> None:
         super().__init__()
         self.attention = _SelfAttention(dim, num_heads, attention_dropout)
         self.attention_norm = nn.LayerNorm(dim, eps=eps)
@@ -66,9 +68,17 @@ class SASRec(nn.Module):
     `max_len` and extra left padding give the same user vector.
     """
 
-    def __init__(self, dim: int = 64, max_len: int = 10, num_blocks: int = 2, num_heads: int = 2,
-                 ffn_dim: int = 256, dropout: float = 0.1, attention_dropout: float = 0.1,
-                 eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        dim: int = 64,
+        max_len: int = 10,
+        num_blocks: int = 2,
+        num_heads: int = 2,
+        ffn_dim: int = 256,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.max_len = max_len
         self.mask_value = MASK_VALUE
@@ -93,10 +103,10 @@ class SASRec(nn.Module):
         # torch.jit.trace records `length` as a tensor, which torch._check rejects.
         if torch.jit.is_scripting():
             if length > self.max_len:
-                raise ValueError("sequence longer than max_len={}".format(self.max_len))
+                raise ValueError(f"sequence longer than max_len={self.max_len}")
         elif not torch.jit.is_tracing():
             self._check_length(length)
-        positions = self.position.weight[self.max_len - length:]
+        positions = self.position.weight[self.max_len - length :]
         keep = (~padding_mask).unsqueeze(-1).to(item_embeddings.dtype)
         x = self.input_dropout(self.input_norm(item_embeddings + positions)) * keep
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()

@@ -3,6 +3,7 @@
 This is the per-tower formulation the batched side network (`crossan.zoo.layers.side_network`) is
 tested and benchmarked against; it is also the readable definition of what one tower does.
 """
+
 from __future__ import annotations
 
 import torch

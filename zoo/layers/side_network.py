@@ -17,11 +17,11 @@ matrices from mixers (`GatedCrossModalMixer`, `SigmoidGatedMixer`) holding the g
 layer, each mixer feeding some towers from some sources. CROSSAN, INDSAN, IISAN and IISAN-E
 each describe their wiring in their model file.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -74,8 +74,14 @@ class SideGates(nn.Module):
         pattern: torch.Tensor  # [T, M + T] bool
         fixed_weights: torch.Tensor  # [T, M + T]: the fixed entries' values, zero elsewhere
 
-    def __init__(self, modalities: Sequence[str], tower_names: Sequence[str], num_layers: int,
-                 groups: Sequence[GateGroup], fixed: Sequence[tuple[int, int, float]] = ()) -> None:
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        tower_names: Sequence[str],
+        num_layers: int,
+        groups: Sequence[GateGroup],
+        fixed: Sequence[tuple[int, int, float]] = (),
+    ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
         self.tower_names = tuple(tower_names)
@@ -91,9 +97,11 @@ class SideGates(nn.Module):
             columns = torch.tensor(group.columns, dtype=torch.long)
             expected = (num_layers, len(group.towers), group.mixer.num_inputs)
             if columns.shape != expected[1:] or group.mixer.gate_shape != expected[:2]:
-                raise ValueError(f"gate group {group.name!r}: mixer gates {group.mixer.gate_shape} x "
-                                 f"{group.mixer.num_inputs} inputs do not match {len(group.towers)} towers with "
-                                 f"columns {tuple(columns.shape)} over {num_layers} layers")
+                raise ValueError(
+                    f"gate group {group.name!r}: mixer gates {group.mixer.gate_shape} x "
+                    f"{group.mixer.num_inputs} inputs do not match {len(group.towers)} towers with "
+                    f"columns {tuple(columns.shape)} over {num_layers} layers"
+                )
             if columns.min() < 0 or columns.max() >= num_sources:
                 raise ValueError(f"gate group {group.name!r}: source columns must lie in 0..{num_sources - 1}")
             towers = torch.tensor(group.towers, dtype=torch.long)
@@ -131,15 +139,17 @@ class SideGates(nn.Module):
 class SideNetwork(nn.Module):
     """L side layers over T towers; `forward(states [L, M, N, W]) -> Z_{L-1} [T, N, W]`."""
 
-    def __init__(self, gates: SideGates, width: int, adapter_dim: int, activation: str = "relu",
-                 backend: str = "auto") -> None:
+    def __init__(
+        self, gates: SideGates, width: int, adapter_dim: int, activation: str = "relu", backend: str = "auto"
+    ) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown mixer backend {backend!r}; choose one of {BACKENDS}")
         self.gates = gates
         self.backend = backend
-        self.layers = AdapterLayers(TowerAdapters(gates.num_towers, width, adapter_dim, activation)
-                                    for _ in range(gates.num_layers))
+        self.layers = AdapterLayers(
+            TowerAdapters(gates.num_towers, width, adapter_dim, activation) for _ in range(gates.num_layers)
+        )
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """Every side layer's adapter weights (not the gates'): what adapts the backbones' states."""
@@ -149,28 +159,50 @@ class SideNetwork(nn.Module):
         """Last side layer's outputs `[T, N, W]` from layer-major backbone states `[L, M, N, W]`."""
         num_layers, num_modalities = len(self.layers), self.gates.num_modalities
         if states.dim() != 4 or states.shape[0] != num_layers or states.shape[1] != num_modalities:
-            raise ValueError("side network states must be [L, M, N, W] with L, M = {}, {}, got {}".format(
-                num_layers, num_modalities, list(states.shape)))
+            raise ValueError(
+                f"side network states must be [L, M, N, W] with L, M = {num_layers}, {num_modalities}, "
+                f"got {list(states.shape)}"
+            )
         mixing = self.gates.mixing()
         previous: torch.Tensor | None = None
         for layer, adapters in enumerate(self.layers):
             if torch.jit.is_scripting():  # TorchScript runs the reference; it cannot call Triton
-                x, hidden = mix_down_reference(states[layer], previous, mixing[layer], adapters.down_weight,
-                                               adapters.down_bias, adapters.activation, self.gates.pattern)
+                x, hidden = mix_down_reference(
+                    states[layer],
+                    previous,
+                    mixing[layer],
+                    adapters.down_weight,
+                    adapters.down_bias,
+                    adapters.activation,
+                    self.gates.pattern,
+                )
             else:
-                x, hidden = self._mix_down(states[layer], previous, mixing[layer], adapters.down_weight,
-                                           adapters.down_bias, adapters.activation)
+                x, hidden = self._mix_down(
+                    states[layer],
+                    previous,
+                    mixing[layer],
+                    adapters.down_weight,
+                    adapters.down_bias,
+                    adapters.activation,
+                )
             previous = adapters.up_residual(x, hidden)
         assert previous is not None  # there is at least one layer
         return previous
 
     @torch.jit.unused
-    def _mix_down(self, states: torch.Tensor, previous: torch.Tensor | None, mixing: torch.Tensor,
-                  down_weight: torch.Tensor, down_bias: torch.Tensor, activation: str
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mix_down(
+        self,
+        states: torch.Tensor,
+        previous: torch.Tensor | None,
+        mixing: torch.Tensor,
+        down_weight: torch.Tensor,
+        down_bias: torch.Tensor,
+        activation: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer's mix and bottleneck through the dispatcher (Triton on CUDA, else the reference);
         the kernel module (and Triton with it) is imported on the first call, not with the layers."""
         from crossan.kernels.gated_mix_down import gated_mix_down
 
-        return gated_mix_down(states, previous, mixing, down_weight, down_bias, activation, self.backend,
-                              self.gates.pattern)
+        return gated_mix_down(
+            states, previous, mixing, down_weight, down_bias, activation, self.backend, self.gates.pattern
+        )

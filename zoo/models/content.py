@@ -1,5 +1,6 @@
 """Recommenders whose item embedding is computed from the items' content, with an optional
 learned ID term per training item."""
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,9 @@ class ContentRecommender(Recommender):
         """Content embeddings `[N, D]`."""
         raise NotImplementedError
 
-    def random_content_inputs(self, num_items: int, generator: torch.Generator | None = None
-                              ) -> tuple[torch.Tensor, ...]:
+    def random_content_inputs(
+        self, num_items: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Content inputs of `num_items` made-up items."""
         raise NotImplementedError
 

@@ -1,4 +1,5 @@
 """CROSSAN (cross-modal side adapter network) and INDSAN (independent side adapters)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,11 +12,11 @@ from crossan.zoo.layers.adapter import HoulsbyAdapter
 from crossan.zoo.layers.mixer import GatedCrossModalMixer
 from crossan.zoo.layers.side_layer import GatedAdapterLayer
 from crossan.zoo.layers.side_network import GateGroup, SideGates
-from crossan.zoo.models.side_network import SideNetworkRecommender
 from crossan.zoo.models.config import MODALITIES, SideNetworkConfig
 from crossan.zoo.models.registry import register_model
+from crossan.zoo.models.side_network import SideNetworkRecommender
 
-__all__ = ["Crossan", "CrossanConfig"]
+__all__ = ["ALL_FOUR_MODALITIES", "Crossan", "CrossanConfig"]
 
 
 @dataclass(frozen=True)
@@ -23,25 +24,31 @@ class CrossanConfig(SideNetworkConfig):
     """CROSSAN (`cross_modal=True`) or INDSAN (independent towers, `cross_modal=False`)."""
 
     architecture: ClassVar[str] = "crossan"
-    cross_modal: bool = field(default=True, metadata={
-        "help": "mix every modality's previous adapter output (CROSSAN) or only the tower's own (INDSAN)"})
+    cross_modal: bool = field(
+        default=True,
+        metadata={"help": "mix every modality's previous adapter output (CROSSAN) or only the tower's own (INDSAN)"},
+    )
 
 
-_TIVA = MODALITIES
+ALL_FOUR_MODALITIES = MODALITIES
+"""Text, image, video and audio: the towers of the `-tiva` presets."""
 
 
-@register_model(CrossanConfig, presets={
-    "crossan-tiva": {"modalities": _TIVA, "top_k": 2},
-    "crossan-tiva-concat": {"modalities": _TIVA, "fusion": "concat"},
-    "crossan-tiva-sgated": {"modalities": _TIVA, "fusion": "static-gated"},
-    "crossan-tiva-dgated": {"modalities": _TIVA, "fusion": "dynamic-gated"},
-    "crossan-tia": {"modalities": ("text", "image", "audio"), "top_k": 2},
-    "crossan-tiv": {"modalities": ("text", "image", "video"), "top_k": 2},
-    "crossan-ti": {"modalities": ("text", "image"), "top_k": 2},
-    "crossan-t": {"modalities": ("text",), "top_k": 1},
-    "indsan-tiva": {"modalities": _TIVA, "cross_modal": False, "top_k": 2},
-    "indsan-ti": {"modalities": ("text", "image"), "cross_modal": False, "top_k": 2},
-})
+@register_model(
+    CrossanConfig,
+    presets={
+        "crossan-tiva": {"modalities": ALL_FOUR_MODALITIES, "top_k": 2},
+        "crossan-tiva-concat": {"modalities": ALL_FOUR_MODALITIES, "fusion": "concat"},
+        "crossan-tiva-sgated": {"modalities": ALL_FOUR_MODALITIES, "fusion": "static-gated"},
+        "crossan-tiva-dgated": {"modalities": ALL_FOUR_MODALITIES, "fusion": "dynamic-gated"},
+        "crossan-tia": {"modalities": ("text", "image", "audio"), "top_k": 2},
+        "crossan-tiv": {"modalities": ("text", "image", "video"), "top_k": 2},
+        "crossan-ti": {"modalities": ("text", "image"), "top_k": 2},
+        "crossan-t": {"modalities": ("text",), "top_k": 1},
+        "indsan-tiva": {"modalities": ALL_FOUR_MODALITIES, "cross_modal": False, "top_k": 2},
+        "indsan-ti": {"modalities": ("text", "image"), "cross_modal": False, "top_k": 2},
+    },
+)
 class Crossan(SideNetworkRecommender):
     """One adapter tower per modality, one adapter per kept backbone state.
 
@@ -53,8 +60,11 @@ class Crossan(SideNetworkRecommender):
     config: CrossanConfig
 
     @staticmethod
-    def make_gates(config: CrossanConfig) -> SideGates:
-        """One softmax per tower and layer over `[S^m, Z^1..Z^M]` (CROSSAN) or `[S^m, Z^m]` (INDSAN)."""
+    def make_gates(config: SideNetworkConfig) -> SideGates:
+        """One softmax per tower and layer over `[S^m, Z^1..Z^M]` (CROSSAN) or `[S^m, Z^m]` (INDSAN)
+        (`config` is a `CrossanConfig`)."""
+        if not isinstance(config, CrossanConfig):
+            raise TypeError(f"Crossan is built from a CrossanConfig, got a {type(config).__name__}")
         towers = range(config.num_towers)
         num_modalities = len(config.modalities)
         if config.cross_modal:
@@ -62,17 +72,22 @@ class Crossan(SideNetworkRecommender):
         else:
             columns = tuple((m, num_modalities + m) for m in towers)
         mixer = GatedCrossModalMixer(len(columns[0]), gate_shape=(config.num_states, config.num_towers))
-        return SideGates(config.modalities, config.modalities, config.num_states,
-                         [GateGroup("cross_modal", mixer, tuple(towers), columns)])
+        return SideGates(
+            config.modalities,
+            config.modalities,
+            config.num_states,
+            [GateGroup("cross_modal", mixer, tuple(towers), columns)],
+        )
 
     def per_tower_outputs(self, states: torch.Tensor) -> torch.Tensor:
-        logits = self.side.gates.mixers["cross_modal"].logits
+        logits = self.gate_mixer("cross_modal", GatedCrossModalMixer).logits
         with torch.device("meta"):  # parameterless templates: functional_call supplies the weights
-            layer = GatedAdapterLayer(GatedCrossModalMixer(logits.shape[-1]),
-                                      HoulsbyAdapter(self.side_width, self.config.adapter_dim,
-                                                     self.config.adapter_activation))
+            layer = GatedAdapterLayer(
+                GatedCrossModalMixer(logits.shape[-1]),
+                HoulsbyAdapter(self.side_width, self.config.adapter_dim, self.config.adapter_activation),
+            )
         previous = [torch.zeros_like(states[0, 0]) for _ in self.config.modalities]
-        for index, adapters in enumerate(self.side.layers):
+        for index, adapters in enumerate(self.side_adapters()):
             current = []
             for m in range(len(previous)):
                 mixed_from = previous if self.config.cross_modal else [previous[m]]

@@ -21,6 +21,7 @@ with `P_bert` = 108,891,648 and `P_vit` = 85,798,656 (no poolers), `L` = 12 laye
 - `lora-ti` (r = 512 on query and value, their biases trained, peft's `bias="lora_only"`):
   2 L x 2 x (r (768 + 768) + 768) + 206,912 = 48 x 787,200 + 206,912 = 37,992,512 (paper: 37,992,512).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,24 +29,33 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 from torch import nn
 
 from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.layers.adapter import HoulsbyAdapter
 from crossan.zoo.layers.activations import ACTIVATIONS
+from crossan.zoo.layers.adapter import HoulsbyAdapter
 from crossan.zoo.layers.fusion import FUSIONS, make_fusion
+from crossan.zoo.models.config import ContentConfig, StoredFeatures
 from crossan.zoo.models.content import ContentRecommender
-from crossan.zoo.models.config import ContentConfig
 from crossan.zoo.models.registry import register_model
 
 if TYPE_CHECKING:  # transformers loads when a backbone is built: importing the zoo stays quick
-    from transformers import PretrainedConfig
+    from transformers import PretrainedConfig, PreTrainedModel
 
-__all__ = ["METHODS", "SERVED_MODALITIES", "ADAPTER_SITES", "LORA_TARGETS", "EndToEndConfig", "EndToEnd",
-           "insert_adapters", "backbone_inputs"]
+__all__ = [
+    "METHODS",
+    "SERVED_MODALITIES",
+    "ADAPTER_SITES",
+    "LORA_TARGETS",
+    "EndToEndConfig",
+    "EndToEnd",
+    "insert_adapters",
+    "backbone_inputs",
+]
 
 METHODS = ("full", "adapter", "lora")
 SERVED_MODALITIES = ("text", "image")
@@ -61,10 +71,68 @@ ADDED_WEIGHT = re.compile(r"\.1\.(down|up)\.|lora_")
 
 
 def _default_backbone(modality: str) -> dict[str, Any]:
-    """The paper's backbone config for `modality` (BERT-base, ViT-base/16 at 224) as a plain dict."""
-    from transformers import BertConfig, ViTConfig
-
-    return (BertConfig() if modality == "text" else ViTConfig()).to_dict()
+    """The paper's backbone config for `modality` (BERT-base, ViT-base/16 at 224) as a plain dict:
+    `BertConfig().to_dict()` or `ViTConfig().to_dict()`, written out so that building a config
+    imports no transformers (tests/test_light_import.py checks them against transformers)."""
+    head = {
+        "transformers_version": version("transformers"),
+        "architectures": None,
+        "output_hidden_states": False,
+        "return_dict": True,
+        "dtype": None,
+        "chunk_size_feed_forward": 0,
+        "is_encoder_decoder": False,
+        "id2label": {0: "LABEL_0", 1: "LABEL_1"},
+        "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+        "problem_type": None,
+    }
+    if modality == "text":
+        body = {
+            "vocab_size": 30522,
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": 512,
+            "type_vocab_size": 2,
+            "initializer_range": 0.02,
+            "layer_norm_eps": 1e-12,
+            "pad_token_id": 0,
+            "use_cache": True,
+            "classifier_dropout": None,
+            "is_decoder": False,
+            "add_cross_attention": False,
+            "bos_token_id": None,
+            "eos_token_id": None,
+            "tie_word_embeddings": True,
+            "_name_or_path": "",
+            "model_type": "bert",
+        }
+    else:
+        body = {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+            "initializer_range": 0.02,
+            "layer_norm_eps": 1e-12,
+            "image_size": 224,
+            "patch_size": 16,
+            "num_channels": 3,
+            "qkv_bias": True,
+            "encoder_stride": 16,
+            "pooler_output_size": 768,
+            "pooler_act": "tanh",
+            "_name_or_path": "",
+            "model_type": "vit",
+        }
+    return {**head, **body, "output_attentions": False}
 
 
 def backbone_inputs(modality: str) -> tuple[str, ...]:
@@ -77,11 +145,13 @@ class EndToEndConfig(ContentConfig):
     """Backbones adapted in the training step (`method`), then linear heads, fusion and SASRec."""
 
     architecture: ClassVar[str] = "end-to-end"
-    stored_features: ClassVar[str] = "inputs"
+    stored_features: ClassVar[StoredFeatures] = StoredFeatures.INPUTS
+    search_space: ClassVar[str] = "end-to-end.toml"
     modalities: tuple[str, ...] = field(default=SERVED_MODALITIES, metadata={"help": "text and/or image"})
     method: str = field(default="full", metadata={"help": "full (every weight), adapter or lora"})
-    backbones: tuple[dict[str, Any], ...] = field(default=(), metadata={
-        "help": "transformers config of each modality's backbone; empty = BERT-base and ViT-base"})
+    backbones: tuple[dict[str, Any], ...] = field(
+        default=(), metadata={"help": "transformers config of each modality's backbone; empty = BERT-base and ViT-base"}
+    )
     poolings: tuple[str, ...] = field(default=(), metadata={"help": "cls or mean per modality; empty = cls"})
     text_max_tokens: int = field(default=30, metadata={"help": "token ids per title (the stored inputs' width)"})
     adapter_dim: int = field(default=512, metadata={"help": "adapter hidden dimension r (method adapter)"})
@@ -91,13 +161,17 @@ class EndToEndConfig(ContentConfig):
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input (method lora)"})
     fusion: str = field(default="concat", metadata={"help": "momef, concat, static-gated, dynamic-gated"})
     top_k: int = field(default=2, metadata={"help": "modalities MOMEF keeps per item"})
-    activation_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute backbone activations in the backward pass (torch.utils.checkpoint)"})
+    activation_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute backbone activations in the backward pass (torch.utils.checkpoint)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.modalities or len(set(self.modalities)) != len(self.modalities) or \
-                any(m not in SERVED_MODALITIES for m in self.modalities):
+        if (
+            not self.modalities
+            or len(set(self.modalities)) != len(self.modalities)
+            or any(m not in SERVED_MODALITIES for m in self.modalities)
+        ):
             raise ConfigError(f"modalities must be distinct names from {SERVED_MODALITIES}, got {self.modalities}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
@@ -106,8 +180,10 @@ class EndToEndConfig(ContentConfig):
         if not self.poolings:
             object.__setattr__(self, "poolings", ("cls",) * len(self.modalities))
         if len(self.backbones) != len(self.modalities) or len(self.poolings) != len(self.modalities):
-            raise ConfigError(f"{len(self.modalities)} modalities need as many backbones and poolings, got "
-                              f"{len(self.backbones)} and {len(self.poolings)}")
+            raise ConfigError(
+                f"{len(self.modalities)} modalities need as many backbones and poolings, got "
+                f"{len(self.backbones)} and {len(self.poolings)}"
+            )
         if any(p not in POOLINGS for p in self.poolings):
             raise ConfigError(f"poolings must be {POOLINGS}, got {self.poolings}")
         for name in ("text_max_tokens", "adapter_dim", "lora_rank"):
@@ -130,34 +206,37 @@ class EndToEndConfig(ContentConfig):
         """Stored backbone inputs the model reads, `<modality>_<input>`, in input order."""
         return tuple(f"{m}_{name}" for m in self.modalities for name in backbone_inputs(m))
 
-    def item_features(self) -> tuple[str, ...]:
+    def backbone_modalities(self) -> tuple[str, ...]:
         return tuple(self.modalities)
 
-    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, ...]]) -> "EndToEndConfig":
+    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, ...]]) -> Self:
         """The catalogue size and the stored titles' width (the run's token limit) from the stored inputs."""
         fitted = super().fit_to_data(num_items, feature_shapes)
         if "text_input_ids" in feature_shapes:
             return dataclasses.replace(fitted, text_max_tokens=int(feature_shapes["text_input_ids"][0]))
         return fitted
 
-    def fit_to_backbones(self, backbones: Mapping[str, Any]) -> "EndToEndConfig":
+    def fit_to_backbones(self, backbones: Mapping[str, Any]) -> Self:
         """This config with each modality's backbone config and pooling taken from the loaded
         backbones (`crossan.zoo.backbones.Backbone`, pretrained or tiny) the run trains from."""
         missing = [m for m in self.modalities if m not in backbones]
         if missing:
             raise ConfigError(f"no backbone for modalities {', '.join(missing)}")
-        return dataclasses.replace(self, backbones=tuple(backbones[m].model.config.to_dict() for m in self.modalities),
-                                   poolings=tuple(backbones[m].spec.pooling for m in self.modalities))
+        return dataclasses.replace(
+            self,
+            backbones=tuple(backbones[m].model.config.to_dict() for m in self.modalities),
+            poolings=tuple(backbones[m].spec.pooling for m in self.modalities),
+        )
 
 
-def _backbone_type(backbone: nn.Module) -> str:
+def _backbone_type(backbone: PreTrainedModel) -> str:
     model_type = str(backbone.config.model_type)
     if model_type not in ADAPTER_SITES:
         raise ConfigError(f"adapters and LoRA know backbones of type {', '.join(ADAPTER_SITES)}, not {model_type!r}")
     return model_type
 
 
-def insert_adapters(backbone: nn.Module, adapter_dim: int, activation: str) -> list[HoulsbyAdapter]:
+def insert_adapters(backbone: PreTrainedModel, adapter_dim: int, activation: str) -> list[HoulsbyAdapter]:
     """Put a Houlsby adapter after the attention output and the feed-forward output projection
     of every layer (`ADAPTER_SITES`) of a BERT or ViT backbone; returns the adapters. The
     projection moves to `<name>.0`, its adapter is `<name>.1`."""
@@ -179,7 +258,7 @@ def _adapted_backbone(config: EndToEndConfig, index: int) -> nn.Module:
     requiring gradients."""
     from transformers import AutoModel
 
-    backbone: nn.Module = AutoModel.from_config(config.backbone_config(index), add_pooling_layer=False)
+    backbone: PreTrainedModel = AutoModel.from_config(config.backbone_config(index), add_pooling_layer=False)
     if config.activation_checkpointing:
         backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.method == "full":
@@ -190,27 +269,39 @@ def _adapted_backbone(config: EndToEndConfig, index: int) -> nn.Module:
         return backbone
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(LORA_TARGETS[_backbone_type(backbone)]), bias="lora_only")
+    # peft annotates lora_alpha as int but only divides by it (scaling = lora_alpha / r): the float
+    # this config holds (saved run configs record e.g. 512.0) works as given, so it is not rounded.
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft: int, but any number works
+        lora_dropout=config.lora_dropout,
+        target_modules=list(LORA_TARGETS[_backbone_type(backbone)]),
+        bias="lora_only",
+    )
     with warnings.catch_warnings():
         # peft still asks transformers 5 for the renamed `is_gradient_checkpointing`.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(backbone, lora)
 
 
-@register_model(EndToEndConfig, presets={
-    "fft-ti": {"method": "full", "modalities": ("text", "image")},
-    "fft-t": {"method": "full", "modalities": ("text",)},
-    "adapter-ti": {"method": "adapter", "modalities": ("text", "image")},
-    "adapter-t": {"method": "adapter", "modalities": ("text",)},
-    "lora-ti": {"method": "lora", "modalities": ("text", "image")},
-    "lora-t": {"method": "lora", "modalities": ("text",)},
-})
+@register_model(
+    EndToEndConfig,
+    presets={
+        "fft-ti": {"method": "full", "modalities": ("text", "image")},
+        "fft-t": {"method": "full", "modalities": ("text",)},
+        "adapter-ti": {"method": "adapter", "modalities": ("text", "image")},
+        "adapter-t": {"method": "adapter", "modalities": ("text",)},
+        "lora-ti": {"method": "lora", "modalities": ("text", "image")},
+        "lora-t": {"method": "lora", "modalities": ("text",)},
+    },
+)
 class EndToEnd(ContentRecommender):
     """Backbones (adapted per `config.method`) -> pooled last state -> linear head per modality ->
     fusion -> item embedding; SASRec over item embeddings, as every model of the zoo."""
 
     config: EndToEndConfig
+    backbones: nn.ModuleList
+    heads: nn.ModuleList
 
     def __init__(self, config: EndToEndConfig) -> None:
         super().__init__(config)
@@ -235,7 +326,13 @@ class EndToEnd(ContentRecommender):
         model does not use, is left out; only the added adapters and LoRA matrices start fresh.
         """
         backbone = self.backbones[self.config.modalities.index(modality)]
-        target = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        target = backbone
+        if self.config.method == "lora":  # a peft model around the backbone (`_adapted_backbone`)
+            from peft import PeftModel
+
+            if not isinstance(backbone, PeftModel):
+                raise TypeError(f"a LoRA backbone must be a peft model, got {type(backbone).__name__}")
+            target = backbone.get_base_model()
         own = target.state_dict()
         placed = {}
         for key, value in weights.items():
@@ -257,8 +354,9 @@ class EndToEnd(ContentRecommender):
         tunes the adaptation's learning rate on its own."""
         return [p for p in self.backbones.parameters() if p.requires_grad]
 
-    def random_content_inputs(self, num_items: int, generator: torch.Generator | None = None
-                              ) -> tuple[torch.Tensor, ...]:
+    def random_content_inputs(
+        self, num_items: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         inputs: list[torch.Tensor] = []
         for index, modality in enumerate(self.config.modalities):
             config = self.config.backbone_config(index)
@@ -274,12 +372,16 @@ class EndToEnd(ContentRecommender):
     def modality_states(self, *item_inputs: torch.Tensor) -> list[torch.Tensor]:
         """Each modality's pooled last-layer state `[N, W]`."""
         if len(item_inputs) != len(self.content_input_names):
-            raise ValueError(f"expected {len(self.content_input_names)} inputs ({', '.join(self.content_input_names)}), "
-                             f"got {len(item_inputs)}")
+            raise ValueError(
+                f"expected {len(self.content_input_names)} inputs "
+                f"({', '.join(self.content_input_names)}), got {len(item_inputs)}"
+            )
         states, position = [], 0
-        for backbone, modality, pooling in zip(self.backbones, self.config.modalities, self.config.poolings):
+        for backbone, modality, pooling in zip(
+            self.backbones, self.config.modalities, self.config.poolings, strict=True
+        ):
             names = backbone_inputs(modality)
-            named = dict(zip(names, item_inputs[position: position + len(names)]))
+            named = dict(zip(names, item_inputs[position : position + len(names)], strict=True))
             position += len(names)
             if "input_ids" in named:
                 named["input_ids"] = named["input_ids"].long()
@@ -294,4 +396,4 @@ class EndToEnd(ContentRecommender):
 
     def encode_content(self, *content_inputs: torch.Tensor) -> torch.Tensor:
         states = self.modality_states(*content_inputs)
-        return self.fusion(torch.stack([head(s) for head, s in zip(self.heads, states)], dim=1))
+        return self.fusion(torch.stack([head(s) for head, s in zip(self.heads, states, strict=True)], dim=1))

@@ -8,7 +8,7 @@ none of them looks inside a model or at its config class.
   per modality for the side networks, the rows themselves for `sasrec-id`. Models that run
   their backbones inside the training step (full fine-tuning, Adapter, LoRA) fit the same
   contract: their config names stored token ids and pixels as item features
-  (`RecommenderConfig.item_features`), the store gathers those, and `encode_items` runs the
+  (`RecommenderConfig.backbone_modalities`, `stored_features`), the store gathers those, and `encode_items` runs the
   backbones on them; nothing outside the model changes. A model implements `embed_items`;
   `encode_items` adds the normalisation that cosine scores (`score_temperature`) need.
 - User side: `item_table` (embeddings with the padding row), `sequence_states` (the user
@@ -24,6 +24,7 @@ none of them looks inside a model or at its config class.
   may differ between training and inference (`prior_inference_weight`): the learned part is
   trained as a residual over the prior at one weight and ranks with it at another.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossan.zoo.data.dataset import PAD
-from crossan.zoo.layers.adapter import HoulsbyAdapter, TowerAdapters
 from crossan.zoo.layers.history import decayed_history
 from crossan.zoo.layers.sasrec import SASRec
 from crossan.zoo.models.config import RecommenderConfig
@@ -53,9 +53,14 @@ class Recommender(nn.Module):
         super().__init__()
         self.config = config
         self.user_encoder = SASRec(
-            dim=config.embedding_dim, max_len=config.max_seq_len, num_blocks=config.num_blocks,
-            num_heads=config.num_heads, ffn_dim=config.ffn_dim, dropout=config.dropout,
-            attention_dropout=config.attention_dropout)
+            dim=config.embedding_dim,
+            max_len=config.max_seq_len,
+            num_blocks=config.num_blocks,
+            num_heads=config.num_heads,
+            ffn_dim=config.ffn_dim,
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+        )
 
     @property
     def item_input_names(self) -> tuple[str, ...]:
@@ -184,21 +189,25 @@ class Recommender(nn.Module):
         return (users @ item_embeddings.t()).div_(temperature)
 
     @torch.no_grad()
-    def catalogue_embeddings(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
-                             batch_size: int = 2048) -> torch.Tensor:
+    def catalogue_embeddings(
+        self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int, batch_size: int = 2048
+    ) -> torch.Tensor:
         """Embeddings `[num_items, D]` (float32) of catalogue rows 0..num_items-1, whose inputs
         `gather(rows)` returns, in batches of `batch_size` rows."""
-        chunks = [self.encode_items(*gather(torch.arange(start, min(start + batch_size, num_items)))).float()
-                  for start in range(0, num_items, batch_size)]
+        chunks = [
+            self.encode_items(*gather(torch.arange(start, min(start + batch_size, num_items)))).float()
+            for start in range(0, num_items, batch_size)
+        ]
         return torch.cat(chunks)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
-        """Parameters that adapt the foundation models (their own optimiser group, `adapter_lr`):
-        here the Houlsby adapters of the side network."""
-        return [p for m in self.modules() if isinstance(m, (HoulsbyAdapter, TowerAdapters)) for p in m.parameters()]
+        """Parameters that adapt the foundation models (their own optimiser group, `adapter_lr`);
+        a model with adapters lists its own, the default has none."""
+        return []
 
-    def tower_representations(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
-                              batch_size: int = 2048) -> dict[str, torch.Tensor]:
+    def tower_representations(
+        self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int, batch_size: int = 2048
+    ) -> dict[str, torch.Tensor]:
         """Each modality tower's final representation of catalogue rows 0..num_items-1
         (`{tower: [num_items, W]}`), for analyses such as the mutual information between towers;
         empty for a model without towers."""

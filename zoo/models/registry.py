@@ -6,6 +6,7 @@ model file in its folder (a new architecture is one new file there) and re-expor
 lookups below, so callers import them from `crossan.zoo.models` (or `crossan`), where the
 registry is complete.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,18 +17,28 @@ from typing import TYPE_CHECKING, Any
 from crossan.zoo.core.errors import ConfigError, MissingFileError
 
 if TYPE_CHECKING:
-    from crossan.zoo.models.recommender import Recommender
     from crossan.zoo.models.config import RecommenderConfig
+    from crossan.zoo.models.recommender import Recommender
 
-__all__ = ["register_model", "architectures", "create_model", "list_models", "preset_architecture", "preset_config",
-           "config_from_dict", "build_model", "load_model"]
+__all__ = [
+    "register_model",
+    "architectures",
+    "create_model",
+    "list_models",
+    "preset_architecture",
+    "preset_config",
+    "config_from_dict",
+    "build_model",
+    "load_model",
+]
 
 _ARCHITECTURES: dict[str, tuple[type[RecommenderConfig], type[Recommender]]] = {}
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
-def register_model(config_class: type[RecommenderConfig], presets: Mapping[str, Mapping[str, Any]]
-                   ) -> Callable[[type[Recommender]], type[Recommender]]:
+def register_model(
+    config_class: type[RecommenderConfig], presets: Mapping[str, Mapping[str, Any]]
+) -> Callable[[type[Recommender]], type[Recommender]]:
     """Class decorator: register the model class under `config_class.architecture`, with its
     presets (name -> config fields the preset sets; the rest keep the config defaults)."""
 
@@ -73,9 +84,13 @@ def preset_config(name: str, **overrides: Any) -> RecommenderConfig:
     valid = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(fields) - valid)
     if unknown:
-        raise ConfigError(f"{name}: unknown config field(s) {', '.join(unknown)}; "
-                          f"{config_cls.__name__} has {', '.join(sorted(valid))}")
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        raise ConfigError(
+            f"{name}: unknown config field(s) {', '.join(unknown)}; "
+            f"{config_cls.__name__} has {', '.join(sorted(valid))}"
+        )
+    # Preset and override values, lists as tuples; the config's `__post_init__` checks their types.
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return config_cls(**values)
 
 
 def config_from_dict(values: dict[str, Any]) -> RecommenderConfig:
@@ -125,6 +140,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> Recommender:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as error:
         first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
-        raise CorruptFileError(f"{weights_path}: its tensors do not fit the model {config_path} describes "
-                               f"({first})") from None
+        raise CorruptFileError(
+            f"{weights_path}: its tensors do not fit the model {config_path} describes ({first})"
+        ) from None
     return model.to(device).eval()

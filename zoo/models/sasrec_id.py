@@ -1,17 +1,18 @@
 """SASRec over learned item-ID embeddings (the ID baseline)."""
+
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
 from torch import nn
 
 from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models.config import RecommenderConfig
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models.registry import register_model
 
 __all__ = ["SASRecID", "SASRecIDConfig"]
@@ -22,6 +23,7 @@ class SASRecIDConfig(RecommenderConfig):
     """SASRec over learned item-ID embeddings: the ID baseline, same loss and protocol."""
 
     architecture: ClassVar[str] = "sasrec-id"
+    search_space: ClassVar[str] = "sasrec-id.toml"
     num_items: int = field(default=0, metadata={"help": "catalogue size (set from the data set)"})
     dropout: float = 0.5
     attention_dropout: float = 0.5
@@ -35,7 +37,7 @@ class SASRecIDConfig(RecommenderConfig):
     def reads_item_rows(self) -> bool:
         return True
 
-    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, int]]) -> "SASRecIDConfig":
+    def fit_to_data(self, num_items: int, feature_shapes: Mapping[str, tuple[int, ...]]) -> Self:
         """One embedding row per catalogue item."""
         return dataclasses.replace(self, num_items=num_items)
 

@@ -1,21 +1,26 @@
 """Recommenders over cached backbone states through a side network: towers, heads, fusion and
 the frozen-similarity prior."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossan.zoo.layers.adapter import TowerAdapters
 from crossan.zoo.layers.fusion import make_fusion
 from crossan.zoo.layers.head import TowerHead
+from crossan.zoo.layers.mixer import GatedCrossModalMixer
 from crossan.zoo.layers.side_network import SideGates, SideNetwork
 from crossan.zoo.models.config import AUTO, SideNetworkConfig
 from crossan.zoo.models.content import ContentRecommender
 
 __all__ = ["SideNetworkRecommender"]
+
+MixerT = TypeVar("MixerT", bound=GatedCrossModalMixer)
 
 
 class SideNetworkRecommender(ContentRecommender):
@@ -27,6 +32,9 @@ class SideNetworkRecommender(ContentRecommender):
     """
 
     config: SideNetworkConfig
+    projections: nn.ModuleList
+    side: SideNetwork
+    heads: nn.ModuleList
 
     def __init__(self, config: SideNetworkConfig) -> None:
         super().__init__(config)
@@ -34,9 +42,11 @@ class SideNetworkRecommender(ContentRecommender):
         self.side_width = width
         # Backbones narrower or wider than the side width get a learned projection.
         self.projections = nn.ModuleList(
-            nn.Identity() if w == width else nn.Linear(w, width) for w in config.backbone_widths)
-        self.side = SideNetwork(self.make_gates(config), width, config.adapter_dim, config.adapter_activation,
-                                config.mixer_backend)
+            nn.Identity() if w == width else nn.Linear(w, width) for w in config.backbone_widths
+        )
+        self.side = SideNetwork(
+            self.make_gates(config), width, config.adapter_dim, config.adapter_activation, config.mixer_backend
+        )
         self.heads = nn.ModuleList(TowerHead(width, config.embedding_dim) for _ in range(config.num_towers))
         self.fusion = make_fusion(config.fusion, config.num_towers, config.embedding_dim, config.top_k)
 
@@ -46,29 +56,65 @@ class SideNetworkRecommender(ContentRecommender):
         raise NotImplementedError
 
     @property
+    def head_dtype(self) -> torch.dtype:
+        """The dtype of the tower heads' weights: the model's compute dtype, which backbone states
+        are cast to."""
+        head = self.heads[0]
+        if not isinstance(head, TowerHead):
+            raise TypeError(f"tower heads must be TowerHead modules, got {type(head).__name__}")
+        return head.hidden.weight.dtype
+
+    def side_adapters(self) -> list[TowerAdapters]:
+        """Each side layer's stacked tower adapters, in layer order (`SideNetwork.layers`, typed)."""
+        adapters = []
+        for layer in self.side.layers:
+            if not isinstance(layer, TowerAdapters):
+                raise TypeError(f"side layers must be TowerAdapters modules, got {type(layer).__name__}")
+            adapters.append(layer)
+        return adapters
+
+    def gate_mixer(self, name: str, kind: type[MixerT]) -> MixerT:
+        """The mixer of gate group `name` (`SideGates.mixers`), checked to be a `kind`."""
+        mixer = self.side.gates.mixers[name]
+        if not isinstance(mixer, kind):
+            raise TypeError(f"gate group {name!r} holds a {type(mixer).__name__}, not a {kind.__name__}")
+        return mixer
+
+    @property
     def content_input_names(self) -> tuple[str, ...]:
         return tuple(f"states_{m}" for m in self.config.modalities)
 
-    def random_content_inputs(self, num_items: int, generator: torch.Generator | None = None
-                              ) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.randn(num_items, self.config.num_states, width, generator=generator)
-                     for width in self.config.backbone_widths)
+    def random_content_inputs(
+        self, num_items: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        return tuple(
+            torch.randn(num_items, self.config.num_states, width, generator=generator)
+            for width in self.config.backbone_widths
+        )
 
     def side_states(self, item_inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Layer-major states `[L, M, N, W]` at the side width from per-modality inputs `[N, L, W_m]`:
         one copy of the batch, after which every side layer reads its states in place."""
         if len(item_inputs) != len(self.config.modalities):
-            raise ValueError(f"expected {len(self.config.modalities)} state tensors "
-                             f"({', '.join(self.content_input_names)}), got {len(item_inputs)}")
-        dtype = self.heads[0].hidden.weight.dtype
+            raise ValueError(
+                f"expected {len(self.config.modalities)} state tensors "
+                f"({', '.join(self.content_input_names)}), got {len(item_inputs)}"
+            )
+        dtype = self.head_dtype
         projected = []
-        for modality, states, projection, width in zip(self.config.modalities, item_inputs, self.projections,
-                                                       self.config.backbone_widths):
+        for modality, states, projection, width in zip(
+            self.config.modalities, item_inputs, self.projections, self.config.backbone_widths, strict=True
+        ):
             if states.dim() != 3 or states.shape[1] != self.config.num_states or states.shape[2] != width:
-                raise ValueError(f"states_{modality} must be [N, {self.config.num_states}, {width}], "
-                                 f"got {list(states.shape)}")
+                raise ValueError(
+                    f"states_{modality} must be [N, {self.config.num_states}, {width}], got {list(states.shape)}"
+                )
             projected.append(projection(states.to(dtype)).transpose(0, 1))
         return torch.stack(projected, dim=1)
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The side network's adapters (`SideNetwork.adapter_parameters`)."""
+        return self.side.adapter_parameters()
 
     def tower_outputs(self, states: torch.Tensor) -> torch.Tensor:
         """Last-layer side outputs `[T, N, W]` of every tower from layer-major states `[L, M, N, W]`."""
@@ -85,7 +131,7 @@ class SideNetworkRecommender(ContentRecommender):
 
     def head_embeddings(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per-tower item embeddings `[N, T, D]` from the towers' last side outputs `[T, N, W]`."""
-        return torch.stack([head(z) for head, z in zip(self.heads, outputs)], dim=1)
+        return torch.stack([head(z) for head, z in zip(self.heads, outputs, strict=True)], dim=1)
 
     def encode_content(self, *content_inputs: torch.Tensor) -> torch.Tensor:
         return self.fusion(self.tower_embeddings(*content_inputs))
@@ -98,7 +144,9 @@ class SideNetworkRecommender(ContentRecommender):
     def prior_inference_weight(self) -> float:
         """The inference weight; until `auto` is chosen, the training weight."""
         weight = self.config.backbone_prior_inference_weight
-        return self.config.backbone_prior_weight if weight is None or weight == AUTO else weight
+        if weight is None or isinstance(weight, str):  # the only string the config admits is AUTO
+            return self.config.backbone_prior_weight
+        return weight
 
     def validation_choices(self) -> dict[str, tuple[Any, ...]]:
         if self.config.backbone_prior_inference_weight == AUTO:
@@ -117,20 +165,26 @@ class SideNetworkRecommender(ContentRecommender):
         """Each backbone's last kept state (its own pooled output: the sentence embedding of a
         sentence model), unit length, concatenated and scaled by `1 / sqrt(M)` so that the
         prior's score is the mean of the modalities' cosines."""
-        dtype = self.heads[0].hidden.weight.dtype
+        dtype = self.head_dtype
         content = self.content_inputs(item_inputs)
-        return torch.cat([F.normalize(states[:, -1].to(dtype), dim=-1) for states in content],
-                         dim=-1) / len(content) ** 0.5
+        return (
+            torch.cat([F.normalize(states[:, -1].to(dtype), dim=-1) for states in content], dim=-1)
+            / len(content) ** 0.5
+        )
 
     @torch.no_grad()
-    def tower_representations(self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int,
-                              batch_size: int = 2048) -> dict[str, torch.Tensor]:
+    def tower_representations(
+        self, gather: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], num_items: int, batch_size: int = 2048
+    ) -> dict[str, torch.Tensor]:
         """Every tower's last side-layer output `[num_items, W]` (float32), by tower name."""
-        chunks = [self.tower_outputs(self.side_states(self.content_inputs(
-                      gather(torch.arange(start, min(start + batch_size, num_items)))))).float()
-                  for start in range(0, num_items, batch_size)]
+        chunks = [
+            self.tower_outputs(
+                self.side_states(self.content_inputs(gather(torch.arange(start, min(start + batch_size, num_items)))))
+            ).float()
+            for start in range(0, num_items, batch_size)
+        ]
         outputs = torch.cat(chunks, dim=1)
-        return dict(zip(self.side.gates.tower_names, outputs))
+        return dict(zip(self.side.gates.tower_names, outputs, strict=True))
 
     def gate_table(self) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
         """Gate values for analyses: mixing matrices `[L, T, M + T]` (float32, detached), tower

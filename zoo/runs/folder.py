@@ -7,6 +7,7 @@ ways on: `--resume R` continues the run that is there, another `--run-dir` or `-
 starts a new one. `--overwrite` replaces only a folder that holds a run (one with a
 `config.json`), never an arbitrary folder, and only once the new run is ready to write.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -51,8 +52,10 @@ def check_new_run_folder(run_dir: Path, intended: dict[str, Any], overwrite: boo
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         shown = ", ".join(sorted(entries)[:4]) + (", ..." if len(entries) > 4 else "")
-        raise ConfigError(f"--run-dir {run_dir} holds files that are not a run ({shown}); choose an empty or "
-                          "new folder (--overwrite replaces only a run folder)")
+        raise ConfigError(
+            f"--run-dir {run_dir} holds files that are not a run ({shown}); choose an empty or "
+            "new folder (--overwrite replaces only a run folder)"
+        )
     if overwrite:
         return
     try:
@@ -67,9 +70,11 @@ def check_new_run_folder(run_dir: Path, intended: dict[str, Any], overwrite: boo
         said = f"it differs from this command in {shown}{extra}"
     else:
         said = "with the settings of this command"
-    raise ConfigError(f"--run-dir {run_dir} holds {what}, {said}; continue that run with "
-                      f"`python train.py --resume {run_dir}`, or start this one in another --run-dir "
-                      "or with --overwrite (which deletes the run there)")
+    raise ConfigError(
+        f"--run-dir {run_dir} holds {what}, {said}; continue that run with "
+        f"`python train.py --resume {run_dir}`, or start this one in another --run-dir "
+        "or with --overwrite (which deletes the run there)"
+    )
 
 
 def clear_run_folder(run_dir: Path) -> None:
@@ -86,8 +91,9 @@ def _visible_entries(run_dir: Path) -> list[str]:
     killed leaves behind (`.name.xxxx.tmp`), which no reader loads."""
     if not run_dir.is_dir():
         return []
-    return [entry.name for entry in run_dir.iterdir()
-            if not (entry.name.startswith(".") and entry.name.endswith(".tmp"))]
+    return [
+        entry.name for entry in run_dir.iterdir() if not (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    ]
 
 
 def _progress(run_dir: Path) -> str:
@@ -99,5 +105,8 @@ def _progress(run_dir: Path) -> str:
 
 
 def _differences(recorded: dict[str, Any], intended: dict[str, Any]) -> list[str]:
-    return [f"{key} ({recorded.get(key)!r} there, {value!r} now)" for key, value in intended.items()
-            if recorded.get(key) != value]
+    return [
+        f"{key} ({recorded.get(key)!r} there, {value!r} now)"
+        for key, value in intended.items()
+        if recorded.get(key) != value
+    ]

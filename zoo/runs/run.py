@@ -1,4 +1,5 @@
 """Reopen a finished run: its model, its data set and its cached item features."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,13 +8,13 @@ from typing import Any
 
 import torch
 
-from crossan.zoo.data import DataError, SequenceDataset, load_dataset
 from crossan.zoo.core.errors import MissingFileError
+from crossan.zoo.core.reading import read_json_object
+from crossan.zoo.data import DataError, SequenceDataset, load_dataset
 from crossan.zoo.features.prepare import open_recorded_features
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.models import load_model
-from crossan.zoo.core.reading import read_json_object
+from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore
 
 __all__ = ["Run", "open_run", "recorded_dataset"]
@@ -30,8 +31,9 @@ class Run:
     features: ItemFeatures
 
 
-def recorded_dataset(config: dict[str, Any], run_dir: Path | None = None, data_root: Path | None = None,
-                     cache_dir: Path | None = None) -> SequenceDataset:
+def recorded_dataset(
+    config: dict[str, Any], run_dir: Path | None = None, data_root: Path | None = None, cache_dir: Path | None = None
+) -> SequenceDataset:
     """The data set a run's `config.json` describes.
 
     It is read from `data_root` when given, else from where it was when the run was trained,
@@ -45,14 +47,20 @@ def recorded_dataset(config: dict[str, Any], run_dir: Path | None = None, data_r
     found = next((path for path in candidates if path.is_dir()), None)
     if found is None:
         tried = " nor ".join(str(path) for path in dict.fromkeys(candidates))
-        raise MissingFileError(f"the {data['kind']} data set of {run_dir or 'the run'} is not at {tried}; "
-                               "give --data-root where it is now")
+        raise MissingFileError(
+            f"the {data['kind']} data set of {run_dir or 'the run'} is not at {tried}; give --data-root where it is now"
+        )
     cache = cache_dir if cache_dir is not None else Path(config["feature_settings"]["cache_dir"])
     return load_dataset(data["kind"], found, cache, data["cover_dir"], data["video_dir"])
 
 
-def open_run(run_dir: str | Path, device: torch.device | str = "cpu", data_root: Path | None = None,
-             cache_dir: Path | None = None, full_check: bool = False) -> Run:
+def open_run(
+    run_dir: str | Path,
+    device: torch.device | str = "cpu",
+    data_root: Path | None = None,
+    cache_dir: Path | None = None,
+    full_check: bool = False,
+) -> Run:
     """Load a run directory written by `train.py`, from any working directory.
 
     Its data set must be where it was, beside it as it was, or at `data_root` (the same data,
@@ -63,8 +71,10 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu", data_root:
     if not (run_dir / "config.json").is_file():
         raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
     if not CheckpointStore(run_dir).finished():
-        raise MissingFileError(f"{run_dir}: the run has not finished (it is still training or was killed); "
-                               f"continue it with `python train.py --resume {run_dir}`")
+        raise MissingFileError(
+            f"{run_dir}: the run has not finished (it is still training or was killed); "
+            f"continue it with `python train.py --resume {run_dir}`"
+        )
     config = read_json_object(run_dir / "config.json", ("preset", "model", "data", "feature_settings", "features"))
     model = load_model(run_dir, device=str(device))
     data = config["data"]
@@ -73,9 +83,16 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu", data_root:
     for key, value in found.items():
         if key in data and data[key] != value:  # runs of older versions record no `sequences`
             what = "catalogue" if key == "fingerprint" else "users' sequences"
-            raise DataError(f"the data set at {dataset.root} is not the one {run_dir} was trained on (its {what} "
-                            f"hash {value} != {data[key]} recorded): it changed since, or it is another data set")
-    features = open_recorded_features(config["features"]["backbones"], dataset.num_items, device,
-                                      with_rows=model.config.reads_item_rows, cache_dir=cache_dir,
-                                      full_check=full_check)
+            raise DataError(
+                f"the data set at {dataset.root} is not the one {run_dir} was trained on (its {what} "
+                f"hash {value} != {data[key]} recorded): it changed since, or it is another data set"
+            )
+    features = open_recorded_features(
+        config["features"]["backbones"],
+        dataset.num_items,
+        device,
+        with_rows=model.config.reads_item_rows,
+        cache_dir=cache_dir,
+        full_check=full_check,
+    )
     return Run(run_dir, config, model, dataset, features)

@@ -1,4 +1,5 @@
 """Settings given as one flat `{field: value}` mapping (recipes, `--set`, experiment tables)."""
+
 from __future__ import annotations
 
 import dataclasses

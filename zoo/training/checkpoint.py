@@ -1,4 +1,5 @@
 """Run-directory files, all written atomically (temporary file or folder + rename), and epoch checkpoints."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,8 +97,15 @@ class CheckpointStore:
         path = self.run_dir / self.STATE_FILE
         return read_json_object(path) if path.exists() else None
 
-    def save(self, state: TrainingState, model: dict[str, torch.Tensor], best_valid_ranks: torch.Tensor | None,
-             optimizer: dict[str, Any], scaler: dict[str, Any], rng: dict[str, torch.Tensor]) -> None:
+    def save(
+        self,
+        state: TrainingState,
+        model: dict[str, torch.Tensor],
+        best_valid_ranks: torch.Tensor | None,
+        optimizer: dict[str, Any],
+        scaler: dict[str, Any],
+        rng: dict[str, torch.Tensor],
+    ) -> None:
         """Checkpoint the epoch `state.epoch`; its weights `model` are the best ones when
         `state.best_epoch` is this epoch."""
         folder = self.run_dir / self.FOLDER
@@ -108,8 +116,11 @@ class CheckpointStore:
             extra = dict(rng)
             if best_valid_ranks is not None:
                 extra["best_valid_ranks"] = best_valid_ranks
-            for file_name, tensors in (("model.safetensors", model), ("optimizer.safetensors", optimizer_tensors),
-                                       ("state.safetensors", extra)):
+            for file_name, tensors in (
+                ("model.safetensors", model),
+                ("optimizer.safetensors", optimizer_tensors),
+                ("state.safetensors", extra),
+            ):
                 save_file(_cpu_copies(tensors), str(temporary / file_name))
             (temporary / "optimizer.json").write_text(json.dumps({**optimizer_layout, "scaler": scaler}) + "\n")
             for path in temporary.iterdir():
@@ -127,8 +138,10 @@ class CheckpointStore:
                 raise failure from None
             raise
         best = f"{self.FOLDER}/epoch-{state.best_epoch:04d}/model.safetensors"
-        write_json(self.run_dir / self.STATE_FILE, {**dataclasses.asdict(state), "checkpoint": f"{self.FOLDER}/{name}",
-                                                    "best": best, "finished": False})
+        write_json(
+            self.run_dir / self.STATE_FILE,
+            {**dataclasses.asdict(state), "checkpoint": f"{self.FOLDER}/{name}", "best": best, "finished": False},
+        )
         for old in folder.iterdir():
             if old.name not in (name, Path(best).parent.name):
                 shutil.rmtree(old, ignore_errors=True)
@@ -151,8 +164,11 @@ class CheckpointStore:
         layout = read_json_object(folder / "optimizer.json", ("param_groups", "scalars", "scaler"))
         optimizer = _join_optimizer_state(load_tensors(folder / "optimizer.safetensors"), layout)
         model, best = load_tensors(folder / "model.safetensors"), load_tensors(self.run_dir / raw["best"])
-        for path, tensors in ((folder / "model.safetensors", model), (self.run_dir / raw["best"], best),
-                              (folder / "optimizer.safetensors", optimizer_tensors(optimizer))):
+        for path, tensors in (
+            (folder / "model.safetensors", model),
+            (self.run_dir / raw["best"], best),
+            (folder / "optimizer.safetensors", optimizer_tensors(optimizer)),
+        ):
             require_finite_tensors(tensors, str(path))
         return Checkpoint(state, model, best, ranks, optimizer, layout["scaler"], extra)
 

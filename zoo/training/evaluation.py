@@ -1,23 +1,31 @@
 """Leave-one-out full-ranking evaluation of a recommender or the popularity baseline."""
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.data.dataset import PAD, SequenceDataset
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.layers.history import decayed_history
 from crossan.zoo.models.recommender import Recommender
-from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.training.metrics import metrics_from_ranks, standard_error, target_ranks_excluding
 
-__all__ = ["EvaluationResult", "SCORE_BUDGET", "evaluation_users", "evaluate_history_similarity", "evaluate_model",
-           "evaluate_popularity", "rank_all_users"]
+__all__ = [
+    "EvaluationResult",
+    "SCORE_BUDGET",
+    "evaluation_users",
+    "evaluate_history_similarity",
+    "evaluate_model",
+    "evaluate_popularity",
+    "rank_all_users",
+]
 
 
 SCORE_BUDGET = 1 << 26
@@ -57,9 +65,15 @@ def evaluation_users(num_users: int, sample: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(EVALUATION_SAMPLE_SEED).choice(num_users, size=sample, replace=False))
 
 
-def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[np.ndarray], torch.Tensor],
-                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE,
-                   users: np.ndarray | None = None) -> torch.Tensor:
+def rank_all_users(
+    dataset: SequenceDataset,
+    split: str,
+    score_users: Callable[[np.ndarray], torch.Tensor],
+    mask_history: bool = True,
+    batch_size: int = 512,
+    processes: Processes = SINGLE,
+    users: np.ndarray | None = None,
+) -> torch.Tensor:
     """Ranks of the `split` targets of `users` (default: every user), scoring users in batches
     with `score_users` (user indices -> `[B, num_items]` scores over catalogue rows).
 
@@ -70,27 +84,41 @@ def rank_all_users(dataset: SequenceDataset, split: str, score_users: Callable[[
     chosen = np.arange(dataset.num_users) if users is None else np.asarray(users, dtype=np.int64)
     share = processes.shard(len(chosen))
     step = max(1, min(batch_size, SCORE_BUDGET // dataset.num_items))
-    targets = dataset.targets(split)[chosen[share.start:share.stop]] - 1
+    targets = dataset.targets(split)[chosen[share.start : share.stop]] - 1
     ranks = [torch.empty(0)]
     for start in range(share.start, share.stop, step):
-        batch = chosen[start:min(start + step, share.stop)]
+        batch = chosen[start : min(start + step, share.stop)]
         scores = score_users(batch).float()
-        batch_targets = torch.from_numpy(targets[start - share.start:start - share.start + len(batch)])
-        rows, columns = (dataset.history_items(batch, split) if mask_history
-                         else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
-        ranks.append(target_ranks_excluding(scores, batch_targets.to(scores.device),
-                                            torch.from_numpy(rows).to(scores.device),
-                                            torch.from_numpy(columns - 1).to(scores.device),
-                                            functools.partial(_user_name, dataset.user_ids, batch)
-                                            ).cpu())
+        batch_targets = torch.from_numpy(targets[start - share.start : start - share.start + len(batch)])
+        rows, columns = (
+            dataset.history_items(batch, split)
+            if mask_history
+            else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        )
+        ranks.append(
+            target_ranks_excluding(
+                scores,
+                batch_targets.to(scores.device),
+                torch.from_numpy(rows).to(scores.device),
+                torch.from_numpy(columns - 1).to(scores.device),
+                functools.partial(_user_name, dataset.user_ids, batch),
+            ).cpu()
+        )
         del scores  # before the next batch's scores exist, not after: one batch in memory at a time
     return processes.gather_rows(torch.cat(ranks))
 
 
 @torch.no_grad()
-def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemFeatures, split: str,
-                   mask_history: bool = True, batch_size: int = 512, processes: Processes = SINGLE,
-                   users: np.ndarray | None = None) -> EvaluationResult:
+def evaluate_model(
+    model: Recommender,
+    dataset: SequenceDataset,
+    features: ItemFeatures,
+    split: str,
+    mask_history: bool = True,
+    batch_size: int = 512,
+    processes: Processes = SINGLE,
+    users: np.ndarray | None = None,
+) -> EvaluationResult:
     """HR/NDCG@10/20 of `model` on `split` ("valid" or "test"), full ranking over all items,
     for `users` (default: every user).
 
@@ -100,8 +128,9 @@ def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemF
     was_training = model.training
     model.eval()
     catalogue = processes.shard(features.num_items)
-    items = processes.gather_rows(model.catalogue_embeddings(lambda rows: features.gather(rows + catalogue.start),
-                                                             len(catalogue)))
+    items = processes.gather_rows(
+        model.catalogue_embeddings(lambda rows: features.gather(rows + catalogue.start), len(catalogue))
+    )
     table = model.item_table(items)
     length = model.config.max_seq_len
 
@@ -114,8 +143,9 @@ def evaluate_model(model: Recommender, dataset: SequenceDataset, features: ItemF
     return EvaluationResult(split, metrics_from_ranks(ranks), ranks, users)
 
 
-def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool = True,
-                        users: np.ndarray | None = None) -> EvaluationResult:
+def evaluate_popularity(
+    dataset: SequenceDataset, split: str, mask_history: bool = True, users: np.ndarray | None = None
+) -> EvaluationResult:
     """Most-popular baseline: every user gets items ranked by training-prefix counts, for `users`
     (default: every user).
 
@@ -141,8 +171,14 @@ def evaluate_popularity(dataset: SequenceDataset, split: str, mask_history: bool
     return EvaluationResult(split, metrics_from_ranks(ranks_tensor), ranks_tensor, None if users is None else chosen)
 
 
-def evaluate_history_similarity(dataset: SequenceDataset, embeddings: torch.Tensor, split: str, decay: float,
-                                window_length: int, mask_history: bool = True) -> EvaluationResult:
+def evaluate_history_similarity(
+    dataset: SequenceDataset,
+    embeddings: torch.Tensor,
+    split: str,
+    decay: float,
+    window_length: int,
+    mask_history: bool = True,
+) -> EvaluationResult:
     """Untrained baseline: every item scored by the cosine between its row of `embeddings
     [num_items, F]` (frozen backbone embeddings, say) and the user's last `window_length` items'
     rows, pooled with weight `decay ** steps_back`: the frozen-similarity prior on its own."""

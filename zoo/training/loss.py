@@ -1,4 +1,5 @@
 """In-batch debiased softmax cross-entropy with same-user masking."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,13 @@ import torch.nn.functional as F
 __all__ = ["in_batch_debiased_cross_entropy", "same_user_mask"]
 
 
-def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: torch.Tensor,
-                   row_target: torch.Tensor, window_users: torch.Tensor | None = None) -> torch.Tensor:
+def same_user_mask(
+    window: torch.Tensor,
+    candidates: torch.Tensor,
+    row_user: torch.Tensor,
+    row_target: torch.Tensor,
+    window_users: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Columns each row must not score: items of the row's own user other than its positive.
 
     `window [B, L]` item indices (0 = padding), `candidates [U]` the batch's unique items,
@@ -24,9 +30,13 @@ def same_user_mask(window: torch.Tensor, candidates: torch.Tensor, row_user: tor
     return in_sequence[row_user] & (candidates.unsqueeze(0) != row_target.unsqueeze(1))
 
 
-def in_batch_debiased_cross_entropy(scores: torch.Tensor, log_weights: torch.Tensor,
-                                    target_columns: torch.Tensor, masked: torch.Tensor,
-                                    reduction: str = "mean") -> torch.Tensor:
+def in_batch_debiased_cross_entropy(
+    scores: torch.Tensor,
+    log_weights: torch.Tensor,
+    target_columns: torch.Tensor,
+    masked: torch.Tensor,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Mean (or, with `reduction="sum"`, sum) over rows of `CE(scores - log q, target)` with
     `masked` columns set to -inf.
 

@@ -1,4 +1,5 @@
 """Full-ranking metrics: target ranks with history masking, HR@K and NDCG@K."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,15 @@ import torch
 from crossan.zoo.core.errors import NonFiniteError
 from crossan.zoo.core.finite import require_finite
 
-__all__ = ["CUTOFFS", "METRIC_NAMES", "target_ranks", "target_ranks_excluding", "metrics_from_ranks",
-           "per_user_metric", "standard_error"]
+__all__ = [
+    "CUTOFFS",
+    "METRIC_NAMES",
+    "target_ranks",
+    "target_ranks_excluding",
+    "metrics_from_ranks",
+    "per_user_metric",
+    "standard_error",
+]
 
 CUTOFFS = (10, 20)
 METRIC_NAMES = tuple(f"{kind}@{k}" for kind in ("HR", "NDCG") for k in CUTOFFS)
@@ -32,8 +40,13 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tens
     return target_ranks_excluding(scores, targets, rows, columns)
 
 
-def target_ranks_excluding(scores: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
-                           columns: torch.Tensor, name_row: Callable[[int], str] | None = None) -> torch.Tensor:
+def target_ranks_excluding(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    name_row: Callable[[int], str] | None = None,
+) -> torch.Tensor:
     """`target_ranks` with the masked entries given as `(rows, columns)` pairs (repeats
     allowed), so that masking costs what the histories hold rather than a `[B, N]` mask.
 

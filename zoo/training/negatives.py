@@ -27,6 +27,7 @@ equals the plain in-batch debiased loss; for rare items the inclusion terms are 
 0 the uncorrected softmax over the pool, which scores items by how much more often they follow
 a user's history than chance (rare items gain, popular ones lose).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -34,22 +35,32 @@ from dataclasses import dataclass
 
 import torch
 
-from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.core.distributed import SINGLE, Processes
+from crossan.zoo.core.errors import ConfigError
 
-__all__ = ["CrossBatchMemory", "ExtraNegatives", "NEGATIVE_SAMPLING", "check_negative_options",
-           "inclusion_probability", "sampling_log_weights"]
+__all__ = [
+    "CrossBatchMemory",
+    "ExtraNegatives",
+    "NEGATIVE_SAMPLING",
+    "check_negative_options",
+    "inclusion_probability",
+    "sampling_log_weights",
+]
 
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 
 
-def check_negative_options(sampled: int, sampling: str, memory_size: int, memory_max_age: int,
-                           full_softmax: bool, correction: float = 1.0) -> None:
+def check_negative_options(
+    sampled: int, sampling: str, memory_size: int, memory_max_age: int, full_softmax: bool, correction: float = 1.0
+) -> None:
     """One-line `ConfigError` for settings of the extra negatives that cannot work together."""
     if sampling not in NEGATIVE_SAMPLING:
         raise ConfigError(f"negative_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}, got {sampling!r}")
-    for name, value in (("sampled_negatives", sampled), ("memory_size", memory_size),
-                        ("memory_max_age", memory_max_age)):
+    for name, value in (
+        ("sampled_negatives", sampled),
+        ("memory_size", memory_size),
+        ("memory_max_age", memory_max_age),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
     if memory_max_age < 1:
@@ -62,9 +73,14 @@ def check_negative_options(sampled: int, sampling: str, memory_size: int, memory
         raise ConfigError("full_softmax scores every item already: it takes no sampled_negatives or memory_size")
 
 
-def sampling_log_weights(candidates: torch.Tensor, probability: torch.Tensor, batch_slots: int | torch.Tensor,
-                         memory_entries: torch.Tensor | None = None, sampled: int = 0,
-                         sampled_probability: torch.Tensor | None = None) -> torch.Tensor:
+def sampling_log_weights(
+    candidates: torch.Tensor,
+    probability: torch.Tensor,
+    batch_slots: int | torch.Tensor,
+    memory_entries: torch.Tensor | None = None,
+    sampled: int = 0,
+    sampled_probability: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`log q` of each candidate `[U]` (1-based item indices): its expected number of columns.
 
     `probability [N + 1]` is the popularity batch items follow, `batch_slots` the batch's item
@@ -134,7 +150,7 @@ class CrossBatchMemory:
             return None
         items = torch.cat([entry.items for entry in reversed(self._steps)])
         embeddings = torch.cat([entry.embeddings for entry in reversed(self._steps)])
-        kept = (~torch.isin(items, exclude)).nonzero().squeeze(1)[:self.size]
+        kept = (~torch.isin(items, exclude)).nonzero().squeeze(1)[: self.size]
         if kept.numel() == 0:
             return None
         return items[kept], embeddings[kept]
@@ -148,9 +164,17 @@ class ExtraNegatives:
     gathered, so every process scores against the same pool.
     """
 
-    def __init__(self, probability: torch.Tensor, sampled: int = 0, sampling: str = "uniform",
-                 memory_size: int = 0, memory_max_age: int = 1, full_softmax: bool = False,
-                 correction: float = 1.0, processes: Processes = SINGLE) -> None:
+    def __init__(
+        self,
+        probability: torch.Tensor,
+        sampled: int = 0,
+        sampling: str = "uniform",
+        memory_size: int = 0,
+        memory_max_age: int = 1,
+        full_softmax: bool = False,
+        correction: float = 1.0,
+        processes: Processes = SINGLE,
+    ) -> None:
         check_negative_options(sampled, sampling, memory_size, memory_max_age, full_softmax, correction)
         self.correction = correction
         self.probability = probability
@@ -160,8 +184,9 @@ class ExtraNegatives:
         self.processes = processes
         self.memory = CrossBatchMemory(memory_size, memory_max_age) if memory_size else None
         # Index 0 is padding: never drawn, whatever mass the given probability puts on it.
-        sampled_probability = (torch.full_like(probability, 1.0 / self.num_items) if sampling == "uniform"
-                               else probability.clone())
+        sampled_probability = (
+            torch.full_like(probability, 1.0 / self.num_items) if sampling == "uniform" else probability.clone()
+        )
         sampled_probability[0] = 0.0
         self.sampled_probability = sampled_probability
 
@@ -181,13 +206,19 @@ class ExtraNegatives:
         drawn = self.processes.gather_rows(drawn.to(self.processes.device)).to(batch_items.device)
         return torch.unique(torch.cat([batch_items, drawn]))
 
-    def log_weights(self, candidates: torch.Tensor, batch_slots: int | torch.Tensor,
-                    memory_items: torch.Tensor | None) -> torch.Tensor:
+    def log_weights(
+        self, candidates: torch.Tensor, batch_slots: int | torch.Tensor, memory_items: torch.Tensor | None
+    ) -> torch.Tensor:
         """The correction `a log q` of every column: the encoded `candidates`, then `memory_items`
         (`a` is the correction's strength, 1 unless set)."""
         columns = candidates if memory_items is None else torch.cat([candidates, memory_items])
         if self.full_softmax:
             return torch.zeros(columns.shape, dtype=torch.float32, device=columns.device)
-        return self.correction * sampling_log_weights(columns, self.probability.to(columns.device), batch_slots,
-                                                      memory_items, self.sampled,
-                                                      self.sampled_probability.to(columns.device))
+        return self.correction * sampling_log_weights(
+            columns,
+            self.probability.to(columns.device),
+            batch_slots,
+            memory_items,
+            self.sampled,
+            self.sampled_probability.to(columns.device),
+        )

@@ -3,6 +3,7 @@
 Both models rank the same users' targets, so their per-user metrics are paired samples; a
 paired t-test on them is the comparison the README reports.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,6 +37,8 @@ def paired_t_test(first: torch.Tensor, second: torch.Tensor) -> dict[str, dict[s
         # float64: in float32 scipy's p-value underflows to 0 below about 1e-45.
         first_values = per_user_metric(first, name).double().numpy()
         second_values = per_user_metric(second, name).double().numpy()
-        results[name] = {"mean_difference": float(first_values.mean() - second_values.mean()),
-                         "p_value": float(ttest_rel(first_values, second_values).pvalue)}
+        results[name] = {
+            "mean_difference": float(first_values.mean() - second_values.mean()),
+            "p_value": float(ttest_rel(first_values, second_values).pvalue),
+        }
     return results

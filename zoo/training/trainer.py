@@ -1,10 +1,11 @@
 """Training loop: in-batch debiased CE, Adam with parameter groups, early stopping on NDCG@10."""
+
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,20 +15,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import Dataset, DistributedSampler
 
-from crossan.zoo.data.dataset import SequenceDataset
-from crossan.zoo.data.errors import DataError
+from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.core.errors import ConfigError, DivergedError
 from crossan.zoo.core.field_types import check_field_types
+from crossan.zoo.data.dataset import SequenceDataset
+from crossan.zoo.data.errors import DataError
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
-from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluation_users
 from crossan.zoo.training.negatives import ExtraNegatives, check_negative_options
 from crossan.zoo.training.objective import InBatchObjective
 
-__all__ = ["PRECISIONS", "TrainConfig", "Trainer", "TrainingOutcome", "epoch_batches", "local_batch_size",
-           "resolve_precision", "training_windows"]
+__all__ = [
+    "PRECISIONS",
+    "TrainConfig",
+    "Trainer",
+    "TrainingOutcome",
+    "epoch_batches",
+    "local_batch_size",
+    "resolve_precision",
+    "training_windows",
+]
 
 SELECTION_METRIC = "NDCG@10"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -48,39 +57,74 @@ class TrainConfig:
 
     epochs: int = field(default=30, metadata={"help": "maximum epochs"})
     batch_size: int = field(default=64, metadata={"help": "users per step"})
-    steps_per_epoch: int = field(default=0, metadata={
-        "help": "steps between validations; 0 = one pass over every window, N = the first N batches of "
-                "each epoch's shuffle (a fixed step budget when uncached models cannot afford a pass)"})
+    steps_per_epoch: int = field(
+        default=0,
+        metadata={
+            "help": "steps between validations; 0 = one pass over every window, N = the first N batches of "
+            "each epoch's shuffle (a fixed step budget when uncached models cannot afford a pass)"
+        },
+    )
     lr: float = field(default=1e-3, metadata={"help": "learning rate of non-adapter parameters"})
-    adapter_lr: float = field(default=0.0, metadata={
-        "help": "learning rate of what adapts the backbones (side adapters; inserted adapters, LoRA or the "
-                "backbone weights of uncached models); 0 = same as lr"})
-    weight_decay: float = field(default=0.0, metadata={
-        "help": "decoupled (AdamW) weight decay of weight matrices and embeddings; biases and norms never decay"})
+    adapter_lr: float = field(
+        default=0.0,
+        metadata={
+            "help": "learning rate of what adapts the backbones (side adapters; inserted adapters, LoRA or the "
+            "backbone weights of uncached models); 0 = same as lr"
+        },
+    )
+    weight_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "decoupled (AdamW) weight decay of weight matrices and embeddings; biases and norms never decay"
+        },
+    )
     patience: int = field(default=5, metadata={"help": "epochs without validation NDCG@10 gain before stopping"})
     seed: int = field(default=42, metadata={"help": "seed of initialisation, shuffling and dropout"})
     mask_history: bool = field(default=True, metadata={"help": "remove history items from the ranking"})
-    sliding_windows: bool = field(default=False, metadata={
-        "help": "also train on the earlier windows of histories longer than max_seq_len + 1"})
-    sampled_negatives: int = field(default=0, metadata={
-        "help": "catalogue items drawn per step as extra negatives (mixed negative sampling)"})
-    negative_sampling: str = field(default="uniform", metadata={
-        "help": "how sampled negatives are drawn: uniform or popularity (corrected in the loss either way)"})
-    memory_size: int = field(default=0, metadata={
-        "help": "item embeddings of recent steps kept as extra (detached) negatives; 0 = no memory"})
+    sliding_windows: bool = field(
+        default=False, metadata={"help": "also train on the earlier windows of histories longer than max_seq_len + 1"}
+    )
+    sampled_negatives: int = field(
+        default=0, metadata={"help": "catalogue items drawn per step as extra negatives (mixed negative sampling)"}
+    )
+    negative_sampling: str = field(
+        default="uniform",
+        metadata={"help": "how sampled negatives are drawn: uniform or popularity (corrected in the loss either way)"},
+    )
+    memory_size: int = field(
+        default=0,
+        metadata={"help": "item embeddings of recent steps kept as extra (detached) negatives; 0 = no memory"},
+    )
     memory_max_age: int = field(default=4, metadata={"help": "steps a memory entry stays usable"})
-    full_softmax: bool = field(default=False, metadata={
-        "help": "score every catalogue item in every step (no sampling; for ID models, RecBole's SASRec loss)"})
-    sampling_correction: float = field(default=1.0, metadata={
-        "help": "strength a of the sampling correction, logits - a log q: 1 = the paper's debiased loss, "
-                "0 = the plain in-batch softmax (which favours rare items)"})
-    eval_batch_size: int = field(default=512, metadata={
-        "help": "users per evaluation batch (fewer when users x items would pass 2^26 scores)"})
-    valid_users: int = field(default=0, metadata={
-        "help": "users ranked by each validation: a fixed random sample of this many, the same every epoch, "
-                "with the metric's standard error printed; 0 = all users (the test split always ranks all)"})
-    precision: str = field(default="auto", metadata={
-        "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"})
+    full_softmax: bool = field(
+        default=False,
+        metadata={
+            "help": "score every catalogue item in every step (no sampling; for ID models, RecBole's SASRec loss)"
+        },
+    )
+    sampling_correction: float = field(
+        default=1.0,
+        metadata={
+            "help": "strength a of the sampling correction, logits - a log q: 1 = the paper's debiased loss, "
+            "0 = the plain in-batch softmax (which favours rare items)"
+        },
+    )
+    eval_batch_size: int = field(
+        default=512, metadata={"help": "users per evaluation batch (fewer when users x items would pass 2^26 scores)"}
+    )
+    valid_users: int = field(
+        default=0,
+        metadata={
+            "help": "users ranked by each validation: a fixed random sample of this many, the same every epoch, "
+            "with the metric's standard error printed; 0 = all users (the test split always ranks all)"
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -100,8 +144,14 @@ class TrainConfig:
             raise ConfigError("lr must be positive")
         if not 0 <= self.weight_decay < 1:
             raise ConfigError(f"weight_decay must lie in [0, 1), got {self.weight_decay}")
-        check_negative_options(self.sampled_negatives, self.negative_sampling, self.memory_size,
-                               self.memory_max_age, self.full_softmax, self.sampling_correction)
+        check_negative_options(
+            self.sampled_negatives,
+            self.negative_sampling,
+            self.memory_size,
+            self.memory_max_age,
+            self.full_softmax,
+            self.sampling_correction,
+        )
 
 
 @dataclass
@@ -116,8 +166,7 @@ class TrainingOutcome:
     candidates' validation scores and the chosen value, by config field."""
 
 
-def training_windows(dataset: SequenceDataset, length: int,
-                     sliding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def training_windows(dataset: SequenceDataset, length: int, sliding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Training windows `[W, length]` (left-padded) and the user of each `[W]`.
 
     By default one window per user: the last `length` items of the training prefix, each of
@@ -140,13 +189,16 @@ def training_windows(dataset: SequenceDataset, length: int,
 def local_batch_size(batch_size: int, processes: Processes = SINGLE) -> int:
     """Windows per process and step: the global `batch_size` split evenly over the processes."""
     if batch_size % processes.world_size:
-        raise ConfigError(f"batch_size {batch_size} must be a multiple of the number of processes "
-                          f"({processes.world_size}): each process takes batch_size / processes windows")
+        raise ConfigError(
+            f"batch_size {batch_size} must be a multiple of the number of processes "
+            f"({processes.world_size}): each process takes batch_size / processes windows"
+        )
     return batch_size // processes.world_size
 
 
-def epoch_batches(num_windows: int, batch_size: int, epoch: int, seed: int,
-                  processes: Processes = SINGLE) -> list[torch.Tensor]:
+def epoch_batches(
+    num_windows: int, batch_size: int, epoch: int, seed: int, processes: Processes = SINGLE
+) -> list[torch.Tensor]:
     """This process's window indices for each step of `epoch`.
 
     The epoch's order is `DistributedSampler`'s shuffle (a permutation drawn from `seed + epoch`,
@@ -160,12 +212,13 @@ def epoch_batches(num_windows: int, batch_size: int, epoch: int, seed: int,
     local = local_batch_size(batch_size, processes)
     # A range is a map-style data set (it has __len__ and __getitem__), which is all the sampler reads.
     windows: Dataset[int] = range(num_windows)  # type: ignore[assignment]  # see the line above
-    sampler: DistributedSampler[int] = DistributedSampler(windows, num_replicas=processes.world_size, rank=processes.rank, shuffle=True,
-                                 seed=seed)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        windows, num_replicas=processes.world_size, rank=processes.rank, shuffle=True, seed=seed
+    )
     sampler.set_epoch(epoch)
     owned = len(range(processes.rank, num_windows, processes.world_size))
     order = torch.tensor(list(sampler)[:owned], dtype=torch.long)
-    return [order[step * local:(step + 1) * local] for step in range(-(-num_windows // batch_size))]
+    return [order[step * local : (step + 1) * local] for step in range(-(-num_windows // batch_size))]
 
 
 class Trainer:
@@ -177,9 +230,17 @@ class Trainer:
     the main process prints and writes checkpoints.
     """
 
-    def __init__(self, model: Recommender, dataset: SequenceDataset, features: ItemFeatures, config: TrainConfig,
-                 device: torch.device | str = "cpu", console: Console | None = None,
-                 processes: Processes = SINGLE, on_validation: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: Recommender,
+        dataset: SequenceDataset,
+        features: ItemFeatures,
+        config: TrainConfig,
+        device: torch.device | str = "cpu",
+        console: Console | None = None,
+        processes: Processes = SINGLE,
+        on_validation: Callable[[int, float], None] | None = None,
+    ) -> None:
         """`on_validation(epoch, score)` hears each epoch's validation score (NDCG@10) after the
         epoch's checkpoint is written; an exception it raises stops training there (a tuner's
         pruning), leaving a run that resumes from that checkpoint."""
@@ -194,9 +255,12 @@ class Trainer:
         self.console = (console or Console(stderr=True)) if processes.is_main else Console(quiet=True)
         self.windows, window_users = training_windows(dataset, model.config.max_seq_len + 1, config.sliding_windows)
         if len(self.windows) == 0:
-            raise DataError("no user has two items before their validation and test items (each user's "
-                            "last two are held out), so there is nothing to train on; a user needs at least "
-                            "4 interactions to be trained on", dataset.root)
+            raise DataError(
+                "no user has two items before their validation and test items (each user's "
+                "last two are held out), so there is nothing to train on; a user needs at least "
+                "4 interactions to be trained on",
+                dataset.root,
+            )
         # Only sliding windows put several windows of one user in a batch.
         self.window_users = window_users if config.sliding_windows else None
         self.valid_sample = evaluation_users(dataset.num_users, config.valid_users)
@@ -204,9 +268,16 @@ class Trainer:
         self.model.mark_trained_items(counts[1:] > 0)
         # Add-one smoothing keeps p(item) > 0 for items never seen in training.
         probability = (counts + 1) / (counts[1:] + 1).sum()
-        self.negatives = ExtraNegatives(probability.float().to(self.device), config.sampled_negatives,
-                                        config.negative_sampling, config.memory_size, config.memory_max_age,
-                                        config.full_softmax, config.sampling_correction, processes)
+        self.negatives = ExtraNegatives(
+            probability.float().to(self.device),
+            config.sampled_negatives,
+            config.negative_sampling,
+            config.memory_size,
+            config.memory_max_age,
+            config.full_softmax,
+            config.sampling_correction,
+            processes,
+        )
         self.objective = processes.wrap(InBatchObjective(self.model, features, self.negatives, processes))
         # AdamW with no decay is Adam, step for step.
         self.optimizer = torch.optim.AdamW(self.parameter_groups())
@@ -228,10 +299,13 @@ class Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         groups = []
         for name, lr, members in (
-                ("rest", self.config.lr, [p for p in trainable if id(p) not in adapter_ids]),
-                ("adapters", self.config.adapter_lr or self.config.lr, [p for p in trainable if id(p) in adapter_ids])):
-            for suffix, decay, params in (("", self.config.weight_decay, [p for p in members if p.dim() > 1]),
-                                          (" (no decay)", 0.0, [p for p in members if p.dim() <= 1])):
+            ("rest", self.config.lr, [p for p in trainable if id(p) not in adapter_ids]),
+            ("adapters", self.config.adapter_lr or self.config.lr, [p for p in trainable if id(p) in adapter_ids]),
+        ):
+            for suffix, decay, params in (
+                ("", self.config.weight_decay, [p for p in members if p.dim() > 1]),
+                (" (no decay)", 0.0, [p for p in members if p.dim() <= 1]),
+            ):
                 if params:
                     groups.append({"name": name + suffix, "params": params, "lr": lr, "weight_decay": decay})
         return groups
@@ -245,15 +319,23 @@ class Trainer:
         """
         return self._objective(window, users)[0]
 
-    def _objective(self, window: torch.Tensor,
-                   users: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _objective(
+        self, window: torch.Tensor, users: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The objective on this device: (loss to back-propagate, local loss sum, global rows)."""
         return self.objective(window.to(self.device), None if users is None else users.to(self.device))
 
     def _progress(self) -> Progress:
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=self.console, transient=True)
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
 
     def fit(self, checkpoints: CheckpointStore | None = None) -> TrainingOutcome:
         """Train with early stopping; return the best-validation model's valid and test results.
@@ -288,11 +370,15 @@ class Trainer:
     def _restore_random_states(self, states: dict[str, torch.Tensor]) -> None:
         rank = self.processes.rank
         if f"rng.rank{rank}.torch" not in states:
-            raise ConfigError(f"the checkpoint holds no random state for process {rank}: resume with as many "
-                              "processes as the run started with")
+            raise ConfigError(
+                f"the checkpoint holds no random state for process {rank}: resume with as many "
+                "processes as the run started with"
+            )
         torch.set_rng_state(states[f"rng.rank{rank}.torch"])
-        cuda = [states[f"rng.rank{rank}.cuda.{i}"] for i in range(sum(k.startswith(f"rng.rank{rank}.cuda.")
-                                                                       for k in states))]
+        cuda = [
+            states[f"rng.rank{rank}.cuda.{i}"]
+            for i in range(sum(k.startswith(f"rng.rank{rank}.cuda.") for k in states))
+        ]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
 
@@ -311,8 +397,10 @@ class Trainer:
                     loss, local_sum, count = self._objective(self.windows[rows], users)
                 step_loss = (self.processes.sum(local_sum) / count).item()
                 if not math.isfinite(step_loss):
-                    raise DivergedError(f"the training loss is {step_loss} at epoch {epoch}, step {step + 1}: "
-                                         "the model diverged (try a lower lr) or its inputs hold NaN")
+                    raise DivergedError(
+                        f"the training loss is {step_loss} at epoch {epoch}, step {step + 1}: "
+                        "the model diverged (try a lower lr) or its inputs hold NaN"
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -324,14 +412,22 @@ class Trainer:
     def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         """This process's batches of `epoch`: all of them, or the first `steps_per_epoch`."""
         batches = epoch_batches(len(self.windows), self.config.batch_size, epoch, self.config.seed, self.processes)
-        return batches[:self.config.steps_per_epoch] if self.config.steps_per_epoch else batches
+        return batches[: self.config.steps_per_epoch] if self.config.steps_per_epoch else batches
 
     def _evaluate(self, split: str) -> EvaluationResult:
         """`split` ranked over every user, or over the validation sample (`valid_users`)."""
         users = self.valid_sample if split == "valid" else None
         with self.autocast():
-            return evaluate_model(self.model, self.dataset, self.features, split, self.config.mask_history,
-                                  self.config.eval_batch_size, self.processes, users)
+            return evaluate_model(
+                self.model,
+                self.dataset,
+                self.features,
+                split,
+                self.config.mask_history,
+                self.config.eval_batch_size,
+                self.processes,
+                users,
+            )
 
     def _fit(self, checkpoints: CheckpointStore | None) -> TrainingOutcome:
         num_batches = -(-len(self.windows) // self.config.batch_size)
@@ -360,15 +456,16 @@ class Trainer:
             score = valid.metrics[SELECTION_METRIC]
             improved = score > state.best_score
             state.epoch, state.step = epoch, state.step + num_batches
-            state.history.append({"epoch": epoch, "loss": loss, "train_seconds": train_seconds,
-                                  "valid": valid.metrics})
+            state.history.append({"epoch": epoch, "loss": loss, "train_seconds": train_seconds, "valid": valid.metrics})
             uncertainty = ""
             if self.valid_sample is not None:
                 error = valid.standard_error(SELECTION_METRIC)
                 state.history[-1]["valid_standard_error"] = {SELECTION_METRIC: error}
                 uncertainty = f" ± {error:.4f} ({len(self.valid_sample):,} users)"
-            self.console.print(f"epoch {epoch:3d}  loss {loss:.4f}  valid {SELECTION_METRIC} "
-                               f"{score:.4f}{uncertainty}{'  *' if improved else ''}  ({train_seconds:.1f}s)")
+            self.console.print(
+                f"epoch {epoch:3d}  loss {loss:.4f}  valid {SELECTION_METRIC} "
+                f"{score:.4f}{uncertainty}{'  *' if improved else ''}  ({train_seconds:.1f}s)"
+            )
             if improved:
                 state.best_score, state.best_epoch, state.stale, state.best_valid = score, epoch, 0, valid.metrics
                 best_valid = valid
@@ -381,20 +478,27 @@ class Trainer:
             if checkpoints is not None:
                 random_states = self._random_states()  # every process takes part in gathering them
                 if self.processes.is_main:
-                    checkpoints.save(state, self.model.state_dict(), None if best_valid is None else best_valid.ranks, self.optimizer.state_dict(),
-                                     self.scaler.state_dict(), random_states)
+                    checkpoints.save(
+                        state,
+                        self.model.state_dict(),
+                        None if best_valid is None else best_valid.ranks,
+                        self.optimizer.state_dict(),
+                        self.scaler.state_dict(),
+                        random_states,
+                    )
             if self.on_validation is not None and not state.stopped:
                 self.on_validation(epoch, score)
         self.model.load_state_dict(best_state)
         if best_valid is None:  # no epoch scored above best_score's start: validation gave no number
-            raise DivergedError(f"no epoch of {state.epoch} reached a validation {SELECTION_METRIC} above "
-                                f"{TrainingState.best_score}; nothing to keep")
+            raise DivergedError(
+                f"no epoch of {state.epoch} reached a validation {SELECTION_METRIC} above "
+                f"{TrainingState.best_score}; nothing to keep"
+            )
         best_valid, choices = self._choose_on_validation(best_valid)
         test = self._evaluate("test")
         return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state, choices)
 
-    def _choose_on_validation(self, best_valid: EvaluationResult
-                              ) -> tuple[EvaluationResult, dict[str, dict[str, Any]]]:
+    def _choose_on_validation(self, best_valid: EvaluationResult) -> tuple[EvaluationResult, dict[str, dict[str, Any]]]:
         """Set each of the model's `validation_choices` to the candidate with the best validation
         score at the best epoch (the first on ties); the test split plays no part. Returns the
         validation result under the chosen settings and, per setting, the scores and the choice."""
@@ -406,10 +510,16 @@ class Trainer:
                 scored.append((value, self._evaluate("valid")))
             chosen, best_valid = max(scored, key=lambda pair: pair[1].metrics[SELECTION_METRIC])
             self.model.apply_choice(name, chosen)
-            choices[name] = {"chosen": chosen, "metric": SELECTION_METRIC,
-                             "valid": [{"value": value, SELECTION_METRIC: result.metrics[SELECTION_METRIC]}
-                                       for value, result in scored]}
-            self.console.print(f"{name}: {chosen} (valid {SELECTION_METRIC} "
-                               + ", ".join(f"{value}: {result.metrics[SELECTION_METRIC]:.4f}"
-                                           for value, result in scored) + ")")
+            choices[name] = {
+                "chosen": chosen,
+                "metric": SELECTION_METRIC,
+                "valid": [
+                    {"value": value, SELECTION_METRIC: result.metrics[SELECTION_METRIC]} for value, result in scored
+                ],
+            }
+            self.console.print(
+                f"{name}: {chosen} (valid {SELECTION_METRIC} "
+                + ", ".join(f"{value}: {result.metrics[SELECTION_METRIC]:.4f}" for value, result in scored)
+                + ")"
+            )
         return best_valid, choices

@@ -7,6 +7,7 @@ recipe came from (the study and its storage, the trial and its validation score,
 the preset, the search space and the feature settings); `recipe_origin` puts it in one line.
 Any other key is an error: a misspelt `set` would otherwise train the preset's defaults.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from crossan.zoo.core.atomic import atomic_write
-from crossan.zoo.runs.settings import split_options
 from crossan.zoo.core.errors import ConfigError, MissingFileError
-from crossan.zoo.models import preset_config
 from crossan.zoo.core.reading import read_json
+from crossan.zoo.models import preset_config
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.training.trainer import TrainConfig
 
 __all__ = ["RECIPE_KEYS", "check_recipe", "read_recipe", "recipe_origin", "write_recipe"]
@@ -48,11 +49,14 @@ def recipe_origin(path: Path) -> str:
         return f"recipe {path}: no origin recorded (written by hand or by another program)"
     data, space = origin.get("data") or {}, origin.get("space") or {}
     score = origin.get("valid NDCG@10")
-    parts = [f"recipe {path}: trial {origin.get('best_trial', '?')} of study {origin.get('study', '?')!r}",
-             f"valid NDCG@10 {score:.4f}" if isinstance(score, (int, float)) else "no validation score",
-             f"tuned on {data.get('kind', '?')} data set {data.get('name', '?')!r} at {data.get('root', '?')} "
-             f"(fingerprint {data.get('fingerprint', '?')}, sequences {data.get('sequences', '?')})",
-             f"preset {origin.get('preset', '?')}", f"space {space.get('file', '?')}"]
+    parts = [
+        f"recipe {path}: trial {origin.get('best_trial', '?')} of study {origin.get('study', '?')!r}",
+        f"valid NDCG@10 {score:.4f}" if isinstance(score, (int, float)) else "no validation score",
+        f"tuned on {data.get('kind', '?')} data set {data.get('name', '?')!r} at {data.get('root', '?')} "
+        f"(fingerprint {data.get('fingerprint', '?')}, sequences {data.get('sequences', '?')})",
+        f"preset {origin.get('preset', '?')}",
+        f"space {space.get('file', '?')}",
+    ]
     return ", ".join(parts)
 
 
@@ -72,11 +76,15 @@ def _recipe_object(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
         raise MissingFileError(f"{path}: no such recipe file")
     recipe = read_json(Path(path))
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("preset"), str) or not isinstance(
-            recipe.get("set", {}), dict):
-        raise ConfigError(f"{path}: a recipe is an object with a \"preset\" name and a \"set\" object of values")
+    if (
+        not isinstance(recipe, dict)
+        or not isinstance(recipe.get("preset"), str)
+        or not isinstance(recipe.get("set", {}), dict)
+    ):
+        raise ConfigError(f'{path}: a recipe is an object with a "preset" name and a "set" object of values')
     unknown = sorted(set(recipe) - set(RECIPE_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a recipe has "
-                          f"{', '.join(map(repr, RECIPE_KEYS))}")
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a recipe has {', '.join(map(repr, RECIPE_KEYS))}"
+        )
     return recipe

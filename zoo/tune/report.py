@@ -2,6 +2,7 @@
 
 Each file is written atomically (a temporary file renamed into place), the recipe last: a kill
 while they are written leaves every file whole, and a rerun writes them all again."""
+
 from __future__ import annotations
 
 import json
@@ -29,23 +30,39 @@ def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any
     was started: the data set, the preset, the search space and the feature settings."""
     trials = study.get_trials(deepcopy=False)
     if not any(t.state == TrialState.COMPLETE for t in trials):
-        raise NoResultError(f"study {study.study_name!r} in {settings.shown_storage} has no complete trial "
-                            f"({_states(trials)}): nothing to recommend; rerun with more --trials or a longer "
-                            "--timeout")
+        raise NoResultError(
+            f"study {study.study_name!r} in {settings.shown_storage} has no complete trial "
+            f"({_states(trials)}): nothing to recommend; rerun with more --trials or a longer "
+            "--timeout"
+        )
     best = study.best_trial
     space = settings.trial_space
     values = {**space.fixed, **best.params}
-    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                  if t.datetime_complete is not None and t.datetime_start is not None)
-    summary = {"study": study.study_name, "storage": settings.shown_storage, "preset": settings.preset,
-               "space": str(space.path), "best_trial": best.number, f"valid {METRIC}": best.value,
-               "finished_trials": sum(t.state in FINISHED for t in trials),
-               "pruned_trials": sum(t.state == TrialState.PRUNED for t in trials),
-               "trained_trials": distinct_runs(study),
-               "trial_minutes": round(seconds / 60, 2), "run_dir": best.user_attrs.get("run_dir")}
+    seconds = sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete is not None and t.datetime_start is not None
+    )
+    summary = {
+        "study": study.study_name,
+        "storage": settings.shown_storage,
+        "preset": settings.preset,
+        "space": str(space.path),
+        "best_trial": best.number,
+        f"valid {METRIC}": best.value,
+        "finished_trials": sum(t.state in FINISHED for t in trials),
+        "pruned_trials": sum(t.state == TrialState.PRUNED for t in trials),
+        "trained_trials": distinct_runs(study),
+        "trial_minutes": round(seconds / 60, 2),
+        "run_dir": best.user_attrs.get("run_dir"),
+    }
     identity = study.user_attrs.get("identity", {})
-    origin = {**summary, "data": study.user_attrs.get("data"), "space": space.to_dict(),
-              "feature_settings": identity.get("feature settings")}
+    origin = {
+        **summary,
+        "data": study.user_attrs.get("data"),
+        "space": space.to_dict(),
+        "feature_settings": identity.get("feature settings"),
+    }
     importances = _importances(study)
     _plot(trials, settings.study_dir / "trials.png", _plot_title(settings.preset, origin["data"]))
     markdown = _markdown(trials, best, summary, importances, values, origin["data"])
@@ -72,28 +89,57 @@ def _importances(study: optuna.Study) -> dict[str, float]:
     empty below two."""
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return {}
-    return {name: round(value, 4) for name, value in optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()).items()}
+    return {
+        name: round(value, 4)
+        for name, value in optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+        ).items()
+    }
 
 
-def _markdown(trials: list, best: optuna.trial.FrozenTrial, summary: dict[str, Any], importances: dict[str, float],
-              values: dict[str, Any], data: dict[str, Any] | None) -> str:
+def _markdown(
+    trials: list,
+    best: optuna.trial.FrozenTrial,
+    summary: dict[str, Any],
+    importances: dict[str, float],
+    values: dict[str, Any],
+    data: dict[str, Any] | None,
+) -> str:
     names = sorted({name for t in trials for name in t.params})
     data = data or {}
-    lines = [f"# Study {summary['study']} ({summary['preset']})", "",
-             f"{summary['finished_trials']} finished trials ({summary['pruned_trials']} pruned), "
-             f"{summary['trial_minutes']} minutes of trials; storage `{summary['storage']}`; "
-             f"space `{summary['space']}`.", "",
-             f"Data set: {data.get('kind')} `{data.get('name')}` at `{data.get('root')}` ({data.get('users')} users, "
-             f"{data.get('items')} items; fingerprint {data.get('fingerprint')}, sequences {data.get('sequences')}).",
-             "",
-             f"**Best trial {best.number}**: valid {METRIC} {best.value:.4f}, run `{summary['run_dir']}`.", "",
-             "Recipe (`best-recipe.json`, for `python train.py --recipe`):", "", "```json",
-             json.dumps(values, indent=1, sort_keys=True), "```", "", "## Parameter importances (Optuna's PED-ANOVA)", ""]
-    lines += ([f"- `{name}`: {value:.3f}" for name, value in importances.items()] if importances
-              else ["(needs at least two complete trials)"])
-    lines += ["", "## Trials", "", "| trial | state | valid " + METRIC + " | epochs | " + " | ".join(names) + " |",
-              "|---" * (4 + len(names)) + "|"]
+    lines = [
+        f"# Study {summary['study']} ({summary['preset']})",
+        "",
+        f"{summary['finished_trials']} finished trials ({summary['pruned_trials']} pruned), "
+        f"{summary['trial_minutes']} minutes of trials; storage `{summary['storage']}`; "
+        f"space `{summary['space']}`.",
+        "",
+        f"Data set: {data.get('kind')} `{data.get('name')}` at `{data.get('root')}` ({data.get('users')} users, "
+        f"{data.get('items')} items; fingerprint {data.get('fingerprint')}, sequences {data.get('sequences')}).",
+        "",
+        f"**Best trial {best.number}**: valid {METRIC} {best.value:.4f}, run `{summary['run_dir']}`.",
+        "",
+        "Recipe (`best-recipe.json`, for `python train.py --recipe`):",
+        "",
+        "```json",
+        json.dumps(values, indent=1, sort_keys=True),
+        "```",
+        "",
+        "## Parameter importances (Optuna's PED-ANOVA)",
+        "",
+    ]
+    lines += (
+        [f"- `{name}`: {value:.3f}" for name, value in importances.items()]
+        if importances
+        else ["(needs at least two complete trials)"]
+    )
+    lines += [
+        "",
+        "## Trials",
+        "",
+        "| trial | state | valid " + METRIC + " | epochs | " + " | ".join(names) + " |",
+        "|---" * (4 + len(names)) + "|",
+    ]
     for t in trials:
         value = "" if t.value is None else f"{t.value:.4f}"
         if t.state == TrialState.PRUNED and t.intermediate_values:
@@ -135,16 +181,20 @@ def _trials_figure(trials: list, title: str) -> Figure:
 
     figure, axes = plt.subplots(figsize=(9, 4), layout="constrained")
     complete = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials
-              if t.state == TrialState.PRUNED and t.intermediate_values]
+    pruned = [
+        (t.number, t.intermediate_values[max(t.intermediate_values)])
+        for t in trials
+        if t.state == TrialState.PRUNED and t.intermediate_values
+    ]
     if complete:
-        axes.scatter(*zip(*complete), label="complete", color="tab:blue")
-        best, numbers = [], sorted(complete)
+        axes.scatter(*zip(*complete, strict=True), label="complete", color="tab:blue")
+        best: list[float] = []
+        numbers = sorted(complete)
         for _, value in numbers:
             best.append(max(value, best[-1]) if best else value)
         axes.step([n for n, _ in numbers], best, where="post", color="tab:blue", alpha=0.5, label="best so far")
     if pruned:
-        axes.scatter(*zip(*pruned), label="pruned (last epoch reported)", color="tab:gray", marker="x")
+        axes.scatter(*zip(*pruned, strict=True), label="pruned (last epoch reported)", color="tab:gray", marker="x")
     axes.set_xlabel("trial")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     axes.set_ylabel(f"validation {METRIC}")

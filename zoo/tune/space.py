@@ -17,6 +17,7 @@ class names its family's file (`search_space`).
 Every name must be a model-config or training-config field of the preset, and every value of
 the right type: both are checked when the space is loaded, so a typo is one line naming it.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -90,13 +91,17 @@ class SearchSpace:
     def fixing(self, values: dict[str, Any]) -> SearchSpace:
         """This space with `values` fixed (`--set`): a tuned field among them is no longer sampled,
         so no trial records a value it did not train with."""
-        return replace(self, fixed={**self.fixed, **values},
-                       parameters=tuple(p for p in self.parameters if p.name not in values))
+        return replace(
+            self, fixed={**self.fixed, **values}, parameters=tuple(p for p in self.parameters if p.name not in values)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The file, the fixed values and every parameter: what a study and its recipe record."""
-        return {"file": str(self.path), "fixed": dict(self.fixed),
-                "params": {p.name: p.to_dict() for p in self.parameters}}
+        return {
+            "file": str(self.path),
+            "fixed": dict(self.fixed),
+            "params": {p.name: p.to_dict() for p in self.parameters},
+        }
 
 
 def default_space(preset: str) -> Path:

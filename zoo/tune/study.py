@@ -24,6 +24,7 @@ stops with one line naming what differs, since its finished trials would be kept
 trial chosen among results of another problem. A trial whose loss turns NaN (`DivergedError`)
 is counted as pruned, with the reason recorded: an outcome of its values, not of the study.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,16 +43,24 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 from rich.console import Console
 
-from crossan.zoo.runs.settings import split_options
-from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.core.errors import ConfigError, DivergedError, UserError
+from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.runs.pipeline import resume_run, train_and_save
+from crossan.zoo.runs.settings import split_options
 from crossan.zoo.training.trainer import TrainConfig
 from crossan.zoo.tune.space import SearchSpace
 
-__all__ = ["FINISHED", "METRIC", "StudySettings", "distinct_runs", "open_study", "run_study", "study_data",
-           "trial_run_dir"]
+__all__ = [
+    "FINISHED",
+    "METRIC",
+    "StudySettings",
+    "distinct_runs",
+    "open_study",
+    "run_study",
+    "study_data",
+    "trial_run_dir",
+]
 
 METRIC = "NDCG@10"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -146,11 +155,13 @@ def _check_storage_url(url: str) -> None:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"--storage {url!r}: not a database URL (e.g. sqlite:///study.db, "
-                          "postgresql://user@host/db)") from None
+        raise ConfigError(
+            f"--storage {url!r}: not a database URL (e.g. sqlite:///study.db, postgresql://user@host/db)"
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise ConfigError(f"--storage {url}: an in-memory database, lost when the command ends; name a file "
-                          "(sqlite:///path/study.db)")
+        raise ConfigError(
+            f"--storage {url}: an in-memory database, lost when the command ends; name a file (sqlite:///path/study.db)"
+        )
 
 
 def trial_run_dir(study_dir: Path, values: dict[str, Any]) -> Path:
@@ -163,9 +174,15 @@ def study_data(dataset: SequenceDataset, data_description: dict[str, Any]) -> di
     """What a study records about its data set: kind, name and root as `config.json` has them,
     the catalogue's fingerprint and one of the users' sequences (the catalogue's alone would take
     another set of users over the same items for the same data), and the counts."""
-    return {"kind": data_description["kind"], "name": dataset.name, "root": data_description["root"],
-            "fingerprint": data_description["fingerprint"], "sequences": data_description["sequences"],
-            "users": dataset.num_users, "items": dataset.num_items}
+    return {
+        "kind": data_description["kind"],
+        "name": dataset.name,
+        "root": data_description["root"],
+        "fingerprint": data_description["fingerprint"],
+        "sequences": data_description["sequences"],
+        "users": dataset.num_users,
+        "items": dataset.num_items,
+    }
 
 
 def _identity(settings: StudySettings, data: dict[str, Any], features: FeatureSettings) -> dict[str, Any]:
@@ -173,14 +190,24 @@ def _identity(settings: StudySettings, data: dict[str, Any], features: FeatureSe
     fixed values and how the item features are made (the cache folder aside)."""
     space = settings.trial_space.to_dict()
     feature_settings = {k: v for k, v in features.to_dict().items() if k != "cache_dir"}
-    return json.loads(json.dumps({"preset": settings.preset, "data set": {k: data.get(k) for k in DATA_IDENTITY},
-                                  "search space": space["params"], "fixed values": space["fixed"],
-                                  "feature settings": feature_settings}))
+    return json.loads(
+        json.dumps(
+            {
+                "preset": settings.preset,
+                "data set": {k: data.get(k) for k in DATA_IDENTITY},
+                "search space": space["params"],
+                "fixed values": space["fixed"],
+                "feature settings": feature_settings,
+            }
+        )
+    )
 
 
 def _data_text(data: dict[str, Any]) -> str:
-    return (f"{data.get('kind')} {data.get('name')!r} at {data.get('root')}, {data.get('users')} users, "
-            f"fingerprint {data.get('fingerprint')}/{data.get('sequences')}")
+    return (
+        f"{data.get('kind')} {data.get('name')!r} at {data.get('root')}, {data.get('users')} users, "
+        f"fingerprint {data.get('fingerprint')}/{data.get('sequences')}"
+    )
 
 
 def _difference(key: str, recorded: Any, now: Any, recorded_data: dict[str, Any], data: dict[str, Any]) -> str:
@@ -189,8 +216,9 @@ def _difference(key: str, recorded: Any, now: Any, recorded_data: dict[str, Any]
         return f"data set ({_data_text(recorded_data)} recorded; {_data_text(data)} now)"
     if isinstance(now, dict) and isinstance(recorded, dict):
         names = sorted(name for name in {*recorded, *now} if recorded.get(name) != now.get(name))
-        shown = [f"{name}: {json.dumps(recorded.get(name))} recorded, {json.dumps(now.get(name))} now"
-                 for name in names]
+        shown = [
+            f"{name}: {json.dumps(recorded.get(name))} recorded, {json.dumps(now.get(name))} now" for name in names
+        ]
         return f"{key} ({'; '.join(shown)})"
     return f"{key} ({json.dumps(recorded)} recorded, {json.dumps(now)} now)"
 
@@ -211,12 +239,16 @@ def _open_storage(settings: StudySettings) -> RDBStorage:
 
     # Heartbeats and the retry callback are marked experimental; they are what makes a study resumable.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    which = f"--storage {settings.shown_storage}" if settings.storage else \
-        f"the study database {settings.shown_storage}"
+    which = (
+        f"--storage {settings.shown_storage}" if settings.storage else f"the study database {settings.shown_storage}"
+    )
     try:
-        return RDBStorage(settings.storage_url, heartbeat_interval=settings.heartbeat_seconds,
-                          grace_period=2 * settings.heartbeat_seconds,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        return RDBStorage(
+            settings.storage_url,
+            heartbeat_interval=settings.heartbeat_seconds,
+            grace_period=2 * settings.heartbeat_seconds,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
     except ImportError as error:
         raise ConfigError(f"{which}: no database driver for it is installed ({error.__cause__ or error})") from None
     except SQLAlchemyError as error:
@@ -249,27 +281,37 @@ def _open_study(settings: StudySettings, data: dict[str, Any], features: Feature
     storage = _open_storage(settings)
     startup = max(1, min(8, settings.trials // 3))  # random trials before TPE models the space
     pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2) if settings.pruner == "median"
-        else optuna.pruners.SuccessiveHalvingPruner(min_resource=2))
-    study = optuna.create_study(study_name=settings.study_dir.name, storage=storage, load_if_exists=True,
-                                direction="maximize", pruner=pruner)
+        optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2)
+        if settings.pruner == "median"
+        else optuna.pruners.SuccessiveHalvingPruner(min_resource=2)
+    )
+    study = optuna.create_study(
+        study_name=settings.study_dir.name, storage=storage, load_if_exists=True, direction="maximize", pruner=pruner
+    )
     stored = len(study.get_trials(deepcopy=False))
     seed = int(np.random.SeedSequence([settings.seed, stored]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     identity, recorded = _identity(settings, data, features), study.user_attrs.get("identity")
     where = f"study {settings.study_dir.name!r} in {settings.shown_storage}"
     if recorded is None and stored:
-        raise ConfigError(f"{where} records no data set, preset or search space (an older tuner started it); "
-                          "give another --study folder")
+        raise ConfigError(
+            f"{where} records no data set, preset or search space (an older tuner started it); "
+            "give another --study folder"
+        )
     if recorded is None:
         study.set_user_attr("data", json.loads(json.dumps(data)))
         study.set_user_attr("identity", identity)
     elif recorded != identity:
         recorded_data = study.user_attrs.get("data", {})
-        differing = [_difference(key, recorded.get(key), identity[key], recorded_data, data)
-                     for key in identity if recorded.get(key) != identity[key]]
-        raise ConfigError(f"{where} was started with another {'; another '.join(differing)}; rerun it with "
-                          f"those settings, or give another --study folder")
+        differing = [
+            _difference(key, recorded.get(key), identity[key], recorded_data, data)
+            for key in identity
+            if recorded.get(key) != identity[key]
+        ]
+        raise ConfigError(
+            f"{where} was started with another {'; another '.join(differing)}; rerun it with "
+            f"those settings, or give another --study folder"
+        )
     return study
 
 
@@ -312,13 +354,16 @@ class TrialObjective:
         """The result of `owner`, whose values `trial` repeats; `RunInProgress` while another process trains it."""
         if owner.state == TrialState.RUNNING:
             self.hide.hide(trial.number)
-            self.console.print(f"trial {trial.number} repeats trial {owner.number}, which another process is "
-                               "training: skipped")
+            self.console.print(
+                f"trial {trial.number} repeats trial {owner.number}, which another process is training: skipped"
+            )
             raise RunInProgress(f"trial {trial.number} repeats running trial {owner.number}")
         trial.set_user_attr("repeats", owner.number)
         self.console.print(f"trial {trial.number} repeats trial {owner.number}: its result, without training")
         if owner.state == TrialState.PRUNED:
             raise optuna.TrialPruned()
+        if owner.value is None:  # a complete trial always has its value; Optuna's type allows none
+            raise RuntimeError(f"trial {owner.number} is {owner.state.name} without a value")
         return float(owner.value)
 
     def _train(self, values: dict[str, Any], run_dir: Path, trial: optuna.Trial) -> dict[str, Any]:
@@ -336,16 +381,32 @@ class TrialObjective:
             try:
                 return resume_run(run_dir, self.device, quiet, on_validation=report)[1]
             except ConfigError as error:
-                raise ConfigError(f"{error}; delete that folder to train the trial again from the start "
-                                  f"(finished trials are kept)") from error
+                raise ConfigError(
+                    f"{error}; delete that folder to train the trial again from the start (finished trials are kept)"
+                ) from error
         train_values, model_values = split_options(values)
-        return train_and_save(self.settings.preset, self.dataset, self.data_description, self.features,
-                              TrainConfig(**train_values), model_values, run_dir, self.device, quiet,
-                              on_validation=report)[1]
+        return train_and_save(
+            self.settings.preset,
+            self.dataset,
+            self.data_description,
+            self.features,
+            TrainConfig(**train_values),
+            model_values,
+            run_dir,
+            self.device,
+            quiet,
+            on_validation=report,
+        )[1]
 
 
-def run_study(settings: StudySettings, dataset: SequenceDataset, data_description: dict[str, Any],
-              features: FeatureSettings, device: torch.device, console: Console) -> optuna.Study:
+def run_study(
+    settings: StudySettings,
+    dataset: SequenceDataset,
+    data_description: dict[str, Any],
+    features: FeatureSettings,
+    device: torch.device,
+    console: Console,
+) -> optuna.Study:
     """Run trials until `settings.trials` have finished (complete or pruned), or the timeout.
 
     A trial in flight in another process takes a slot of the budget: with every slot taken, this
@@ -373,8 +434,9 @@ def run_study(settings: StudySettings, dataset: SequenceDataset, data_descriptio
                 said_waiting = False
                 continue
             if not said_waiting:
-                console.print(f"{in_flight} trial(s) in flight in other processes take the rest of the budget: "
-                              "waiting for them")
+                console.print(
+                    f"{in_flight} trial(s) in flight in other processes take the rest of the budget: waiting for them"
+                )
                 said_waiting = True
             time.sleep(min(WAIT_SECONDS, settings.heartbeat_seconds))
     finally:
