@@ -43,11 +43,11 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from timing import median_seconds, timed_call  # noqa: E402
+from timing import median_seconds, timed_call
 
-from crossan.zoo.data import load_dataset  # noqa: E402
-from crossan.zoo.data.dataset import PAD  # noqa: E402
-from crossan.zoo.training.trainer import training_windows  # noqa: E402
+from crossan.zoo.data import load_dataset
+from crossan.zoo.data.dataset import PAD
+from crossan.zoo.training.trainer import training_windows
 
 DEFAULT_MODELS = ("crossan-tiva", "iisan-e-tiva@512", "iisan-e-tiva@1024", "fft-ti", "adapter-ti", "lora-ti")
 CACHED_REFERENCE = "crossan-tiva"

@@ -35,16 +35,16 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 # The real-data benchmark's features and score temperature, so that both benchmarks time one setting.
-from real_data import COSINE, PRIOR, TEXT_BACKBONE, TEXT_MAX_TOKENS  # noqa: E402
-from timing import interleaved_medians  # noqa: E402
+from real_data import COSINE, PRIOR, TEXT_BACKBONE, TEXT_MAX_TOKENS
+from timing import interleaved_medians
 
-from crossan.zoo.cli.options import run_cli  # noqa: E402
-from crossan.zoo.data import DATA_KINDS, load_dataset  # noqa: E402
-from crossan.zoo.features.prepare import prepare_features  # noqa: E402
-from crossan.zoo.features.settings import FeatureSettings  # noqa: E402
-from crossan.zoo.models import build_model, preset_config  # noqa: E402
-from crossan.zoo.runs.pipeline import resolve_device  # noqa: E402
-from crossan.zoo.training.trainer import TrainConfig, Trainer  # noqa: E402
+from crossan.zoo.cli.options import run_cli
+from crossan.zoo.data import DATA_KINDS, load_dataset
+from crossan.zoo.features.prepare import prepare_features
+from crossan.zoo.features.settings import FeatureSettings
+from crossan.zoo.models import build_model, preset_config
+from crossan.zoo.runs.pipeline import resolve_device
+from crossan.zoo.training.trainer import TrainConfig, Trainer
 
 PLAIN = "in-batch"
 

@@ -9,11 +9,11 @@ import os
 # tests run on the CPU.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import subprocess
+import sys
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 # `python -m pytest` puts the working directory, the repository root, first on sys.path; there the
 # folders zoo/, kernels/ and export/ would import under their bare names as second copies of

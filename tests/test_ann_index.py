@@ -182,7 +182,7 @@ def test_faiss_recommender_agrees_with_exact(export_dir: Path) -> None:
 
 def test_recommender_rejects_unknown_index(export_dir: Path) -> None:
     with pytest.raises(ValueError, match="index must be one of 'exact', 'faiss', got 'annoy'"):
-        OnnxRecommender(export_dir, index="annoy")  # type: ignore[arg-type]
+        OnnxRecommender(export_dir, index="annoy")  # type: ignore[arg-type]  # an unknown kind on purpose
     with pytest.raises(ValueError, match="index='faiss' only"):
         OnnxRecommender(export_dir, index_parameters=IvfParameters())
 

@@ -140,7 +140,7 @@ def test_nan_user_embeddings_raise_naming_the_histories(toy_export: Path, tmp_pa
     folder = serving_copy(toy_export, tmp_path / "export")
     scaled_user_encoder(toy_export / USER_ENCODER_FILE, folder / USER_ENCODER_FILE, float("nan"))
     rerecord(folder, USER_ENCODER_FILE)
-    recommender = OnnxRecommender(folder, index=index)  # type: ignore[arg-type]
+    recommender = OnnxRecommender(folder, index=index)  # type: ignore[arg-type]  # a wrong type on purpose
     with pytest.raises(
         NonFiniteScoreError,
         match=r"user_encoder\.onnx gives NaN or infinite user embeddings for "
@@ -223,10 +223,10 @@ def test_export_validation_names_the_graph_and_output_that_are_not_finite() -> N
         match=r"^user_encoder in onnxruntime CPU at B=1: output user_embedding "
         r"is NaN or infinite in 1 rows \(0\)$",
     ):
-        validate_encoder(broken, finite, case)  # type: ignore[arg-type]
+        validate_encoder(broken, finite, case)  # type: ignore[arg-type]  # a wrong type on purpose
     broken.runtime = "pytorch"
     with pytest.raises(NonFiniteOutputError, match=r"user_encoder in pytorch at B=1: .*the run's model itself"):
-        validate_encoder(finite, broken, case)  # type: ignore[arg-type]
+        validate_encoder(finite, broken, case)  # type: ignore[arg-type]  # a wrong type on purpose
     assert issubclass(NonFiniteOutputError, ValueMismatchError) and issubclass(NonFiniteOutputError, UserError)
 
 
@@ -725,7 +725,7 @@ def test_bad_add_items_requests_say_what_was_expected(
     recommender: OnnxRecommender, ids: object, content: object, pattern: str
 ) -> None:
     with pytest.raises(TypeError, match=pattern):
-        recommender.add_items(ids, content)  # type: ignore[arg-type]
+        recommender.add_items(ids, content)  # type: ignore[arg-type]  # a wrong type on purpose
     assert len(recommender.item_ids) == NUM_ITEMS
 
 
@@ -769,10 +769,10 @@ def test_recommend_returns_k_distinct_known_items_or_the_documented_error(
     expected = expected_error(histories, k)
     if expected is not None:
         with pytest.raises(expected) as error:
-            recommender.recommend(histories, k=k)  # type: ignore[arg-type]
+            recommender.recommend(histories, k=k)  # type: ignore[arg-type]  # a wrong type on purpose
         assert type(error.value) is expected
         return
-    recommended = recommender.recommend(histories, k=k)  # type: ignore[arg-type]
+    recommended = recommender.recommend(histories, k=k)  # type: ignore[arg-type]  # a wrong type on purpose
     assert len(recommended) == len(histories)
     assert set(recommender.item_ids) == KNOWN_IDS
     for items, history in zip(recommended, histories, strict=True):

@@ -113,7 +113,10 @@ def test_star_and_improvement_match_a_hand_computed_paired_t_test() -> None:
     # Ten users, one seed: HR@10 is 1 for ranks <= 10. "new" hits users 0-6, "old" users 0-2 and 7.
     new = [1, 2, 3, 4, 5, 6, 7, 50, None, 40]
     old = [1, 2, 3, 30, 30, 30, 30, 9, None, 40]
-    hr10 = lambda ranks: [0.0 if r is None or r > 10 else 1.0 for r in ranks]  # noqa: E731
+
+    def hr10(ranks: list[int | None]) -> list[float]:
+        return [0.0 if r is None or r > 10 else 1.0 for r in ranks]
+
     metrics = {
         name: [
             {"best_epoch": 1, "test": {"HR@10": float(np.mean(hr10(r))), "HR@20": 0.5, "NDCG@10": 0.5, "NDCG@20": 0.5}}

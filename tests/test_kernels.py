@@ -12,15 +12,15 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import math  # noqa: E402
+import math
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
 
-import crossan.kernels.gated_mix_down as kernel_module  # noqa: E402
-from crossan.kernels.gated_mix_down import gated_mix_down, triton_available  # noqa: E402
-from crossan.kernels.reference import gated_mix_down_reference  # noqa: E402
+import crossan.kernels.gated_mix_down as kernel_module
+from crossan.kernels.gated_mix_down import gated_mix_down, triton_available
+from crossan.kernels.reference import gated_mix_down_reference
 
 INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"

@@ -89,7 +89,6 @@ class SequenceDataset:
         item_ids: list[str],
         user_ids: list[str],
         sequences: list[np.ndarray] | list[list[int]],
-        **content: object,
     ) -> SequenceDataset:
         """A data set from one item-index sequence per user (small sets and tests)."""
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
@@ -98,7 +97,7 @@ class SequenceDataset:
             if sequences
             else np.zeros(0, dtype=ITEM_DTYPE)
         )
-        return cls(name, root, item_ids, user_ids, items, np.concatenate([[0], np.cumsum(lengths)]), **content)  # type: ignore[arg-type]
+        return cls(name, root, item_ids, user_ids, items, np.concatenate([[0], np.cumsum(lengths)]))
 
     def required_titles(self) -> list[str]:
         """The items' titles; one line (`DataError`) for a data set without them."""

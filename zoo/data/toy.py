@@ -53,6 +53,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -116,9 +117,13 @@ Combo = tuple[int, int, int, int]
 def toy_next_attributes(attributes: Combo) -> Combo:
     """The rule: the attributes the item after one with `attributes` should have."""
     prev = dict(zip(TOY_ATTRIBUTES, attributes, strict=True))
-    return tuple(  # type: ignore[return-value]
-        (prev[src] + offset) % TOY_NUM_VALUES for src, offset in (TOY_RULE[name] for name in TOY_ATTRIBUTES)
-    )
+    return _combo((prev[src] + offset) % TOY_NUM_VALUES for src, offset in (TOY_RULE[name] for name in TOY_ATTRIBUTES))
+
+
+def _combo(values: Iterable[int]) -> Combo:
+    """One value per attribute (topic, colour, pattern, pitch) as a `Combo`."""
+    topic, colour, pattern, pitch = (int(value) for value in values)
+    return topic, colour, pattern, pitch
 
 
 def toy_item_attributes(root: str | Path) -> dict[str, Combo]:
@@ -126,7 +131,7 @@ def toy_item_attributes(root: str | Path) -> dict[str, Combo]:
     path = Path(root) / f"{TOY_NAME}_rule.json"
     try:
         rule = json.loads(path.read_text())
-        return {item: tuple(int(v) for v in values) for item, values in rule["items"].items()}  # type: ignore[misc]
+        return {item: _combo(values) for item, values in rule["items"].items()}
     except FileNotFoundError as exc:
         raise DataError("file not found", path) from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -138,7 +143,7 @@ def _orbits() -> list[list[Combo]]:
     seen: set[Combo] = set()
     orbits: list[list[Combo]] = []
     for values in itertools.product(range(TOY_NUM_VALUES), repeat=len(TOY_ATTRIBUTES)):
-        combo: Combo = (values[0], values[1], values[2], values[3])
+        combo = _combo(values)
         if combo in seen:
             continue
         orbit = [combo]

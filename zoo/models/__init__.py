@@ -26,9 +26,9 @@ from crossan.zoo.models.side_network import SideNetworkRecommender
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-from crossan.zoo.models.crossan import Crossan, CrossanConfig  # noqa: E402
-from crossan.zoo.models.iisan import IISAN, IISANConfig  # noqa: E402
-from crossan.zoo.models.sasrec_id import SASRecID, SASRecIDConfig  # noqa: E402
+from crossan.zoo.models.crossan import Crossan, CrossanConfig
+from crossan.zoo.models.iisan import IISAN, IISANConfig
+from crossan.zoo.models.sasrec_id import SASRecID, SASRecIDConfig
 
 __all__ = [
     "MODALITIES",
