@@ -58,20 +58,23 @@ def loaded_after(code: str, names: tuple[str, ...] = HEAVY) -> list[list[str]]:
     return [[name for name in line.split(",") if name] for line in result.stdout.splitlines()]
 
 
-def heavy_modules_after(code: str) -> list[str]:
-    """The modules of `HEAVY` that `code` leaves loaded, run in a fresh interpreter."""
-    return loaded_after(code + "\nreport()\n")[-1]
-
-
-def test_configs_and_models_are_built_without_the_kernel_or_backbones() -> None:
+def test_models_are_built_without_the_kernel_or_backbones_and_the_kernel_loads_when_one_first_runs() -> None:
     code = (
-        "import crossan\nfrom crossan.zoo.models.registry import preset_config\n"
+        "import torch, crossan\nfrom crossan.zoo.models.registry import preset_config\n"
         "names = crossan.list_models()\n"
         "assert len(names) > 10, names\n"
         "configs = [preset_config(name) for name in names]\n"
-        "crossan.create_model('crossan-tiva')\n"
+        "model = crossan.create_model('crossan-tiva').eval()\n"
+        "report()\n"
+        "side = model.side\n"
+        "width = side.layers[0].down_weight.shape[1]\n"
+        "states = torch.zeros(len(side.layers), side.gates.num_modalities, 2, width)\n"
+        "side(states)\n"
+        "report()\n"
     )
-    assert heavy_modules_after(code) == []
+    built, ran = loaded_after(code)
+    assert built == []
+    assert "crossan.kernels.gated_mix_down" in ran
 
 
 def test_the_end_to_end_default_backbones_are_transformers_defaults() -> None:
@@ -105,14 +108,3 @@ def test_every_help_loads_no_kernel_nor_backbones_and_the_light_ones_no_torch() 
     light, every = loaded_after(code, (*HEAVY, "torch"))
     assert light == []
     assert every == ["torch"]
-
-
-def test_the_kernel_is_imported_when_a_side_network_first_runs() -> None:
-    code = (
-        "import torch, crossan\nmodel = crossan.create_model('crossan-tiva').eval()\n"
-        "side = model.side\n"
-        "width = side.layers[0].down_weight.shape[1]\n"
-        "states = torch.zeros(len(side.layers), side.gates.num_modalities, 2, width)\n"
-        "side(states)\n"
-    )
-    assert "crossan.kernels.gated_mix_down" in heavy_modules_after(code)
