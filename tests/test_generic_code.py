@@ -24,9 +24,8 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CODE_ROOTS = ("zoo", "export", "kernels", "benchmarks", "crossan", "tests")
-TOP_LEVEL_SCRIPTS = ("train.py", "evaluate.py")
+from source_code import REPO, project_files
+
 MODELS_FOLDER = Path("zoo", "models")
 COMPARISONS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
 TYPE_CHECKS = ("isinstance", "issubclass")
@@ -35,25 +34,11 @@ TYPE_CHECKS = ("isinstance", "issubclass")
 def checked_files(root: Path = REPO) -> list[Path]:
     """The files the rules apply to under `root` (see the module docstring)."""
     model_tests = {"test_models.py"} | {f"test_{path.stem}.py" for path in (root / MODELS_FOLDER).glob("*.py")}
-    files = [root / name for name in TOP_LEVEL_SCRIPTS if (root / name).is_file()]
-    for folder in CODE_ROOTS:
-        for path in sorted((root / folder).rglob("*.py")):
-            relative = path.relative_to(root)
-            model_test = relative.parts[0] == "tests" and relative.name in model_tests
-            if (
-                "__pycache__" in relative.parts
-                or relative.is_relative_to(MODELS_FOLDER)
-                or model_test
-                or _through_link(root, relative)
-            ):
-                continue
-            files.append(path)
-    return files
 
+    def exempt(relative: Path) -> bool:
+        return relative.is_relative_to(MODELS_FOLDER) or (relative.parts[0] == "tests" and relative.name in model_tests)
 
-def _through_link(root: Path, relative: Path) -> bool:
-    """Whether `relative` lies under a link (crossan/zoo and the like: the same files again)."""
-    return any((root / Path(*relative.parts[:depth])).is_symlink() for depth in range(1, len(relative.parts)))
+    return [path for path in project_files(root) if not exempt(path.relative_to(root))]
 
 
 def family_classes() -> set[str]:

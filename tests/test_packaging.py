@@ -189,14 +189,12 @@ def test_every_benchmark_answers_help_from_the_root_and_from_outside(tmp_path: P
 def test_the_registry_imports_no_model_file() -> None:
     """Model files import the registry to register themselves; the registry module never imports
     them (`crossan.zoo.models` does, and re-exports the lookups, complete once it is imported)."""
-    import ast
+    from source_code import imported_modules
 
     import crossan.zoo.models as models
     from crossan.zoo.models import registry
 
-    tree = ast.parse(Path(registry.__file__).read_text(encoding="utf-8"))
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported = {name for _, name in imported_modules(Path(registry.__file__).read_text(encoding="utf-8"))}
     model_files = {
         f"crossan.zoo.models.{architecture_module}"
         for architecture_module in ("crossan", "iisan", "sasrec_id", "end_to_end")

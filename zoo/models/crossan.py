@@ -87,7 +87,7 @@ class Crossan(SideNetworkRecommender):
                 HoulsbyAdapter(self.side_width, self.config.adapter_dim, self.config.adapter_activation),
             )
         previous = [torch.zeros_like(states[0, 0]) for _ in self.config.modalities]
-        for index, adapters in enumerate(self.side_adapters()):
+        for index, adapters in enumerate(self.side.layers):
             current = []
             for m in range(len(previous)):
                 mixed_from = previous if self.config.cross_modal else [previous[m]]

@@ -102,7 +102,7 @@ class IISAN(SideNetworkRecommender):
             inter_adapter = adapter()
         intra = [torch.zeros_like(states[0, 0]) for _ in range(num_modalities)]
         inter = torch.zeros_like(states[0, 0])
-        for index, adapters in enumerate(self.side_adapters()):
+        for index, adapters in enumerate(self.side.layers):
             intra = [
                 functional_call(
                     intra_layer,

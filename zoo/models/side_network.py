@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossan.zoo.layers.adapter import TowerAdapters
 from crossan.zoo.layers.fusion import make_fusion
 from crossan.zoo.layers.head import TowerHead
 from crossan.zoo.layers.mixer import GatedCrossModalMixer
@@ -59,19 +58,7 @@ class SideNetworkRecommender(ContentRecommender):
     def head_dtype(self) -> torch.dtype:
         """The dtype of the tower heads' weights: the model's compute dtype, which backbone states
         are cast to."""
-        head = self.heads[0]
-        if not isinstance(head, TowerHead):
-            raise TypeError(f"tower heads must be TowerHead modules, got {type(head).__name__}")
-        return head.hidden.weight.dtype
-
-    def side_adapters(self) -> list[TowerAdapters]:
-        """Each side layer's stacked tower adapters, in layer order (`SideNetwork.layers`, typed)."""
-        adapters = []
-        for layer in self.side.layers:
-            if not isinstance(layer, TowerAdapters):
-                raise TypeError(f"side layers must be TowerAdapters modules, got {type(layer).__name__}")
-            adapters.append(layer)
-        return adapters
+        return next(self.heads.parameters()).dtype
 
     def gate_mixer(self, name: str, kind: type[MixerT]) -> MixerT:
         """The mixer of gate group `name` (`SideGates.mixers`), checked to be a `kind`."""
