@@ -181,6 +181,26 @@ def test_backbone_prior_model_exports_and_validates(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(user[:, 64:], axis=1), 1.5, atol=1e-5)
 
 
+def test_cold_scale_model_exports_with_item_rows(tmp_path: Path) -> None:
+    """With a cold scale the item encoder also takes catalogue rows and carries which rows occur
+    in training: the exported graph matches PyTorch, and its frozen part is the scale times
+    longer for an item outside training and for a new item (row -1) than for a trained one."""
+    model = tiny_model("crossan-ti")
+    config = dataclasses.replace(
+        model.config, score_temperature=0.1, backbone_prior_weight=0.5, backbone_prior_cold_scale=2.5
+    )
+    model = type(model)(config).eval()
+    model.mark_trained_items(torch.arange(NUM_ITEMS) % 2 == 0)
+    exported = export_model(model, tmp_path)
+    assert exported.item_spec.input_names[-1] == "item_rows"
+    items, users = grid_cases(model)
+    assert all(r.max_abs_error <= TOLERANCE for r in validate_grid(model, exported, items, users))
+    states = random_item_inputs(model, 3)[:-1]
+    rows = torch.tensor([0, 1, -1])
+    (actual,) = OnnxEncoder(exported.out_dir / "item_encoder.onnx", exported.item_spec)(*states, rows)
+    np.testing.assert_allclose(np.linalg.norm(actual[:, 64:], axis=1), [1.0, 2.5, 2.5], atol=1e-5)
+
+
 def tampered(path: Path, out: Path, change: Callable[[onnx.ModelProto], None]) -> Path:
     model = onnx.load(str(path))
     change(model)

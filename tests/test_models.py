@@ -348,3 +348,58 @@ def test_load_model_round_trip(tmp_path) -> None:
     inputs = item_inputs(model, 4)
     torch.testing.assert_close(loaded.encode_items(*inputs), model.encode_items(*inputs), atol=0, rtol=0)
     assert dataclasses.asdict(loaded.config) == dataclasses.asdict(model.config)
+
+
+def test_cold_scale_multiplies_the_prior_of_items_outside_training_only() -> None:
+    """`backbone_prior_cold_scale` multiplies the frozen part of the items that never occur in
+    training (and of new items, row -1) outside training: their prior score grows by that factor,
+    every other score and every user vector stays as without it (the user side takes each history
+    item's frozen part back to unit length), and training scores are untouched."""
+    torch.manual_seed(0)
+    settings = {"score_temperature": 0.1, "backbone_prior_weight": 0.5, "backbone_prior_inference_weight": 1.5}
+    plain = small_model("crossan-t", **settings, dropout=0.0, attention_dropout=0.0)
+    cold = crossan.build_model(dataclasses.replace(plain.config, backbone_prior_cold_scale=3.0))
+    missing, unexpected = cold.load_state_dict(plain.state_dict(), strict=False)
+    assert (missing, unexpected) == (["cold_items.seen"], [])
+    assert cold.item_input_names == (*plain.item_input_names, "item_rows")
+    seen = torch.arange(30) % 3 != 0
+    cold.mark_trained_items(seen)
+    (states,) = item_inputs(plain, 9)
+    rows = torch.tensor([0, 1, 2, 3, 4, 5, -1, 6, 9])
+    factor = torch.tensor([3.0, 1, 1, 3, 1, 1, 3, 3, 3]).unsqueeze(1)
+    window = torch.tensor([[0, 0, 3, 5, 1], [2, 4, 6, 8, 9]])
+    with torch.no_grad():
+        for mode in ("train", "eval"):
+            plain.train(mode == "train")
+            cold.train(mode == "train")
+            plain_items, cold_items = plain.encode_items(states), cold.encode_items(states, rows)
+            expected = factor if mode == "eval" else torch.ones(9, 1)
+            torch.testing.assert_close(cold_items[:, :64], plain_items[:, :64])
+            torch.testing.assert_close(cold_items[:, 64:], plain_items[:, 64:] * expected)
+            plain_users = plain.user_embeddings(plain.item_table(plain_items), window)
+            cold_users = cold.user_embeddings(cold.item_table(cold_items), window)
+            torch.testing.assert_close(cold_users, plain_users)
+        learned = plain.scores(plain_users[:, :64], plain_items[:, :64])
+        plain_prior = plain.scores(plain_users, plain_items) - learned
+        cold_scores = cold.scores(cold_users, cold_items)
+    torch.testing.assert_close(cold_scores, learned + plain_prior * factor.t(), atol=1e-4, rtol=1e-5)
+    assert float(plain_prior.abs().min()) > 1e-3, "the prior must move every score, or the check means nothing"
+
+
+def test_cold_scale_settings_are_checked() -> None:
+    prior = {"score_temperature": 0.1, "backbone_prior_weight": 0.5}
+    with pytest.raises(ValueError, match="backbone_prior_cold_scale must be positive"):
+        crossan.preset_config("crossan-t", **prior, backbone_prior_cold_scale=0.0)
+    with pytest.raises(ValueError, match="must be a number, null or 'auto', got 'more'"):
+        crossan.preset_config("crossan-t", **prior, backbone_prior_cold_scale="more")
+    with pytest.raises(ValueError, match="backbone_prior_cold_grid must hold"):
+        crossan.preset_config(
+            "crossan-t", **prior, backbone_prior_cold_scale="auto", backbone_prior_cold_grid=(1.0, 0.0)
+        )
+    with pytest.raises(ValueError, match="which is off"):
+        crossan.preset_config("crossan-t", score_temperature=0.1, backbone_prior_cold_scale=2.0)
+    with pytest.raises(ValueError, match="needs num_items"):
+        crossan.create_model("crossan-t", **prior, backbone_prior_cold_scale=2.0)
+    auto = small_model("crossan-t", **prior, backbone_prior_cold_scale="auto")
+    assert auto.validation_choices() == {"backbone_prior_cold_scale": auto.config.backbone_prior_cold_grid}
+    assert auto.prior_cold_scale == 1.0 and auto.config.reads_item_rows

@@ -20,6 +20,7 @@ from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.runs.pipeline import describe_data, train_and_save
 from crossan.zoo.runs.run import open_run
 from crossan.zoo.training.evaluation import evaluate_history_similarity, evaluate_model, evaluate_popularity
+from crossan.zoo.training.significance import cold_item_users
 from crossan.zoo.training.trainer import TrainConfig, Trainer, training_windows
 
 QUICK = TrainConfig(epochs=4, patience=4, seed=7)
@@ -299,6 +300,49 @@ def test_prior_inference_weight_auto_is_chosen_on_validation_and_recorded(
     assert saved["backbone_prior_inference_weight"] == chosen["chosen"]
     reopened = open_run(tmp_path / "auto")
     assert reopened.model.prior_inference_weight == chosen["chosen"]
+    result = evaluate_model(reopened.model, reopened.dataset, reopened.features, "test")
+    assert result.metrics == pytest.approx(metrics["test"], abs=1e-6)
+
+
+def test_cold_scale_auto_is_chosen_by_the_stated_rule_and_survives_reopening(
+    toy_root: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`backbone_prior_cold_scale=auto` scores each grid multiple on validation, picks it by
+    `pick_on_validation` (recorded with the cold users' score), and the reopened run ranks with it
+    and with the training items it was trained on. The toy set has no cold item: every fifth item
+    is reported as never trained on."""
+    real_counts = SequenceDataset.train_counts
+
+    def fewer_counts(self: SequenceDataset) -> np.ndarray:
+        counts = real_counts(self)
+        counts[::5] = 0
+        return counts
+
+    monkeypatch.setattr(SequenceDataset, "train_counts", fewer_counts)
+    dataset = read_microlens(toy_root, name="toy")
+    grid = (1.0, 4.0, 16.0)
+    overrides = {
+        "adapter_dim": 16,
+        "score_temperature": 0.1,
+        "backbone_prior_weight": 0.25,
+        "backbone_prior_inference_weight": 1.0,
+        "backbone_prior_cold_scale": "auto",
+        "backbone_prior_cold_grid": grid,
+    }
+    metrics = train(toy_root, cache_dir, tmp_path / "cold", "crossan-t", overrides)
+    chosen = metrics["chosen_on_validation"]["backbone_prior_cold_scale"]
+    entries = {entry["value"]: entry for entry in chosen["valid"]}
+    assert list(entries) == list(grid)
+    cold = cold_item_users(dataset, "valid")
+    assert 0 < int(cold.sum()) < dataset.num_users
+    best = max(grid, key=lambda value: (entries[value]["NDCG@10"], -grid.index(value)))
+    close = [v for v in grid if entries[v]["NDCG@10"] >= entries[best]["NDCG@10"] - entries[best]["standard_error"]]
+    assert chosen["chosen"] == max(close, key=lambda v: (entries[v]["cold users NDCG@10"], -grid.index(v)))
+    colds = [entries[v]["cold users NDCG@10"] for v in grid]
+    assert len(set(colds)) > 1, "the multiple must move the cold users' score, or the choice means nothing"
+    reopened = open_run(tmp_path / "cold")
+    assert reopened.model.prior_cold_scale == chosen["chosen"]
+    assert torch.equal(reopened.model.cold_items.seen, torch.from_numpy(dataset.train_counts()[1:] > 0))
     result = evaluate_model(reopened.model, reopened.dataset, reopened.features, "test")
     assert result.metrics == pytest.approx(metrics["test"], abs=1e-6)
 

@@ -197,6 +197,20 @@ class SideNetworkConfig(ContentConfig):
         default=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
         metadata={"help": "the weights backbone_prior_inference_weight=auto compares on the validation split"},
     )
+    backbone_prior_cold_scale: float | str | None = field(
+        default=None,
+        metadata={
+            "help": "None: off; else the prior's weight outside training on items that never occur in a "
+            "training prefix (and new items), as a multiple of its inference weight, or 'auto': the value of "
+            "backbone_prior_cold_grid chosen on the validation split (validation_objective says how). The "
+            "learned part has no evidence on such items and their frozen similarity does best there; the "
+            "item encoder then also takes the catalogue rows"
+        },
+    )
+    backbone_prior_cold_grid: tuple[float, ...] = field(
+        default=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
+        metadata={"help": "the multiples backbone_prior_cold_scale=auto compares on the validation split"},
+    )
     backbone_prior_decay: float = field(
         default=0.5,
         metadata={"help": "weight ratio of each older history item in the prior's pooled history, in (0, 1]"},
@@ -235,6 +249,22 @@ class SideNetworkConfig(ContentConfig):
                 "backbone_prior_inference_grid must hold at least one weight, none negative, "
                 f"got {self.backbone_prior_inference_grid}"
             )
+        cold_scale = self.backbone_prior_cold_scale
+        if isinstance(cold_scale, str) and cold_scale != AUTO:
+            raise ConfigError(f"backbone_prior_cold_scale must be a number, null or {AUTO!r}, got {cold_scale!r}")
+        # Positive: the user side recovers each history item's unit frozen embedding by its length.
+        if isinstance(cold_scale, (int, float)) and not cold_scale > 0.0:
+            raise ConfigError(f"backbone_prior_cold_scale must be positive, got {cold_scale}")
+        if not self.backbone_prior_cold_grid or not min(self.backbone_prior_cold_grid) > 0.0:
+            raise ConfigError(
+                "backbone_prior_cold_grid must hold at least one multiple, all positive, "
+                f"got {self.backbone_prior_cold_grid}"
+            )
+        if cold_scale is not None and not (self.backbone_prior_weight or inference_weight):
+            raise ConfigError(
+                "backbone_prior_cold_scale scales the frozen-similarity prior, which is off: set "
+                "backbone_prior_weight or backbone_prior_inference_weight"
+            )
         if (self.backbone_prior_weight or inference_weight) and not self.score_temperature:
             name = "backbone_prior_weight" if self.backbone_prior_weight else "backbone_prior_inference_weight"
             raise ConfigError(
@@ -249,6 +279,11 @@ class SideNetworkConfig(ContentConfig):
     @property
     def num_towers(self) -> int:
         return len(self.modalities)
+
+    @property
+    def reads_item_rows(self) -> bool:
+        """The ID term and the cold items' prior scale both look items up by catalogue row."""
+        return self.item_id_term or self.backbone_prior_cold_scale is not None
 
     def backbone_modalities(self) -> tuple[str, ...]:
         return tuple(self.modalities)

@@ -17,8 +17,9 @@ class ContentRecommender(Recommender):
     """A recommender whose item embedding is computed from the items' content
     (`encode_content`), plus, with `item_id_term`, a learned ID vector per training item.
 
-    With the ID term the item inputs end with `item_rows` (0-based catalogue rows; -1 for an
-    item without an ID, such as a new item served from raw content).
+    With the ID term (or anything else that looks items up by row: `config.reads_item_rows`)
+    the item inputs end with `item_rows` (0-based catalogue rows; -1 for an item outside the
+    trained catalogue, such as a new item served from raw content).
     """
 
     config: ContentConfig
@@ -48,17 +49,17 @@ class ContentRecommender(Recommender):
 
     @property
     def item_input_names(self) -> tuple[str, ...]:
-        return self.content_input_names + (("item_rows",) if self.item_ids is not None else ())
+        return self.content_input_names + (("item_rows",) if self.config.reads_item_rows else ())
 
     def embed_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
+        embeddings = self.encode_content(*self.content_inputs(item_inputs))
         if self.item_ids is None:
-            return self.encode_content(*item_inputs)
-        *content, rows = item_inputs
-        return self.encode_content(*content) + self.item_ids(rows)
+            return embeddings
+        return embeddings + self.item_ids(item_inputs[-1])
 
     def random_item_inputs(self, num_items: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         content = self.random_content_inputs(num_items, generator)
-        if self.item_ids is None:
+        if not self.config.reads_item_rows:
             return content
         return (*content, torch.randint(0, self.config.num_items, (num_items,), generator=generator))
 
@@ -67,5 +68,5 @@ class ContentRecommender(Recommender):
             self.item_ids.mark_seen(seen.to(self.item_ids.seen.device))
 
     def content_inputs(self, item_inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """`item_inputs` without the catalogue rows the ID term takes."""
-        return item_inputs[:-1] if self.item_ids is not None else item_inputs
+        """`item_inputs` without the catalogue rows (`config.reads_item_rows`)."""
+        return item_inputs[:-1] if self.config.reads_item_rows else item_inputs

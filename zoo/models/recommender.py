@@ -122,7 +122,8 @@ class Recommender(nn.Module):
         return 1.0
 
     def prior_embeddings(self, *item_inputs: torch.Tensor) -> torch.Tensor:
-        """Frozen unit item embeddings `[N, F]` the prior compares (models with a prior only)."""
+        """Frozen item embeddings `[N, F]` the prior compares (models with a prior only): unit
+        length, or a positive multiple of it for an item whose prior has its own weight."""
         raise NotImplementedError
 
     @property
@@ -156,7 +157,10 @@ class Recommender(nn.Module):
             states = F.normalize(states, dim=-1)
         if not self.has_prior:
             return states
-        history = decayed_history(item_embeddings[..., dim:], padding_mask, self.prior_decay)
+        # Each history item's frozen part back at unit length: an item's own prior weight (cold
+        # items may have theirs, `prior_embeddings`) scales its score, not its share of the history.
+        frozen = F.normalize(item_embeddings[..., dim:], dim=-1)
+        history = decayed_history(frozen, padding_mask, self.prior_decay)
         return torch.cat([states, self.prior_weight * F.normalize(history, dim=-1)], dim=-1)
 
     def item_table(self, item_embeddings: torch.Tensor) -> torch.Tensor:

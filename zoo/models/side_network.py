@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.layers.fusion import make_fusion
 from crossan.zoo.layers.head import TowerHead
 from crossan.zoo.layers.mixer import GatedCrossModalMixer
 from crossan.zoo.layers.side_network import SideGates, SideNetwork
+from crossan.zoo.layers.trained_items import ColdItemScale
 from crossan.zoo.models.config import AUTO, SideNetworkConfig
 from crossan.zoo.models.content import ContentRecommender
 
@@ -48,6 +50,13 @@ class SideNetworkRecommender(ContentRecommender):
         )
         self.heads = nn.ModuleList(TowerHead(width, config.embedding_dim) for _ in range(config.num_towers))
         self.fusion = make_fusion(config.fusion, config.num_towers, config.embedding_dim, config.top_k)
+        self.cold_items: ColdItemScale | None = None
+        if config.backbone_prior_cold_scale is not None:
+            if config.num_items < 1:
+                raise ConfigError(
+                    "backbone_prior_cold_scale needs num_items (the catalogue size, set from the data set)"
+                )
+            self.cold_items = ColdItemScale(config.num_items)
 
     @staticmethod
     def make_gates(config: SideNetworkConfig) -> SideGates:
@@ -135,10 +144,24 @@ class SideNetworkRecommender(ContentRecommender):
             return self.config.backbone_prior_weight
         return weight
 
+    @property
+    def prior_cold_scale(self) -> float:
+        """The multiple of the inference weight on cold items; until `auto` is chosen, 1."""
+        scale = self.config.backbone_prior_cold_scale
+        return 1.0 if scale is None or isinstance(scale, str) else scale
+
     def validation_choices(self) -> dict[str, tuple[Any, ...]]:
+        choices: dict[str, tuple[Any, ...]] = {}
         if self.config.backbone_prior_inference_weight == AUTO:
-            return {"backbone_prior_inference_weight": self.config.backbone_prior_inference_grid}
-        return {}
+            choices["backbone_prior_inference_weight"] = self.config.backbone_prior_inference_grid
+        if self.config.backbone_prior_cold_scale == AUTO:
+            choices["backbone_prior_cold_scale"] = self.config.backbone_prior_cold_grid
+        return choices
+
+    def mark_trained_items(self, seen: torch.Tensor) -> None:
+        super().mark_trained_items(seen)
+        if self.cold_items is not None:
+            self.cold_items.mark_seen(seen.to(self.cold_items.seen.device))
 
     @property
     def prior_decay(self) -> float:
@@ -151,13 +174,17 @@ class SideNetworkRecommender(ContentRecommender):
     def prior_embeddings(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         """Each backbone's last kept state (its own pooled output: the sentence embedding of a
         sentence model), unit length, concatenated and scaled by `1 / sqrt(M)` so that the
-        prior's score is the mean of the modalities' cosines."""
+        prior's score is the mean of the modalities' cosines. Outside training, with a cold
+        scale, items that never occur in training are multiplied by it."""
         dtype = self.head_dtype
         content = self.content_inputs(item_inputs)
-        return (
+        frozen = (
             torch.cat([F.normalize(states[:, -1].to(dtype), dim=-1) for states in content], dim=-1)
             / len(content) ** 0.5
         )
+        if self.cold_items is None or self.training:
+            return frozen
+        return frozen * self.cold_items(item_inputs[-1], self.prior_cold_scale).to(dtype)
 
     @torch.no_grad()
     def tower_representations(

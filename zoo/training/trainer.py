@@ -24,8 +24,11 @@ from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
 from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluation_users
+from crossan.zoo.training.metrics import per_user_metric
 from crossan.zoo.training.negatives import ExtraNegatives, check_negative_options
 from crossan.zoo.training.objective import InBatchObjective
+from crossan.zoo.training.selection import pick_on_validation
+from crossan.zoo.training.significance import cold_item_users
 
 __all__ = [
     "PRECISIONS",
@@ -152,6 +155,16 @@ class TrainConfig:
             self.full_softmax,
             self.sampling_correction,
         )
+
+
+def _cold_mean(result: EvaluationResult, cold: torch.Tensor) -> float | None:
+    """The selection metric's mean over the cold users of `result` (None without any)."""
+    return float(per_user_metric(result.ranks[cold], SELECTION_METRIC).mean()) if bool(cold.any()) else None
+
+
+def _all_and_cold(result: EvaluationResult, cold: torch.Tensor) -> str:
+    cold_mean = _cold_mean(result, cold)
+    return f"{result.metrics[SELECTION_METRIC]:.4f} / " + ("-" if cold_mean is None else f"{cold_mean:.4f}")
 
 
 @dataclass
@@ -499,27 +512,38 @@ class Trainer:
         return TrainingOutcome(state.best_epoch, best_valid, test, state.history, best_state, choices)
 
     def _choose_on_validation(self, best_valid: EvaluationResult) -> tuple[EvaluationResult, dict[str, dict[str, Any]]]:
-        """Set each of the model's `validation_choices` to the candidate with the best validation
-        score at the best epoch (the first on ties); the test split plays no part. Returns the
+        """Set each of the model's `validation_choices`, one after the other, to the candidate
+        `pick_on_validation` picks at the best epoch (the mean to within its standard error,
+        then the users whose validation item is cold); the test split plays no part. Returns the
         validation result under the chosen settings and, per setting, the scores and the choice."""
         choices: dict[str, dict[str, Any]] = {}
+        cold = cold_item_users(self.dataset, "valid")
+        if self.valid_sample is not None:
+            cold = cold[torch.from_numpy(self.valid_sample)]
         for name, candidates in self.model.validation_choices().items():
             scored = []
             for value in candidates:
                 self.model.apply_choice(name, value)
                 scored.append((value, self._evaluate("valid")))
-            chosen, best_valid = max(scored, key=lambda pair: pair[1].metrics[SELECTION_METRIC])
+            index = pick_on_validation([result.ranks for _, result in scored], cold, SELECTION_METRIC)
+            chosen, best_valid = scored[index]
             self.model.apply_choice(name, chosen)
             choices[name] = {
                 "chosen": chosen,
                 "metric": SELECTION_METRIC,
                 "valid": [
-                    {"value": value, SELECTION_METRIC: result.metrics[SELECTION_METRIC]} for value, result in scored
+                    {
+                        "value": value,
+                        SELECTION_METRIC: result.metrics[SELECTION_METRIC],
+                        "standard_error": result.standard_error(SELECTION_METRIC),
+                        f"cold users {SELECTION_METRIC}": _cold_mean(result, cold),
+                    }
+                    for value, result in scored
                 ],
             }
             self.console.print(
-                f"{name}: {chosen} (valid {SELECTION_METRIC} "
-                + ", ".join(f"{value}: {result.metrics[SELECTION_METRIC]:.4f}" for value, result in scored)
+                f"{name}: {chosen} (valid {SELECTION_METRIC}, all / cold users: "
+                + ", ".join(f"{value}: {_all_and_cold(result, cold)}" for value, result in scored)
                 + ")"
             )
         return best_valid, choices
