@@ -1,11 +1,21 @@
-"""Benchmark on a real data set: popularity, `sasrec-id` and `crossan-t` over a pretrained MiniLM,
+"""Benchmark on real data sets: popularity, `sasrec-id` and `crossan-t` over a pretrained MiniLM,
 each with its own recipe, over several seeds.
 
     python benchmarks/real_data.py --data-root DIR --seeds 42 43 44 [--json]
     python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --seeds 42
     python benchmarks/real_data.py --data-root DIR --models sasrec-id crossan-t --tune 24 --seeds 42 43 44
+    python benchmarks/real_data.py --data-root DIR1 DIR2 DIR3 --models sasrec-id crossan-t --tune 24
 
 (DIR: a data set in the Amazon layout, such as Amazon Scientific; docs/data.md describes it.)
+
+With several data roots each catalogue is benchmarked as one would be alone, in `OUT/<its name>/`,
+one after the other, and a last table compares them: per catalogue, the content row with the
+best mean validation NDCG@10 against the reference (below), their test NDCG@10, ratio and paired
+t-test, the content row's unmasked and cold-user figures beside the untrained text similarity's
+and popularity's, and the geometric mean of the ratios. With `--tune`, a family's study on a
+later catalogue starts from the best values of the catalogues tuned before it (enqueued as its
+first trials, inside the same budget). `--json` then prints `{"catalogues": {name: details},
+"summary": ...}`.
 
 With `--tune TRIALS`, every model family (preset) among the chosen rows is first tuned on the
 data set's validation split with the same budget (`crossan tune`: TRIALS finished
@@ -95,6 +105,13 @@ SLIDING = {"sliding_windows": True}
 CROSSAN_TRAINING = {**SLIDING, "adapter_lr": 1e-4}
 ID_TERM = {"item_id_term": True, "item_id_dropout": 0.5}
 PRIOR = {"backbone_prior_weight": 0.25, "backbone_prior_inference_weight": 1.0}
+# The prior trained at 0.25, its ranking weight and its scale on cold items chosen on validation
+# (the mean to within its standard error, then the cold users: crossan.zoo.training.selection).
+PRIOR_ON_VALIDATION = {
+    "backbone_prior_weight": 0.25,
+    "backbone_prior_inference_weight": "auto",
+    "backbone_prior_cold_scale": "auto",
+}
 RECIPES = {
     "sasrec-id": Recipe("sasrec-id", SLIDING),
     "sasrec-id, full softmax": Recipe("sasrec-id", {**SLIDING, "full_softmax": True}),
@@ -109,6 +126,7 @@ RECIPES = {
     ),
     "crossan-t + prior 0.5": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, "backbone_prior_weight": 0.5}),
     "crossan-t + prior 2": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, "backbone_prior_weight": 2.0}),
+    "crossan-t + prior, chosen on validation": Recipe("crossan-t", CROSSAN_TRAINING, {**COSINE, **PRIOR_ON_VALIDATION}),
 }
 ID_PRESET = "sasrec-id"
 SIMILARITY_ROW = "text similarity, untrained"
@@ -118,7 +136,13 @@ PRIOR_DECAY = PRIOR.get("backbone_prior_decay", SideNetworkConfig.backbone_prior
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="amazon", choices=DATA_KINDS)
-    parser.add_argument("--data-root", type=Path, help="data folder (required unless --data toy)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="data folder (required unless --data toy); several: one benchmark each, then a summary over them",
+    )
     parser.add_argument(
         "--models",
         nargs="+",
@@ -156,32 +180,82 @@ def main() -> int:
     args = build_parser().parse_args()
     console = Console(stderr=True)
     device = resolve_device(args.device)
-    dataset = load_dataset(args.data, args.data_root, args.cache_dir)
-    console.print(dataset.summary())
-    data_description = describe_data(args.data, dataset)
     models = list(dict.fromkeys(args.models))
     if not any(RECIPES[name].preset == ID_PRESET for name in models):
         raise ConfigError(f"--models needs a {ID_PRESET} row: the reference every row is compared with")
     if args.tune_only and args.tune is None:
         raise ConfigError("--tune-only needs --tune TRIALS")
-    seeds = tuple(dict.fromkeys(args.seeds))
+    roots = list(dict.fromkeys(args.data_root)) if args.data_root else [None]
+    datasets = [load_dataset(args.data, root, args.cache_dir) for root in roots]
+    names = [dataset.name for dataset in datasets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--data-root: two data sets share a name ({', '.join(names)}); each needs its own folder")
     out = args.out or Path("weights") / f"bench-{args.data}"
+    warm_start: dict[str, list[dict[str, Any]]] = {}
+    reports = {}
+    for dataset in datasets:
+        folder = out if len(datasets) == 1 else out / dataset.name
+        reports[dataset.name] = benchmark_catalogue(dataset, args, models, folder, device, console, warm_start)
+    wide = Console(width=None if sys.stdout.isatty() else 170)
+    if args.tune_only:
+        tuning = {name: report["tuning"] for name, report in reports.items()}
+        if args.json:
+            print(json.dumps({"tuning": tuning} if len(datasets) == 1 else {"catalogues": tuning}))
+        else:
+            for name, report in reports.items():
+                print_budget(report["tuning"], name, wide)
+        return 0
+    if len(datasets) == 1:
+        (report,) = reports.values()
+        if args.json:
+            print(json.dumps(row_metrics(report) | {"details": report}))
+        else:
+            print_tables(report, datasets[0].name)
+        return 0
+    summary = summarise(reports)
+    if args.json:
+        print(json.dumps({"catalogues": reports, "summary": summary}))
+        return 0
+    for name, report in reports.items():
+        print_tables(report, name)
+    print_summary(summary, wide)
+    return 0
+
+
+def row_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Row -> mean test metrics and seconds per epoch: the one-catalogue JSON's top level."""
+    return {name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]} for name, r in report["rows"].items()}
+
+
+def benchmark_catalogue(
+    dataset: SequenceDataset,
+    args: argparse.Namespace,
+    models: list[str],
+    out: Path,
+    device: torch.device,
+    console: Console,
+    warm_start: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Tune (with `--tune`), train the rows over the seeds and report one catalogue; `warm_start`
+    holds each family's best values on the catalogues tuned before, and gains this one's."""
+    console.print(dataset.summary())
+    data_description = describe_data(args.data, dataset)
+    seeds = tuple(dict.fromkeys(args.seeds))
     settings = FeatureSettings(
         cache_dir=args.cache_dir, text_max_tokens=TEXT_MAX_TOKENS, overrides=(("text", TEXT_BACKBONE),)
     )
-    recipes, tuning = dict(RECIPES), {}
+    recipes, tuning, models = dict(RECIPES), {}, list(models)
     if args.tune is not None:
         for preset in dict.fromkeys(RECIPES[name].preset for name in models):
-            tuning[preset] = tune_family(preset, args, out, dataset, data_description, settings, device, console)
+            tuning[preset] = tune_family(
+                preset, args, out, dataset, data_description, settings, device, console, warm_start.get(preset, [])
+            )
+            warm_start.setdefault(preset, []).append(tuning[preset]["recipe"])
             train_values, model_values = split_options(tuning[preset]["recipe"])
             recipes[f"{preset}, tuned"] = Recipe(preset, train_values, model_values)
             models.append(f"{preset}, tuned")
     if args.tune_only:
-        if args.json:
-            print(json.dumps({"tuning": tuning}))
-        else:
-            print_budget(tuning, dataset.name, Console(width=None if sys.stdout.isatty() else 170))
-        return 0
+        return {"tuning": tuning}
     table = TableRuns(benchmark_table(recipes, models, args.epochs, args.patience), out, seeds)
     train_missing(table, dataset, data_description, settings, {}, device, console)
 
@@ -234,27 +308,97 @@ def main() -> int:
         (name for name in models if recipes[name].preset == ID_PRESET), key=lambda name: results[name]["valid_ndcg10"]
     )
     comparisons = {name: _paired_test(ranks[name], ranks[reference]) for name in models if name != reference}
-    report = {
+    return {
         "data": data_description,
         "seeds": list(seeds),
         "cold_test_users": int(cold.sum()),
         "reference": reference,
+        "best_content": max(
+            (name for name in models if recipes[name].preset != ID_PRESET),
+            key=lambda name: results[name]["valid_ndcg10"],
+            default=None,
+        ),
         "rows": results,
         "paired_t_tests": comparisons,
         "text_backbone": TEXT_BACKBONE,
         "text_max_tokens": TEXT_MAX_TOKENS,
         "tuning": tuning,
     }
-    if args.json:
-        print(
-            json.dumps(
-                {name: {**r["test"], "seconds_per_epoch": r["seconds_per_epoch"]} for name, r in results.items()}
-                | {"details": report}
-            )
+
+
+def summarise(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per catalogue, the content row with the best mean validation NDCG@10 against the reference
+    (the best `sasrec-id` row on validation): test NDCG@10 and their ratio, the paired t-test,
+    unmasked and cold-user figures beside the untrained rows'; and the ratios' geometric mean."""
+    catalogues: dict[str, dict[str, Any]] = {}
+    for name, report in reports.items():
+        rows, best, reference = report["rows"], report["best_content"], report["reference"]
+        if best is None:
+            raise ConfigError("the summary over catalogues needs a content row among --models")
+        similarity = rows.get(SIMILARITY_ROW)
+        catalogues[name] = {
+            "reference": reference,
+            "best_content": best,
+            "reference_ndcg10": rows[reference]["test"]["NDCG@10"],
+            "content_ndcg10": rows[best]["test"]["NDCG@10"],
+            "ratio": rows[best]["test"]["NDCG@10"] / rows[reference]["test"]["NDCG@10"],
+            "p_value": report["paired_t_tests"][best]["NDCG@10"]["p_value"],
+            "content_unmasked_ndcg10": rows[best]["test_unmasked"]["NDCG@10"],
+            "content_unmasked_hr10": rows[best]["test_unmasked"]["HR@10"],
+            "content_cold_ndcg10": rows[best]["test_cold"]["NDCG@10"],
+            "similarity_ndcg10": None if similarity is None else similarity["test"]["NDCG@10"],
+            "similarity_cold_ndcg10": None if similarity is None else similarity["test_cold"]["NDCG@10"],
+            "popularity_ndcg10": rows["popularity"]["test"]["NDCG@10"],
+            "cold_test_users": report["cold_test_users"],
+        }
+    ratios = [entry["ratio"] for entry in catalogues.values()]
+    return {"catalogues": catalogues, "geometric_mean_ratio": float(np.exp(np.mean(np.log(ratios))))}
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """The catalogues side by side: the best content row on validation against the best ID row."""
+    table = Table(
+        title="over catalogues: the content row best on validation against the sasrec-id row best on validation "
+        f"(test NDCG@10; geometric mean of the ratios {summary['geometric_mean_ratio']:.2f}x)"
+    )
+    columns = (
+        "catalogue",
+        "content row",
+        "NDCG@10",
+        "sasrec-id row",
+        "NDCG@10",
+        "ratio",
+        "p",
+        "unmasked NDCG@10",
+        "unmasked HR@10",
+        "cold users",
+        "text similarity",
+        "its cold users",
+        "popularity",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("catalogue", "content row", "sasrec-id row") else "right")
+
+    def number(value: float | None) -> str:
+        return "" if value is None else f"{value:.4f}"
+
+    for name, entry in summary["catalogues"].items():
+        table.add_row(
+            name,
+            entry["best_content"],
+            number(entry["content_ndcg10"]),
+            entry["reference"],
+            number(entry["reference_ndcg10"]),
+            f"{entry['ratio']:.2f}x",
+            f"{entry['p_value']:.2g}",
+            number(entry["content_unmasked_ndcg10"]),
+            number(entry["content_unmasked_hr10"]),
+            number(entry["content_cold_ndcg10"]),
+            number(entry["similarity_ndcg10"]),
+            number(entry["similarity_cold_ndcg10"]),
+            number(entry["popularity_ndcg10"]),
         )
-        return 0
-    print_tables(report, dataset.name)
-    return 0
+    console.print(table)
 
 
 def tune_family(
@@ -266,9 +410,11 @@ def tune_family(
     settings: FeatureSettings,
     device: torch.device,
     console: Console,
+    warm_start: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Tune `preset` on validation with the benchmark's budget (`--tune` finished trials, the
-    benchmark's epochs and patience); returns the study's summary with its best recipe."""
+    benchmark's epochs and patience), its first trials the values best on the catalogues tuned
+    before (`warm_start`); returns the study's summary with its best recipe and values."""
     space = load_space(default_space(preset), preset)
     study_settings = StudySettings(
         preset,

@@ -244,3 +244,67 @@ def test_real_data_benchmark_tunes_every_family_with_the_same_budget(
         assert (tmp_path / "bench" / "tune" / preset / "best-recipe.json").is_file()
     assert report["details"]["reference"] in ("sasrec-id", "sasrec-id, tuned")
     assert {path: path.stat().st_mtime for path in trials} == trials, "a finished trial was trained again"
+
+
+def amazon_from_toy(toy_root: Path, root: Path, users: slice) -> Path:
+    """The toy set's titles and a slice of its users as an Amazon-layout folder (`items.tsv`, `users.tsv`)."""
+    root.mkdir(parents=True)
+    titles = (toy_root / "toy_title_en.csv").read_text().splitlines()[1:]
+    (root / "items.tsv").write_text("".join(line.replace(",", "\t", 1) + "\n" for line in titles))
+    lines = (toy_root / "toy_pairs.tsv").read_text().splitlines()[users]
+    (root / "users.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_real_data_benchmark_over_two_catalogues_reports_their_geometric_mean(
+    toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Two data roots: each catalogue is benchmarked in its own folder, and the summary compares,
+    per catalogue, the content row best on validation with the `sasrec-id` row best on validation,
+    beside the untrained rows, with the geometric mean of the ratios."""
+    roots = [
+        amazon_from_toy(toy_root, tmp_path / name, users)
+        for name, users in (("first", slice(0, 500)), ("second", slice(300, 800)))
+    ]
+    command = [
+        sys.executable,
+        "benchmarks/real_data.py",
+        "--data-root",
+        *map(str, roots),
+        "--epochs",
+        "1",
+        "--models",
+        "sasrec-id",
+        "crossan-t",
+        "crossan-t + prior, chosen on validation",
+        "--seeds",
+        "1",
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(tmp_path / "bench"),
+        "--json",
+    ]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report["catalogues"]) == set(report["summary"]["catalogues"]) == {"first", "second"}
+    assert sorted(path.name for path in (tmp_path / "bench").iterdir()) == ["first", "second"]
+    ratios = []
+    for name, entry in report["summary"]["catalogues"].items():
+        rows = report["catalogues"][name]["rows"]
+        content = ("crossan-t", "crossan-t + prior, chosen on validation")
+        assert entry["best_content"] == max(content, key=lambda row: rows[row]["valid_ndcg10"])
+        assert entry["reference"] == "sasrec-id"
+        assert entry["ratio"] == rows[entry["best_content"]]["test"]["NDCG@10"] / rows["sasrec-id"]["test"]["NDCG@10"]
+        similarity_cold = rows["text similarity, untrained"]["test_cold"]["NDCG@10"]
+        assert entry["similarity_cold_ndcg10"] == pytest.approx(similarity_cold, nan_ok=True)
+        assert entry["popularity_ndcg10"] == rows["popularity"]["test"]["NDCG@10"]
+        chosen = json.loads(
+            (
+                tmp_path / "bench" / name / "real-data" / "crossan-t-prior-chosen-on-validation-seed1" / "metrics.json"
+            ).read_text()
+        )["chosen_on_validation"]
+        assert set(chosen) == {"backbone_prior_inference_weight", "backbone_prior_cold_scale"}
+        ratios.append(entry["ratio"])
+    assert report["summary"]["geometric_mean_ratio"] == pytest.approx((ratios[0] * ratios[1]) ** 0.5, rel=1e-12)
