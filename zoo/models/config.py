@@ -260,7 +260,7 @@ class SideNetworkConfig(ContentConfig):
                 "backbone_prior_cold_grid must hold at least one multiple, all positive, "
                 f"got {self.backbone_prior_cold_grid}"
             )
-        if cold_scale is not None and not (self.backbone_prior_weight or inference_weight):
+        if cold_scale is not None and not self.backbone_prior_weight and inference_weight is None:
             raise ConfigError(
                 "backbone_prior_cold_scale scales the frozen-similarity prior, which is off: set "
                 "backbone_prior_weight or backbone_prior_inference_weight"
