@@ -75,7 +75,7 @@ from crossan.zoo.training.metrics import METRIC_NAMES, metrics_from_ranks
 from crossan.zoo.training.significance import cold_item_users
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
-from crossan.zoo.tune.study import StudySettings, run_study
+from crossan.zoo.tune.study import PRUNERS, StudySettings, run_study
 
 TEXT_BACKBONE = "minilm"
 TEXT_MAX_TOKENS = 64  # 44% of Amazon Scientific's titles are longer than 30 tokens
@@ -161,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune", type=int, metavar="TRIALS", help="tune every chosen family first, with this many finished trials each"
     )
     parser.add_argument("--tune-timeout", type=float, metavar="MINUTES", help="at most this long per family")
+    parser.add_argument(
+        "--tune-pruner", default="median", choices=PRUNERS, help="how the studies stop poor trials early"
+    )
+    parser.add_argument(
+        "--tune-valid-users",
+        type=int,
+        default=0,
+        metavar="N",
+        help="trials validate on a fixed sample of N users; the best few are ranked again on every user (0: all)",
+    )
     parser.add_argument(
         "--tune-only",
         action="store_true",
@@ -422,11 +432,17 @@ def tune_family(
         args.tune,
         out / "tune" / preset,
         timeout_minutes=args.tune_timeout,
+        pruner=args.tune_pruner,
         overrides=(("epochs", args.epochs), ("patience", args.patience)),
+        warm_start=tuple(warm_start),
+        search_valid_users=args.tune_valid_users,
     )
-    console.print(f"tuning {preset}: {args.tune} trials on the validation split")
+    console.print(
+        f"tuning {preset}: {args.tune} trials on the validation split"
+        + (f", the first {len(warm_start)} from the catalogues tuned before" if warm_start else "")
+    )
     return write_outputs(
-        run_study(study_settings, dataset, data_description, settings, device, console), study_settings
+        run_study(study_settings, dataset, data_description, settings, device, console), study_settings, device
     )
 
 

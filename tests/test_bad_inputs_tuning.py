@@ -218,6 +218,167 @@ def test_a_bad_set_value_is_one_line_naming_it(tmp_path: Path, overrides: tuple,
     assert str(raised.value).startswith(message.format(space=space.path)) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        ({"lr": 0.5, "dropout": 0.1}, "lr=0.5 is outside the float range [0.0001, 0.01] (log) of lr in {space}"),
+        ({"lr": "fast"}, 'lr="fast" is outside the float range [0.0001, 0.01] (log) of lr in {space}'),
+        ({"batch_size": 100}, "batch_size=100 is outside the choices 64, 128, 256 of batch_size in {space}"),
+        # A number never stands for a boolean choice, nor a boolean for a number (True == 1 in Python).
+        ({"sliding_windows": 1}, "sliding_windows=1 is outside the choices false, true of sliding_windows in {space}"),
+        (
+            {"weight_decay": False},
+            "weight_decay=false is outside the choices 0.0, 0.001, 0.01, 0.1 of weight_decay in {space}",
+        ),
+        (
+            {"epochs": 30, "patience": 5},
+            "names none of the parameters the study samples (lr, dropout, attention_dropout, score_temperature, "
+            "sliding_windows, batch_size, weight_decay) of {space}",
+        ),
+    ],
+)
+def test_a_bad_warm_start_is_one_line_naming_the_key_the_value_and_the_file(
+    tmp_path: Path, start: dict, message: str
+) -> None:
+    space = load_space(default_space("sasrec-id"), "sasrec-id")
+    with pytest.raises(ConfigError) as raised:
+        StudySettings(
+            "sasrec-id",
+            space,
+            2,
+            tmp_path / "study",
+            warm_start=({"lr": 0.001}, start),
+            warm_start_files=("a/best-recipe.json", "b/best-recipe.json"),
+        )
+    assert str(raised.value) == f"--warm-start b/best-recipe.json: {message.format(space=space.path)}"
+    assert not (tmp_path / "study").exists()
+
+
+def test_a_warm_start_keeps_the_sampled_parameters_only_as_their_distributions_hold_them(tmp_path: Path) -> None:
+    space_file = tmp_path / "space.toml"
+    space_file.write_text(
+        '[params.lr]\ntype = "float"\nlow = 0.0001\nhigh = 0.01\n\n'
+        '[params.epochs]\ntype = "int"\nlow = 2\nhigh = 9\n\n'
+        '[params.dropout]\ntype = "float"\nlow = 0\nhigh = 0.5\n'
+    )
+    space = load_space(space_file, "sasrec-id")
+    # lr is fixed by --set: the warm start's lr (even one outside the range) is no longer a parameter.
+    start = {"lr": 0.5, "epochs": 4, "dropout": 0, "patience": 3}
+    settings = StudySettings("sasrec-id", space, 1, tmp_path / "s", overrides=(("lr", 0.002),), warm_start=(start,))
+    (params,) = settings.warm_start_params
+    assert params == {"epochs": 4, "dropout": 0.0} and isinstance(params["dropout"], float)
+    with pytest.raises(ConfigError, match=r"^--warm-start #1: epochs=4.0 is outside the int range \[2, 9\] of epochs"):
+        StudySettings("sasrec-id", space, 1, tmp_path / "s", warm_start=({"epochs": 4.0},))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"search_valid_users": -1}, "--search-valid-users must be 0 (validate on every user) or positive, got -1"),
+        ({"search_valid_users": 50, "final_candidates": 0}, "--final-candidates must be at least 1, got 0"),
+        (
+            {"search_valid_users": 50, "overrides": (("valid_users", 10),)},
+            "--set valid_users and --search-valid-users both fix the validation sample; give one",
+        ),
+        ({"pruner": "hyper"}, "--pruner must be one of median, halving, hyperband, got 'hyper'"),
+    ],
+)
+def test_bad_search_settings_are_one_line(tmp_path: Path, options: dict, message: str) -> None:
+    space = load_space(default_space("sasrec-id"), "sasrec-id")
+    with pytest.raises(ConfigError) as raised:
+        StudySettings("sasrec-id", space, 1, tmp_path / "study", **options)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_warm_start_files_that_are_missing_or_bad_stop_before_any_data_is_read(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    out_of_range = write_recipe(tmp_path / "wide.json", "sasrec-id", {"lr": 0.5, "dropout": 0.1}, {})
+    not_json = tmp_path / "half.json"
+    not_json.write_text('{"preset": "sasrec-id", "set": {"lr": 0.0')
+    space = default_space("sasrec-id")
+    for recipe, message in [
+        (missing, f"{missing}: no such recipe file"),
+        (not_json, f"{not_json}: not valid JSON (line 1, column 42"),
+        (out_of_range, f"--warm-start {out_of_range}: lr=0.5 is outside the float range [0.0001, 0.01] (log) of lr in"),
+    ]:
+        error = one_line_error(
+            run_tuner(
+                "--preset",
+                "sasrec-id",
+                "--data",
+                "amazon",
+                "--data-root",
+                str(tmp_path / "no-data-here"),  # read after the settings: never reached
+                "--study",
+                str(tmp_path / "new" / "study"),
+                "--warm-start",
+                str(recipe),
+            )
+        )
+        assert error.startswith(message), error
+        assert not (tmp_path / "new").exists()
+    assert str(space) in error
+
+
+def test_the_new_tune_options_reach_the_study_and_the_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossan.zoo.cli import tune as tune_cli
+
+    recipes = [
+        write_recipe(tmp_path / f"{name}.json", "sasrec-id", {"lr": lr, "epochs": 30}, {})
+        for name, lr in (("one", 0.001), ("two", 0.002))
+    ]
+    seen: dict = {}
+
+    def run_study(settings, dataset, description, features, device, console):
+        seen["settings"], seen["users"] = settings, dataset.num_users
+        return "the study"
+
+    def write_outputs(study, settings, device="cpu"):
+        seen["outputs"] = (study, settings, str(device))
+        return {"best_trial": 2, "final_pick": 2}
+
+    monkeypatch.setattr(tune_cli, "run_study", run_study)
+    monkeypatch.setattr(tune_cli, "write_outputs", write_outputs)
+    result = run_tuner(
+        "--preset",
+        "sasrec-id",
+        "--data",
+        "amazon",
+        "--data-root",
+        str(amazon_folder(tmp_path / "data", seed=1)),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--study",
+        str(tmp_path / "study"),
+        "--set",
+        "epochs=4",
+        "--pruner",
+        "hyperband",
+        "--warm-start",
+        *map(str, recipes),
+        "--search-valid-users",
+        "20",
+        "--final-candidates",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"best_trial": 2, "final_pick": 2}
+    settings = seen["settings"]
+    assert seen["outputs"] == ("the study", settings, "cpu") and seen["users"] == 40
+    assert settings.warm_start_params == ({"lr": 0.001}, {"lr": 0.002})
+    assert settings.warm_start_files == tuple(map(str, recipes))
+    assert (settings.pruner, settings.trial_epochs, settings.search_valid_users, settings.final_candidates) == (
+        "hyperband",
+        4,
+        20,
+        2,
+    )
+    assert settings.trial_space.fixed["valid_users"] == 20 and "valid_users" not in settings.recipe_fixed
+
+
 # 3. Recipes, spaces, study folders and storage URLs.
 
 

@@ -279,6 +279,12 @@ def test_real_data_benchmark_over_two_catalogues_reports_their_geometric_mean(
         "crossan-t + prior, chosen on validation",
         "--seeds",
         "1",
+        "--tune",
+        "1",
+        "--tune-pruner",
+        "hyperband",
+        "--tune-valid-users",
+        "100",
         "--cache-dir",
         str(cache_dir),
         "--out",
@@ -290,13 +296,24 @@ def test_real_data_benchmark_over_two_catalogues_reports_their_geometric_mean(
     report = json.loads(result.stdout)
     assert set(report["catalogues"]) == set(report["summary"]["catalogues"]) == {"first", "second"}
     assert sorted(path.name for path in (tmp_path / "bench").iterdir()) == ["first", "second"]
+    tuning = {name: report["catalogues"][name]["tuning"] for name in ("first", "second")}
+    for preset in ("sasrec-id", "crossan-t"):
+        # The second catalogue's one trial is the first catalogue's best values (the warm start),
+        # validated on 100 users and ranked again on all of them.
+        assert tuning["second"][preset]["recipe"] == tuning["first"][preset]["recipe"]
+        assert tuning["second"][preset]["search_valid_users"] == 100
+        assert "valid_users" not in tuning["second"][preset]["recipe"]
     ratios = []
     for name, entry in report["summary"]["catalogues"].items():
         rows = report["catalogues"][name]["rows"]
-        content = ("crossan-t", "crossan-t + prior, chosen on validation")
+        trained = {row: result for row, result in rows.items() if result.get("preset")}
+        content = [row for row, result in trained.items() if result["preset"] != "sasrec-id"]
+        ids = [row for row, result in trained.items() if result["preset"] == "sasrec-id"]
+        assert len(content) == 3 and len(ids) == 2
         assert entry["best_content"] == max(content, key=lambda row: rows[row]["valid_ndcg10"])
-        assert entry["reference"] == "sasrec-id"
-        assert entry["ratio"] == rows[entry["best_content"]]["test"]["NDCG@10"] / rows["sasrec-id"]["test"]["NDCG@10"]
+        assert entry["reference"] == max(ids, key=lambda row: rows[row]["valid_ndcg10"])
+        reference = rows[entry["reference"]]["test"]["NDCG@10"]
+        assert entry["ratio"] == rows[entry["best_content"]]["test"]["NDCG@10"] / reference
         similarity_cold = rows["text similarity, untrained"]["test_cold"]["NDCG@10"]
         assert entry["similarity_cold_ndcg10"] == pytest.approx(similarity_cold, nan_ok=True)
         assert entry["popularity_ndcg10"] == rows["popularity"]["test"]["NDCG@10"]

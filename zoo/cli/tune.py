@@ -4,6 +4,8 @@
     crossan tune --preset crossan-t --data amazon --data-root DIR --backbone text=minilm \\
         --trials 24 --timeout 600 --study weights/tune/crossan-t-scientific
     python train.py --recipe weights/tune/crossan-t-scientific/best-recipe.json --data amazon ...
+    crossan tune --preset crossan-t --data amazon --data-root DIR2 --trials 16 \
+        --warm-start weights/tune/crossan-t-scientific/best-recipe.json --search-valid-users 5000
 
 Rerunning the same command continues the study: finished trials are kept, a killed trial is
 retried (and its run folder resumed) once its heartbeat is older than twice --heartbeat. A study
@@ -30,6 +32,7 @@ from crossan.zoo.cli.options import (
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.runs.pipeline import resolve_device
 from crossan.zoo.runs.settings import split_options
+from crossan.zoo.tune.recipe import read_recipe
 from crossan.zoo.tune.report import write_outputs
 from crossan.zoo.tune.space import default_space, load_space
 from crossan.zoo.tune.study import PRUNERS, StudySettings, run_study
@@ -51,7 +54,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="study folder (default: weights/tune/<preset>-<data>): trials, study.db, report",
     )
     parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in the study folder)")
-    parser.add_argument("--pruner", default="median", choices=PRUNERS)
+    parser.add_argument(
+        "--pruner",
+        default="median",
+        choices=PRUNERS,
+        help="median (default), halving (successive halving) or hyperband (brackets of halving up to the epochs)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument(
         "--heartbeat",
@@ -67,6 +75,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a config value every trial uses, over the space (e.g. --set epochs=10)",
     )
+    parser.add_argument(
+        "--warm-start",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RECIPE.json",
+        help="best-recipe.json files whose values of the space's parameters a new study tries first",
+    )
+    parser.add_argument(
+        "--search-valid-users",
+        type=int,
+        default=0,
+        metavar="N",
+        help="validate every trial on a fixed sample of N users (0: all), then rank the best trials on all",
+    )
+    parser.add_argument(
+        "--final-candidates",
+        type=int,
+        default=3,
+        metavar="K",
+        help="with --search-valid-users: how many of the best trials to rank again on the whole validation split",
+    )
     add_device_option(parser)
     add_json_option(parser, "the summary as JSON")
     add_data_options(parser)
@@ -80,6 +110,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     console = Console(stderr=True)
     space = load_space(args.space or default_space(args.preset), args.preset)
     overrides = tuple(parse_settings(args.set, "--set").items())
+    warm_start = tuple(read_recipe(path)[1] for path in args.warm_start)
     settings = StudySettings(
         args.preset,
         space,
@@ -91,17 +122,28 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args.seed,
         args.heartbeat,
         overrides,
+        warm_start=warm_start,
+        warm_start_files=tuple(str(path) for path in args.warm_start),
+        search_valid_users=args.search_valid_users,
+        final_candidates=args.final_candidates,
     )
     modalities = preset_config(args.preset, **split_options(dict(overrides))[1]).backbone_modalities()
     check_data_options_apply(parser, args, modalities, args.preset)
     dataset, description, features = data_and_settings(args)
-    study = run_study(settings, dataset, description, features, resolve_device(args.device), console)
-    summary = write_outputs(study, settings)
+    device = resolve_device(args.device)
+    study = run_study(settings, dataset, description, features, device, console)
+    summary = write_outputs(study, settings, device)
     if args.json:
         print(json.dumps(summary))
     else:
+        picked = (
+            f" (picked on the whole validation split among {len(summary['final_candidates'])} trials; "
+            f"best on the sample: trial {summary['optuna_best_trial']})"
+            if "final_pick" in summary
+            else ""
+        )
         console.print(
-            f"best trial {summary['best_trial']}: valid NDCG@10 {summary['valid NDCG@10']:.4f}; "
+            f"best trial {summary['best_trial']}: valid NDCG@10 {summary['valid NDCG@10']:.4f}{picked}; "
             f"recipe {settings.study_dir / 'best-recipe.json'}, report {settings.study_dir / 'report.md'}"
         )
     return 0

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from crossan.zoo.core.atomic import atomic_write
 from crossan.zoo.core.errors import NoResultError
+from crossan.zoo.tune.final import pick_on_full_validation
 from crossan.zoo.tune.recipe import write_recipe
 from crossan.zoo.tune.study import FINISHED, METRIC, StudySettings, distinct_runs
 
@@ -23,11 +25,16 @@ if TYPE_CHECKING:
 __all__ = ["write_outputs"]
 
 
-def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
+def write_outputs(study: optuna.Study, settings: StudySettings, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Write `trials.png`, `report.md` and `best-recipe.json` into the study folder; return a summary.
 
     The recipe's origin records the study, the best trial, and what the study recorded when it
-    was started: the data set, the preset, the search space and the feature settings."""
+    was started: the data set, the preset, the search space and the feature settings.
+
+    A study that validated on a sample of users (`settings.search_valid_users`) recommends the
+    best of its `final_candidates` best trials on the whole validation split, ranked on `device`
+    (`zoo.tune.final`); the summary's `final_pick` names it and `final_candidates` gives each
+    candidate's scores on the sample and on the whole split. Otherwise the best is Optuna's."""
     trials = study.get_trials(deepcopy=False)
     if not any(t.state == TrialState.COMPLETE for t in trials):
         raise NoResultError(
@@ -36,8 +43,18 @@ def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any
             "--timeout"
         )
     best = study.best_trial
+    final: dict[str, Any] = {}
+    if settings.search_valid_users:
+        optuna_best = best
+        best, candidates = pick_on_full_validation(study, settings, device)
+        final = {
+            "search_valid_users": settings.search_valid_users,
+            "optuna_best_trial": optuna_best.number,
+            "final_pick": best.number,
+            "final_candidates": [candidate.to_dict() for candidate in candidates],
+        }
     space = settings.trial_space
-    values = {**space.fixed, **best.params}
+    values = {**settings.recipe_fixed, **best.params}
     seconds = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
@@ -49,12 +66,14 @@ def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any
         "preset": settings.preset,
         "space": str(space.path),
         "best_trial": best.number,
-        f"valid {METRIC}": best.value,
+        # on the whole validation split: the trial's own score, or its final ranking's
+        f"valid {METRIC}": _full_score(final, best),
         "finished_trials": sum(t.state in FINISHED for t in trials),
         "pruned_trials": sum(t.state == TrialState.PRUNED for t in trials),
         "trained_trials": distinct_runs(study),
         "trial_minutes": round(seconds / 60, 2),
         "run_dir": best.user_attrs.get("run_dir"),
+        **final,
     }
     identity = study.user_attrs.get("identity", {})
     origin = {
@@ -69,6 +88,15 @@ def write_outputs(study: optuna.Study, settings: StudySettings) -> dict[str, Any
     atomic_write(settings.study_dir / "report.md", lambda temporary: Path(temporary).write_text(markdown))
     write_recipe(settings.study_dir / "best-recipe.json", settings.preset, values, origin)
     return {**summary, "importances": importances, "recipe": values}
+
+
+def _full_score(final: dict[str, Any], best: optuna.trial.FrozenTrial) -> float | None:
+    """The recommended trial's validation NDCG@10 over every user: from the final ranking when
+    the trials validated on a sample, else the trial's value."""
+    for candidate in final.get("final_candidates", []):
+        if candidate["trial"] == best.number:
+            return float(candidate[f"full valid {METRIC}"])
+    return best.value
 
 
 def _states(trials: list) -> str:
@@ -117,7 +145,7 @@ def _markdown(
         f"Data set: {data.get('kind')} `{data.get('name')}` at `{data.get('root')}` ({data.get('users')} users, "
         f"{data.get('items')} items; fingerprint {data.get('fingerprint')}, sequences {data.get('sequences')}).",
         "",
-        f"**Best trial {best.number}**: valid {METRIC} {best.value:.4f}, run `{summary['run_dir']}`.",
+        *_best_lines(best, summary),
         "",
         "Recipe (`best-recipe.json`, for `python train.py --recipe`):",
         "",
@@ -148,6 +176,30 @@ def _markdown(
         cells += [_cell(t.params.get(name)) for name in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _best_lines(best: optuna.trial.FrozenTrial, summary: dict[str, Any]) -> list[str]:
+    """The report's lines on the recommended trial; with a final ranking, its table too."""
+    score = summary[f"valid {METRIC}"]
+    if "final_pick" not in summary:
+        return [f"**Best trial {best.number}**: valid {METRIC} {score:.4f}, run `{summary['run_dir']}`."]
+    candidates = summary["final_candidates"]
+    lines = [
+        f"**Picked trial {best.number}** on the whole validation split: valid {METRIC} {score:.4f}, "
+        f"run `{summary['run_dir']}`. The trials validated on a sample of {summary['search_valid_users']} "
+        f"users; the {len(candidates)} best there (Optuna's best: trial {summary['optuna_best_trial']}) were "
+        "ranked again on every validation user:",
+        "",
+        f"| trial | sampled valid {METRIC} | full valid {METRIC} | picked |",
+        "|---|---|---|---|",
+    ]
+    for candidate in candidates:
+        picked = "yes" if candidate["trial"] == best.number else ""
+        lines.append(
+            f"| {candidate['trial']} | {candidate[f'sampled valid {METRIC}']:.4f} | "
+            f"{candidate[f'full valid {METRIC}']:.4f} | {picked} |"
+        )
+    return lines
 
 
 def _cell(value: Any) -> str:

@@ -20,6 +20,7 @@ the right type: both are checked when the space is loaded, so a typo is one line
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +57,28 @@ class Parameter:
         if self.kind == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log)
         return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+
+    def admitted(self, value: Any) -> Any | None:
+        """`value` as this parameter's distribution holds it (the matching choice; a float for a
+        float range), or None when it lies outside the range or choices: a warm start's value
+        must be one the space could have sampled, or TPE would model a point outside it."""
+        if self.kind == "categorical":
+            # A boolean never stands for a number (True == 1), nor a number for a boolean.
+            return next(
+                (c for c in self.choices if isinstance(c, bool) == isinstance(value, bool) and c == value), None
+            )
+        wanted = (int, float) if self.kind == "float" else int
+        if isinstance(value, bool) or not isinstance(value, wanted) or self.low is None or self.high is None:
+            return None
+        if not self.low <= value <= self.high:  # NaN fails this too
+            return None
+        return float(value) if self.kind == "float" else value
+
+    def domain(self) -> str:
+        """The range or choices, as a message names them: `[0.0001, 0.01] (log)`, `one of 64, 128`."""
+        if self.kind == "categorical":
+            return "choices " + ", ".join(json.dumps(c) for c in self.choices)
+        return f"{self.kind} range [{self.low}, {self.high}]{' (log)' if self.log else ''}"
 
     def corners(self) -> list[Any]:
         """The values a space check builds configs with: the range ends, or every choice."""

@@ -23,6 +23,9 @@ the fixed values (the space's and `--set`) and the feature settings. Opened with
 stops with one line naming what differs, since its finished trials would be kept and its best
 trial chosen among results of another problem. A trial whose loss turns NaN (`DivergedError`)
 is counted as pruned, with the reason recorded: an outcome of its values, not of the study.
+
+A new study enqueues its warm starts (parameter values of other recipes) as its first trials.
+The pruner is the median one, successive halving, or Hyperband over the trials' epochs.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ __all__ = [
     "METRIC",
     "StudySettings",
     "distinct_runs",
+    "make_pruner",
     "open_study",
     "run_study",
     "study_data",
@@ -65,7 +69,7 @@ __all__ = [
 METRIC = "NDCG@10"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_SECONDS = 10  # how often a worker whose budget is in flight elsewhere looks again
-PRUNERS = ("median", "halving")
+PRUNERS = ("median", "halving", "hyperband")
 DATA_IDENTITY = ("kind", "fingerprint", "sequences")
 """What makes two data sets the same for a study: the kind and the content (catalogue and
 sequences), not where the folder lies."""
@@ -97,7 +101,18 @@ class StudySettings:
     """What a study needs besides the data: the preset, its space, the budget and the storage.
 
     `overrides` (`--set`) fix config values for every trial, over the space's; they are checked
-    with the space when the settings are made, so a bad one stops before any data is read."""
+    with the space when the settings are made, so a bad one stops before any data is read.
+
+    `warm_start` holds parameter values to try first (other catalogues' best recipes, say):
+    a new study enqueues them, so they are its first trials and count towards the budget. Only
+    the trial space's parameters are kept (a recipe holds fixed values too), and each value must
+    lie in its parameter's range or choices; `warm_start_files` names where each came from, for
+    the messages.
+
+    `search_valid_users` > 0 validates every trial on a fixed sample of that many users
+    (`valid_users`, fixed like an override); the `final_candidates` best complete trials are then
+    ranked again on the whole validation split, and the recipe is the best of them there
+    (`zoo.tune.final`)."""
 
     preset: str
     space: SearchSpace
@@ -109,10 +124,29 @@ class StudySettings:
     seed: int = 0
     heartbeat_seconds: int = 60
     overrides: tuple[tuple[str, Any], ...] = ()
+    warm_start: tuple[dict[str, Any], ...] = ()
+    warm_start_files: tuple[str, ...] = ()
+    search_valid_users: int = 0
+    final_candidates: int = 3
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+        if self.search_valid_users < 0:
+            raise ConfigError(
+                f"--search-valid-users must be 0 (validate on every user) or positive, got {self.search_valid_users}"
+            )
+        if self.final_candidates < 1:
+            raise ConfigError(f"--final-candidates must be at least 1, got {self.final_candidates}")
+        if self.search_valid_users and "valid_users" in dict(self.overrides):
+            raise ConfigError(
+                "--set valid_users and --search-valid-users both fix the validation sample; give one "
+                "(--search-valid-users also ranks the best trials again on the whole split)"
+            )
+        if self.warm_start_files and len(self.warm_start_files) != len(self.warm_start):
+            raise ConfigError(
+                f"warm_start_files names {len(self.warm_start_files)} files for {len(self.warm_start)} warm starts"
+            )
         if self.pruner not in PRUNERS:
             raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
         if self.heartbeat_seconds < 1:
@@ -128,11 +162,47 @@ class StudySettings:
         if self.overrides:
             given = " ".join(f"{key}={json.dumps(value)}" for key, value in self.overrides)
             self.trial_space.check(self.preset, f"--set {given} (with the space {self.space.path})")
+        _warm_start_params(self)  # checked now, before any data is read
+
+    @property
+    def fixed_values(self) -> dict[str, Any]:
+        """What every trial fixes over the space's own values: `--set`, and `valid_users` when
+        the search validates on a sample of users (so it is in the trials' values and the
+        study's identity)."""
+        values = dict(self.overrides)
+        if self.search_valid_users:
+            values["valid_users"] = self.search_valid_users
+        return values
 
     @property
     def trial_space(self) -> SearchSpace:
-        """The space the trials sample: the file's, with the `--set` values fixed."""
-        return self.space.fixing(dict(self.overrides))
+        """The space the trials sample: the file's, with the `--set` values (and the validation
+        sample of `search_valid_users`) fixed."""
+        return self.space.fixing(self.fixed_values)
+
+    @property
+    def recipe_fixed(self) -> dict[str, Any]:
+        """The fixed values a recipe records: the trials' own, less the validation sample of
+        `search_valid_users` (how the search saved time, not part of the recipe)."""
+        return self.space.fixing(dict(self.overrides)).fixed
+
+    @property
+    def trial_epochs(self) -> int:
+        """The most epochs a trial trains (Hyperband's largest resource): the fixed `epochs`
+        (the space's or `--set`'s), the top of its range or choices when it is tuned, else
+        `TrainConfig`'s default."""
+        space = self.trial_space
+        if "epochs" in space.fixed:
+            return int(space.fixed["epochs"])
+        tuned = next((p for p in space.parameters if p.name == "epochs"), None)
+        if tuned is not None:
+            return int(max(tuned.corners()))
+        return TrainConfig().epochs
+
+    @property
+    def warm_start_params(self) -> tuple[dict[str, Any], ...]:
+        """The warm starts as the trial space's parameters (`_warm_start_params`)."""
+        return _warm_start_params(self)
 
     @property
     def storage_url(self) -> str:
@@ -144,6 +214,35 @@ class StudySettings:
         from sqlalchemy.engine import make_url
 
         return make_url(self.storage_url).render_as_string(hide_password=True)
+
+
+def _warm_start_params(settings: StudySettings) -> tuple[dict[str, Any], ...]:
+    """Each warm start's values of the trial space's parameters (the rest dropped: a recipe
+    holds fixed values too), as the space's distributions hold them; a value outside its range
+    or choices, or a warm start naming no parameter, is a `ConfigError` naming the file."""
+    space = settings.trial_space
+    kept = []
+    for index, values in enumerate(settings.warm_start):
+        source = settings.warm_start_files[index] if settings.warm_start_files else f"#{index + 1}"
+        params = {}
+        for parameter in space.parameters:
+            if parameter.name not in values:
+                continue
+            value = parameter.admitted(values[parameter.name])
+            if value is None:
+                given = json.dumps(values[parameter.name], default=str)
+                raise ConfigError(
+                    f"--warm-start {source}: {parameter.name}={given} is outside "
+                    f"the {parameter.domain()} of {parameter.name} in {space.path}"
+                )
+            params[parameter.name] = value
+        if not params:
+            names = ", ".join(p.name for p in space.parameters)
+            raise ConfigError(
+                f"--warm-start {source}: names none of the parameters the study samples ({names}) of {space.path}"
+            )
+        kept.append(params)
+    return tuple(kept)
 
 
 def _check_storage_url(url: str) -> None:
@@ -280,11 +379,7 @@ def _open_study(settings: StudySettings, data: dict[str, Any], features: Feature
         raise ConfigError(f"--study {settings.study_dir}: cannot make the folder ({error.strerror})") from None
     storage = _open_storage(settings)
     startup = max(1, min(8, settings.trials // 3))  # random trials before TPE models the space
-    pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2)
-        if settings.pruner == "median"
-        else optuna.pruners.SuccessiveHalvingPruner(min_resource=2)
-    )
+    pruner = make_pruner(settings.pruner, startup, settings.trial_epochs)
     study = optuna.create_study(
         study_name=settings.study_dir.name, storage=storage, load_if_exists=True, direction="maximize", pruner=pruner
     )
@@ -301,6 +396,10 @@ def _open_study(settings: StudySettings, data: dict[str, Any], features: Feature
     if recorded is None:
         study.set_user_attr("data", json.loads(json.dumps(data)))
         study.set_user_attr("identity", identity)
+        # A new study only: a resumed one has run (or still holds) its warm starts.
+        files = settings.warm_start_files or ("",) * len(settings.warm_start)
+        for params, source in zip(settings.warm_start_params, files, strict=True):
+            study.enqueue_trial(params, user_attrs={"warm_start": source} if source else None, skip_if_exists=True)
     elif recorded != identity:
         recorded_data = study.user_attrs.get("data", {})
         differing = [
@@ -313,6 +412,19 @@ def _open_study(settings: StudySettings, data: dict[str, Any], features: Feature
             f"those settings, or give another --study folder"
         )
     return study
+
+
+def make_pruner(kind: str, startup: int, epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner `kind` (one of `PRUNERS`): the median pruner after `startup` trials and from the
+    third epoch on, successive halving from the second epoch, or Hyperband from the first epoch
+    to `epochs` (the trials' epochs; Hyperband sizes its brackets from that range)."""
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=2)
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=int(epochs), reduction_factor=3)
+    raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}, got {kind!r}")
 
 
 @dataclass
@@ -337,7 +449,8 @@ class TrialObjective:
         if owner is not None:
             return self._repeat(trial, owner)
         trial.set_user_attr("run_dir", str(run_dir))
-        self.console.print(f"trial {trial.number}: {json.dumps(values, sort_keys=True)} -> {run_dir}")
+        warm = f" (warm start from {trial.user_attrs['warm_start']})" if "warm_start" in trial.user_attrs else ""
+        self.console.print(f"trial {trial.number}{warm}: {json.dumps(values, sort_keys=True)} -> {run_dir}")
         try:
             metrics = self._train(values, run_dir, trial)
         except DivergedError as error:
