@@ -210,7 +210,8 @@ def main() -> int:
     if args.tune_only:
         tuning = {name: report["tuning"] for name, report in reports.items()}
         if args.json:
-            print(json.dumps({"tuning": tuning} if len(datasets) == 1 else {"catalogues": tuning}))
+            single = len(datasets) == 1
+            print(json.dumps({"tuning": next(iter(tuning.values()))} if single else {"catalogues": tuning}))
         else:
             for name, report in reports.items():
                 print_budget(report["tuning"], name, wide)
