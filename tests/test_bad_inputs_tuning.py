@@ -290,6 +290,15 @@ def test_bad_search_settings_are_one_line(tmp_path: Path, options: dict, message
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
 
 
+def test_final_candidates_without_a_validation_sample_is_one_line(tmp_path: Path) -> None:
+    """Ranking the best trials again on every user only means something after a sampled search."""
+    error = one_line_error(
+        run_tuner("--preset", "sasrec-id", "--study", str(tmp_path / "study"), "--final-candidates", "2")
+    )
+    assert error.startswith("--final-candidates needs --search-valid-users"), error
+    assert not (tmp_path / "study").exists()
+
+
 def test_warm_start_files_that_are_missing_or_bad_stop_before_any_data_is_read(tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
     out_of_range = write_recipe(tmp_path / "wide.json", "sasrec-id", {"lr": 0.5, "dropout": 0.1}, {})

@@ -29,6 +29,7 @@ from crossan.zoo.cli.options import (
     data_and_settings,
     parse_settings,
 )
+from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.runs.pipeline import resolve_device
 from crossan.zoo.runs.settings import split_options
@@ -93,9 +94,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--final-candidates",
         type=int,
-        default=3,
         metavar="K",
-        help="with --search-valid-users: how many of the best trials to rank again on the whole validation split",
+        help="with --search-valid-users: how many of the best trials to rank again on the whole validation split "
+        "(default 3)",
     )
     add_device_option(parser)
     add_json_option(parser, "the summary as JSON")
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """The command line (`argv`, or the process's arguments); returns the exit status."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.final_candidates is not None and not args.search_valid_users:
+        raise ConfigError(
+            "--final-candidates needs --search-valid-users: without a sample, every trial is already ranked on "
+            "every user"
+        )
     console = Console(stderr=True)
     space = load_space(args.space or default_space(args.preset), args.preset)
     overrides = tuple(parse_settings(args.set, "--set").items())
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         warm_start=warm_start,
         warm_start_files=tuple(str(path) for path in args.warm_start),
         search_valid_users=args.search_valid_users,
-        final_candidates=args.final_candidates,
+        final_candidates=3 if args.final_candidates is None else args.final_candidates,
     )
     modalities = preset_config(args.preset, **split_options(dict(overrides))[1]).backbone_modalities()
     check_data_options_apply(parser, args, modalities, args.preset)
