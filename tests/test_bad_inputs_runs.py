@@ -139,7 +139,6 @@ def test_resume_refuses_options_it_cannot_apply(toy_run, option):
 @pytest.mark.parametrize(
     "options, named",
     [
-        (["--run", "RUN", "--data", "amazon"], "--data names the data set of --baseline"),
         (["--baseline", "popularity", "--device", "cuda"], "--device applies to runs"),
         (["--run", "RUN", "--mi-neighbours", "5"], "--mi-neighbours applies to --mutual-information only"),
         (["--baseline", "popularity", "--gate-heatmap", "x.png"], "analyse a run"),
@@ -155,8 +154,17 @@ def test_evaluate_data_root_of_another_data_set_is_refused(toy_run, tmp_path):
     (other / "ml_titles.csv").write_text("".join(f"P{i},product {i}\n" for i in range(8)))
     (other / "ml_pairs.csv").write_text("".join(f"U{u},P{(u + k) % 8},{k}\n" for u in range(6) for k in range(5)))
     one_line_error(
-        run_script("evaluate", "--run", str(toy_run), "--data-root", str(other)), "is not the one", "was trained on"
+        run_script("evaluate", "--run", str(toy_run), "--data-root", str(other)),
+        "is not the one",
+        "was trained on",
+        "`evaluate.py --data KIND` ranks another catalogue zero-shot",
     )
+    # Named as another data set, it is ranked zero-shot, which needs every modality the run reads.
+    one_line_error(
+        run_script("evaluate", "--run", str(toy_run), "--data", "microlens", "--data-root", str(other)),
+        "image",
+    )
+    one_line_error(run_script("evaluate", "--run", str(toy_run), "--data", "amazon"), "--data amazon needs --data-root")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 python evaluate.py --run weights/<run> [--split test] [--compare weights/<other>]
 python evaluate.py --run weights/<run> --mutual-information --gate-heatmap gates.png
+python evaluate.py --run weights/<run> --data amazon --data-root DIR   # a catalogue it never saw: zero-shot
 python evaluate.py --data toy --baseline popularity
 crossan evaluate --run weights/<run>                  # the same command, installed
 """
@@ -43,11 +44,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     source.add_argument("--baseline", choices=("popularity",), help="evaluate a baseline instead of a run")
     add_data_set_options(
         parser,
-        data_help="with --baseline: its data set's kind",
-        root_help="with --baseline: its data folder; with --run: where the run's own data set is "
-        "now (checked by fingerprint), when it moved",
+        data_help="with --baseline: its data set's kind; with --run: rank this data set (zero-shot "
+        "when the run never trained on its catalogue: nothing is trained on it)",
+        root_help="with --baseline or --data: its data folder; with --run alone: where the run's own "
+        "data set is now (checked by fingerprint), when it moved",
         cache_help="with --baseline: where toy data is generated; with --run: where the run's "
-        "feature cache is now, when it moved (default: where the run recorded it)",
+        "feature cache is now, when it moved, or where --data's features are built (default: where "
+        "the run recorded it)",
     )
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--no-mask-history", action="store_true", help="keep history items in the ranking")
@@ -120,11 +123,6 @@ def check_options_apply(parser: argparse.ArgumentParser, args: argparse.Namespac
     """One line for an option that would change nothing in this mode (rather than being dropped)."""
     given = functools.partial(option_given, parser, args)
 
-    if args.run is not None and given("data"):
-        raise ConfigError(
-            "--data names the data set of --baseline; a run is evaluated on its own data set "
-            "(--data-root says where it is now, if it moved)"
-        )
     if (args.mutual_information or args.gate_heatmap) and args.run is None:
         raise ConfigError("--mutual-information and --gate-heatmap analyse a run: give --run")
     if args.run is None and args.compare is None and given("device"):
@@ -144,16 +142,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from crossan.zoo.analysis.mutual_information import MutualInformationEstimator
     from crossan.zoo.data import load_dataset
     from crossan.zoo.runs.run import open_run
+    from crossan.zoo.runs.zero_shot import open_run_on
     from crossan.zoo.training.evaluation import evaluate_popularity
     from crossan.zoo.training.metrics import metrics_from_ranks
     from crossan.zoo.training.significance import cold_item_users, paired_t_test
 
     mask = not args.no_mask_history
+    given_cache = args.cache_dir if option_given(parser, args, "cache_dir") else None
+    other_data = load_dataset(args.data, args.data_root, args.cache_dir) if option_given(parser, args, "data") else None
+
+    def open_evaluated(run_dir: Path) -> Run:
+        """A run over the data set evaluated: `--data`'s (zero-shot if it never trained on it), or its own."""
+        if other_data is None:
+            return open_run(run_dir, args.device, args.data_root, given_cache, full_check=True)
+        return open_run_on(run_dir, other_data, args.device, Console(stderr=True), given_cache)
+
     if args.run is not None:
-        given_cache = args.cache_dir if option_given(parser, args, "cache_dir") else None
-        run = open_run(args.run, args.device, args.data_root, given_cache, full_check=True)
+        run = open_evaluated(args.run)
         result, dataset = evaluate_run(run, args.split, mask)
-        label = args.run.name
+        label = args.run.name + (" (zero-shot)" if run.zero_shot else "")
     else:
         dataset = load_dataset(args.data, args.data_root, args.cache_dir)
         result, label = evaluate_popularity(dataset, args.split, mask), "popularity"
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "mask_history": mask,
         "num_users": dataset.num_users,
         "metrics": result.metrics,
+        **({"zero_shot": run.zero_shot, "trained_on": run.config["data"].get("name")} if args.run is not None else {}),
         "cold_items": {
             "num_users": int(cold.sum()),
             "metrics": metrics_from_ranks(result.ranks[cold]) if cold.any() else None,
@@ -173,15 +181,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if cold.any():
         rows.append((f"{label} (cold targets, {int(cold.sum())} users)", report["cold_items"]["metrics"]))
     if args.compare is not None:
-        other, other_dataset = evaluate_run(open_run(args.compare, args.device, full_check=True), args.split, mask)
+        compared = open_evaluated(args.compare)
+        other, other_dataset = evaluate_run(compared, args.split, mask)
         if other_dataset.user_ids != dataset.user_ids:
             raise ConfigError(f"{args.compare} was trained on different users; a paired test needs the same ones")
         report["compare"] = {
             "run": args.compare.name,
+            "zero_shot": compared.zero_shot,
             "metrics": other.metrics,
             "paired_t_test": paired_t_test(result.ranks, other.ranks),
         }
-        rows.append((args.compare.name, other.metrics))
+        rows.append((args.compare.name + (" (zero-shot)" if compared.zero_shot else ""), other.metrics))
     if args.mutual_information:
         estimator = MutualInformationEstimator(neighbours=args.mi_neighbours, components=args.mi_components or None)
         report["mutual_information"] = tower_mutual_information(run, estimator)
@@ -191,6 +201,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(json.dumps(report))
         return 0
     console = Console()
+    if report.get("zero_shot") or report.get("compare", {}).get("zero_shot"):
+        console.print(
+            f"zero-shot: ranked with weights trained on another catalogue; nothing was trained on {dataset.name}"
+        )
     console.print(
         metrics_table(
             f"{dataset.name}, {args.split} split, "

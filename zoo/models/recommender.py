@@ -16,6 +16,8 @@ none of them looks inside a model or at its config class.
   item from), `user_embeddings` (the state at the newest position) and `encode_users` (the same
   from gathered embeddings and a padding mask: the exported user encoder's signature).
 - Scoring: `scores(user_embeddings, item_embeddings)` and `catalogue_embeddings(gather, n)`.
+- Catalogue: `catalogue_state()` names the state with a row per item of the trained catalogue;
+  a model with no learned entries there ranks a catalogue it never trained on.
 - Frozen-similarity prior (`prior_weight`, side networks' `backbone_prior_weight`): the item
   embeddings carry the backbones' own frozen embeddings after the learned ones, and the user
   embeddings a decayed, unit-length pool of the history's after the user vector, so the score
@@ -38,6 +40,7 @@ from torch import nn
 from crossan.zoo.data.dataset import PAD
 from crossan.zoo.layers.history import decayed_history
 from crossan.zoo.layers.sasrec import SASRec
+from crossan.zoo.layers.trained_items import TrainedItems
 from crossan.zoo.models.config import RecommenderConfig
 
 __all__ = ["PAD", "Recommender"]
@@ -225,6 +228,19 @@ class Recommender(nn.Module):
     def start_from_backbones(self, backbones: Mapping[str, Any]) -> None:
         """Copy the loaded backbones' weights (`crossan.zoo.backbones.Backbone` by modality) into a model
         that trains through them; models over cached states keep none."""
+
+    def catalogue_state(self) -> dict[str, bool]:
+        """The state entries with one row per item of the trained catalogue, each with whether it
+        is learned (a trained vector per item, which another catalogue's items do not have) or a
+        record of the training data (which items occur in training: none, for a catalogue the
+        model never trained on). Found on the `TrainedItems` layers; a model that keeps per-item
+        state elsewhere names it itself."""
+        entries: dict[str, bool] = {}
+        for prefix, module in self.named_modules():
+            if isinstance(module, TrainedItems):
+                learned = {name for name, _ in module.named_parameters()}
+                entries |= {f"{prefix}.{name}": name in learned for name in module.state_dict()}
+        return entries
 
     def mark_trained_items(self, seen: torch.Tensor) -> None:
         """Which catalogue rows occur in training (`seen [num_items]` bool), for a model that must

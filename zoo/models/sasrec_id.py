@@ -65,3 +65,6 @@ class SASRecID(Recommender):
     def embed_items(self, *item_inputs: torch.Tensor) -> torch.Tensor:
         (rows,) = item_inputs
         return self.item_embedding(rows)
+
+    def catalogue_state(self) -> dict[str, bool]:
+        return {"item_embedding.weight": True}

@@ -17,18 +17,21 @@ from crossan.zoo.models import load_model
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore
 
-__all__ = ["Run", "open_run", "recorded_dataset"]
+__all__ = ["Run", "finished_run_config", "open_run", "recorded_dataset"]
 
 
 @dataclass
 class Run:
-    """A trained run: its directory, config.json, best-epoch model, data set and item features."""
+    """A trained run: its directory, config.json, best-epoch model, the data set it ranks and
+    that data set's item features."""
 
     directory: Path
     config: dict[str, Any]
     model: Recommender
     dataset: SequenceDataset
     features: ItemFeatures
+    zero_shot: bool = False
+    """Whether `dataset` is a catalogue the run never trained on (`crossan.zoo.runs.zero_shot`)."""
 
 
 def recorded_dataset(
@@ -54,6 +57,19 @@ def recorded_dataset(
     return load_dataset(data["kind"], found, cache, data["cover_dir"], data["video_dir"])
 
 
+def finished_run_config(run_dir: Path) -> dict[str, Any]:
+    """The `config.json` of the finished run in `run_dir`; one line if it is no run folder or
+    has not finished."""
+    if not (run_dir / "config.json").is_file():
+        raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
+    if not CheckpointStore(run_dir).finished():
+        raise MissingFileError(
+            f"{run_dir}: the run has not finished (it is still training or was killed); "
+            f"continue it with `python train.py --resume {run_dir}`"
+        )
+    return read_json_object(run_dir / "config.json", ("preset", "model", "data", "feature_settings", "features"))
+
+
 def open_run(
     run_dir: str | Path,
     device: torch.device | str = "cpu",
@@ -68,14 +84,7 @@ def open_run(
     non-finite weights and non-finite cached features are one line each (`full_check` reads
     every cached row; by default a sample)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise MissingFileError(f"{run_dir}: not a run directory (no config.json)")
-    if not CheckpointStore(run_dir).finished():
-        raise MissingFileError(
-            f"{run_dir}: the run has not finished (it is still training or was killed); "
-            f"continue it with `python train.py --resume {run_dir}`"
-        )
-    config = read_json_object(run_dir / "config.json", ("preset", "model", "data", "feature_settings", "features"))
+    config = finished_run_config(run_dir)
     model = load_model(run_dir, device=str(device))
     data = config["data"]
     dataset = recorded_dataset(config, run_dir, data_root, cache_dir)
@@ -83,9 +92,10 @@ def open_run(
     for key, value in found.items():
         if key in data and data[key] != value:  # runs of older versions record no `sequences`
             what = "catalogue" if key == "fingerprint" else "users' sequences"
+            hint = " (`evaluate.py --data KIND` ranks another catalogue zero-shot)" if key == "fingerprint" else ""
             raise DataError(
                 f"the data set at {dataset.root} is not the one {run_dir} was trained on (its {what} "
-                f"hash {value} != {data[key]} recorded): it changed since, or it is another data set"
+                f"hash {value} != {data[key]} recorded): it changed since, or it is another data set{hint}"
             )
     features = open_recorded_features(
         config["features"]["backbones"],
