@@ -2,6 +2,7 @@
 
 crossan export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
 python -m crossan.export --run weights/<run>          # the same command
+crossan export --run weights/<run> --catalogue DIR    # another catalogue's item table (zero-shot)
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from rich.console import Console
 
 from crossan.export.spec import DEFAULT_OPSET
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.data import DATA_KINDS
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -28,6 +31,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="also export the frozen backbones and their preprocessing, so new items are "
         "embedded from raw content without PyTorch (checked on real items of the run)",
     )
+    parser.add_argument(
+        "--catalogue",
+        type=Path,
+        metavar="DIR",
+        help="a data set whose items the export serves (zero-shot when the run never trained on its "
+        "catalogue); default out: <run>/export-<its name>",
+    )
+    parser.add_argument(
+        "--data", choices=DATA_KINDS, help="with --catalogue: its data set's kind (default: the run's own)"
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="with --catalogue: where its features are built (default: the run's cache)"
+    )
     return parser
 
 
@@ -39,13 +55,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     Any other failed check propagates as its ExportValidationError with a traceback: the export
     code or runtime disagrees with PyTorch, which is a bug to report."""
     args = build_parser(prog).parse_args(argv)
+    if args.catalogue is None and (args.data is not None or args.cache_dir is not None):
+        raise ConfigError("--data and --cache-dir describe --catalogue: give --catalogue DIR")
     # Imported here, when the command runs, so that `--help` loads neither PyTorch nor ONNX.
     from crossan.export.exporter import REPORT_FILE, export_run
     from crossan.export.reading import PARTIAL
+    from crossan.zoo.data import load_dataset
+    from crossan.zoo.runs.run import finished_run_config
 
+    catalogue = None
+    if args.catalogue is not None:
+        kind = args.data or finished_run_config(args.run)["data"]["kind"]
+        catalogue = load_dataset(kind, args.catalogue, args.cache_dir or Path(".cache"))
     console = Console()
     with console.status(f"exporting and validating {args.run}"):
-        report = export_run(args.run, args.out, args.opset, args.with_backbones)
+        report = export_run(args.run, args.out, args.opset, args.with_backbones, catalogue, args.cache_dir)
+    if report.zero_shot:
+        console.print(f"zero-shot: the item table is {report.catalogue}'s, a catalogue {args.run} never trained on")
     for table in report.tables():
         console.print(table)
     console.print(

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from rich.console import Console
 from rich.table import Table
 
 from crossan.export.ann_index import INDEX_FILE, SIDECAR_FILE
@@ -56,6 +57,7 @@ from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.runs.run import Run, open_run
+from crossan.zoo.runs.zero_shot import open_run_on
 
 __all__ = [
     "REPORT_FILE",
@@ -174,11 +176,15 @@ class ExportReport:
     agreements: list[AgreementResult] = field(default_factory=list)
     backbones: list[BackboneCheck] = field(default_factory=list)
     reembedded_error: float | None = None
+    catalogue: str = ""
+    zero_shot: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run": str(self.run_dir),
             "preset": self.preset,
+            "catalogue": self.catalogue,
+            "zero_shot": self.zero_shot,
             "specs": [s.to_dict() for s in self.specs],
             "max_abs_errors": [g.to_dict() for g in self.grids],
             "top_k_agreement": [a.to_dict() for a in self.agreements],
@@ -277,9 +283,18 @@ def check_backbones(
 
 
 def export_run(
-    run_dir: Path, out_dir: Path | None = None, opset: int = DEFAULT_OPSET, with_backbones: bool = False
+    run_dir: Path,
+    out_dir: Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    with_backbones: bool = False,
+    catalogue: SequenceDataset | None = None,
+    cache_dir: Path | None = None,
 ) -> ExportReport:
     """Export and validate a training run into `out_dir` (default `<run_dir>/export`).
+
+    With `catalogue`, the item table is that data set's (`<run_dir>/export-<its name>` by
+    default): zero-shot when the run never trained on its catalogue
+    (`crossan.zoo.runs.zero_shot`, its features built under `cache_dir`, default the run's).
 
     Everything is written into a hidden folder beside `out_dir` and swapped in only after every
     check passed (`crossan.export.publishing.staged_export`): on any failure, the first failed
@@ -288,10 +303,14 @@ def export_run(
     up front (`ConfigError`).
     """
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
+    default_name = "export" if catalogue is None else f"export-{catalogue.name}"
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / default_name
     out_dir = out_dir.resolve() if out_dir.is_symlink() else out_dir  # replace the folder, not the link
     check_replaceable(out_dir)
-    run = open_run(run_dir)
+    if catalogue is None:
+        run = open_run(run_dir)
+    else:
+        run = open_run_on(run_dir, catalogue, "cpu", Console(stderr=True), cache_dir)
     with staged_export(out_dir) as staging:
         report = write_and_validate(run, staging, opset, with_backbones)
     report.out_dir = out_dir
@@ -318,6 +337,7 @@ def write_and_validate(
     model, dataset, features = run.model.eval(), run.dataset, run.features
     exported = export_model(model, out_dir, opset)
     report = ExportReport(run_dir, out_dir, run.config["preset"], [exported.item_spec, exported.user_spec])
+    report.catalogue, report.zero_shot = dataset.name, run.zero_shot
 
     generator = torch.Generator().manual_seed(0)
     _, reference_users = exported.references(model)

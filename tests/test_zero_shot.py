@@ -10,6 +10,8 @@ import torch
 from rich.console import Console
 from scripts import run_main
 
+from crossan.export.cli import main as export_main
+from crossan.export.serve import OnnxRecommender
 from crossan.zoo.cli.evaluate import main as evaluate_main
 from crossan.zoo.cli.train import main as train_main
 from crossan.zoo.data import load_dataset
@@ -21,8 +23,13 @@ from crossan.zoo.training.evaluation import evaluate_model
 
 @pytest.fixture(scope="module")
 def other_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A toy catalogue of other items and users than the session's (another seed, another size)."""
-    return generate_toy(tmp_path_factory.mktemp("other") / "toy", seed=1, num_items=96, num_users=300)
+    """A toy catalogue of other items and users than the session's (another seed, another size),
+    its titles made unique (the toy set repeats some, and equal embeddings tie in every ranking)."""
+    root = generate_toy(tmp_path_factory.mktemp("other") / "toy", seed=1, num_items=96, num_users=300)
+    titles = root / "toy_title_en.csv"
+    header, *lines = titles.read_text().splitlines()
+    titles.write_text("\n".join([header, *(f"{line} take {number}" for number, line in enumerate(lines))]) + "\n")
+    return root
 
 
 def train(run_dir: Path, toy_root: Path, cache_dir: Path, preset: str, *settings: str) -> Path:
@@ -95,6 +102,35 @@ def test_a_content_run_ranks_another_catalogue_as_its_own_model_ranks_new_items(
     result = evaluate_model(zero_shot.model, other, features, "test")
     assert report["metrics"] == pytest.approx(result.metrics)
     assert any(cache.rglob("*")), "the other catalogue's features were built under --cache-dir"
+
+
+def test_an_export_for_another_catalogue_serves_what_zero_shot_evaluation_ranks(
+    prior_run: Path, other_catalogue: Path, tmp_path: Path
+) -> None:
+    """`--catalogue`: the export's item table is the other catalogue's, validated against the
+    zero-shot model, and served top-10 lists hit the test items as often as evaluation says."""
+    cache, out = tmp_path / "cache", tmp_path / "export"
+    catalogue = ["--data", "microlens", "--cache-dir", str(cache)]
+    result = run_main(
+        export_main, "--run", str(prior_run), "--catalogue", str(other_catalogue), *catalogue, "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    other = load_dataset("microlens", other_catalogue, cache)
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["zero_shot"] is True and validation["catalogue"] == other.name
+    served = OnnxRecommender(out)
+    assert served.item_ids == other.item_ids
+    users = range(other.num_users)
+    histories = [[other.item_ids[row - 1] for row in other.history(user, "test")] for user in users]
+    top = served.recommend(histories, k=10)
+    hits = [other.item_ids[other.target(user, "test") - 1] in top[user] for user in users]
+    report = evaluate("--run", str(prior_run), "--data-root", str(other_catalogue), *catalogue)
+    assert sum(hits) / len(hits) == pytest.approx(report["metrics"]["HR@10"], abs=1e-6)  # float32 metrics
+
+
+def test_export_catalogue_options_need_a_catalogue(prior_run: Path) -> None:
+    result = run_main(export_main, "--run", str(prior_run), "--data", "amazon")
+    assert result.returncode == 2 and result.stderr.startswith("error: --data and --cache-dir describe --catalogue")
 
 
 def test_the_run_s_own_data_named_with_data_is_evaluated_as_trained(prior_run: Path, toy_root: Path) -> None:
