@@ -41,7 +41,7 @@ __all__ = [
 
 # The training config fields that are options of their own (`--batch-size` for batch_size); any
 # other field is `--set KEY=VALUE`.
-TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "adapter_lr", "patience", "seed", "precision")
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "adapter_lr", "patience", "seed", "precision", "init_from")
 DEVICES = ("auto", "cpu", "cuda")
 
 

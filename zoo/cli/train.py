@@ -36,6 +36,7 @@ from crossan.zoo.core.distributed import Processes, launched
 from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.models import list_models, preset_config
 from crossan.zoo.runs.pipeline import resolve_device, resume_run, train_and_save
+from crossan.zoo.runs.run import finished_run_config
 from crossan.zoo.runs.settings import split_options
 from crossan.zoo.training.checkpoint import read_json
 from crossan.zoo.training.trainer import TrainConfig
@@ -100,7 +101,13 @@ def command_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
     if args.no_mask_history:
         train_values["mask_history"] = False
     set_train, model_values = split_options(parse_settings(args.set, "--set"))
-    return {**train_values, **set_train}, model_values
+    train_values = {**train_values, **set_train}
+    if train_values.get("init_from"):
+        # Absolute, so that the run resumes from any working directory; checked before any data is read.
+        source = Path(train_values["init_from"]).resolve()
+        finished_run_config(source)
+        train_values["init_from"] = str(source)
+    return train_values, model_values
 
 
 def split_overrides(

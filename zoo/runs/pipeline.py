@@ -24,6 +24,7 @@ from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import build_model, config_from_dict, preset_config
 from crossan.zoo.models.config import AUTO, RecommenderConfig
 from crossan.zoo.runs.folder import check_new_run_folder, clear_run_folder, flatten_settings
+from crossan.zoo.runs.init_from import initialise_from
 from crossan.zoo.runs.run import Run, recorded_dataset
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
 from crossan.zoo.training.evaluation import evaluate_popularity, evaluation_users
@@ -224,6 +225,11 @@ def _train(
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     console.print(f"{run.config['preset']}: {num_trainable:,} trainable parameters")
     checkpoints = CheckpointStore(run_dir)
+    if train_config.init_from and not checkpoints.started():
+        # From the pretrained run's weights, also when a run killed before its first checkpoint resumes.
+        run.config["init_from"] = initialise_from(model, Path(train_config.init_from), run.config, console)
+        if processes.is_main:
+            write_json(run_dir / "config.json", run.config)
     outcome = Trainer(model, dataset, run.features, train_config, device, console, processes, on_validation).fit(
         checkpoints
     )

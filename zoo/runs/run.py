@@ -17,7 +17,7 @@ from crossan.zoo.models import load_model
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore
 
-__all__ = ["Run", "finished_run_config", "open_run", "recorded_dataset"]
+__all__ = ["Run", "check_same_backbones", "finished_run_config", "open_run", "recorded_dataset"]
 
 
 @dataclass
@@ -106,3 +106,26 @@ def open_run(
         full_check=full_check,
     )
     return Run(run_dir, config, model, dataset, features)
+
+
+# What `prepare_features` records of a backbone that says where its cache is, not what it computes.
+_LOCATION_KEYS = ("cache_file", "cache_entry")
+
+
+def check_same_backbones(run_dir: Path, recorded: dict[str, Any], built: dict[str, Any]) -> None:
+    """One line when a backbone of `built` (as `prepare_features` describes them) is not the one
+    the run in `run_dir` trained over (`recorded`: other weights, configuration, pooling, kept
+    layers or preprocessing): its states would mean something else to the run's weights."""
+    for modality, now in built.items():
+        then = recorded.get(modality)
+        if then is None:
+            raise DataError(f"{run_dir} trained over no {modality} backbone")
+        differing = [
+            key for key in sorted(set(then) | set(now)) if key not in _LOCATION_KEYS and then.get(key) != now.get(key)
+        ]
+        if differing:
+            key = differing[0]
+            raise DataError(
+                f"the {modality} backbone loaded now is not the one {run_dir} trained over ({key}: "
+                f"{now.get(key)!r} now, {then.get(key)!r} recorded); its states would mean something else"
+            )

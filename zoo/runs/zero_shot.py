@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
 
 from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data import SequenceDataset
-from crossan.zoo.data.errors import DataError
 from crossan.zoo.features.prepare import prepare_features
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import build_model, load_model
-from crossan.zoo.runs.run import Run, finished_run_config, open_run
+from crossan.zoo.runs.run import Run, check_same_backbones, finished_run_config, open_run
 
 __all__ = ["open_run_on", "open_zero_shot"]
-
-# What `prepare_features` records of a backbone that says where its cache is, not what it computes.
-_LOCATION_KEYS = ("cache_file", "cache_entry")
 
 
 def open_run_on(
@@ -74,28 +69,10 @@ def open_zero_shot(
     if cache_dir is not None:
         settings = dataclasses.replace(settings, cache_dir=Path(cache_dir))
     prepared = prepare_features(dataset, trained.config, settings, torch.device(device), console)
-    _check_same_backbones(run_dir, config["features"]["backbones"], prepared.backbones)
+    check_same_backbones(run_dir, config["features"]["backbones"], prepared.backbones)
     model = build_model(trained.config.fit_to_data(dataset.num_items, prepared.features.shapes()))
     kept = {name: tensor for name, tensor in trained.state_dict().items() if name not in catalogue_state}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if set(missing) != set(catalogue_state) or unexpected:
         raise RuntimeError(f"zero-shot weights do not fit: missing {missing}, unexpected {unexpected}")
     return Run(run_dir, config, model.to(device).eval(), dataset, prepared.features, zero_shot=True)
-
-
-def _check_same_backbones(run_dir: Path, recorded: dict[str, Any], built: dict[str, Any]) -> None:
-    """One line when a backbone loaded now is not the one the run trained over (other weights,
-    configuration, pooling, kept layers or preprocessing): its states would mean something else."""
-    for modality, now in built.items():
-        then = recorded.get(modality)
-        if then is None:
-            raise DataError(f"{run_dir} trained no {modality} backbone")
-        differing = [
-            key for key in sorted(set(then) | set(now)) if key not in _LOCATION_KEYS and then.get(key) != now.get(key)
-        ]
-        if differing:
-            key = differing[0]
-            raise DataError(
-                f"the {modality} backbone loaded now is not the one {run_dir} trained over ({key}: "
-                f"{now.get(key)!r} now, {then.get(key)!r} recorded); its states would mean something else"
-            )

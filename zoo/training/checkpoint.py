@@ -146,6 +146,11 @@ class CheckpointStore:
             if old.name not in (name, Path(best).parent.name):
                 shutil.rmtree(old, ignore_errors=True)
 
+    def started(self) -> bool:
+        """Whether an epoch's checkpoint exists (training goes on from it rather than from the start)."""
+        raw = self.read_state()
+        return raw is not None and "checkpoint" in raw
+
     def load(self) -> Checkpoint | None:
         """The checkpoint `trainer_state.json` names, or None before the first epoch finished."""
         raw = self.read_state()

@@ -128,6 +128,13 @@ class TrainConfig:
             "help": "auto (bf16 on CUDA devices that support it, else fp32), fp32, bf16 or fp16 (with loss scaling)"
         },
     )
+    init_from: str = field(
+        default="",
+        metadata={
+            "help": "a finished run whose weights start this one where names and shapes match (fine-tuning "
+            "from a pretrained run; '' = from scratch)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -1,8 +1,11 @@
-"""Zero-shot: a trained run ranks a catalogue it never trained on, nothing trained on it."""
+"""Transfer across catalogues: a trained run ranks a catalogue it never trained on (zero-shot),
+and a new run starts from a finished run's weights (fine-tuning, `--init-from`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,11 @@ from crossan.export.cli import main as export_main
 from crossan.export.serve import OnnxRecommender
 from crossan.zoo.cli.evaluate import main as evaluate_main
 from crossan.zoo.cli.train import main as train_main
-from crossan.zoo.data import load_dataset
+from crossan.zoo.core.errors import ConfigError
+from crossan.zoo.data import DataError, load_dataset
 from crossan.zoo.data.toy import generate_toy
-from crossan.zoo.models import load_model
+from crossan.zoo.models import build_model, load_model, preset_config
+from crossan.zoo.runs.init_from import initialise_from
 from crossan.zoo.runs.zero_shot import open_zero_shot
 from crossan.zoo.training.evaluation import evaluate_model
 
@@ -32,7 +37,8 @@ def other_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def train(run_dir: Path, toy_root: Path, cache_dir: Path, preset: str, *settings: str) -> Path:
+def train(run_dir: Path, data_root: Path, cache_dir: Path, preset: str, *settings: str, options: tuple = ()) -> Path:
+    """A one-epoch run of `preset` on the toy-layout data at `data_root`, with `--set` `settings`."""
     result = run_main(
         train_main,
         "--preset",
@@ -40,7 +46,7 @@ def train(run_dir: Path, toy_root: Path, cache_dir: Path, preset: str, *settings
         "--data",
         "microlens",
         "--data-root",
-        str(toy_root),
+        str(data_root),
         "--cache-dir",
         str(cache_dir),
         "--epochs",
@@ -48,23 +54,19 @@ def train(run_dir: Path, toy_root: Path, cache_dir: Path, preset: str, *settings
         "--run-dir",
         str(run_dir),
         *(option for setting in settings for option in ("--set", setting)),
+        *options,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
 
 
+PRIOR = ("score_temperature=0.1", "backbone_prior_weight=0.25", "backbone_prior_cold_scale=1.5")
+
+
 @pytest.fixture(scope="module")
 def prior_run(toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """crossan-t with the frozen prior and its cold-item scale: the model reads catalogue rows."""
-    return train(
-        tmp_path_factory.mktemp("prior-run") / "run",
-        toy_root,
-        cache_dir,
-        "crossan-t",
-        "score_temperature=0.1",
-        "backbone_prior_weight=0.25",
-        "backbone_prior_cold_scale=1.5",
-    )
+    return train(tmp_path_factory.mktemp("prior-run") / "run", toy_root, cache_dir, "crossan-t", *PRIOR)
 
 
 def evaluate(*args: str) -> dict:
@@ -149,3 +151,81 @@ def test_an_id_model_refuses_another_catalogue_in_one_line(
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: {run}: sasrec-id learns a vector per item of the catalogue it trained on"), line
     assert "item_embedding.weight" in line
+
+
+# --- fine-tuning from a pretrained run ------------------------------------------------------------
+
+
+def test_init_from_takes_every_fitting_tensor_and_leaves_the_rest_fresh(
+    prior_run: Path, other_catalogue: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """On another catalogue the side network, heads and user encoder are taken as they are; the
+    record of which items occur in training is the new catalogue's; a wider user encoder stays new."""
+    config = json.loads((prior_run / "config.json").read_text())
+    config["data"]["fingerprint"] = "another catalogue"
+    pretrained = load_model(prior_run)
+    model = build_model(dataclasses.replace(pretrained.config, num_items=96, ffn_dim=2 * pretrained.config.ffn_dim))
+    fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    record = initialise_from(model, prior_run, config, Console(quiet=True))
+    weights, now = pretrained.state_dict(), model.state_dict()
+    assert record["catalogue_bound"] == ["cold_items.seen"] and record["same_catalogue"] is False
+    assert record["new"] == record["shape_differs"] and record["new"]
+    assert all("ffn" in name for name in record["new"]) and not record["unused"]
+    assert set(record["taken"]) | set(record["new"]) | {"cold_items.seen"} == set(now)
+    for name in record["taken"]:
+        torch.testing.assert_close(now[name], weights[name], rtol=0, atol=0)
+    for name in (*record["new"], "cold_items.seen"):
+        torch.testing.assert_close(now[name], fresh[name], rtol=0, atol=0)
+
+
+def test_init_from_refuses_a_run_of_which_nothing_fits(prior_run: Path) -> None:
+    config = json.loads((prior_run / "config.json").read_text())
+    model = build_model(preset_config("sasrec-id", embedding_dim=24, ffn_dim=48, num_items=96))
+    config = {**config, "preset": "sasrec-id", "data": {"fingerprint": "other"}}
+    with pytest.raises(
+        ConfigError, match=r"none of its tensors fits sasrec-id \(names or shapes differ from its crossan-t"
+    ):
+        initialise_from(model, prior_run, config, Console(quiet=True))
+
+
+def test_init_from_refuses_a_run_over_other_backbones(prior_run: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(prior_run, tmp_path / "copy"))
+    config = json.loads((copy / "config.json").read_text())
+    config["features"]["backbones"]["text"]["weights_hash"] = "0" * 16
+    (copy / "config.json").write_text(json.dumps(config))
+    model = load_model(prior_run)
+    with pytest.raises(DataError, match="the text backbone loaded now is not the one .* trained over \\(weights_hash"):
+        initialise_from(model, copy, json.loads((prior_run / "config.json").read_text()), Console(quiet=True))
+
+
+def test_train_init_from_fine_tunes_on_another_catalogue_and_records_it(
+    prior_run: Path, other_catalogue: Path, tmp_path: Path
+) -> None:
+    run = train(
+        tmp_path / "fine-tuned",
+        other_catalogue,
+        tmp_path / "cache",
+        "crossan-t",
+        *PRIOR,
+        options=("--init-from", str(prior_run)),
+    )
+    config = json.loads((run / "config.json").read_text())
+    record = config["init_from"]
+    assert config["train"]["init_from"] == record["run"] == str(prior_run.resolve())
+    assert record["catalogue_bound"] == ["cold_items.seen"] and record["new"] == [] and record["preset"] == "crossan-t"
+    assert load_model(run).cold_items.seen.sum() > 0, "the new catalogue's training items are marked"
+
+
+def test_train_init_from_a_missing_run_stops_before_reading_data(tmp_path: Path) -> None:
+    result = run_main(
+        train_main,
+        "--preset",
+        "crossan-t",
+        "--data-root",
+        str(tmp_path / "none"),
+        "--init-from",
+        str(tmp_path / "nothing"),
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line == f"error: {tmp_path / 'nothing'}: not a run directory (no config.json)"
