@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def test_a_study_reopened_on_another_data_set_stops_and_trains_nothing(tuned: di
         (["--set", "dropout=0.1"], "another search space (dropout: {"),
         (["--backbone", "text=minilm"], 'another feature settings (overrides: [] recorded, [["text", "minilm"]] now)'),
         (["--preset", "sasrec-id"], 'another preset ("crossan-t" recorded, "sasrec-id" now)'),
+        (["--pruner", "hyperband"], 'another pruner ("median" recorded, "hyperband" now)'),
     ],
 )
 def test_a_study_reopened_with_other_settings_names_what_differs(
@@ -158,6 +160,20 @@ def test_the_same_command_again_continues_the_study_without_training(tuned: dict
     result = run_tuner(*study_args(tuned, "A"), "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["finished_trials"] == 1
     assert stored_trials(tuned["study"]) == 1
+
+
+def test_a_study_whose_identity_predates_a_key_is_not_compared_on_it(tuned: dict[str, Path], tmp_path: Path) -> None:
+    """Studies started before the pruner was part of a study's identity continue as before."""
+    paths = {**tuned, "study": Path(shutil.copytree(tuned["study"], tmp_path / "study"))}
+    storage = f"sqlite:///{paths['study'] / 'study.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    identity = study.user_attrs["identity"]
+    del identity["pruner"]
+    study.set_user_attr("identity", identity)
+    result = run_tuner(*study_args(paths, "A"), "--pruner", "hyperband", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["finished_trials"] == 1 and stored_trials(paths["study"]) == 1
 
 
 # 2. --set works for every model family.

@@ -19,7 +19,8 @@ is marked failed at once, so two processes never write one run folder.
 
 A study records, when it starts, what its trials are comparable under: the preset, the data
 set (its kind and fingerprints of the catalogue and of the users' sequences), the search space,
-the fixed values (the space's and `--set`) and the feature settings. Opened with any other, it
+the fixed values (the space's and `--set`), the feature settings and the pruner (a study
+started before the pruner was recorded is not compared on it). Opened with any other, it
 stops with one line naming what differs, since its finished trials would be kept and its best
 trial chosen among results of another problem. A trial whose loss turns NaN (`DivergedError`)
 is counted as pruned, with the reason recorded: an outcome of its values, not of the study.
@@ -286,7 +287,8 @@ def study_data(dataset: SequenceDataset, data_description: dict[str, Any]) -> di
 
 def _identity(settings: StudySettings, data: dict[str, Any], features: FeatureSettings) -> dict[str, Any]:
     """What a study must keep across runs, as JSON gives it back: preset, data set, search space,
-    fixed values and how the item features are made (the cache folder aside)."""
+    fixed values, how the item features are made (the cache folder aside) and the pruner (trials
+    pruned by one rule and kept under another would make the budget mean two things)."""
     space = settings.trial_space.to_dict()
     feature_settings = {k: v for k, v in features.to_dict().items() if k != "cache_dir"}
     return json.loads(
@@ -297,6 +299,7 @@ def _identity(settings: StudySettings, data: dict[str, Any], features: FeatureSe
                 "search space": space["params"],
                 "fixed values": space["fixed"],
                 "feature settings": feature_settings,
+                "pruner": settings.pruner,
             }
         )
     )
@@ -400,13 +403,10 @@ def _open_study(settings: StudySettings, data: dict[str, Any], features: Feature
         files = settings.warm_start_files or ("",) * len(settings.warm_start)
         for params, source in zip(settings.warm_start_params, files, strict=True):
             study.enqueue_trial(params, user_attrs={"warm_start": source} if source else None, skip_if_exists=True)
-    elif recorded != identity:
+    elif differing_keys := [key for key in identity if key in recorded and recorded[key] != identity[key]]:
+        # A key a study's identity lacks was not recorded by the tuner that started it: not compared.
         recorded_data = study.user_attrs.get("data", {})
-        differing = [
-            _difference(key, recorded.get(key), identity[key], recorded_data, data)
-            for key in identity
-            if recorded.get(key) != identity[key]
-        ]
+        differing = [_difference(key, recorded[key], identity[key], recorded_data, data) for key in differing_keys]
         raise ConfigError(
             f"{where} was started with another {'; another '.join(differing)}; rerun it with "
             f"those settings, or give another --study folder"
