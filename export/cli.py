@@ -42,7 +42,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--data", choices=DATA_KINDS, help="with --catalogue: its data set's kind (default: the run's own)"
     )
     parser.add_argument(
-        "--cache-dir", type=Path, help="with --catalogue: where its features are built (default: the run's cache)"
+        "--data-root",
+        type=Path,
+        metavar="DIR",
+        help="where the run's own data set is now, when it moved (checked by fingerprint)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the run's feature cache is now, when it moved, or where --catalogue's features are built "
+        "(default: where the run recorded it)",
     )
     return parser
 
@@ -55,8 +65,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     Any other failed check propagates as its ExportValidationError with a traceback: the export
     code or runtime disagrees with PyTorch, which is a bug to report."""
     args = build_parser(prog).parse_args(argv)
-    if args.catalogue is None and (args.data is not None or args.cache_dir is not None):
-        raise ConfigError("--data and --cache-dir describe --catalogue: give --catalogue DIR")
+    if args.catalogue is None and args.data is not None:
+        raise ConfigError("--data names the kind of --catalogue: give --catalogue DIR")
+    if args.catalogue is not None and args.data_root is not None:
+        raise ConfigError("--data-root says where the run's own data set moved; with --catalogue it has no use")
     # Imported here, when the command runs, so that `--help` loads neither PyTorch nor ONNX.
     from crossan.export.exporter import REPORT_FILE, export_run
     from crossan.export.reading import PARTIAL
@@ -69,7 +81,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         catalogue = load_dataset(kind, args.catalogue, args.cache_dir or Path(".cache"))
     console = Console()
     with console.status(f"exporting and validating {args.run}"):
-        report = export_run(args.run, args.out, args.opset, args.with_backbones, catalogue, args.cache_dir)
+        report = export_run(
+            args.run, args.out, args.opset, args.with_backbones, catalogue, args.cache_dir, args.data_root
+        )
     if report.zero_shot:
         console.print(f"zero-shot: the item table is {report.catalogue}'s, a catalogue {args.run} never trained on")
     for table in report.tables():

@@ -289,12 +289,15 @@ def export_run(
     with_backbones: bool = False,
     catalogue: SequenceDataset | None = None,
     cache_dir: Path | None = None,
+    data_root: Path | None = None,
 ) -> ExportReport:
     """Export and validate a training run into `out_dir` (default `<run_dir>/export`).
 
-    With `catalogue`, the item table is that data set's (`<run_dir>/export-<its name>` by
-    default): zero-shot when the run never trained on its catalogue
-    (`crossan.zoo.runs.zero_shot`, its features built under `cache_dir`, default the run's).
+    The run's data set and feature cache are where it recorded them, or at `data_root` and
+    under `cache_dir` when they moved (`open_run`). With `catalogue`, the item table is that
+    data set's (`<run_dir>/export-<its name>` by default): zero-shot when the run never trained
+    on its catalogue (`crossan.zoo.runs.zero_shot`, its features built under `cache_dir`,
+    default the run's cache folder).
 
     Everything is written into a hidden folder beside `out_dir` and swapped in only after every
     check passed (`crossan.export.publishing.staged_export`): on any failure, the first failed
@@ -308,7 +311,9 @@ def export_run(
     out_dir = out_dir.resolve() if out_dir.is_symlink() else out_dir  # replace the folder, not the link
     check_replaceable(out_dir)
     if catalogue is None:
-        run = open_run(run_dir)
+        run = open_run(run_dir, "cpu", data_root, cache_dir)
+    elif data_root is not None:
+        raise ConfigError("--data-root says where the run's own data set moved; with --catalogue it has no use")
     else:
         run = open_run_on(run_dir, catalogue, "cpu", Console(stderr=True), cache_dir)
     with staged_export(out_dir) as staging:

@@ -132,7 +132,9 @@ def test_an_export_for_another_catalogue_serves_what_zero_shot_evaluation_ranks(
 
 def test_export_catalogue_options_need_a_catalogue(prior_run: Path) -> None:
     result = run_main(export_main, "--run", str(prior_run), "--data", "amazon")
-    assert result.returncode == 2 and result.stderr.startswith("error: --data and --cache-dir describe --catalogue")
+    assert result.returncode == 2 and result.stderr.startswith("error: --data names the kind of --catalogue")
+    result = run_main(export_main, "--run", str(prior_run), "--catalogue", "C", "--data-root", "D")
+    assert result.returncode == 2 and result.stderr.startswith("error: --data-root says where the run's own data")
 
 
 def test_the_run_s_own_data_named_with_data_is_evaluated_as_trained(prior_run: Path, toy_root: Path) -> None:
@@ -229,3 +231,17 @@ def test_train_init_from_a_missing_run_stops_before_reading_data(tmp_path: Path)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line == f"error: {tmp_path / 'nothing'}: not a run directory (no config.json)"
+
+
+def test_export_of_a_run_whose_data_moved_takes_data_root(prior_run: Path, toy_root: Path, tmp_path: Path) -> None:
+    """As for evaluation: the line names --data-root, and export has it."""
+    run = Path(shutil.copytree(prior_run, tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    gone = tmp_path / "gone"
+    config["data"] = {**config["data"], "root": str(gone), "root_from_run": "../gone"}
+    (run / "config.json").write_text(json.dumps(config))
+    result = run_main(export_main, "--run", str(run), "--out", str(tmp_path / "export"))
+    assert result.returncode == 2 and str(gone) in result.stderr and "give --data-root" in result.stderr
+    result = run_main(export_main, "--run", str(run), "--data-root", str(toy_root), "--out", str(tmp_path / "export"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "export" / "validation.json").read_text())["zero_shot"] is False
