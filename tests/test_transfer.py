@@ -17,6 +17,7 @@ from crossan.export.cli import main as export_main
 from crossan.export.serve import OnnxRecommender
 from crossan.zoo.cli.evaluate import main as evaluate_main
 from crossan.zoo.cli.train import main as train_main
+from crossan.zoo.cli.tune import main as tune_main
 from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data import DataError, load_dataset
 from crossan.zoo.data.toy import generate_toy
@@ -245,3 +246,38 @@ def test_export_of_a_run_whose_data_moved_takes_data_root(prior_run: Path, toy_r
     result = run_main(export_main, "--run", str(run), "--data-root", str(toy_root), "--out", str(tmp_path / "export"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "export" / "validation.json").read_text())["zero_shot"] is False
+
+
+def test_a_tuner_space_can_choose_to_start_from_a_pretrained_run(
+    prior_run: Path, other_catalogue: Path, tmp_path: Path
+) -> None:
+    """`init_from` is a training setting, so a space may hold it as a categorical choice; the
+    trial's run then starts from the pretrained run and records it."""
+    space = tmp_path / "space.toml"
+    space.write_text(
+        "[fixed]\nepochs = 1\nscore_temperature = 0.1\nbackbone_prior_weight = 0.25\n"
+        f'backbone_prior_cold_scale = 1.5\n\n[params.init_from]\ntype = "categorical"\nchoices = ["{prior_run}"]\n'
+    )
+    result = run_main(
+        tune_main,
+        "--preset",
+        "crossan-t",
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--study",
+        str(tmp_path / "study"),
+        "--data",
+        "microlens",
+        "--data-root",
+        str(other_catalogue),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["recipe"]["init_from"] == str(prior_run)
+    config = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
+    assert config["init_from"]["run"] == str(prior_run.resolve()) and config["init_from"]["new"] == []
