@@ -246,7 +246,8 @@ def run_extractors(run: Run) -> dict[str, StateExtractor]:
     extractors = {}
     for modality, recorded in run.config["features"]["backbones"].items():
         backbone = load_backbone(settings.spec(modality))
-        changed = sorted(k for k, v in backbone.identity.items() if recorded.get(k) != v)
+        # Keys a run of an older version did not record (the path-free config digest) are not compared.
+        changed = sorted(k for k, v in backbone.identity.items() if k in recorded and recorded[k] != v)
         if changed:
             raise ConfigError(
                 f"the {modality} backbone is not the one {run.directory} was trained on ({', '.join(changed)} differ)"

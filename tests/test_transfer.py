@@ -15,6 +15,7 @@ from scripts import run_main
 
 from crossan.export.cli import main as export_main
 from crossan.export.serve import OnnxRecommender
+from crossan.zoo.backbones.loading import config_digest
 from crossan.zoo.cli.evaluate import main as evaluate_main
 from crossan.zoo.cli.train import main as train_main
 from crossan.zoo.cli.tune import main as tune_main
@@ -281,3 +282,28 @@ def test_a_tuner_space_can_choose_to_start_from_a_pretrained_run(
     assert summary["recipe"]["init_from"] == str(prior_run)
     config = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
     assert config["init_from"]["run"] == str(prior_run.resolve()) and config["init_from"]["new"] == []
+
+
+def test_a_backbone_s_identity_does_not_depend_on_where_it_is_installed() -> None:
+    """The same model installed in two environments has one identity (its cache and runs carry over)."""
+    config = {"hidden_size": 8, "_name_or_path": "/one/venv/site-packages/model"}
+    assert config_digest(config) == config_digest({**config, "_name_or_path": "/another/venv/model"})
+    assert config_digest(config) != config_digest({**config, "hidden_size": 16})
+
+
+def test_a_run_recorded_before_the_config_digest_still_transfers(
+    prior_run: Path, other_catalogue: Path, tmp_path: Path
+) -> None:
+    """Runs of earlier versions recorded a configuration hash that held the install path; the
+    keys the two records share are compared, the weights' hash among them."""
+    run = Path(shutil.copytree(prior_run, tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    backbone = config["features"]["backbones"]["text"]
+    backbone["config_hash"] = backbone.pop("config_digest")[::-1]
+    (run / "config.json").write_text(json.dumps(config))
+    args = ("--data", "microlens", "--data-root", str(other_catalogue), "--cache-dir", str(tmp_path / "cache"))
+    assert evaluate("--run", str(run), *args)["zero_shot"] is True
+    backbone["weights_hash"] = "0" * 16
+    (run / "config.json").write_text(json.dumps(config))
+    result = run_main(evaluate_main, "--run", str(run), *args)
+    assert result.returncode == 2 and "(weights_hash:" in result.stderr

@@ -130,14 +130,21 @@ def load_backbone(spec: BackboneSpec) -> Backbone:
     else:
         model, processor = _load_pretrained(spec)
     model.eval().requires_grad_(False)
-    config_json = json.dumps(model.config.to_dict(), sort_keys=True, default=str)
     identity = {
         "modality": spec.modality,
         "source": spec.source,
         "name_or_path": spec.name_or_path,
         "pooling": spec.pooling,
         "architecture": type(model).__name__,
-        "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:16],
+        "config_digest": config_digest(model.config.to_dict()),
         "weights_hash": _weights_hash(model),
     }
     return Backbone(spec, model, processor, identity)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A hash of a backbone's configuration without where it was loaded from (`_name_or_path`,
+    a folder that differs between installs of the same model), so that the same model has the
+    same identity in every environment: its feature cache and the runs over it carry over."""
+    shown = {key: value for key, value in config.items() if key != "_name_or_path"}
+    return hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:16]

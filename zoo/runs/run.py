@@ -120,9 +120,8 @@ def check_same_backbones(run_dir: Path, recorded: dict[str, Any], built: dict[st
         then = recorded.get(modality)
         if then is None:
             raise DataError(f"{run_dir} trained over no {modality} backbone")
-        differing = [
-            key for key in sorted(set(then) | set(now)) if key not in _LOCATION_KEYS and then.get(key) != now.get(key)
-        ]
+        # A key that one of the two records lacks was not recorded by the version that wrote it.
+        differing = [key for key in sorted(set(then) & set(now)) if key not in _LOCATION_KEYS and then[key] != now[key]]
         if differing:
             key = differing[0]
             raise DataError(
