@@ -235,6 +235,7 @@ def test_train_init_from_a_missing_run_stops_before_reading_data(tmp_path: Path)
     assert line == f"error: {tmp_path / 'nothing'}: not a run directory (no config.json)"
 
 
+@pytest.mark.slow
 def test_export_of_a_run_whose_data_moved_takes_data_root(prior_run: Path, toy_root: Path, tmp_path: Path) -> None:
     """As for evaluation: the line names --data-root, and export has it."""
     run = Path(shutil.copytree(prior_run, tmp_path / "run"))
@@ -249,6 +250,7 @@ def test_export_of_a_run_whose_data_moved_takes_data_root(prior_run: Path, toy_r
     assert json.loads((tmp_path / "export" / "validation.json").read_text())["zero_shot"] is False
 
 
+@pytest.mark.slow
 def test_a_tuner_space_can_choose_to_start_from_a_pretrained_run(
     prior_run: Path, other_catalogue: Path, tmp_path: Path
 ) -> None:
