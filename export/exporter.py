@@ -56,7 +56,7 @@ from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models.recommender import Recommender
-from crossan.zoo.runs.run import Run, open_run
+from crossan.zoo.runs.run import Run, differing_identity_keys, open_run
 from crossan.zoo.runs.zero_shot import open_run_on
 
 __all__ = [
@@ -246,8 +246,7 @@ def run_extractors(run: Run) -> dict[str, StateExtractor]:
     extractors = {}
     for modality, recorded in run.config["features"]["backbones"].items():
         backbone = load_backbone(settings.spec(modality))
-        # Keys a run of an older version did not record (the path-free config digest) are not compared.
-        changed = sorted(k for k, v in backbone.identity.items() if k in recorded and recorded[k] != v)
+        changed = differing_identity_keys(recorded, backbone.identity)
         if changed:
             raise ConfigError(
                 f"the {modality} backbone is not the one {run.directory} was trained on ({', '.join(changed)} differ)"

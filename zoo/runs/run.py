@@ -17,7 +17,14 @@ from crossan.zoo.models import load_model
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore
 
-__all__ = ["Run", "check_same_backbones", "finished_run_config", "open_run", "recorded_dataset"]
+__all__ = [
+    "Run",
+    "check_same_backbones",
+    "differing_identity_keys",
+    "finished_run_config",
+    "open_run",
+    "recorded_dataset",
+]
 
 
 @dataclass
@@ -112,6 +119,13 @@ def open_run(
 _LOCATION_KEYS = ("cache_file", "cache_entry")
 
 
+def differing_identity_keys(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys, sorted, on which a backbone's `recorded` identity and its identity `now` differ,
+    its cache's location aside. A key one of them lacks was not recorded by the version that
+    wrote it (runs before the path-free config digest, say) and is not compared."""
+    return [key for key in sorted(set(recorded) & set(now)) if key not in _LOCATION_KEYS and recorded[key] != now[key]]
+
+
 def check_same_backbones(run_dir: Path, recorded: dict[str, Any], built: dict[str, Any]) -> None:
     """One line when a backbone of `built` (as `prepare_features` describes them) is not the one
     the run in `run_dir` trained over (`recorded`: other weights, configuration, pooling, kept
@@ -120,8 +134,7 @@ def check_same_backbones(run_dir: Path, recorded: dict[str, Any], built: dict[st
         then = recorded.get(modality)
         if then is None:
             raise DataError(f"{run_dir} trained over no {modality} backbone")
-        # A key that one of the two records lacks was not recorded by the version that wrote it.
-        differing = [key for key in sorted(set(then) & set(now)) if key not in _LOCATION_KEYS and then[key] != now[key]]
+        differing = differing_identity_keys(then, now)
         if differing:
             key = differing[0]
             raise DataError(
