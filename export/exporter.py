@@ -56,7 +56,7 @@ from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models.recommender import Recommender
-from crossan.zoo.runs.run import Run, differing_identity_keys, open_run
+from crossan.zoo.runs.run import Run, differing_identity_keys, finished_run_config, open_run
 from crossan.zoo.runs.zero_shot import open_run_on
 
 __all__ = [
@@ -311,6 +311,12 @@ def export_run(
     out_dir = out_dir.resolve() if out_dir.is_symlink() else out_dir  # replace the folder, not the link
     check_replaceable(out_dir)
     if catalogue is None:
+        trained_on = finished_run_config(run_dir)["data"].get("catalogues")
+        if trained_on:
+            raise ConfigError(
+                f"{run_dir} trained on {len(trained_on)} catalogues at once, whose item ids are each "
+                "catalogue's own; export one catalogue at a time with --catalogue DIR"
+            )
         run = open_run(run_dir, "cpu", data_root, cache_dir)
     elif data_root is not None:
         raise ConfigError("--data-root says where the run's own data set moved; with --catalogue it has no use")

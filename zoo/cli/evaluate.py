@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from crossan.zoo.data import load_dataset
     from crossan.zoo.runs.run import open_run
     from crossan.zoo.runs.zero_shot import open_run_on
-    from crossan.zoo.training.evaluation import evaluate_popularity
+    from crossan.zoo.training.evaluation import catalogue_metrics, evaluate_popularity
     from crossan.zoo.training.metrics import metrics_from_ranks
     from crossan.zoo.training.significance import cold_item_users, paired_t_test
 
@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             "metrics": metrics_from_ranks(result.ranks[cold]) if cold.any() else None,
         },
     }
-    rows = [(label, result.metrics)]
+    rows = [(label + (f" (mean of {len(dataset.parts)} catalogues)" if dataset.parts else ""), result.metrics)]
+    if dataset.parts:
+        report["catalogues"] = catalogue_metrics(dataset, result.ranks, None)
+        rows += [(f"{label}: {name}", metrics) for name, metrics in report["catalogues"].items()]
     if cold.any():
         rows.append((f"{label} (cold targets, {int(cold.sum())} users)", report["cold_items"]["metrics"]))
     if args.compare is not None:
@@ -208,7 +211,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     console.print(
         metrics_table(
             f"{dataset.name}, {args.split} split, "
-            f"{'masked' if mask else 'unmasked'} full ranking over {dataset.num_items:,} items",
+            f"{'masked' if mask else 'unmasked'} full ranking over "
+            + (
+                "each catalogue's items (" + ", ".join(f"{part.num_items:,}" for part in dataset.parts) + ")"
+                if dataset.parts
+                else f"{dataset.num_items:,} items"
+            ),
             rows,
         )
     )

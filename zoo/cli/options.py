@@ -105,13 +105,26 @@ def add_data_set_options(
     data_help: str | None = None,
     root_help: str = "data folder (toy: generated under the cache dir)",
     cache_help: str = "where toy data is generated and backbone features are cached",
+    several_roots: bool = False,
 ) -> None:
     """--data, --data-root, --cache-dir: which data set, where it is, and the cache folder (every
-    command that reads a data set; evaluate.py words their help for its two modes)."""
+    command that reads a data set; evaluate.py words their help for its two modes). With
+    `several_roots`, --data-root repeats (a list, None when not given): one model over several
+    catalogues."""
     from crossan.zoo.data import DATA_KINDS
 
     parser.add_argument("--data", default="toy", choices=DATA_KINDS, help=data_help)
-    parser.add_argument("--data-root", type=Path, help=root_help)
+    if several_roots:
+        parser.add_argument(
+            "--data-root",
+            type=Path,
+            action="append",
+            metavar="DIR",
+            help=f"{root_help}; repeat it to train one model on several catalogues of --data's layout at once "
+            "(each batch's negatives, and every ranking, stay within one catalogue)",
+        )
+    else:
+        parser.add_argument("--data-root", type=Path, help=root_help)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"), help=cache_help)
 
 
@@ -138,7 +151,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     """The options that name a data set and how its item features are made (train.py, the tuner)."""
     from crossan.zoo.backbones import TEXT_MAX_TOKENS
 
-    add_data_set_options(parser)
+    add_data_set_options(parser, several_roots=True)
     parser.add_argument("--cover-dir", default="covers", help="MicroLens cover folder, relative to --data-root")
     parser.add_argument("--video-dir", default="videos", help="MicroLens video folder, relative to --data-root")
     add_backbone_options(parser)
@@ -238,6 +251,7 @@ def data_and_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], An
     feature settings; bad modality names or poolings are one line."""
     from crossan.zoo.backbones import POOLINGS
     from crossan.zoo.data import load_dataset
+    from crossan.zoo.data.catalogues import combine_catalogues
     from crossan.zoo.features.settings import FeatureSettings
     from crossan.zoo.models.config import MODALITIES
     from crossan.zoo.runs.pipeline import describe_data
@@ -259,5 +273,10 @@ def data_and_settings(args: argparse.Namespace) -> tuple[Any, dict[str, Any], An
         cache_dir=args.cache_dir,
         allow_missing_media=args.allow_missing_media,
     )
-    dataset = load_dataset(args.data, args.data_root, args.cache_dir, args.cover_dir, args.video_dir)
+    roots = args.data_root or [None]
+    if args.data == "toy" and len(roots) > 1:
+        raise ConfigError("--data toy is one generated catalogue; several --data-root need --data microlens or amazon")
+    dataset = combine_catalogues(
+        [load_dataset(args.data, root, args.cache_dir, args.cover_dir, args.video_dir) for root in roots]
+    )
     return dataset, describe_data(args.data, dataset, args.cover_dir, args.video_dir), settings

@@ -7,6 +7,8 @@
     torchrun --nproc-per-node 2 train.py --preset crossan-tiva   # data-parallel over 2 processes
     python train.py --preset crossan-t --data amazon --data-root DIR \\
         --backbone text=minilm
+    python train.py --preset crossan-t --data amazon --data-root DIR1 --data-root DIR2 \\
+        --backbone text=minilm                            # one model over two catalogues
 """
 
 from __future__ import annotations
@@ -139,7 +141,9 @@ def given_options(
         if option_given(parser, args, option):
             given[key] = getattr(args, option)
     if args.data_root is not None:
-        given["data.root"] = str(args.data_root.resolve())
+        if len(args.data_root) > 1:
+            raise ConfigError("--resume finds the run's catalogues where it recorded them; give no --data-root")
+        given["data.root"] = str(args.data_root[0].resolve())
     for option in ("backbone", "pooling", "run_dir", "cache_dir", "cover_dir", "video_dir", "overwrite"):
         if option_given(parser, args, option):
             raise ConfigError(f"--resume takes the run's own settings; --{option.replace('_', '-')} cannot change them")
@@ -171,11 +175,19 @@ def report(args: argparse.Namespace, metrics: dict, run_dir: Path, processes: Pr
     Console().print(
         metrics_table(
             f"{preset} (best epoch {metrics['best_epoch']}, {'masked' if metrics['mask_history'] else 'unmasked'} "
-            f"full ranking)",
+            f"full ranking{'; valid and test: the mean of the catalogues' if 'catalogues' in metrics else ''})",
             [
                 (f"{preset} valid", metrics["valid"]),
                 (f"{preset} test", metrics["test"]),
                 ("popularity test", metrics["popularity"]["test"]),
+                *(
+                    row
+                    for name, each in metrics.get("catalogues", {}).items()
+                    for row in (
+                        (f"{preset} test: {name}", each["test"]),
+                        (f"popularity test: {name}", each["popularity"]["test"]),
+                    )
+                ),
             ],
         )
     )

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data.errors import DataError
+
+if TYPE_CHECKING:
+    from crossan.zoo.data.catalogues import CataloguePart
 
 __all__ = ["SequenceDataset", "PAD", "MIN_INTERACTIONS"]
 
@@ -67,6 +70,8 @@ class SequenceDataset:
     cover_paths: list[Path] | None = None
     video_paths: list[Path] | None = None
     dropped_users: int = 0
+    parts: tuple[CataloguePart, ...] = ()
+    """The catalogues of a data set combined from several (`combine_catalogues`); empty for one."""
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -233,6 +238,10 @@ class SequenceDataset:
         return digest.hexdigest()[:16]
 
     def summary(self) -> str:
+        if self.parts:
+            return "\n".join(
+                [f"{len(self.parts)} catalogues, trained together:", *(part.dataset.summary() for part in self.parts)]
+            )
         lengths = self.lengths
         return (
             f"{self.name}: {self.num_users:,} users, {self.num_items:,} items, {int(lengths.sum()):,} "

@@ -33,6 +33,7 @@ from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.config import RecommenderConfig, StoredFeatures
 
 __all__ = [
+    "LOCATION_KEYS",
     "PreparedFeatures",
     "prepare_features",
     "open_recorded_features",
@@ -66,6 +67,8 @@ def prepare_features(
     """Item features for `config` (its `backbone_modalities()`, as `stored_features` says:
     cached backbone states, or stored backbone inputs for the uncached models), built on first use
     over all `processes`, gathered to `device`. A model with no modalities gets item rows."""
+    if dataset.parts:
+        return _prepare_by_catalogue(dataset, config, settings, device, console, processes)
     modalities, stored = config.backbone_modalities(), config.stored_features
     dataset.require_modalities(modalities)
     for modality in modalities:  # fail on missing media before spending time on any backbone
@@ -95,9 +98,43 @@ def prepare_features(
     )
 
 
+LOCATION_KEYS = ("cache_file", "cache_entry", "parts")
+"""What `prepare_features` records of a backbone that says where its cache is, not what it computes."""
+
+
+def _prepare_by_catalogue(
+    dataset: SequenceDataset,
+    config: RecommenderConfig,
+    settings: FeatureSettings,
+    device: torch.device,
+    console: Console,
+    processes: Processes,
+) -> PreparedFeatures:
+    """A combined data set's features: each catalogue's from its own cache (the one a run on
+    that catalogue alone uses), end to end. Each backbone's record names every catalogue's file
+    under `parts`."""
+    prepared = [prepare_features(part.dataset, config, settings, device, console, processes) for part in dataset.parts]
+    described = {
+        modality: {
+            **{key: value for key, value in first.items() if key not in LOCATION_KEYS},
+            "parts": [
+                {
+                    "catalogue": part.label,
+                    **{key: each.backbones[modality][key] for key in ("cache_file", "cache_entry")},
+                }
+                for part, each in zip(dataset.parts, prepared, strict=True)
+            ],
+        }
+        for modality, first in prepared[0].backbones.items()
+    }
+    return PreparedFeatures(
+        ItemFeatures.concatenated([each.features for each in prepared]), described, prepared[0].loaded
+    )
+
+
 def open_recorded_features(
     backbones: dict[str, Any],
-    num_items: int,
+    num_items: int | None,
     device: torch.device | str,
     with_rows: bool,
     cache_dir: Path | None = None,
@@ -108,7 +145,25 @@ def open_recorded_features(
 
     A file is looked for under `cache_dir` when given (a cache moved with the run), else where
     the run recorded it. Cached states are checked for NaN and infinities: every row with
-    `full_check`, else a sample of rows (a cheap check on every open)."""
+    `full_check`, else a sample of rows (a cheap check on every open). A run over several
+    catalogues records a file per catalogue (`parts`), read end to end."""
+    if any("parts" in backbone for backbone in backbones.values()):
+        num_parts = len(next(iter(backbones.values()))["parts"])
+        per_catalogue = [
+            {
+                modality: {**{k: v for k, v in backbone.items() if k != "parts"}, **backbone["parts"][index]}
+                for modality, backbone in backbones.items()
+            }
+            for index in range(num_parts)
+        ]
+        parts = [open_recorded_features(part, None, device, with_rows, cache_dir, full_check) for part in per_catalogue]
+        features = ItemFeatures.concatenated(parts)
+        if num_items is not None and features.num_items != num_items:
+            raise CorruptFileError(
+                f"the cached features of the run's {num_parts} catalogues hold {features.num_items} items, "
+                f"its data sets have {num_items}"
+            )
+        return features
     tensors: dict[str, torch.Tensor] = {}
     for modality, backbone in backbones.items():
         cache_file = Path(backbone["cache_file"])
@@ -124,7 +179,7 @@ def open_recorded_features(
             states = state_cache.open_states(cache_file)
             if states is None:
                 raise missing
-            if states.shape[0] != num_items:
+            if num_items is not None and states.shape[0] != num_items:
                 raise CorruptFileError(
                     f"{cache_file}: holds {states.shape[0]} items' {modality} states, the "
                     f"run's data set has {num_items}"
@@ -137,7 +192,8 @@ def open_recorded_features(
             if inputs is None:
                 raise missing
             tensors.update({f"{modality}_{name}": tensor for name, tensor in inputs.items()})
-    return ItemFeatures(num_items, tensors, device, with_rows=with_rows)
+    counts = {tensor.shape[0] for tensor in tensors.values()}
+    return ItemFeatures(num_items if num_items is not None else counts.pop(), tensors, device, with_rows=with_rows)
 
 
 OPEN_CHECK_ROWS = 4096

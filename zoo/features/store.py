@@ -3,6 +3,8 @@ pixels) for the uncached models, or item rows for ID models."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = ["ItemFeatures"]
@@ -36,6 +38,23 @@ class ItemFeatures:
             if tensor.dim() < 2 or tensor.shape[0] != num_items:
                 raise ValueError(f"{name} features must be [{num_items}, ...], got {list(tensor.shape)}")
         self._states = tuple((states or {}).values())
+
+    @classmethod
+    def concatenated(cls, parts: Sequence[ItemFeatures]) -> ItemFeatures:
+        """Several catalogues' features end to end, in the order of `parts` (which share their
+        inputs, device and rows setting). The result is in memory: each part is read once."""
+        first = parts[0]
+        states = {name: torch.cat([part._states[i] for part in parts]) for i, name in enumerate(first.modalities)}
+        return cls(sum(part.num_items for part in parts), states, first.device, first.with_rows)
+
+    def rows(self, rows: slice) -> ItemFeatures:
+        """The features of catalogue `rows` only (one catalogue of several), as views."""
+        return ItemFeatures(
+            len(range(self.num_items)[rows]),
+            {name: tensor[rows] for name, tensor in zip(self.modalities, self._states, strict=True)},
+            self.device,
+            self.with_rows,
+        )
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Each input's shape after the item axis (for states: `(num_states, width)`)."""

@@ -27,8 +27,14 @@ from crossan.zoo.runs.folder import check_new_run_folder, clear_run_folder, flat
 from crossan.zoo.runs.init_from import initialise_from
 from crossan.zoo.runs.run import Run, recorded_dataset
 from crossan.zoo.training.checkpoint import CheckpointStore, read_json, save_per_user, save_weights, write_json
-from crossan.zoo.training.evaluation import evaluate_popularity, evaluation_users
-from crossan.zoo.training.trainer import TrainConfig, Trainer, TrainingOutcome, resolve_precision
+from crossan.zoo.training.evaluation import catalogue_metrics, evaluate_popularity, evaluation_users
+from crossan.zoo.training.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainingOutcome,
+    check_trains_on_catalogues,
+    resolve_precision,
+)
 
 __all__ = ["train_and_save", "resume_run", "resolve_device", "code_fingerprint", "differing_options", "describe_data"]
 
@@ -84,7 +90,11 @@ def train_and_save(
         "preset": preset,
         "train": dataclasses.asdict(train_config),
         "model": model_overrides,
-        "data": {key: data_description[key] for key in ("kind", "root", "fingerprint", "sequences")},
+        "data": {
+            key: data_description[key]
+            for key in ("kind", "root", "fingerprint", "sequences")
+            if key in data_description
+        },
         "feature_settings": settings.to_dict(),
         "code": code_fingerprint(),
     }
@@ -96,11 +106,12 @@ def train_and_save(
     model = build_model(base.fit_to_data(dataset.num_items, features.shapes()).fit_to_backbones(prepared.loaded))
     model.start_from_backbones(prepared.loaded)
     del prepared
+    check_trains_on_catalogues(model, dataset, train_config)  # before the run folder is written
     config = {
         "preset": preset,
         "model": model.config.to_dict(),
         "train": dataclasses.asdict(train_config),
-        "data": {**data_description, "root_from_run": os.path.relpath(data_description["root"], run_dir.resolve())},
+        "data": _placed(data_description, run_dir),
         "feature_settings": settings.to_dict(),
         "code": code_fingerprint(),
         "threads": torch.get_num_threads(),
@@ -235,11 +246,11 @@ def _train(
     )
     # Popularity's validation ranks the users the model's did (all, or the valid_users sample).
     sample = {"valid": evaluation_users(dataset.num_users, train_config.valid_users), "test": None}
-    popularity = {
-        split: evaluate_popularity(dataset, split, train_config.mask_history, users).metrics
-        for split, users in sample.items()
+    popularity_results = {
+        split: evaluate_popularity(dataset, split, train_config.mask_history, users) for split, users in sample.items()
     }
-    metrics = {
+    popularity = {split: result.metrics for split, result in popularity_results.items()}
+    metrics: dict[str, Any] = {
         "valid": outcome.valid.metrics,
         "test": outcome.test.metrics,
         "best_epoch": outcome.best_epoch,
@@ -247,6 +258,25 @@ def _train(
         "mask_history": train_config.mask_history,
         "popularity": popularity,
     }
+    if dataset.parts:
+        # The metrics above are the catalogues' means; each catalogue's own, beside them.
+        per_catalogue = {
+            name: catalogue_metrics(dataset, result.ranks, result.users)
+            for name, result in (
+                ("valid", outcome.valid),
+                ("test", outcome.test),
+                ("popularity valid", popularity_results["valid"]),
+                ("popularity test", popularity_results["test"]),
+            )
+        }
+        metrics["catalogues"] = {
+            part.label: {
+                "valid": per_catalogue["valid"].get(part.label),
+                "test": per_catalogue["test"][part.label],
+                "popularity": {split: per_catalogue[f"popularity {split}"].get(part.label) for split in sample},
+            }
+            for part in dataset.parts
+        }
     if outcome.choices:
         metrics["chosen_on_validation"] = outcome.choices
         run.config["model"] = model.config.to_dict()  # the chosen values, for loading, export and serving
@@ -268,15 +298,27 @@ def _train(
 def describe_data(
     kind: str, dataset: SequenceDataset, cover_dir: str = "covers", video_dir: str = "videos"
 ) -> dict[str, Any]:
-    """What `config.json` records about the data: enough to reload it and notice changes."""
-    return {
+    """What `config.json` records about the data: enough to reload it and notice changes (each
+    catalogue's record under `catalogues` for a data set over several)."""
+    described = {
         "kind": kind,
-        "root": str(dataset.root.resolve()),
         "name": dataset.name,
         "fingerprint": dataset.fingerprint(),
         "sequences": dataset.sequences_fingerprint(),
         "num_users": dataset.num_users,
         "num_items": dataset.num_items,
-        "cover_dir": cover_dir,
-        "video_dir": video_dir,
     }
+    if dataset.parts:
+        return {
+            **described,
+            "catalogues": [describe_data(kind, part.dataset, cover_dir, video_dir) for part in dataset.parts],
+        }
+    return {**described, "root": str(dataset.root.resolve()), "cover_dir": cover_dir, "video_dir": video_dir}
+
+
+def _placed(description: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """`description` with each catalogue's folder also relative to the run folder (`root_from_run`),
+    so that a run moved together with its data finds it."""
+    if "catalogues" in description:
+        return {**description, "catalogues": [_placed(each, run_dir) for each in description["catalogues"]]}
+    return {**description, "root_from_run": os.path.relpath(description["root"], run_dir.resolve())}

@@ -8,17 +8,19 @@ from typing import Any
 
 import torch
 
-from crossan.zoo.core.errors import MissingFileError
+from crossan.zoo.core.errors import ConfigError, MissingFileError
 from crossan.zoo.core.reading import read_json_object
 from crossan.zoo.data import DataError, SequenceDataset, load_dataset
-from crossan.zoo.features.prepare import open_recorded_features
+from crossan.zoo.data.catalogues import combine_catalogues
+from crossan.zoo.features.prepare import LOCATION_KEYS, open_recorded_features
 from crossan.zoo.features.store import ItemFeatures
-from crossan.zoo.models import load_model
+from crossan.zoo.models import build_model, load_model
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore
 
 __all__ = [
     "Run",
+    "catalogue_of_run",
     "check_same_backbones",
     "differing_identity_keys",
     "finished_run_config",
@@ -41,16 +43,48 @@ class Run:
     """Whether `dataset` is a catalogue the run never trained on (`crossan.zoo.runs.zero_shot`)."""
 
 
+def catalogue_of_run(run: Run, index: int) -> Run:
+    """A run trained on several catalogues, narrowed to its catalogue `index` as it was trained
+    there: a model sized for that catalogue's items, with that catalogue's rows of every per-item
+    state (`Recommender.catalogue_state`: which items occur in training), its features' rows
+    and its users. Ranks and metrics are then that catalogue's alone."""
+    part = run.dataset.parts[index]
+    per_item = run.model.catalogue_state()
+    model = build_model(run.model.config.fit_to_data(part.num_items, run.features.shapes()))
+    model.load_state_dict(
+        {
+            name: tensor[part.item_rows] if name in per_item else tensor
+            for name, tensor in run.model.state_dict().items()
+        }
+    )
+    return Run(
+        run.directory, run.config, model.to(run.features.device).eval(), part.dataset, run.features.rows(part.item_rows)
+    )
+
+
 def recorded_dataset(
     config: dict[str, Any], run_dir: Path | None = None, data_root: Path | None = None, cache_dir: Path | None = None
 ) -> SequenceDataset:
-    """The data set a run's `config.json` describes.
+    """The data set a run's `config.json` describes (every catalogue of a run over several).
 
     It is read from `data_root` when given, else from where it was when the run was trained,
     else from the same place relative to the run folder (`run_dir`), so a run folder moved
     together with its data still finds it; none there is one line naming every path tried.
     The fingerprint is the caller's to compare."""
     data = config["data"]
+    cache = cache_dir if cache_dir is not None else Path(config["feature_settings"]["cache_dir"])
+    if "catalogues" in data:
+        if data_root is not None:
+            raise ConfigError(
+                f"{run_dir or 'the run'} trained on {len(data['catalogues'])} catalogues; it finds each where it "
+                "was or at the same place beside the run folder, and one --data-root cannot say where they all are"
+            )
+        return combine_catalogues([_read_recorded(catalogue, run_dir, None, cache) for catalogue in data["catalogues"]])
+    return _read_recorded(data, run_dir, data_root, cache)
+
+
+def _read_recorded(data: dict[str, Any], run_dir: Path | None, data_root: Path | None, cache: Path) -> SequenceDataset:
+    """The one catalogue `data` (a `describe_data` record) describes, from the first of its places found."""
     candidates = [Path(data_root)] if data_root is not None else [Path(data["root"])]
     if data_root is None and run_dir is not None and "root_from_run" in data:
         candidates.append(Path(run_dir) / data["root_from_run"])
@@ -60,7 +94,6 @@ def recorded_dataset(
         raise MissingFileError(
             f"the {data['kind']} data set of {run_dir or 'the run'} is not at {tried}; give --data-root where it is now"
         )
-    cache = cache_dir if cache_dir is not None else Path(config["feature_settings"]["cache_dir"])
     return load_dataset(data["kind"], found, cache, data["cover_dir"], data["video_dir"])
 
 
@@ -115,15 +148,11 @@ def open_run(
     return Run(run_dir, config, model, dataset, features)
 
 
-# What `prepare_features` records of a backbone that says where its cache is, not what it computes.
-_LOCATION_KEYS = ("cache_file", "cache_entry")
-
-
 def differing_identity_keys(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The keys, sorted, on which a backbone's `recorded` identity and its identity `now` differ,
     its cache's location aside. A key one of them lacks was not recorded by the version that
     wrote it (runs before the path-free config digest, say) and is not compared."""
-    return [key for key in sorted(set(recorded) & set(now)) if key not in _LOCATION_KEYS and recorded[key] != now[key]]
+    return [key for key in sorted(set(recorded) & set(now)) if key not in LOCATION_KEYS and recorded[key] != now[key]]
 
 
 def check_same_backbones(run_dir: Path, recorded: dict[str, Any], built: dict[str, Any]) -> None:

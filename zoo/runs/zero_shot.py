@@ -18,11 +18,11 @@ import torch
 from rich.console import Console
 
 from crossan.zoo.core.errors import ConfigError
-from crossan.zoo.data import SequenceDataset
+from crossan.zoo.data import DataError, SequenceDataset
 from crossan.zoo.features.prepare import prepare_features
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.models import build_model, load_model
-from crossan.zoo.runs.run import Run, check_same_backbones, finished_run_config, open_run
+from crossan.zoo.runs.run import Run, catalogue_of_run, check_same_backbones, finished_run_config, open_run
 
 __all__ = ["open_run_on", "open_zero_shot"]
 
@@ -35,12 +35,22 @@ def open_run_on(
     cache_dir: Path | None = None,
 ) -> Run:
     """The run in `run_dir` ranking `dataset`: the run as trained when `dataset` holds the
-    catalogue it trained on (by fingerprint, `open_run`'s checks included), else zero-shot
-    (`open_zero_shot`). `cache_dir`: where the features are (or, zero-shot, are built)."""
+    catalogue it trained on, or one of those it trained on together (by fingerprint,
+    `open_run`'s checks included; `catalogue_of_run`), else zero-shot (`open_zero_shot`).
+    `cache_dir`: where the features are (or, zero-shot, are built)."""
     run_dir = Path(run_dir)
     config = finished_run_config(run_dir)
-    if config["data"].get("fingerprint") == dataset.fingerprint():
+    fingerprint = dataset.fingerprint()
+    if config["data"].get("fingerprint") == fingerprint:
         return open_run(run_dir, device, dataset.root, cache_dir, full_check=True)
+    for index, catalogue in enumerate(config["data"].get("catalogues", ())):
+        if catalogue["fingerprint"] == fingerprint:
+            if catalogue["sequences"] != dataset.sequences_fingerprint():
+                raise DataError(
+                    f"the catalogue at {dataset.root} is one {run_dir} trained on, with other users' sequences "
+                    f"than it trained on (hash {dataset.sequences_fingerprint()} != {catalogue['sequences']} recorded)"
+                )
+            return catalogue_of_run(open_run(run_dir, device, None, cache_dir, full_check=True), index)
     return open_zero_shot(run_dir, dataset, device, console, cache_dir)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from crossan.zoo.core.distributed import SINGLE, Processes
+from crossan.zoo.data.catalogues import CataloguePart, catalogue_parts
 from crossan.zoo.data.dataset import PAD, SequenceDataset
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.layers.history import decayed_history
@@ -20,6 +21,7 @@ from crossan.zoo.training.metrics import metrics_from_ranks, standard_error, tar
 __all__ = [
     "EvaluationResult",
     "SCORE_BUDGET",
+    "catalogue_metrics",
     "evaluation_users",
     "evaluate_history_similarity",
     "evaluate_model",
@@ -50,6 +52,39 @@ class EvaluationResult:
     def standard_error(self, name: str) -> float:
         """The standard error of metric `name`'s mean over the ranked users."""
         return standard_error(self.ranks, name)
+
+
+def catalogue_metrics(
+    dataset: SequenceDataset, ranks: torch.Tensor, users: np.ndarray | None
+) -> dict[str, dict[str, float]]:
+    """Each catalogue's metrics (by label) from the `ranks` of `users` (None: every user, in
+    order); catalogues none of `users` belongs to are left out."""
+    parts = catalogue_parts(dataset)
+    counts = [len(part.local_users(np.arange(dataset.num_users) if users is None else users)) for part in parts]
+    pieces = torch.split(ranks, counts)
+    return {part.label: metrics_from_ranks(piece) for part, piece in zip(parts, pieces, strict=True) if len(piece)}
+
+
+def _metrics(dataset: SequenceDataset, ranks: torch.Tensor, users: np.ndarray | None) -> dict[str, float]:
+    """The metrics of a ranking: the mean over the ranked users of one catalogue; over several
+    catalogues, the mean of the catalogues' means (each catalogue weighs alike, whatever its
+    number of users)."""
+    if not dataset.parts:
+        return metrics_from_ranks(ranks)
+    per_catalogue = list(catalogue_metrics(dataset, ranks, users).values())
+    return {name: float(np.mean([metrics[name] for metrics in per_catalogue])) for name in per_catalogue[0]}
+
+
+def _rank_by_catalogue(
+    dataset: SequenceDataset,
+    users: np.ndarray | None,
+    rank_catalogue: Callable[[CataloguePart, np.ndarray | None], torch.Tensor],
+) -> torch.Tensor:
+    """The ranks of `users` (None: all), each catalogue's users ranked among that catalogue's
+    items only by `rank_catalogue(part, its users)`, in combined user order."""
+    return torch.cat(
+        [rank_catalogue(part, None if users is None else part.local_users(users)) for part in catalogue_parts(dataset)]
+    )
 
 
 EVALUATION_SAMPLE_SEED = 0
@@ -134,20 +169,37 @@ def evaluate_model(
     table = model.item_table(items)
     length = model.config.max_seq_len
 
-    def score_users(batch: np.ndarray) -> torch.Tensor:
-        window = torch.from_numpy(dataset.recent_histories(batch, split, length)).to(items.device)
-        return model.scores(model.user_embeddings(table, window).float(), items)
+    def rank_catalogue(part: CataloguePart, part_users: np.ndarray | None) -> torch.Tensor:
+        part_items = items[part.item_rows]
 
-    ranks = rank_all_users(dataset, split, score_users, mask_history, batch_size, processes, users)
+        def score_users(batch: np.ndarray) -> torch.Tensor:
+            window = part.combined_windows(part.dataset.recent_histories(batch, split, length))
+            return model.scores(
+                model.user_embeddings(table, torch.from_numpy(window).to(items.device)).float(), part_items
+            )
+
+        return rank_all_users(part.dataset, split, score_users, mask_history, batch_size, processes, part_users)
+
+    ranks = _rank_by_catalogue(dataset, users, rank_catalogue)
     model.train(was_training)
-    return EvaluationResult(split, metrics_from_ranks(ranks), ranks, users)
+    return EvaluationResult(split, _metrics(dataset, ranks, users), ranks, users)
 
 
 def evaluate_popularity(
     dataset: SequenceDataset, split: str, mask_history: bool = True, users: np.ndarray | None = None
 ) -> EvaluationResult:
-    """Most-popular baseline: every user gets items ranked by training-prefix counts, for `users`
-    (default: every user).
+    """Most-popular baseline: every user gets the items of their catalogue ranked by
+    training-prefix counts, for `users` (default: every user)."""
+    ranks = _rank_by_catalogue(
+        dataset, users, lambda part, part_users: _popularity_ranks(part.dataset, split, mask_history, part_users)
+    )
+    return EvaluationResult(split, _metrics(dataset, ranks, users), ranks, users)
+
+
+def _popularity_ranks(
+    dataset: SequenceDataset, split: str, mask_history: bool, users: np.ndarray | None
+) -> torch.Tensor:
+    """Popularity's target ranks in one catalogue.
 
     Every user ranks the same scores, so no score matrix is needed: the items counted at least
     as often as the target are found by a binary search in the sorted counts, and the user's
@@ -167,8 +219,7 @@ def evaluate_popularity(
         counted = counts[items - 1] >= target_counts[rows]
         ranks -= np.bincount(rows[counted], minlength=len(chosen))
         ranks[rows[items == targets[rows]]] = np.inf
-    ranks_tensor = torch.from_numpy(ranks).float()
-    return EvaluationResult(split, metrics_from_ranks(ranks_tensor), ranks_tensor, None if users is None else chosen)
+    return torch.from_numpy(ranks).float()
 
 
 def evaluate_history_similarity(
@@ -179,19 +230,25 @@ def evaluate_history_similarity(
     window_length: int,
     mask_history: bool = True,
 ) -> EvaluationResult:
-    """Untrained baseline: every item scored by the cosine between its row of `embeddings
-    [num_items, F]` (frozen backbone embeddings, say) and the user's last `window_length` items'
-    rows, pooled with weight `decay ** steps_back`: the frozen-similarity prior on its own."""
+    """Untrained baseline: every item of the user's catalogue scored by the cosine between its
+    row of `embeddings [num_items, F]` (frozen backbone embeddings, say) and the user's last
+    `window_length` items' rows, pooled with weight `decay ** steps_back`: the frozen-similarity
+    prior on its own."""
     unit = F.normalize(embeddings.float(), dim=-1)
-    table = torch.cat([unit.new_zeros(1, unit.shape[1]), unit])
 
-    def score_users(batch: np.ndarray) -> torch.Tensor:
-        window = torch.from_numpy(dataset.recent_histories(batch, split, window_length))
-        pooled = decayed_history(table[window], window == PAD, decay)[:, -1]
-        return F.normalize(pooled, dim=-1) @ unit.t()
+    def rank_catalogue(part: CataloguePart, part_users: np.ndarray | None) -> torch.Tensor:
+        part_unit = unit[part.item_rows]
+        table = torch.cat([part_unit.new_zeros(1, part_unit.shape[1]), part_unit])
 
-    ranks = rank_all_users(dataset, split, score_users, mask_history)
-    return EvaluationResult(split, metrics_from_ranks(ranks), ranks)
+        def score_users(batch: np.ndarray) -> torch.Tensor:
+            window = torch.from_numpy(part.dataset.recent_histories(batch, split, window_length))
+            pooled = decayed_history(table[window], window == PAD, decay)[:, -1]
+            return F.normalize(pooled, dim=-1) @ part_unit.t()
+
+        return rank_all_users(part.dataset, split, score_users, mask_history)
+
+    ranks = _rank_by_catalogue(dataset, None, rank_catalogue)
+    return EvaluationResult(split, _metrics(dataset, ranks, None), ranks)
 
 
 def _user_name(user_ids: list[str], batch: np.ndarray, row: int) -> str:

@@ -18,12 +18,13 @@ from torch.utils.data import Dataset, DistributedSampler
 from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.core.errors import ConfigError, DivergedError
 from crossan.zoo.core.field_types import check_field_types
+from crossan.zoo.data.catalogues import catalogue_of_users
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
 from crossan.zoo.features.store import ItemFeatures
 from crossan.zoo.models.recommender import Recommender
 from crossan.zoo.training.checkpoint import CheckpointStore, TrainingState
-from crossan.zoo.training.evaluation import EvaluationResult, evaluate_model, evaluation_users
+from crossan.zoo.training.evaluation import EvaluationResult, catalogue_metrics, evaluate_model, evaluation_users
 from crossan.zoo.training.metrics import per_user_metric
 from crossan.zoo.training.negatives import ExtraNegatives, check_negative_options
 from crossan.zoo.training.objective import InBatchObjective
@@ -35,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingOutcome",
+    "catalogue_batches",
     "epoch_batches",
     "local_batch_size",
     "resolve_precision",
@@ -241,6 +243,57 @@ def epoch_batches(
     return [order[step * local : (step + 1) * local] for step in range(-(-num_windows // batch_size))]
 
 
+def catalogue_batches(
+    window_catalogues: np.ndarray, batch_size: int, epoch: int, seed: int, processes: Processes = SINGLE
+) -> list[torch.Tensor]:
+    """This process's window indices for each step of `epoch` when the windows come from several
+    catalogues (`window_catalogues [W]`: each window's catalogue): every global batch holds one
+    catalogue's windows, so its in-batch negatives are items of the positives' catalogue.
+
+    Each catalogue's windows are shuffled and cut into batches of `batch_size` (its last batch
+    the remainder), and the batches of all catalogues are shuffled together, all drawn from
+    `seed + epoch`; as in `epoch_batches`, process r takes the positions of each global batch
+    that are congruent to r mod the number of processes."""
+    local_batch_size(batch_size, processes)
+    generator = torch.Generator().manual_seed(seed + epoch)
+    catalogues = torch.from_numpy(np.asarray(window_catalogues))
+    batches: list[torch.Tensor] = []
+    for catalogue in torch.unique(catalogues).tolist():
+        members = torch.nonzero(catalogues == catalogue).flatten()
+        batches += torch.split(members[torch.randperm(len(members), generator=generator)], batch_size)
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[index][processes.rank :: processes.world_size] for index in order]
+
+
+def check_trains_on_catalogues(model: Recommender, dataset: SequenceDataset, config: TrainConfig) -> None:
+    """One line when `model` cannot train on `dataset`'s several catalogues at once: a learned
+    vector per item (ID models, the ID term) or negatives drawn outside a batch, which would mix
+    the catalogues."""
+    if not dataset.parts:
+        return
+    learned = [name for name, is_learned in model.catalogue_state().items() if is_learned]
+    if learned:
+        raise ConfigError(
+            f"training on several catalogues ({', '.join(part.label for part in dataset.parts)}) needs an item "
+            f"tower that reads only content; this model learns a vector per item ({', '.join(learned)}): "
+            "train it on one catalogue at a time"
+        )
+    mixing = [
+        name
+        for name, value in (
+            ("sampled_negatives", config.sampled_negatives),
+            ("memory_size", config.memory_size),
+            ("full_softmax", config.full_softmax),
+        )
+        if value
+    ]
+    if mixing:
+        raise ConfigError(
+            f"training on several catalogues draws negatives within each batch's catalogue; {', '.join(mixing)} "
+            "would draw them from every catalogue: leave it at 0 (off)"
+        )
+
+
 class Trainer:
     """Trains `model` on cached item features; evaluates every epoch on the validation split.
 
@@ -264,6 +317,7 @@ class Trainer:
         """`on_validation(epoch, score)` hears each epoch's validation score (NDCG@10) after the
         epoch's checkpoint is written; an exception it raises stops training there (a tuner's
         pruning), leaving a run that resumes from that checkpoint."""
+        check_trains_on_catalogues(model, dataset, config)
         self.model = model.to(device)
         self.on_validation = on_validation
         self.dataset = dataset
@@ -283,6 +337,7 @@ class Trainer:
             )
         # Only sliding windows put several windows of one user in a batch.
         self.window_users = window_users if config.sliding_windows else None
+        self.window_catalogues = catalogue_of_users(dataset)[window_users.numpy()] if dataset.parts else None
         self.valid_sample = evaluation_users(dataset.num_users, config.valid_users)
         counts = torch.as_tensor(dataset.train_counts(), dtype=torch.float64)
         self.model.mark_trained_items(counts[1:] > 0)
@@ -430,8 +485,14 @@ class Trainer:
         return total / len(batches)
 
     def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        """This process's batches of `epoch`: all of them, or the first `steps_per_epoch`."""
-        batches = epoch_batches(len(self.windows), self.config.batch_size, epoch, self.config.seed, self.processes)
+        """This process's batches of `epoch`: all of them, or the first `steps_per_epoch`; each
+        within one catalogue when there are several."""
+        if self.window_catalogues is not None:
+            batches = catalogue_batches(
+                self.window_catalogues, self.config.batch_size, epoch, self.config.seed, self.processes
+            )
+        else:
+            batches = epoch_batches(len(self.windows), self.config.batch_size, epoch, self.config.seed, self.processes)
         return batches[: self.config.steps_per_epoch] if self.config.steps_per_epoch else batches
 
     def _evaluate(self, split: str) -> EvaluationResult:
@@ -450,9 +511,7 @@ class Trainer:
             )
 
     def _fit(self, checkpoints: CheckpointStore | None) -> TrainingOutcome:
-        num_batches = -(-len(self.windows) // self.config.batch_size)
-        if self.config.steps_per_epoch:
-            num_batches = min(num_batches, self.config.steps_per_epoch)
+        num_batches = len(self._epoch_batches(1))
         state = TrainingState()
         best_state: dict[str, torch.Tensor] = {}
         best_valid: EvaluationResult | None = None
@@ -478,10 +537,18 @@ class Trainer:
             state.epoch, state.step = epoch, state.step + num_batches
             state.history.append({"epoch": epoch, "loss": loss, "train_seconds": train_seconds, "valid": valid.metrics})
             uncertainty = ""
+            if self.dataset.parts:
+                per_catalogue = catalogue_metrics(self.dataset, valid.ranks, self.valid_sample)
+                state.history[-1]["valid_catalogues"] = per_catalogue
+                uncertainty += (
+                    " (mean of "
+                    + ", ".join(f"{label} {metrics[SELECTION_METRIC]:.4f}" for label, metrics in per_catalogue.items())
+                    + ")"
+                )
             if self.valid_sample is not None:
                 error = valid.standard_error(SELECTION_METRIC)
                 state.history[-1]["valid_standard_error"] = {SELECTION_METRIC: error}
-                uncertainty = f" ± {error:.4f} ({len(self.valid_sample):,} users)"
+                uncertainty += f" ± {error:.4f} ({len(self.valid_sample):,} users)"
             self.console.print(
                 f"epoch {epoch:3d}  loss {loss:.4f}  valid {SELECTION_METRIC} "
                 f"{score:.4f}{uncertainty}{'  *' if improved else ''}  ({train_seconds:.1f}s)"

@@ -271,13 +271,14 @@ def trial_run_dir(study_dir: Path, values: dict[str, Any]) -> Path:
 
 
 def study_data(dataset: SequenceDataset, data_description: dict[str, Any]) -> dict[str, Any]:
-    """What a study records about its data set: kind, name and root as `config.json` has them,
-    the catalogue's fingerprint and one of the users' sequences (the catalogue's alone would take
-    another set of users over the same items for the same data), and the counts."""
+    """What a study records about its data set: kind, name and root (roots, one per catalogue, of
+    a data set over several) as `config.json` has them, the catalogue's fingerprint and one of the
+    users' sequences (the catalogue's alone would take another set of users over the same items
+    for the same data), and the counts."""
     return {
         "kind": data_description["kind"],
         "name": dataset.name,
-        "root": data_description["root"],
+        "root": data_description.get("root") or [each["root"] for each in data_description["catalogues"]],
         "fingerprint": data_description["fingerprint"],
         "sequences": data_description["sequences"],
         "users": dataset.num_users,
