@@ -15,6 +15,7 @@ from scripts import run_main
 from crossan.export.cli import main as export_main
 from crossan.zoo.cli.evaluate import main as evaluate_main
 from crossan.zoo.cli.train import main as train_main
+from crossan.zoo.cli.tune import main as tune_main
 from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.core.errors import ConfigError
 from crossan.zoo.data import load_dataset
@@ -229,3 +230,20 @@ def test_a_killed_run_over_two_catalogues_resumes_to_the_uninterrupted_result(
     assert resumed["test"] == pytest.approx(whole[1]["test"])
     for label in ("toy-1", "toy-2"):
         assert resumed["catalogues"][label]["test"] == pytest.approx(whole[1]["catalogues"][label]["test"])
+
+
+def test_the_tuner_trains_on_several_catalogues_and_refuses_a_space_that_would_mix_them(
+    catalogues: list[Path], cache: Path, tmp_path: Path
+) -> None:
+    roots = [option for root in catalogues[:2] for option in ("--data-root", str(root))]
+    common = ("--preset", "crossan-t", "--data", "microlens", *roots, "--cache-dir", str(cache), "--trials", "1")
+    mixing = run_main(tune_main, *common, "--study", str(tmp_path / "mixing"))
+    assert mixing.returncode != 0 and "can choose sampled_negatives=256" in mixing.stderr
+    assert not (tmp_path / "mixing" / "trials").exists(), "refused before any trial"
+    pinned = ("--set", "sampled_negatives=0", "--set", "item_id_term=false", "--set", "epochs=1")
+    result = run_main(tune_main, *common, *pinned, "--study", str(tmp_path / "study"), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert [entry["root"] for entry in config["data"]["catalogues"]] == [str(root.resolve()) for root in catalogues[:2]]
+    assert "catalogues" in json.loads((run_dir / "metrics.json").read_text())

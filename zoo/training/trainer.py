@@ -39,6 +39,7 @@ __all__ = [
     "catalogue_batches",
     "epoch_batches",
     "local_batch_size",
+    "negatives_across_catalogues",
     "resolve_precision",
     "training_windows",
 ]
@@ -265,6 +266,19 @@ def catalogue_batches(
     return [batches[index][processes.rank :: processes.world_size] for index in order]
 
 
+def negatives_across_catalogues(config: TrainConfig) -> list[str]:
+    """The settings of `config` that draw negatives outside the batch, from every catalogue."""
+    return [
+        name
+        for name, value in (
+            ("sampled_negatives", config.sampled_negatives),
+            ("memory_size", config.memory_size),
+            ("full_softmax", config.full_softmax),
+        )
+        if value
+    ]
+
+
 def check_trains_on_catalogues(model: Recommender, dataset: SequenceDataset, config: TrainConfig) -> None:
     """One line when `model` cannot train on `dataset`'s several catalogues at once: a learned
     vector per item (ID models, the ID term) or negatives drawn outside a batch, which would mix
@@ -278,15 +292,7 @@ def check_trains_on_catalogues(model: Recommender, dataset: SequenceDataset, con
             f"tower that reads only content; this model learns a vector per item ({', '.join(learned)}): "
             "train it on one catalogue at a time"
         )
-    mixing = [
-        name
-        for name, value in (
-            ("sampled_negatives", config.sampled_negatives),
-            ("memory_size", config.memory_size),
-            ("full_softmax", config.full_softmax),
-        )
-        if value
-    ]
+    mixing = negatives_across_catalogues(config)
     if mixing:
         raise ConfigError(
             f"training on several catalogues draws negatives within each batch's catalogue; {', '.join(mixing)} "

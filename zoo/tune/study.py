@@ -31,6 +31,7 @@ The pruner is the median one, successive halving, or Hyperband over the trials' 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,7 +53,7 @@ from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.runs.pipeline import resume_run, train_and_save
 from crossan.zoo.runs.settings import split_options
-from crossan.zoo.training.trainer import TrainConfig
+from crossan.zoo.training.trainer import TrainConfig, negatives_across_catalogues
 from crossan.zoo.tune.space import SearchSpace
 
 __all__ = [
@@ -513,6 +514,27 @@ class TrialObjective:
         )[1]
 
 
+def _check_space_keeps_catalogues_apart(space: SearchSpace) -> None:
+    """One line, before any trial, when the space can choose negatives drawn from every catalogue,
+    which training on several catalogues refuses (`negatives_across_catalogues`)."""
+    train_fixed = split_options(space.fixed)[0]
+    choosable = [
+        f"{parameter.name}={json.dumps(value)}"
+        for parameter in space.parameters
+        if parameter.name in {field.name for field in dataclasses.fields(TrainConfig)}
+        for value in parameter.corners()
+        if negatives_across_catalogues(TrainConfig(**{**train_fixed, parameter.name: value}))
+    ]
+    choosable += [
+        f"{name}={json.dumps(space.fixed[name])}" for name in negatives_across_catalogues(TrainConfig(**train_fixed))
+    ]
+    if choosable:
+        raise ConfigError(
+            f"the search space ({space.path}) can choose {', '.join(choosable)}: negatives from every catalogue, "
+            "which training on several catalogues refuses; fix such settings off with --set (0 or false)"
+        )
+
+
 def run_study(
     settings: StudySettings,
     dataset: SequenceDataset,
@@ -531,6 +553,8 @@ def run_study(
     handlers = logging.getLogger("optuna").handlers  # records of optuna's child loggers pass here
     for handler in handlers:
         handler.addFilter(hide)
+    if dataset.parts:
+        _check_space_keeps_catalogues_apart(settings.trial_space)
     study = open_study(settings, study_data(dataset, data_description), features)
     objective = TrialObjective(settings, study, dataset, data_description, features, device, console, hide)
 
