@@ -3,6 +3,7 @@
 crossan export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
 python -m crossan.export --run weights/<run>          # the same command
 crossan export --run weights/<run> --catalogue DIR    # another catalogue's item table (zero-shot)
+crossan export --run weights/<run> --triton-repo DIR  # also a Triton Inference Server model repository
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="where the run's feature cache is now, when it moved, or where --catalogue's features are built "
         "(default: where the run recorded it)",
     )
+    parser.add_argument(
+        "--triton-repo",
+        type=Path,
+        metavar="DIR",
+        help="also write a Triton Inference Server model repository (a new or empty folder): one ONNX Runtime "
+        "model per encoder, with the item table and index beside them (docs/serving.md)",
+    )
+    parser.add_argument(
+        "--triton-max-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --triton-repo: requests Triton may batch into one run of an encoder (default 64)",
+    )
     return parser
 
 
@@ -69,6 +84,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         raise ConfigError("--data names the kind of --catalogue: give --catalogue DIR")
     if args.catalogue is not None and args.data_root is not None:
         raise ConfigError("--data-root says where the run's own data set moved; with --catalogue it has no use")
+    if args.triton_max_batch_size is not None and args.triton_repo is None:
+        raise ConfigError(
+            "--triton-max-batch-size applies to the repository --triton-repo writes: give --triton-repo DIR"
+        )
+    if args.triton_repo is not None:
+        from crossan.export.triton_repository import DEFAULT_MAX_BATCH_SIZE, check_new_repository
+
+        check_new_repository(args.triton_repo)  # before the export's minutes, not after
+        if args.triton_max_batch_size is None:
+            args.triton_max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        if args.triton_max_batch_size < 1:
+            raise ConfigError(f"--triton-max-batch-size must be at least 1, got {args.triton_max_batch_size}")
     # Imported here, when the command runs, so that `--help` loads neither PyTorch nor ONNX.
     from crossan.export.exporter import REPORT_FILE, export_run
     from crossan.export.reading import PARTIAL
@@ -92,6 +119,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         f"wrote {', '.join(sorted(p.name for p in report.out_dir.iterdir()))} to {report.out_dir} "
         f"(report: {REPORT_FILE})"
     )
+    if args.triton_repo is not None:
+        from crossan.export.triton_repository import write_triton_repository
+
+        models = write_triton_repository(report.out_dir, args.triton_repo, args.triton_max_batch_size)
+        console.print(f"wrote a Triton model repository to {args.triton_repo}: {', '.join(models)}")
     left = sorted(p.name for p in report.out_dir.parent.glob(f".{report.out_dir.name}{PARTIAL}*"))
     if left:
         console.print(
