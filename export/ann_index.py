@@ -34,6 +34,7 @@ __all__ = [
     "SIDECAR_FILE",
     "HnswParameters",
     "IvfParameters",
+    "IvfPqParameters",
     "IndexParameters",
     "table_fingerprint",
     "build_index",
@@ -124,7 +125,54 @@ class IvfParameters:
         faiss.extract_index_ivf(index).nprobe = self.nprobe
 
 
-IndexParameters = HnswParameters | IvfParameters
+@dataclass(frozen=True)
+class IvfPqParameters:
+    """Inverted lists whose items are stored as product-quantised codes (IVF-PQ): `m` bytes per
+    item instead of the table's 4 * D, for catalogues whose table or flat index no longer fits
+    in memory (docs/scaling.md: 10^7 items and up).
+
+    The codes' scores are approximate, so a search asks for `RERANK_FACTOR` times the candidates
+    and `ann_top_k_rows` orders them by their exact scores from the table before keeping the top
+    k. `nlist` and `nprobe` as for `IvfParameters`; `m` sub-quantisers, each coding D / m
+    dimensions of an item in one byte (8 bits; fewer on a catalogue too small to train 256
+    centroids per sub-quantiser at faiss's 39 points each). D must be a multiple of `m`.
+    """
+
+    nlist: int = 1024
+    m: int = 16
+    nprobe: int = 16
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+
+    def build_settings(self) -> dict[str, Any]:
+        """What the saved index depends on (and what its sidecar records)."""
+        return {"kind": "ivfpq", "nlist": self.nlist, "m": self.m}
+
+    def empty_index(self, vectors: np.ndarray) -> faiss.Index:
+        """An empty inner-product IVF-PQ index with its cells and codebooks trained on `vectors [N, D]`."""
+        count, dim = vectors.shape
+        if dim % self.m:
+            raise ValueError(f"IvfPqParameters.m must divide the embedding width {dim}, got {self.m}")
+        nlist = min(self.nlist, max(1, count // MIN_POINTS_PER_LIST))
+        bits = int(min(PQ_BITS, max(1, np.floor(np.log2(max(2, count // MIN_POINTS_PER_LIST))))))
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{self.m}x{bits}", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        return index
+
+    def set_search_parameters(self, index: faiss.Index) -> None:
+        """Apply `nprobe` to an IVF-PQ `index`."""
+        faiss.extract_index_ivf(index).nprobe = self.nprobe
+
+
+PQ_BITS = 8
+"""Bits per sub-quantiser code: one byte, the size faiss's fast PQ scanners are built for."""
+RERANK_FACTOR = 4
+"""How many times the wanted candidates a search over approximate (quantised) scores asks for,
+before their exact scores order them."""
+
+
+IndexParameters = HnswParameters | IvfParameters | IvfPqParameters
 """An index kind's parameters: each builds its own index (`empty_index`) and applies its own search-time
 settings (`set_search_parameters`), so the code that builds, opens and searches indexes is the same for all."""
 
@@ -215,6 +263,15 @@ def open_index(table_path: Path, table: np.ndarray, parameters: IndexParameters)
     return index
 
 
+def _quantised(index: faiss.Index) -> bool:
+    """Whether `index` scores by product-quantised codes (approximate scores), not stored vectors."""
+    try:
+        inverted = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an inverted-list index (HNSW)
+        return False
+    return isinstance(faiss.downcast_index(inverted), faiss.IndexIVFPQ)
+
+
 def _search_size(wanted: int, catalogue: int) -> int:
     """Candidates to ask for: `wanted` rounded up to a power of two (so users batch together), at most the catalogue."""
     return min(catalogue, 1 << max(0, wanted - 1).bit_length())
@@ -232,8 +289,10 @@ def ann_top_k_rows(
     (1-based item indices, as for `crossan.export.ranking.top_k_rows`).
 
     Each user's search asks for `k` + (distinct history items) candidates, so removing the
-    history still leaves `k`; a user left short (the index returned fewer) is searched again with
-    twice as many, and one still short after asking for the whole catalogue is ranked exactly.
+    history still leaves `k` (`RERANK_FACTOR` times as many from a quantised index, whose
+    candidates are then ordered by their exact scores from `item_table`); a user left short
+    (the index returned fewer) is searched again with twice as many, and one still short after
+    asking for the whole catalogue is ranked exactly.
     Every user gets min(k, catalogue - history) rows. A NaN or infinite score raises
     `NonFiniteScoreError` (items named by `item_names`, else by row).
     """
@@ -242,7 +301,8 @@ def ann_top_k_rows(
     seen = [np.unique(np.asarray(history, dtype=np.int64)) for history in histories]
     seen = [rows[rows != PAD] - 1 for rows in seen]
     wanted = [min(k, catalogue - len(rows)) for rows in seen]
-    sizes = {user: _search_size(k + len(rows), catalogue) for user, rows in enumerate(seen)}
+    factor = RERANK_FACTOR if _quantised(index) else 1
+    sizes = {user: _search_size(factor * (k + len(rows)), catalogue) for user, rows in enumerate(seen)}
     ranked = [np.empty(0, dtype=np.int64)] * len(seen)
     pending, exhausted = list(range(len(seen))), []
     while pending:
@@ -259,6 +319,9 @@ def ann_top_k_rows(
             for user, rows in zip(users, found, strict=True):
                 rows = rows[rows >= 0]
                 rows = rows[~np.isin(rows, seen[user])]
+                if factor > 1:  # quantised scores found the candidates; exact ones order them
+                    exact = np.asarray(item_table[rows], dtype=np.float32) @ vectors[user]
+                    rows = rows[np.argsort(-exact, kind="stable")]
                 if len(rows) >= wanted[user]:
                     ranked[user] = rows[:k]
                 elif size >= catalogue:
