@@ -79,21 +79,25 @@ def recorded_dataset(
                 f"{run_dir or 'the run'} trained on {len(data['catalogues'])} catalogues; it finds each where it "
                 "was or at the same place beside the run folder, and one --data-root cannot say where they all are"
             )
-        return combine_catalogues([_read_recorded(catalogue, run_dir, None, cache) for catalogue in data["catalogues"]])
-    return _read_recorded(data, run_dir, data_root, cache)
+        where = "put it back there or beside the run folder as it was"
+        return combine_catalogues(
+            [_read_recorded(catalogue, run_dir, None, cache, where) for catalogue in data["catalogues"]]
+        )
+    return _read_recorded(data, run_dir, data_root, cache, "give --data-root where it is now")
 
 
-def _read_recorded(data: dict[str, Any], run_dir: Path | None, data_root: Path | None, cache: Path) -> SequenceDataset:
-    """The one catalogue `data` (a `describe_data` record) describes, from the first of its places found."""
+def _read_recorded(
+    data: dict[str, Any], run_dir: Path | None, data_root: Path | None, cache: Path, hint: str
+) -> SequenceDataset:
+    """The one catalogue `data` (a `describe_data` record) describes, from the first of its places
+    found; `hint` ends the message when there is none."""
     candidates = [Path(data_root)] if data_root is not None else [Path(data["root"])]
     if data_root is None and run_dir is not None and "root_from_run" in data:
         candidates.append(Path(run_dir) / data["root_from_run"])
     found = next((path for path in candidates if path.is_dir()), None)
     if found is None:
         tried = " nor ".join(str(path) for path in dict.fromkeys(candidates))
-        raise MissingFileError(
-            f"the {data['kind']} data set of {run_dir or 'the run'} is not at {tried}; give --data-root where it is now"
-        )
+        raise MissingFileError(f"the {data['kind']} data set of {run_dir or 'the run'} is not at {tried}; {hint}")
     return load_dataset(data["kind"], found, cache, data["cover_dir"], data["video_dir"])
 
 
