@@ -2,6 +2,7 @@
 
     recommender = OnnxRecommender("weights/<run>/export")
     recommender.recommend([["i0001", "i0017"], ["i0042"]], k=10)   # -> two lists of 10 item ids
+    recommender.recommend_scored([["i0001", "i0017"]], k=10)        # -> [[(item id, score), ...]]
     recommender.add_items(["i9001"], {"text": ["Blue kettle"], "image": ["new/cover.jpg"]})  # new items
     OnnxRecommender("weights/<run>/export", index="faiss")          # approximate top-k (crossan.export.ann_index)
 
@@ -233,12 +234,36 @@ class OnnxRecommender:
                 f"{describe([item_ids[row] for row in bad])}; none was added"
             )
 
+    def __contains__(self, item_id: object) -> bool:
+        """Whether `item_id` is in the item table (and so may appear in a history)."""
+        return item_id in self._index
+
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[str]]:
         """For each history (item ids, oldest first), the `k` best item ids not in it, best first.
 
         Raises `TypeError` unless `histories` is a list of lists of str and `k` an int,
         `ValueError` for `k` < 1 or an empty history, `UnknownItemError` for ids not in the
         table, and `NonFiniteScoreError` when the user encoder gives NaN or inf (or scores overflow)."""
+        _, ranked = self._rank(histories, k)
+        return [[self.item_ids[row] for row in user_rows] for user_rows in ranked]
+
+    def recommend_scored(self, histories: Sequence[Sequence[str]], k: int = 10) -> list[list[tuple[str, float]]]:
+        """`recommend`'s lists (same checks, same errors) with each item's score: `(item id, score)`, best first.
+
+        The score is the float32 dot product of the user and item embeddings, which both indexes
+        rank by. It is computed again for the returned items, so the exact scan and FAISS (whose
+        own distances come from other arithmetic) report the same number for the same pair; that
+        number may differ from the ranking's own in the last bit, so two nearly tied items can
+        show their scores one float32 step out of order."""
+        user_vectors, ranked = self._rank(histories, k)
+        return [
+            list(zip([self.item_ids[row] for row in rows], (self.item_table[rows] @ vector).tolist(), strict=True))
+            for vector, rows in zip(user_vectors, ranked, strict=True)
+        ]
+
+    def _rank(self, histories: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The checks and the ranking behind `recommend`: the user embeddings `[B, D]` float32 and, per
+        user, the catalogue rows of the `k` best items not in the history, best first."""
         _check_k(k)
         _check_histories(histories)
         unknown = sorted({item for history in histories for item in history if item not in self._index})
@@ -248,7 +273,7 @@ class OnnxRecommender:
         if empty:
             raise ValueError(f"histories {describe(empty)} are empty; a user needs at least one item")
         if not histories:
-            return []
+            return np.zeros((0, self.item_table.shape[1]), dtype=np.float32), []
         indices = [np.array([self._index[item] for item in history], dtype=np.int64) for history in histories]
         rows, padding_mask = history_window(indices, self.max_len)
         embeddings_name, mask_name = self.spec.input_names
@@ -266,4 +291,4 @@ class OnnxRecommender:
             ranked = top_k_rows(user_vectors, self.item_table, indices, k, self.item_ids)
         else:
             ranked = ann_top_k_rows(self.ann_index, user_vectors, self.item_table, indices, k, self.item_ids)
-        return [[self.item_ids[row] for row in user_rows] for user_rows in ranked]
+        return np.asarray(user_vectors, dtype=np.float32), ranked
