@@ -222,7 +222,10 @@ def test_retrieval_benchmark_prints_one_json_object() -> None:
         "hnsw ef_search=512",
         "ivf nprobe=8",
         "ivf nprobe=16",
+        "ivfpq nprobe=8",
+        "ivfpq nprobe=16",
     }
+    assert report["ivfpq nprobe=16"]["index_bytes"] < report["ivf nprobe=16"]["index_bytes"] / 3
     for entry in report.values():
         assert set(entry) == {"recall@10", "queries_per_s", "build_s", "index_bytes", "parameters"}
         assert 0 <= entry["recall@10"] <= 1 and entry["queries_per_s"] > 0 and entry["index_bytes"] > 0
