@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("crossan.zoo.cli.train", "train a preset or a recipe into a run folder, or resume one"),
     "evaluate": ("crossan.zoo.cli.evaluate", "evaluate a run (or popularity): full ranking, paired tests, analyses"),
     "export": ("crossan.export.cli", "export a run's encoders to ONNX and TorchScript, validated against PyTorch"),
-    "batch": ("crossan.export.batch", "top-k for every user of a users file into Parquet: resumable, sharded"),
+    "batch": ("crossan.export.batch_command", "top-k for every user of a users file into Parquet: resumable, sharded"),
     "tune": ("crossan.zoo.cli.tune", "search a preset's recipe on the validation split (Optuna)"),
     "experiments": ("crossan.zoo.cli.experiments", "train and summarise one of the paper's experiment tables"),
     "models": ("crossan.zoo.cli.models", "list the model presets"),

@@ -35,7 +35,6 @@ Torch-free, like the rest of serving (tests/test_batch_recommendations.py checks
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -53,9 +52,10 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from crossan.export.batch_command import LAYOUT, main
 from crossan.export.item_table import TABLE_FILE
 from crossan.export.reading import file_record, one_line
-from crossan.export.serve import INDEX_KINDS, USER_ENCODER_FILE, OnnxRecommender
+from crossan.export.serve import USER_ENCODER_FILE, OnnxRecommender
 from crossan.zoo.cli.options import run_cli
 from crossan.zoo.core.atomic import atomic_write
 from crossan.zoo.core.errors import ConfigError, CorruptFileError, UserError
@@ -77,7 +77,6 @@ __all__ = [
 ]
 
 SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()), ("score", pa.float32())])
-LAYOUT = "user<TAB>item item ..."
 
 
 @dataclass(frozen=True)
@@ -459,33 +458,6 @@ def summary(job: BatchJob, progress: JobProgress) -> str:
             f"user(s)' histories"
         )
     return text
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The options of `python -m crossan.export.batch`."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--export", type=Path, required=True, help="export folder (python -m crossan.export)")
-    parser.add_argument("--users", type=Path, required=True, help=f"users file, {LAYOUT!r} per line")
-    parser.add_argument("--k", type=int, required=True, help="items per user")
-    parser.add_argument("--out", type=Path, required=True, help="Parquet file to write")
-    parser.add_argument(
-        "--shard", default="0/1", help="I/N: the users at positions I, I + N, I + 2N, ... (default 0/1)"
-    )
-    parser.add_argument("--index", choices=INDEX_KINDS, default="exact", help="exact scan or FAISS (approximate)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="users ranked at a time: one row group each")
-    return parser
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Rank every user of the shard into the output; finished, resumed or refused in one line."""
-    args = build_parser(prog).parse_args(argv)
-    job = BatchJob(args.users, args.k, args.out, Shard.parse(args.shard), args.batch_size)
-    console = Console()
-    progress = run_job(OnnxRecommender(args.export, index=args.index), job, console)
-    console.print(summary(job, progress), highlight=False, soft_wrap=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from typing import Any, Literal
 import numpy as np
 from rich.console import Console
 
-from crossan.export.batch import LAYOUT, BatchJob, Shard, check_users, run_job
+from crossan.export.batch import BatchJob, Shard, check_users, run_job
+from crossan.export.batch_command import LAYOUT
 from crossan.export.serve import INDEX_KINDS, OnnxRecommender
 from crossan.zoo.cli.options import run_cli
 from crossan.zoo.core.errors import ConfigError

@@ -302,3 +302,11 @@ def test_ray_data_shards_write_the_same_rows(
     for user, rows in whole.items():
         assert [row[:2] for row in together[user]] == [row[:2] for row in rows]
         np.testing.assert_allclose([row[2] for row in together[user]], [row[2] for row in rows], rtol=1e-6)
+
+
+def test_the_command_offers_the_recommender_s_index_kinds() -> None:
+    """`crossan batch --help` loads no ONNX Runtime, so its --index choices are its own copy."""
+    from crossan.export.batch_command import INDEX_CHOICES
+    from crossan.export.serve import INDEX_KINDS
+
+    assert INDEX_CHOICES == INDEX_KINDS

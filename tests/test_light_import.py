@@ -23,6 +23,7 @@ HELP_WITHOUT_TORCH = (
     ["crossan", "evaluate"],
     ["crossan", "export"],
     ["crossan", "models"],
+    ["crossan", "batch"],
 )
 HELP_WITH_TORCH = (["train.py"], ["crossan", "train"], ["crossan", "tune"], ["crossan", "experiments"])
 # Runs a command line's `--help` in this interpreter as its own process would: `python SCRIPT`,
