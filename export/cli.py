@@ -4,6 +4,7 @@ crossan export --run weights/<run> [--out DIR] [--opset N] [--with-backbones]
 python -m crossan.export --run weights/<run>          # the same command
 crossan export --run weights/<run> --catalogue DIR    # another catalogue's item table (zero-shot)
 crossan export --run weights/<run> --triton-repo DIR  # also a Triton Inference Server model repository
+crossan export --run weights/<run> --optimize --quantize int8   # also <graph>.opt.onnx and <graph>.int8.onnx
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="also export the frozen backbones and their preprocessing, so new items are "
         "embedded from raw content without PyTorch (checked on real items of the run)",
+    )
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="also write every graph optimised offline by onnxruntime for its CPU provider, as <graph>.opt.onnx "
+        "(the text and image backbones through its transformer optimiser), checked against float32",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also write every graph with dynamically quantised int8 weights, as <graph>.int8.onnx (CPU "
+        "provider), checked against float32 within a looser tolerance (docs/serving.md)",
     )
     parser.add_argument(
         "--catalogue",
@@ -109,7 +122,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     console = Console()
     with console.status(f"exporting and validating {args.run}"):
         report = export_run(
-            args.run, args.out, args.opset, args.with_backbones, catalogue, args.cache_dir, args.data_root
+            args.run,
+            args.out,
+            args.opset,
+            args.with_backbones,
+            catalogue,
+            args.cache_dir,
+            args.data_root,
+            args.optimize,
+            args.quantize,
         )
     if report.zero_shot:
         console.print(f"zero-shot: the item table is {report.catalogue}'s, a catalogue {args.run} never trained on")

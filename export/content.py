@@ -6,7 +6,8 @@
 For each modality of the item encoder: the preprocessor from `preprocessing.json` reads the
 item's content (a title, or a media path), `<modality>_backbone.onnx` turns it into the kept
 per-layer states, which are rounded to float16 as the training cache stores them, and
-`item_encoder.onnx` maps all modalities' states to the item embedding. Torch-free, like
+`item_encoder.onnx` maps all modalities' states to the item embedding; `variant="int8"` (or
+"opt") runs the `.int8.onnx` (`.opt.onnx`) files of those graphs instead. Torch-free, like
 `crossan.export.serve`.
 """
 
@@ -30,6 +31,7 @@ from crossan.export.preprocessing import (
     load_preprocessing,
 )
 from crossan.export.reading import check_records, open_session, read_records
+from crossan.export.variants import FLOAT32, require_variant, variant_file, variant_providers
 from crossan.zoo.core.errors import MissingFileError
 
 __all__ = ["ITEM_ENCODER_FILE", "ContentEncoder", "backbone_file"]
@@ -50,16 +52,26 @@ def backbone_file(modality: str) -> str:
 class ContentEncoder:
     """New items' raw content -> item embeddings, from an export folder with backbones."""
 
-    def __init__(self, export_dir: str | Path, providers: Sequence[str | tuple[str, dict[str, str]]]) -> None:
+    def __init__(
+        self,
+        export_dir: str | Path,
+        providers: Sequence[str | tuple[str, dict[str, str]]],
+        variant: str = FLOAT32,
+    ) -> None:
+        """`variant` picks the graphs: "float32" (`item_encoder.onnx`, `<modality>_backbone.onnx`) or
+        "opt" / "int8" (`item_encoder.int8.onnx`, ..., `crossan.export.variants`; CPU provider only)."""
         export_dir = Path(export_dir)
+        providers = variant_providers(variant, providers)
+        self.variant = variant
         records = read_records(export_dir)
-        backbone_files = [backbone_file(m) for m in PREPROCESSORS]
+        item_file = variant_file(ITEM_ENCODER_FILE, variant)
+        backbone_files = [variant_file(backbone_file(m), variant) for m in PREPROCESSORS]
         check_records(
             export_dir,
             records,
-            [ITEM_ENCODER_FILE, PREPROCESSING_FILE, TOKENIZER_FILE, AUDIO_FILTERS_FILE, *backbone_files],
+            [item_file, PREPROCESSING_FILE, TOKENIZER_FILE, AUDIO_FILTERS_FILE, *backbone_files],
         )
-        item_path = export_dir / ITEM_ENCODER_FILE
+        item_path = require_variant(export_dir / item_file, variant)
         self.item_session, self.item_spec = open_session(item_path, providers, "item_encoder")
         names = self.item_spec.input_names
         # A model with an ID term also takes catalogue rows: new items have none (NO_ID_ROW).
@@ -82,6 +94,7 @@ class ContentEncoder:
                 )
             if not path.is_file():
                 raise MissingFileError(f"{path}: missing; {WITH_BACKBONES}")
+            path = require_variant(export_dir / variant_file(path.name, variant), variant)
             self.backbones[modality] = open_session(path, providers, f"{modality}_backbone")[0]
 
     @property

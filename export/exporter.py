@@ -5,8 +5,10 @@ training run: export, validation on real cached item states, the item-embedding 
 the exported item encoder, and top-k agreement with PyTorch for every test user. With
 `with_backbones`, it also exports the frozen backbones and their preprocessing
 (`crossan.export.backbones`) and checks the torch-free path from raw content on real items.
-It writes beside the output folder and swaps the result in only once everything passed
-(`crossan.export.publishing`), so a failed export leaves the folder as it was.
+With `optimize` and `quantize="int8"` it also writes the graphs' optimised and int8 variants and
+checks them against the float32 graphs (`crossan.export.variant_export`). It writes beside the
+output folder and swaps the result in only once everything passed (`crossan.export.publishing`),
+so a failed export leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crossan.export.ann_index import INDEX_FILE, SIDECAR_FILE
-from crossan.export.backbones import BackboneCheck, export_backbones, validate_backbones
+from crossan.export.backbones import BackboneCheck, export_backbones, item_sources, validate_backbones
 from crossan.export.content import ContentEncoder
 from crossan.export.item_table import TABLE_FILE, save_item_table
 from crossan.export.onnx_export import export_onnx
@@ -50,6 +52,7 @@ from crossan.export.validation import (
     user_cases,
     validate_encoder,
 )
+from crossan.export.variant_export import FloatServing, VariantResult, check_variants, write_variants
 from crossan.export.wrappers import ItemEncoder, UserEncoder
 from crossan.zoo.backbones import StateExtractor, load_backbone
 from crossan.zoo.core.errors import ConfigError
@@ -178,6 +181,7 @@ class ExportReport:
     reembedded_error: float | None = None
     catalogue: str = ""
     zero_shot: bool = False
+    variants: list[VariantResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,6 +194,7 @@ class ExportReport:
             "top_k_agreement": [a.to_dict() for a in self.agreements],
             "backbone_states": [c.to_dict() for c in self.backbones],
             "reembedded_items_max_abs_error": self.reembedded_error,
+            "variants": {v.variant: v.to_dict() for v in self.variants},
             "files": sorted(p.name for p in self.out_dir.iterdir() if p.name != REPORT_FILE),
             RECORDS_KEY: {p.name: file_record(p) for p in sorted(self.out_dir.iterdir()) if p.name not in UNRECORDED},
             "versions": {
@@ -220,8 +225,15 @@ class ExportReport:
                 f"{result.fraction:.2%}",
                 f"{result.near_ties} (gap <= {result.tie_tolerance:.0e})" if result.tie_tolerance else "-",
             )
-        if not self.backbones:
-            return [errors, agreement]
+        tables = [errors, agreement]
+        if self.backbones:
+            tables.append(self.backbone_table())
+        if self.variants:
+            tables += self.variant_tables()
+        return tables
+
+    def backbone_table(self) -> Table:
+        """Served backbone states against PyTorch per modality and provider."""
         backbones = Table(
             title=f"{self.preset}: served backbone states from raw content vs PyTorch "
             f"(re-embedded items: max abs error {self.reembedded_error:.2e} against the table)"
@@ -236,7 +248,43 @@ class ExportReport:
                 f"{check.max_abs_error:.2e}",
                 f"{check.tolerance:.0e}",
             )
-        return [errors, agreement, backbones]
+        return backbones
+
+    def variant_tables(self) -> list[Table]:
+        """Each variant file's size and error against float32, and each variant's served top-k lists."""
+        files = Table(
+            title=f"{self.preset}: optimised and int8 graphs vs float32 (onnxruntime CPU; relative = max abs "
+            f"error / the float32 output's largest magnitude)"
+        )
+        files.add_column("file", no_wrap=True)
+        for column in ("MB", "float32 MB", "max abs error", "relative", "tolerance"):
+            files.add_column(column, justify="right")
+        ranking = Table(
+            title=f"top-{TOP_K} recommendations of the variants vs float32 (test users, history masked): every "
+            f"item embedded by the variant, or float32's table as OnnxRecommender(variant=...) ranks it"
+        )
+        for column in ("variant", "users", "identical", "mean overlap", "float32 table: identical", "mean overlap"):
+            ranking.add_column(column, justify="left" if column == "variant" else "right")
+        for result in self.variants:
+            for check in result.files:
+                files.add_row(
+                    check.written.file,
+                    f"{check.record['bytes'] / 2**20:.2f}",
+                    f"{check.float32_bytes / 2**20:.2f}",
+                    f"{check.max_abs_error:.2e}",
+                    f"{check.relative_error:.2e}",
+                    f"{check.tolerance:g}",
+                )
+            ranking.add_row(
+                result.variant,
+                str(result.ranking.num_users),
+                *(
+                    cell
+                    for check in (result.ranking, result.user_ranking)
+                    for cell in (f"{check.identical} ({check.fraction:.2%})", f"{check.mean_overlap:.3f}")
+                ),
+            )
+        return [files, ranking]
 
 
 def run_extractors(run: Run) -> dict[str, StateExtractor]:
@@ -290,6 +338,8 @@ def export_run(
     catalogue: SequenceDataset | None = None,
     cache_dir: Path | None = None,
     data_root: Path | None = None,
+    optimize: bool = False,
+    quantize: str | None = None,
 ) -> ExportReport:
     """Export and validate a training run into `out_dir` (default `<run_dir>/export`).
 
@@ -323,13 +373,18 @@ def export_run(
     else:
         run = open_run_on(run_dir, catalogue, "cpu", Console(stderr=True), cache_dir)
     with staged_export(out_dir) as staging:
-        report = write_and_validate(run, staging, opset, with_backbones)
+        report = write_and_validate(run, staging, opset, with_backbones, optimize, quantize)
     report.out_dir = out_dir
     return report
 
 
 def write_and_validate(
-    run: Run, out_dir: Path, opset: int = DEFAULT_OPSET, with_backbones: bool = False
+    run: Run,
+    out_dir: Path,
+    opset: int = DEFAULT_OPSET,
+    with_backbones: bool = False,
+    optimize: bool = False,
+    quantize: str | None = None,
 ) -> ExportReport:
     """Write and check a run's export in `out_dir`; raises an `ExportValidationError` on the first failure.
 
@@ -343,6 +398,10 @@ def write_and_validate(
     Top-k lists must be identical except for swaps of near-ties: items whose PyTorch scores lie
     within `FLOAT32_TIE_TOLERANCE` (exported encoders) or `TIE_TOLERANCE` (re-embedded items) of
     each other, relative to the user's best score; such users are counted in the report.
+
+    `optimize` and `quantize="int8"` then write every graph's `.opt.onnx` and `.int8.onnx` files,
+    each checked against its float32 graph on the same inputs and ranked against float32's served
+    top-k lists (`crossan.export.variant_export`; recorded under `variants`).
     """
     run_dir = run.directory
     model, dataset, features = run.model.eval(), run.dataset, run.features
@@ -380,16 +439,20 @@ def write_and_validate(
             check_agreement(reference_top, top, user_encoder.runtime, TOP_K, reference_scores, FLOAT32_TIE_TOLERANCE)
         )
         if isinstance(item_encoder, OnnxEncoder) and item_encoder.provider == CPU:
-            onnx_table, onnx_users = table, user_encoder
+            onnx_table, onnx_users, served_table, served_top = table, user_encoder, table, top
     if onnx_table is None:
         raise RuntimeError("onnxruntime's CPU provider did not run")
+    rows: list[int] = []
+    sources: dict[str, list[str]] = {}
     if with_backbones:
         rows = sorted(torch.randperm(dataset.num_items, generator=generator)[:REEMBEDDED_ITEMS].tolist())
         extractors = run_extractors(run)
+        sources = {modality: item_sources(dataset, modality, rows) for modality in extractors}
         backbone_specs = export_backbones(extractors, out_dir, opset)
         report.specs += backbone_specs
         reembedded = check_backbones(extractors, backbone_specs, dataset, out_dir, rows, onnx_table, report)
-        top = recommend(onnx_users, reembedded, histories, max_len, TOP_K)
+        served_table = reembedded
+        top = served_top = recommend(onnx_users, reembedded, histories, max_len, TOP_K)
         report.agreements.append(
             check_agreement(
                 reference_top,
@@ -400,6 +463,22 @@ def write_and_validate(
                 TIE_TOLERANCE,
             )
         )
+    if optimize or quantize is not None:
+        serving = FloatServing(
+            item_cases=items,
+            user_cases=users,
+            gather=features.gather,
+            num_items=dataset.num_items,
+            histories=histories,
+            max_len=max_len,
+            k=TOP_K,
+            catalogue=onnx_table,
+            table=served_table,
+            top=served_top,
+            content_rows=rows,
+            content_sources=sources,
+        )
+        report.variants = check_variants(out_dir, write_variants(out_dir, report.specs, optimize, quantize), serving)
     save_item_table(
         out_dir / TABLE_FILE,
         onnx_table,

@@ -37,6 +37,7 @@ from crossan.export.item_table import TABLE_FILE
 from crossan.export.preprocessing import AUDIO_FILTERS_FILE, PREPROCESSING_FILE, TOKENIZER_FILE
 from crossan.export.reading import OLD, PARTIAL, REPORT_FILE, describe
 from crossan.export.serve import USER_ENCODER_FILE
+from crossan.export.variants import VARIANT_FILE, VARIANT_OPTIONS, variant_file
 from crossan.zoo.core.errors import ConfigError, UserError
 
 __all__ = ["EXPORT_FILES", "is_export_file", "check_replaceable", "publish", "staged_export"]
@@ -54,16 +55,23 @@ EXPORT_FILES = frozenset(
         AUDIO_FILTERS_FILE,
         INDEX_FILE,
         SIDECAR_FILE,
+        *(
+            variant_file(name, variant)
+            for name in (ITEM_ENCODER_FILE, USER_ENCODER_FILE)
+            for variant in VARIANT_OPTIONS
+        ),
     }
 )
 BACKBONE_FILE = re.compile(r"[a-z]+_backbone\.onnx")
+"""A float32 backbone; its optimised and int8 files match `crossan.export.variants.VARIANT_FILE`."""
 FOLDER_MODE = 0o755
 """An export folder is meant to be read by serving processes of other users (mkdtemp makes it private)."""
 
 
 def is_export_file(name: str) -> bool:
-    """Whether an export writes a file of this name (the index files included)."""
-    return name in EXPORT_FILES or BACKBONE_FILE.fullmatch(name) is not None
+    """Whether an export writes a file of this name (the index files and the graphs' optimised and
+    int8 variants included)."""
+    return name in EXPORT_FILES or any(pattern.fullmatch(name) for pattern in (BACKBONE_FILE, VARIANT_FILE))
 
 
 def check_replaceable(out_dir: Path) -> None:

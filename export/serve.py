@@ -5,6 +5,7 @@
     recommender.recommend_scored([["i0001", "i0017"]], k=10)        # -> [[(item id, score), ...]]
     recommender.add_items(["i9001"], {"text": ["Blue kettle"], "image": ["new/cover.jpg"]})  # new items
     OnnxRecommender("weights/<run>/export", index="faiss")          # approximate top-k (crossan.export.ann_index)
+    OnnxRecommender("weights/<run>/export", variant="int8")         # the int8 graphs (export --quantize int8)
 
 Imports only NumPy, onnxruntime, safetensors, faiss, and for new items `tokenizers`, PIL and
 PyAV, never PyTorch, transformers or the model code, so a serving process stays small
@@ -25,9 +26,9 @@ from crossan.export.ann_index import HnswParameters, IndexParameters, ann_top_k_
 from crossan.export.content import ITEM_ENCODER_FILE, ContentEncoder
 from crossan.export.errors import ExportFileError, NonFiniteScoreError
 from crossan.export.item_table import TABLE_FILE, load_item_table, save_item_table
-from crossan.export.providers import execution_providers
 from crossan.export.ranking import history_window, non_finite_rows, top_k_rows
 from crossan.export.reading import REEXPORT, check_records, describe, missing_folder_error, open_session, read_records
+from crossan.export.variants import FLOAT32, check_variant, require_variant, variant_file, variant_providers
 
 __all__ = ["UnknownItemError", "OnnxRecommender"]
 
@@ -114,6 +115,11 @@ class OnnxRecommender:
     index instead (`index_parameters`: `crossan.export.ann_index.HnswParameters()` by default, or
     `IvfParameters`), built on first use and saved beside the table: approximate, but its cost
     does not grow with the catalogue the way a full scan does.
+
+    `variant="opt"` or `"int8"` serves the export's optimised or int8 graphs (`user_encoder.int8.onnx`,
+    and in `add_items` `item_encoder.int8.onnx` and `<modality>_backbone.int8.onnx`), written by
+    `python -m crossan.export --optimize` / `--quantize int8`, on the CPU provider
+    (`crossan.export.variants`); the item table is the float32 export's.
     """
 
     def __init__(
@@ -122,6 +128,7 @@ class OnnxRecommender:
         providers: Sequence[str] | None = None,
         index: Literal["exact", "faiss"] = "exact",
         index_parameters: IndexParameters | None = None,
+        variant: str = FLOAT32,
     ) -> None:
         if index not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(map(repr, INDEX_KINDS))}, got {index!r}")
@@ -131,15 +138,17 @@ class OnnxRecommender:
         if not export_dir.is_dir():
             raise missing_folder_error(export_dir)
         self.export_dir = export_dir
-        self._requested_providers = list(providers or execution_providers())
+        self.variant = check_variant(variant)
+        self._requested_providers = variant_providers(variant, providers)
         self._content: ContentEncoder | None = None
-        check_records(export_dir, read_records(export_dir), [USER_ENCODER_FILE])
+        self.user_file = variant_file(USER_ENCODER_FILE, variant)
+        check_records(export_dir, read_records(export_dir), [self.user_file])
         self.session, self.spec = open_session(
-            export_dir / USER_ENCODER_FILE, self._requested_providers, "user_encoder"
+            require_variant(export_dir / self.user_file, variant), self._requested_providers, "user_encoder"
         )
         max_len = self.spec.max_sizes.get("length")
         if not isinstance(max_len, int) or max_len < 1:
-            raise ExportFileError(f"{export_dir / USER_ENCODER_FILE}: its spec bounds no history length; {REEXPORT}")
+            raise ExportFileError(f"{export_dir / self.user_file}: its spec bounds no history length; {REEXPORT}")
         self.max_len: int = max_len
         self.item_table, self.item_ids = load_item_table(export_dir / TABLE_FILE)
         self._check_width()
@@ -156,7 +165,7 @@ class OnnxRecommender:
         if isinstance(width, int) and width != self.item_table.shape[1]:
             raise ExportFileError(
                 f"{self.export_dir / TABLE_FILE}: embeddings are {self.item_table.shape[1]} wide, "
-                f"{USER_ENCODER_FILE} takes {width}: the files come from different exports; "
+                f"{self.user_file} takes {width}: the files come from different exports; "
                 f"{REEXPORT}"
             )
 
@@ -181,6 +190,11 @@ class OnnxRecommender:
         """
         _check_item_ids(item_ids, "item_ids")
         _check_content(content)
+        if save and self.variant != FLOAT32:
+            raise ValueError(
+                f"save=True writes the export's float32 item table, and these items would be embedded by the "
+                f"{self.variant} graphs; save new items from OnnxRecommender(..., variant={FLOAT32!r})"
+            )
         item_ids = list(item_ids)
         if not item_ids:
             raise ValueError("no items to add")
@@ -196,7 +210,7 @@ class OnnxRecommender:
                 )
             )
         if self._content is None:
-            self._content = ContentEncoder(self.export_dir, self._requested_providers)
+            self._content = ContentEncoder(self.export_dir, self._requested_providers, self.variant)
         lengths = {m: len(sources) for m, sources in content.items()}
         if any(n != len(item_ids) for n in lengths.values()):
             raise ValueError(f"{len(item_ids)} item ids, but content sources per modality {lengths}")
@@ -223,14 +237,14 @@ class OnnxRecommender:
         """New items join the table only with embeddings of its width and finite values."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.item_table.shape[1]:
             raise ExportFileError(
-                f"{self.export_dir / ITEM_ENCODER_FILE}: gives embeddings of shape "
+                f"{self.export_dir / variant_file(ITEM_ENCODER_FILE, self.variant)}: gives embeddings of shape "
                 f"{list(embeddings.shape)}, the table's are {self.item_table.shape[1]} wide: the "
                 f"files come from different exports; {REEXPORT}"
             )
         bad = non_finite_rows(embeddings)
         if len(bad):
             raise NonFiniteScoreError(
-                f"{ITEM_ENCODER_FILE} gives NaN or infinite embeddings for new item(s) "
+                f"{variant_file(ITEM_ENCODER_FILE, self.variant)} gives NaN or infinite embeddings for new item(s) "
                 f"{describe([item_ids[row] for row in bad])}; none was added"
             )
 
@@ -283,7 +297,7 @@ class OnnxRecommender:
         bad = non_finite_rows(user_vectors)
         if len(bad):
             raise NonFiniteScoreError(
-                f"{self.export_dir / USER_ENCODER_FILE} gives NaN or infinite user embeddings "
+                f"{self.export_dir / self.user_file} gives NaN or infinite user embeddings "
                 f"for histories {describe(bad.tolist())} (positions in the request); "
                 f"nothing was ranked"
             )
