@@ -95,6 +95,7 @@ def test_every_variant_is_written_and_recorded_within_its_tolerance(variant_expo
     assert all(record["relative_error"] == 0 for record in optimized)  # extended optimisation is exact here
     assert all(0 < record["relative_error"] for record in int8)
     assert all(record["quantized"]["MatMul"] > 0 and record["bytes"] < record["float32_bytes"] / 2 for record in int8)
+    assert all(record["shape_inference"] == "symbolic" for record in int8)
 
 
 def variant_export_tolerance(variant: str) -> float:
@@ -245,3 +246,30 @@ def test_new_items_embedded_by_a_variant_are_not_saved_into_the_float32_table(va
     recommender = OnnxRecommender(variant_export, variant="int8")
     with pytest.raises(ValueError, match="float32 item table"):
         recommender.add_items(["new-item"], {"text": ["a title"]}, save=True)
+
+
+@pytest.mark.slow
+def test_a_graph_symbolic_shape_inference_cannot_follow_is_quantised_with_onnx_s_own(
+    toy_root: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """crossan-t with the frozen prior: its item encoder's pooled history (an Expand) stops ONNX
+    Runtime's symbolic shape inference; the int8 graph is prepared with ONNX's shape inference
+    instead, says so, and passes the same tolerance."""
+    run = tmp_path / "run"
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *("--preset", "crossan-t", "--data", "microlens", "--data-root", str(toy_root)),
+            *("--cache-dir", str(cache_dir), "--epochs", "1", "--run-dir", str(run)),
+            *("--set", "score_temperature=0.1", "--set", "backbone_prior_weight=0.25"),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+    )
+    export = _export(run, tmp_path / "export", "--quantize", "int8")
+    records = {r["file"]: r for r in json.loads((export / REPORT_FILE).read_text())["variants"][INT8]["files"]}
+    assert records["item_encoder.int8.onnx"]["shape_inference"] == "onnx"
+    assert {r["shape_inference"] for r in records.values()} <= {"symbolic", "onnx"}
+    assert all(r["relative_error"] <= r["tolerance"] for r in records.values())
