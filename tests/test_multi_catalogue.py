@@ -232,6 +232,7 @@ def test_a_killed_run_over_two_catalogues_resumes_to_the_uninterrupted_result(
         assert resumed["catalogues"][label]["test"] == pytest.approx(whole[1]["catalogues"][label]["test"])
 
 
+@pytest.mark.slow  # a study's trial over two catalogues: half a minute
 def test_the_tuner_trains_on_several_catalogues_and_refuses_a_space_that_would_mix_them(
     catalogues: list[Path], cache: Path, tmp_path: Path
 ) -> None:
