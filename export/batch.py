@@ -50,7 +50,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from crossan.export.batch_command import LAYOUT, main
 from crossan.export.item_table import TABLE_FILE
@@ -60,6 +59,7 @@ from crossan.zoo.cli.options import run_cli
 from crossan.zoo.core.atomic import atomic_write
 from crossan.zoo.core.errors import ConfigError, CorruptFileError, UserError
 from crossan.zoo.core.file_lock import file_lock
+from crossan.zoo.core.progress import progress_bar
 from crossan.zoo.data.errors import DataError
 from crossan.zoo.data.text_files import iter_lines
 
@@ -369,17 +369,8 @@ def _progress_bar(console: Console | None, total: int, done: int) -> Iterator[Ca
     if console is None:
         yield lambda _: None
         return
-    with Progress(
-        TextColumn("[bold]users"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("users", total=total, completed=done)
-        yield lambda n: bar.advance(task, n)
+    with progress_bar("users", total, console, done) as advance:
+        yield advance
 
 
 def run_job(recommender: OnnxRecommender, job: BatchJob, console: Console | None = None) -> JobProgress:

@@ -8,22 +8,21 @@ call the extractor; the extractor never calls them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from crossan.zoo.backbones import Backbone, StateExtractor, load_backbone
 from crossan.zoo.core.distributed import SINGLE, Processes
 from crossan.zoo.core.errors import CorruptFileError, MissingFileError
 from crossan.zoo.core.finite import require_finite_rows
+from crossan.zoo.core.progress import progress_bar
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.data.errors import DataError
 from crossan.zoo.features import inputs as stored_inputs
@@ -227,7 +226,7 @@ def _cached_states(
         console.print(f"using cached {modality} states {tuple(cached.shape)} from {path}")
         return path, cached
     started = time.perf_counter()
-    with _progress(f"caching {modality}", len(processes.shard(dataset.num_items)), console) as advance:
+    with progress_bar(f"caching {modality}", len(processes.shard(dataset.num_items)), console) as advance:
         cached = build_state_cache(
             dataset, extractor, path, settings.batch_size, settings.allow_missing_media, device, advance, processes
         )
@@ -331,7 +330,7 @@ def _stored_inputs(
     tensors = None
     if processes.is_main:
         missing = check_media(dataset, modality, settings.allow_missing_media)
-        with _progress(f"preparing {modality} inputs", dataset.num_items, console) as advance:
+        with progress_bar(f"preparing {modality} inputs", dataset.num_items, console) as advance:
             tensors = gather_stored_inputs(extractor, dataset, settings.batch_size, missing, advance)
     opened = stored_inputs.save_inputs(path, tensors, metadata, processes)
     console.print(f"stored {modality} inputs -> {path}")
@@ -379,19 +378,3 @@ def check_media(dataset: SequenceDataset, modality: str, allow_missing: bool) ->
             first,
         )
     return missing
-
-
-@contextlib.contextmanager
-def _progress(label: str, total: int, console: Console) -> Iterator[Callable[[int], None]]:
-    """A transient progress bar over `total` items; yields the function that advances it."""
-    with Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
