@@ -14,7 +14,8 @@ item gets no rows and is counted as skipped; the counts are kept in the progress
 Output: columns `user` (string), `rank` (int32, 1 = best), `item` (string), `score` (float32, as
 `OnnxRecommender.recommend_scored`); min(k, items not in the history) rows per user, users in file
 order, one row group per batch of users. Memory: one batch of users and its rows (with the exact
-index, the batch's scores over the whole catalogue), plus 9 bytes per user for the repeated-id check.
+index, the batch's scores over the whole catalogue and a mask of its histories, 5 bytes per user
+and item), plus 9 bytes per user for the repeated-id check.
 
 Resume: each batch is written to its own part file, `.OUT.parts/part-NNNNN.parquet` (a Parquet file
 cannot be appended to), and then a progress record, `.OUT.progress.json`, is replaced; both writes

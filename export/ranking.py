@@ -83,5 +83,20 @@ def top_k_rows(
         seen = np.asarray(history, dtype=np.int64)
         excluded[row, seen[seen != PAD] - 1] = True
     scores[excluded] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [ranked[~excluded[row, ranked]] for row, ranked in enumerate(order)]
+    lists = []
+    for row, row_scores in enumerate(scores):
+        ranked = _best_rows(row_scores, k)
+        lists.append(ranked[~excluded[row, ranked]])
+    return lists
+
+
+def _best_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the `k` best `scores [N]`, best first, ties in row order: a stable sort of only
+    the scores at or above the k-th best (a partition finds it), not of all N."""
+    count = len(scores)
+    if k < count:
+        kth_best = np.partition(scores, count - k)[count - k]
+        candidates = np.flatnonzero(scores >= kth_best)
+    else:
+        candidates = np.arange(count)
+    return candidates[np.argsort(-scores[candidates], kind="stable")[:k]]

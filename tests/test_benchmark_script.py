@@ -325,3 +325,44 @@ def test_real_data_benchmark_over_two_catalogues_reports_their_geometric_mean(
         assert set(chosen) == {"backbone_prior_inference_weight", "backbone_prior_cold_scale"}
         ratios.append(entry["ratio"])
     assert report["summary"]["geometric_mean_ratio"] == pytest.approx((ratios[0] * ratios[1]) ** 0.5, rel=1e-12)
+
+
+def test_batch_recommendations_benchmark_times_both_indexes_and_matches_the_recommender(tmp_path: Path) -> None:
+    """Two users files over 2000 items: every run writes k rows per user, the sampled lists of
+    both indexes are the recommender's, and only the inputs are left in the work folder."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/batch_recommendations.py",
+            "--items",
+            "2000",
+            "--users",
+            "300",
+            "600",
+            "--threads",
+            "1",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    runs = {(run["users"], run["index"]): run for run in report["runs"]}
+    assert set(runs) == {(users, index) for users in (300, 600) for index in ("exact", "faiss")}
+    for (users, _), run in runs.items():
+        assert run["rows"] == users * 10
+        assert run["seconds"] > 0 and run["users_per_s"] > 0 and run["peak_mb"] > 0 and run["output_mb"] > 0
+    assert set(report["sample_check"]) == {"exact", "faiss"}
+    for check in report["sample_check"].values():
+        assert check["identical"] == check["sample"] == 200
+    assert report["setup"]["items"] == 2000 and report["setup"]["omp_num_threads"] == "1"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "export-2000",
+        "users-300-of-2000.tsv",
+        "users-600-of-2000.tsv",
+    ]
