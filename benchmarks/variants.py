@@ -21,7 +21,8 @@ on the CPU provider with the same number of intra-op threads.
   `SAMPLE_USERS` random histories of the random model. With `--run DIR`: the run's catalogue
   (from its cached states, or from raw content through the variant's backbones when its export
   has them) and its test users, ranked as the leave-one-out evaluation ranks them (full
-  catalogue, history masked), which also gives each variant's test NDCG@10 and HR@10. The run's
+  catalogue, history masked), which also gives each variant's test NDCG@10 and HR@10, and the
+  relative change of NDCG@10 from float32 with its standard error and t-test paired over users. The run's
   export (`--export`, default <run>/export) must be written with `--optimize --quantize int8`.
 """
 
@@ -43,6 +44,7 @@ from machine import cpu_name
 from new_items import made_up_contents, make_extractor
 from rich.console import Console
 from rich.table import Table
+from scipy.stats import ttest_rel
 from timing import interleaved_medians
 
 from crossan.export.backbones import export_backbones
@@ -61,7 +63,7 @@ from crossan.zoo.data.dataset import PAD
 from crossan.zoo.models import list_models
 from crossan.zoo.runs.run import Run, open_run
 from crossan.zoo.training.evaluation import rank_all_users
-from crossan.zoo.training.metrics import metrics_from_ranks
+from crossan.zoo.training.metrics import metrics_from_ranks, per_user_metric
 
 BACKBONE_MODALITIES = ("text", "image")
 TOP_K = 10
@@ -223,14 +225,30 @@ def variant_metrics(run: Run, table: np.ndarray, user_session: ort.InferenceSess
         windows = dataset.recent_histories(users, "test", max_len)
         return torch.from_numpy(user_vectors(user_session, table, windows) @ table.T)
 
-    metrics = metrics_from_ranks(rank_all_users(dataset, "test", score_users, mask_history=True))
+    ranks = rank_all_users(dataset, "test", score_users, mask_history=True)
+    metrics = metrics_from_ranks(ranks)
     histories = [dataset.history(u, "test") for u in range(dataset.num_users)]
     rows, padding_mask = history_window(histories, max_len)
     vectors = user_session.run(None, {"item_embeddings": table[rows], "padding_mask": padding_mask})[0]
     return {
         "NDCG@10": metrics["NDCG@10"],
         "HR@10": metrics["HR@10"],
+        "per_user_ndcg": per_user_metric(ranks, "NDCG@10").double().numpy(),
         "lists": top_k_rows(vectors, table, histories, TOP_K),
+    }
+
+
+def paired_change(reference: np.ndarray, variant: np.ndarray) -> dict[str, float]:
+    """The relative change of the mean per-user NDCG@10 from `reference` to `variant`, its standard
+    error over users (paired: the same users in both), and the two-sided paired t-test's p-value."""
+    difference = variant - reference
+    if not difference.any():
+        return {"ndcg_change": 0.0, "ndcg_change_standard_error": 0.0, "p_value": 1.0}
+    scale = reference.mean()
+    return {
+        "ndcg_change": difference.mean() / scale,
+        "ndcg_change_standard_error": difference.std(ddof=1) / np.sqrt(len(difference)) / scale,
+        "p_value": float(ttest_rel(variant, reference).pvalue),
     }
 
 
@@ -258,7 +276,7 @@ def run_ranking(run: Run, export_dir: Path, threads: int) -> dict[str, Any]:
         v: {
             "NDCG@10": measured[v]["NDCG@10"],
             "HR@10": measured[v]["HR@10"],
-            "ndcg_change": measured[v]["NDCG@10"] / measured[FLOAT32]["NDCG@10"] - 1,
+            **paired_change(measured[FLOAT32]["per_user_ndcg"], measured[v]["per_user_ndcg"]),
             "agreement": compare_rankings(measured[FLOAT32]["lists"], measured[v]["lists"], TOP_K).to_dict(),
         }
         for v in VARIANTS
@@ -339,7 +357,7 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace, threads: int
         "variant",
         "identical top-10",
         "mean overlap",
-        *(("test NDCG@10", "vs float32", "test HR@10") if details else ()),
+        *(("test NDCG@10", "vs float32", "± SE", "p", "test HR@10") if details else ()),
     )
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
@@ -348,7 +366,13 @@ def print_tables(results: dict[str, Any], args: argparse.Namespace, threads: int
         agreement = r["agreement"]
         cells = [v, f"{agreement['fraction']:.2%}", f"{agreement['mean_overlap']:.3f}"]
         if details:
-            cells += [f"{r['NDCG@10']:.4f}", f"{r['ndcg_change']:+.2%}", f"{r['HR@10']:.4f}"]
+            cells += [
+                f"{r['NDCG@10']:.4f}",
+                f"{r['ndcg_change']:+.2%}",
+                f"{r['ndcg_change_standard_error']:.2%}",
+                f"{r['p_value']:.2g}",
+                f"{r['HR@10']:.4f}",
+            ]
         table.add_row(*cells)
     console.print(table)
 

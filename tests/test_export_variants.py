@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -170,6 +171,14 @@ def test_a_variant_over_its_tolerance_fails_the_export(
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def _weight_scale_sizes(path: Path) -> set[int]:
+    """The sizes of the scales of an int8 graph's quantised weights (1: one scale per tensor)."""
+    model = onnx.load(str(path))
+    weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    scales = {f"{name.removesuffix('_quantized')}_scale" for name in weights}
+    return {int(np.prod(t.dims)) for t in model.graph.initializer if t.name in scales}
+
+
 @pytest.mark.slow
 def test_backbone_variants_are_written_checked_and_serve_new_items(toy_run: Path, tmp_path: Path) -> None:
     """`--with-backbones`: the text and image backbones through the transformer optimiser, video and
@@ -190,6 +199,13 @@ def test_backbone_variants_are_written_checked_and_serve_new_items(toy_run: Path
     for graph in ("text_backbone", "image_backbone"):
         assert "optimize_model" in optimized[graph]["method"] and "SkipLayerNormalization" in optimized[graph]["fused"]
     assert "extended graph optimisation" in optimized["video_backbone"]["method"]
+    quantized = {record["graph"]: record for record in report["variants"][INT8]["files"]}
+    for graph in backbones:  # one scale per output channel for the backbones, per tensor for the encoders
+        assert "per_channel=True" in quantized[graph]["method"]
+        assert _weight_scale_sizes(out / quantized[graph]["file"]) - {1}
+    for graph in ENCODERS:
+        assert "per_channel=False" in quantized[graph]["method"]
+        assert _weight_scale_sizes(out / quantized[graph]["file"]) == {1}
 
     run = open_run(toy_run)
     rows = [3, 40, 77]
@@ -240,6 +256,10 @@ def test_variants_benchmark_ranks_the_run_through_each_variant(toy_run: Path, va
         assert report["backbones"]["text"][variant]["items_per_second"] > 0
         assert report["user_encoder"][variant]["latency_ms_b1"] > 0
     assert ranking[OPTIMIZED]["agreement"]["mean_overlap"] == 1.0
+    int8 = ranking[INT8]
+    assert int8["ndcg_change"] == pytest.approx(int8["NDCG@10"] / ranking[FLOAT32]["NDCG@10"] - 1, abs=1e-9)
+    assert (int8["ndcg_change_standard_error"] > 0) == (int8["NDCG@10"] != ranking[FLOAT32]["NDCG@10"])
+    assert 0 < int8["p_value"] <= 1
 
 
 def test_new_items_embedded_by_a_variant_are_not_saved_into_the_float32_table(variant_export: Path) -> None:
