@@ -15,14 +15,14 @@ and the next run reuses it):
 - per `--users` size, a users file in the Amazon layout (`user<TAB>item item ...`), histories of
   3 to 50 item ids of the table drawn uniformly at random.
 
-Then, for each size and each index (`exact`, `faiss`), the batch command ranks the whole file in
-a fresh process (`--k`, its default `--batch-size` unless given): seconds are its wall time,
-interpreter start, imports and loading the export (and the saved index) included, as a nightly
-job pays them; users/s are users ranked over those seconds; peak MB is the process's peak
-resident memory (`VmHWM`, read as it exits: `ru_maxrss` would count the memory of the benchmark
-process that started it); output MB and rows written are the Parquet file's. Each output is
-deleted once measured. The exact path scores each user against the whole catalogue, so its time,
-and its peak memory (the batch size times the catalogue), grow with the catalogue.
+Then, for each size and each index of `--indexes` (`exact`, `faiss`; both by default), the batch
+command ranks the whole file in a fresh process (`--k`, its default `--batch-size` unless given):
+seconds are its wall time, interpreter start, imports and loading the export (and the saved index)
+included, as a nightly job pays them; users/s are users ranked over those seconds; peak MB is the
+process's peak resident memory (`VmHWM`, read as it exits: `ru_maxrss` would count the memory of
+the benchmark process that started it); output MB and rows written are the Parquet file's. Each
+output is deleted once measured. The exact path scores each user against the whole catalogue, so
+its time, and its peak memory (the batch size times the catalogue), grow with the catalogue.
 
 The outputs of the smallest size are compared with `OnnxRecommender.recommend` (and
 `recommend_scored`, for the scores) on a sample of its users (`--sample`), with the same index:
@@ -235,7 +235,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for users in sizes:
         users_file = work / f"users-{users}-of-{args.items}.tsv"
         write_users(users_file, users, args.items)
-        for index in INDEX_CHOICES:
+        for index in args.indexes:
             folder = work / f"run-{users}-{index}"
             shutil.rmtree(folder, ignore_errors=True)  # what a stopped benchmark left
             out = folder / "recommendations.parquet"
@@ -268,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100_000, help="catalogue size (default 100000)")
     parser.add_argument("--users", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="users file sizes")
     parser.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    parser.add_argument(
+        "--indexes", nargs="+", choices=INDEX_CHOICES, default=list(INDEX_CHOICES), help="the command's --index values"
+    )
     parser.add_argument("--batch-size", type=int, help="the command's --batch-size (default: its own)")
     parser.add_argument("--sample", type=int, default=200, help="users of the smallest size checked (default 200)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the command (default: the environment's)")
