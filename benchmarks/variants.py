@@ -44,7 +44,6 @@ from machine import cpu_name
 from new_items import made_up_contents, make_extractor
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import ttest_rel
 from timing import interleaved_medians
 
 from crossan.export.backbones import export_backbones
@@ -64,6 +63,7 @@ from crossan.zoo.models import list_models
 from crossan.zoo.runs.run import Run, open_run
 from crossan.zoo.training.evaluation import rank_all_users
 from crossan.zoo.training.metrics import metrics_from_ranks, per_user_metric
+from crossan.zoo.training.significance import paired_t_test
 
 BACKBONE_MODALITIES = ("text", "image")
 TOP_K = 10
@@ -233,22 +233,25 @@ def variant_metrics(run: Run, table: np.ndarray, user_session: ort.InferenceSess
     return {
         "NDCG@10": metrics["NDCG@10"],
         "HR@10": metrics["HR@10"],
-        "per_user_ndcg": per_user_metric(ranks, "NDCG@10").double().numpy(),
+        "ranks": ranks,
         "lists": top_k_rows(vectors, table, histories, TOP_K),
     }
 
 
-def paired_change(reference: np.ndarray, variant: np.ndarray) -> dict[str, float]:
-    """The relative change of the mean per-user NDCG@10 from `reference` to `variant`, its standard
-    error over users (paired: the same users in both), and the two-sided paired t-test's p-value."""
-    difference = variant - reference
+def paired_change(reference_ranks: torch.Tensor, variant_ranks: torch.Tensor) -> dict[str, float]:
+    """The relative change of NDCG@10 from the reference's target ranks to the variant's, its
+    standard error over users (paired: the same users in both), and the paired t-test's p-value
+    (`paired_t_test`; 1 when no user's NDCG@10 changed, where the test is undefined)."""
+    reference = per_user_metric(reference_ranks, "NDCG@10").double().numpy()
+    difference = per_user_metric(variant_ranks, "NDCG@10").double().numpy() - reference
     if not difference.any():
         return {"ndcg_change": 0.0, "ndcg_change_standard_error": 0.0, "p_value": 1.0}
     scale = reference.mean()
+    test = paired_t_test(variant_ranks, reference_ranks)["NDCG@10"]
     return {
-        "ndcg_change": difference.mean() / scale,
+        "ndcg_change": test["mean_difference"] / scale,
         "ndcg_change_standard_error": difference.std(ddof=1) / np.sqrt(len(difference)) / scale,
-        "p_value": float(ttest_rel(variant, reference).pvalue),
+        "p_value": test["p_value"],
     }
 
 
@@ -276,7 +279,7 @@ def run_ranking(run: Run, export_dir: Path, threads: int) -> dict[str, Any]:
         v: {
             "NDCG@10": measured[v]["NDCG@10"],
             "HR@10": measured[v]["HR@10"],
-            **paired_change(measured[FLOAT32]["per_user_ndcg"], measured[v]["per_user_ndcg"]),
+            **paired_change(measured[FLOAT32]["ranks"], measured[v]["ranks"]),
             "agreement": compare_rankings(measured[FLOAT32]["lists"], measured[v]["lists"], TOP_K).to_dict(),
         }
         for v in VARIANTS

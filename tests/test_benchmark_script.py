@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,13 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 # Each runs a benchmark end to end in a subprocess (10 to 25 s): the slow set.
 pytestmark = pytest.mark.slow
+
+
+def json_report(command: list[str], timeout: int = 600) -> Any:
+    """The one JSON object a benchmark command prints, run from the project root (it must succeed)."""
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
 
 
 def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -40,9 +48,7 @@ def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: P
         str(tmp_path / "bench"),
         "--json",
     ]
-    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report = json_report(command, timeout=900)
     rows = ("popularity", "text similarity, untrained", "sasrec-id, full softmax", "crossan-t + ID")
     assert set(report) == {*rows, "details"}
     for name in rows:
@@ -67,15 +73,7 @@ def test_real_data_benchmark_prints_one_json_object(toy_root: Path, cache_dir: P
 
 def test_side_network_benchmark_prints_the_four_timings() -> None:
     """The side-network benchmark's JSON has the documented keys (timings are not asserted)."""
-    result = subprocess.run(
-        [sys.executable, "benchmarks/side_network.py", "--items", "8", "--steps", "7", "--json"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report = json_report([sys.executable, "benchmarks/side_network.py", "--items", "8", "--steps", "7", "--json"])
     assert set(report) == {"crossan-tiva", "crossan-tiva-per-tower", "iisan-e-tiva@512", "iisan-e-tiva@1024"}
     assert all(set(entry) == {"ms_per_step"} and entry["ms_per_step"] > 0 for entry in report.values())
 
@@ -83,7 +81,7 @@ def test_side_network_benchmark_prints_the_four_timings() -> None:
 def test_new_items_benchmark_compares_served_states_with_pytorch() -> None:
     """Tiny text backbone: the JSON has one entry per modality, and the served
     states match PyTorch's (the script checks the two paths on the same contents)."""
-    result = subprocess.run(
+    report = json_report(
         [
             sys.executable,
             "benchmarks/new_items.py",
@@ -98,14 +96,8 @@ def test_new_items_benchmark_compares_served_states_with_pytorch() -> None:
             "--repeats",
             "1",
             "--json",
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
     assert set(report) == {"text"}
     for entry in report.values():
         assert 0 < entry["max_abs_error"] < 1e-3
@@ -116,7 +108,7 @@ def test_new_items_benchmark_compares_served_states_with_pytorch() -> None:
 def test_efficiency_benchmark_reports_every_model_and_the_caching_row() -> None:
     """Tiny widths, two models, one timed step: the JSON has the documented keys, the improvement
     rows are absent without IISAN-E, and caching pays back against the uncached model."""
-    result = subprocess.run(
+    report = json_report(
         [
             sys.executable,
             "benchmarks/efficiency.py",
@@ -130,14 +122,8 @@ def test_efficiency_benchmark_reports_every_model_and_the_caching_row() -> None:
             "--steps",
             "1",
             "--json",
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
     assert set(report) == {"crossan-tiva", "lora-ti", "caching", "setting"}
     for model in ("crossan-tiva", "lora-ti"):
         assert set(report[model]) >= {"seconds_per_step", "peak_memory_mb", "trainable_parameters", "seconds_per_epoch"}
@@ -153,7 +139,7 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
     from crossan.zoo.data import load_dataset
     from crossan.zoo.training.trainer import training_windows
 
-    result = subprocess.run(
+    report = json_report(
         [
             sys.executable,
             "benchmarks/negatives_cost.py",
@@ -172,14 +158,8 @@ def test_negatives_cost_benchmark_times_every_option_against_in_batch(toy_root: 
             "--memory",
             "128",
             "--json",
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
     options = ["in-batch", "+ 64 uniform", "+ 64 popularity", "+ memory 128", "full softmax"]
     assert list(report) == ["sasrec-id", "crossan-t"]
     assert list(report["sasrec-id"]) == [*options, "cosine / 0.1"]
@@ -223,18 +203,15 @@ def test_real_data_benchmark_tunes_every_family_with_the_same_budget(
         str(tmp_path / "bench"),
         "--json",
     ]
-    tuned = subprocess.run([*command, "--tune-only"], cwd=PROJECT, capture_output=True, text=True, timeout=1800)
-    assert tuned.returncode == 0, tuned.stderr[-3000:]
-    assert {preset: summary["finished_trials"] for preset, summary in json.loads(tuned.stdout)["tuning"].items()} == {
+    tuned = json_report([*command, "--tune-only"], timeout=1800)
+    assert {preset: summary["finished_trials"] for preset, summary in tuned["tuning"].items()} == {
         "sasrec-id": 2,
         "crossan-t": 2,
     }
     assert sorted(path.name for path in (tmp_path / "bench").iterdir()) == ["tune"], "--tune-only trained a row"
     trials = {path: path.stat().st_mtime for path in (tmp_path / "bench" / "tune").glob("*/trials/*/config.json")}
     assert len(trials) >= 2
-    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report = json_report(command, timeout=1800)
     tuning = report["details"]["tuning"]
     assert set(tuning) == {"sasrec-id", "crossan-t"}
     for preset, summary in tuning.items():
@@ -291,9 +268,7 @@ def test_real_data_benchmark_over_two_catalogues_reports_their_geometric_mean(
         str(tmp_path / "bench"),
         "--json",
     ]
-    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report = json_report(command, timeout=1800)
     assert set(report["catalogues"]) == set(report["summary"]["catalogues"]) == {"first", "second"}
     assert sorted(path.name for path in (tmp_path / "bench").iterdir()) == ["first", "second"]
     tuning = {name: report["catalogues"][name]["tuning"] for name in ("first", "second")}
@@ -330,7 +305,7 @@ def test_real_data_benchmark_over_two_catalogues_reports_their_geometric_mean(
 def test_batch_recommendations_benchmark_times_both_indexes_and_matches_the_recommender(tmp_path: Path) -> None:
     """Two users files over 2000 items: every run writes k rows per user, the sampled lists of
     both indexes are the recommender's, and only the inputs are left in the work folder."""
-    result = subprocess.run(
+    report = json_report(
         [
             sys.executable,
             "benchmarks/batch_recommendations.py",
@@ -344,14 +319,8 @@ def test_batch_recommendations_benchmark_times_both_indexes_and_matches_the_reco
             "--workdir",
             str(tmp_path),
             "--json",
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
     runs = {(run["users"], run["index"]): run for run in report["runs"]}
     assert set(runs) == {(users, index) for users in (300, 600) for index in ("exact", "faiss")}
     for (users, _), run in runs.items():
