@@ -32,7 +32,7 @@ from crossan.zoo.tune import report as report_module
 from crossan.zoo.tune import study as study_module
 from crossan.zoo.tune.recipe import read_recipe, recipe_origin, write_recipe
 from crossan.zoo.tune.space import default_space, load_space
-from crossan.zoo.tune.study import StudySettings, open_study
+from crossan.zoo.tune.study import OPEN_LOCK, StudySettings, open_study
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
@@ -553,8 +553,9 @@ def finished_study(tmp_path: Path, states: list[optuna.trial.TrialState]) -> tup
 
 
 def outputs(study_dir: Path) -> dict[str, bytes]:
-    """The files of a study folder besides its database, with their bytes."""
-    return {path.name: path.read_bytes() for path in study_dir.iterdir() if path.is_file() and path.name != "study.db"}
+    """The files of a study folder besides its database and the lock its workers open it under, with their bytes."""
+    kept = ("study.db", OPEN_LOCK)
+    return {path.name: path.read_bytes() for path in study_dir.iterdir() if path.is_file() and path.name not in kept}
 
 
 @pytest.mark.filterwarnings("ignore:Some regimes for parameter")  # PED-ANOVA over three trials

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -440,3 +442,33 @@ def test_the_final_pick_can_overturn_optunas_best_and_ranks_each_candidate_once(
     # The sample's size is one of the study's fixed values: another one is another study.
     with pytest.raises(ConfigError, match=r"another fixed values \(valid_users: 40 recorded, 80 now\)"):
         open_study(dataclasses.replace(settings, search_valid_users=80), study.user_attrs["data"], FeatureSettings())
+
+
+def _open_at_once(settings: StudySettings, start: Barrier, opened: Queue[tuple[str, object]]) -> None:
+    """One of several workers: wait for the others, then open the (new) study."""
+    start.wait()
+    try:
+        study = open_study(settings, {"fingerprint": "f"}, FeatureSettings())
+        opened.put(("ok", len(study.trials)))
+    except Exception as error:  # noqa: BLE001 - the parent reports what any worker raised
+        opened.put(("error", str(error)))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_workers_started_together_open_one_new_study(tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # the workers share this process's imports
+    space = load_space(two_point_space(tmp_path), "sasrec-id")
+    settings = StudySettings("sasrec-id", space, 4, tmp_path / "study", warm_start=({"lr": 0.004},))
+    workers = 4
+    start, opened = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_open_at_once, args=(settings, start, opened)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    results = [opened.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [state for state, _ in results] == ["ok"] * workers, results
+    # One of them created the study and enqueued the warm start; the others found it.
+    assert sorted(count for _, count in results) == [1] * workers

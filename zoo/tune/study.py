@@ -49,6 +49,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from crossan.zoo.core.errors import ConfigError, DivergedError, UserError
+from crossan.zoo.core.file_lock import file_lock
 from crossan.zoo.data.dataset import SequenceDataset
 from crossan.zoo.features.settings import FeatureSettings
 from crossan.zoo.runs.pipeline import resume_run, train_and_save
@@ -59,6 +60,7 @@ from crossan.zoo.tune.space import SearchSpace
 __all__ = [
     "FINISHED",
     "METRIC",
+    "OPEN_LOCK",
     "StudySettings",
     "distinct_runs",
     "make_pruner",
@@ -72,6 +74,7 @@ METRIC = "NDCG@10"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_SECONDS = 10  # how often a worker whose budget is in flight elsewhere looks again
 PRUNERS = ("median", "halving", "hyperband")
+OPEN_LOCK = ".open.lock"  # in the study folder: workers open (and create) the study one at a time
 DATA_IDENTITY = ("kind", "fingerprint", "sequences")
 """What makes two data sets the same for a study: the kind and the content (catalogue and
 sequences), not where the folder lies."""
@@ -366,9 +369,19 @@ def open_study(settings: StudySettings, data: dict[str, Any], features: FeatureS
     other, it stops with one line naming what differs. A study that cannot be opened leaves no
     folder this call made."""
     created = _missing_folders(settings.study_dir.resolve())
+    lock = settings.study_dir / OPEN_LOCK
     try:
-        return _open_study(settings, data, features)
+        try:
+            settings.study_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"--study {settings.study_dir}: cannot make the folder ({error.strerror})") from None
+        # Workers started together would each create the new database's tables (SQLite says "table
+        # ... already exists" to the second) and each record the study's identity: one at a time.
+        with file_lock(lock):
+            return _open_study(settings, data, features)
     except UserError:
+        if created and lock.is_file():
+            lock.unlink()
         for folder in created:  # deepest first
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -376,12 +389,8 @@ def open_study(settings: StudySettings, data: dict[str, Any], features: FeatureS
 
 
 def _open_study(settings: StudySettings, data: dict[str, Any], features: FeatureSettings) -> optuna.Study:
-    """`open_study` less the clean-up: make the folder, open the storage, create or load the
-    study, and check (or, for a new study, record) what it belongs to."""
-    try:
-        settings.study_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"--study {settings.study_dir}: cannot make the folder ({error.strerror})") from None
+    """`open_study` less the folder, the lock and the clean-up: open the storage, create or load
+    the study, and check (or, for a new study, record) what it belongs to."""
     storage = _open_storage(settings)
     startup = max(1, min(8, settings.trials // 3))  # random trials before TPE models the space
     pruner = make_pruner(settings.pruner, startup, settings.trial_epochs)
