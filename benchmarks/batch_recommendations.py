@@ -28,8 +28,9 @@ The outputs of the smallest size are compared with `OnnxRecommender.recommend` (
 `recommend_scored`, for the scores) on a sample of its users (`--sample`), with the same index:
 a list is identical when its items and their order are, and every score is within a relative
 1e-5 of the command's. `--threads N` sets OMP_NUM_THREADS (and OpenBLAS's and MKL's) for the
-command, which bounds NumPy's BLAS and FAISS; the command has no setting for onnxruntime's
-intra-op threads. `--json` prints one object with `setup`, `runs` and `sample_check`.
+command, which bounds NumPy's BLAS, and passes `--threads N` to it (and `threads=N` to the
+recommenders this process opens), which bounds onnxruntime's intra-op threads and FAISS's.
+`--json` prints one object with `setup`, `runs` and `sample_check`.
 """
 
 from __future__ import annotations
@@ -131,13 +132,21 @@ def run_command(argv: list[str]) -> None:
 
 
 def measure(
-    export: Path, users_file: Path, out: Path, index: str, k: int, batch_size: int | None, env: dict[str, str]
+    export: Path,
+    users_file: Path,
+    out: Path,
+    index: str,
+    k: int,
+    batch_size: int | None,
+    threads: int | None,
+    env: dict[str, str],
 ) -> dict[str, Any]:
     """Rank `users_file` into `out` with the batch command in a fresh process: its seconds, peak memory and output."""
     out.parent.mkdir(parents=True)
     peak_file = out.with_name("peak-bytes")
     command = ["--export", str(export), "--users", str(users_file), "--k", str(k), "--out", str(out)]
     command += ["--index", index, *([] if batch_size is None else ["--batch-size", str(batch_size)])]
+    command += [] if threads is None else ["--threads", str(threads)]
     log = out.with_name("command.log")
     with log.open("w") as handle:
         started = time.perf_counter()
@@ -164,7 +173,9 @@ def measure(
     }
 
 
-def sample_check(export: Path, users_file: Path, out: Path, index: str, k: int, sample: int) -> dict[str, Any]:
+def sample_check(
+    export: Path, users_file: Path, out: Path, index: str, k: int, sample: int, threads: int | None
+) -> dict[str, Any]:
     """The command's rows of `sample` random users of `users_file` against `OnnxRecommender` on their histories."""
     import pyarrow.parquet as pq
 
@@ -174,7 +185,7 @@ def sample_check(export: Path, users_file: Path, out: Path, index: str, k: int, 
     found: dict[str, list[tuple[int, str, float]]] = {}
     for row in pq.read_table(out, filters=[("user", "in", [entry.user for entry in users])]).to_pylist():
         found.setdefault(row["user"], []).append((row["rank"], row["item"], row["score"]))
-    recommender = OnnxRecommender(export, index=index)  # type: ignore[arg-type]  # one of INDEX_CHOICES
+    recommender = OnnxRecommender(export, index=index, threads=threads)  # type: ignore[arg-type]  # one of INDEX_CHOICES
     histories = [entry.items for entry in users]
     lists = recommender.recommend(histories, k)
     scored = recommender.recommend_scored(histories, k)
@@ -195,6 +206,7 @@ def print_report(report: dict[str, Any]) -> None:
         title=f"python -m crossan.export.batch: top-{setup['k']} of {setup['items']:,} items "
         f"({setup['preset']} user encoder, random weights; synthetic items and users)",
         caption=f"{setup['cpu']}, {setup['cores']} cores; OMP_NUM_THREADS {setup['omp_num_threads'] or 'unset'}; "
+        f"--threads {setup['threads'] or 'unset'}; "
         f"batch size {setup['batch_size']}; faiss index {setup['faiss_index']}; "
         f"onnxruntime {setup['onnxruntime']}, faiss {setup['faiss']}",
     )
@@ -225,11 +237,11 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = dict(os.environ)
     if args.threads:
         env.update({name: str(args.threads) for name in THREAD_VARIABLES})
-        faiss.omp_set_num_threads(args.threads)  # the index build, in this process
     export = work / f"export-{args.items}"
     build_export(export, args.items)
     index_action = "read" if (export / INDEX_FILE).is_file() else "built"
-    _, index_seconds = timed_call(lambda: OnnxRecommender(export, index="faiss"))
+    # threads=N also bounds FAISS's index build in this process
+    _, index_seconds = timed_call(lambda: OnnxRecommender(export, index="faiss", threads=args.threads))
     sizes = sorted(set(args.users))
     runs, checks = [], {}
     for users in sizes:
@@ -239,9 +251,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             folder = work / f"run-{users}-{index}"
             shutil.rmtree(folder, ignore_errors=True)  # what a stopped benchmark left
             out = folder / "recommendations.parquet"
-            runs.append(measure(export, users_file, out, index, args.k, args.batch_size, env))
+            runs.append(measure(export, users_file, out, index, args.k, args.batch_size, args.threads, env))
             if users == sizes[0]:
-                checks[index] = sample_check(export, users_file, out, index, args.k, args.sample)
+                checks[index] = sample_check(export, users_file, out, index, args.k, args.sample, args.threads)
             shutil.rmtree(folder)
     setup = {
         "items": args.items,
@@ -249,6 +261,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "preset": PRESET,
         "batch_size": args.batch_size or build_parser().get_default("batch_size"),
         "omp_num_threads": env.get("OMP_NUM_THREADS"),
+        "threads": args.threads,
         "faiss_index": f"{index_action} in {index_seconds:.1f} s",
         "sample_users": sizes[0],
         "cpu": cpu_name(),
@@ -273,7 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, help="the command's --batch-size (default: its own)")
     parser.add_argument("--sample", type=int, default=200, help="users of the smallest size checked (default 200)")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the command (default: the environment's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="OMP_NUM_THREADS and --threads of the command (default: the environment's, and none)",
+    )
     parser.add_argument("--workdir", type=Path, help="where inputs are built and kept (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)

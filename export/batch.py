@@ -3,6 +3,7 @@
     python -m crossan.export.batch --export weights/<run>/export --users users.tsv --k 100 --out recs.parquet
     python -m crossan.export.batch ... --shard 1/4          # the second of four processes
     python -m crossan.export.batch ... --index faiss        # approximate top-k (crossan.export.ann_index)
+    python -m crossan.export.batch ... --threads 2          # ONNX Runtime's (and FAISS's) threads, else one a core
 
 Input: one user a line, `user<TAB>item item ...` with the history oldest first (the Amazon layout's
 `users.tsv`); blank lines are skipped. The file is streamed twice, never held whole: a first pass
@@ -25,7 +26,8 @@ first user not done, and the parts written. A process killed at any point restar
 arguments after the last recorded part (a part written but not yet recorded is written again, over
 itself); other arguments, or a changed users file or export, are refused. When all users are done,
 the parts are copied row group by row group into OUT (atomically), the record is marked finished and
-the parts are deleted; running the command again then says so. `--batch-size` may change on resume.
+the parts are deleted; running the command again then says so. `--batch-size` and `--threads` may
+change on resume.
 
 Shards: `--shard I/N` takes the users whose position in the file (0-based, blank lines not counted)
 is I modulo N, so N processes with I = 0 .. N-1 cover every user once, in shards as equal as can be.

@@ -34,6 +34,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--index", choices=INDEX_CHOICES, default="exact", help="exact scan or FAISS (approximate)")
     parser.add_argument("--batch-size", type=int, default=1024, help="users ranked at a time: one row group each")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="ONNX Runtime's intra-op threads per session, and FAISS's with --index faiss "
+        "(default: their own, one per core); NumPy's follow OMP_NUM_THREADS",
+    )
     return parser
 
 
@@ -44,9 +50,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     from crossan.export.batch import BatchJob, Shard, run_job, summary
     from crossan.export.serve import OnnxRecommender
+    from crossan.zoo.core.errors import ConfigError
 
     job = BatchJob(args.users, args.k, args.out, Shard.parse(args.shard), args.batch_size)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
     console = Console()
-    progress = run_job(OnnxRecommender(args.export, index=args.index), job, console)
+    progress = run_job(OnnxRecommender(args.export, index=args.index, threads=args.threads), job, console)
     console.print(summary(job, progress), highlight=False, soft_wrap=True)
     return 0

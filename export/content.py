@@ -57,9 +57,11 @@ class ContentEncoder:
         export_dir: str | Path,
         providers: Sequence[str | tuple[str, dict[str, str]]],
         variant: str = FLOAT32,
+        options: ort.SessionOptions | None = None,
     ) -> None:
         """`variant` picks the graphs: "float32" (`item_encoder.onnx`, `<modality>_backbone.onnx`) or
-        "opt" / "int8" (`item_encoder.int8.onnx`, ..., `crossan.export.variants`; CPU provider only)."""
+        "opt" / "int8" (`item_encoder.int8.onnx`, ..., `crossan.export.variants`; CPU provider only).
+        `options`: every session's `onnxruntime.SessionOptions` (thread counts, say); None, onnxruntime's defaults."""
         export_dir = Path(export_dir)
         providers = variant_providers(variant, providers)
         self.variant = variant
@@ -72,7 +74,7 @@ class ContentEncoder:
             [item_file, PREPROCESSING_FILE, TOKENIZER_FILE, AUDIO_FILTERS_FILE, *backbone_files],
         )
         item_path = require_variant(export_dir / item_file, variant)
-        self.item_session, self.item_spec = open_session(item_path, providers, "item_encoder")
+        self.item_session, self.item_spec = open_session(item_path, providers, "item_encoder", options)
         names = self.item_spec.input_names
         # A model with an ID term also takes catalogue rows: new items have none (NO_ID_ROW).
         self.takes_item_rows = bool(names) and names[-1] == ITEM_ROWS_INPUT
@@ -95,7 +97,7 @@ class ContentEncoder:
             if not path.is_file():
                 raise MissingFileError(f"{path}: missing; {WITH_BACKBONES}")
             path = require_variant(export_dir / variant_file(path.name, variant), variant)
-            self.backbones[modality] = open_session(path, providers, f"{modality}_backbone")[0]
+            self.backbones[modality] = open_session(path, providers, f"{modality}_backbone", options)[0]
 
     @property
     def providers(self) -> list[str]:

@@ -131,15 +131,19 @@ def check_records(export_dir: Path, records: Mapping[str, Mapping[str, Any]], na
 
 
 def open_session(
-    path: Path, providers: Sequence[str | tuple[str, dict[str, str]]], name: str
+    path: Path,
+    providers: Sequence[str | tuple[str, dict[str, str]]],
+    name: str,
+    options: ort.SessionOptions | None = None,
 ) -> tuple[ort.InferenceSession, ExportSpec]:
     """An onnxruntime session of the exported graph `name` at `path`, with the spec it carries.
+    `options` (thread counts, say) are the session's; None is onnxruntime's defaults.
 
     A missing, empty or unloadable file, one without an export spec, or one holding another
     graph (an item encoder saved as the user encoder, say) raises naming the file."""
     require_file(path)
     try:
-        session = ort.InferenceSession(str(path), providers=list(providers))
+        session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except UNREADABLE_MODEL as error:
         raise ExportFileError(f"{path}: not a readable ONNX model ({one_line(error)}); {REEXPORT}") from error
     metadata = session.get_modelmeta().custom_metadata_map.get(SPEC_METADATA_KEY)

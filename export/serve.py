@@ -6,6 +6,7 @@
     recommender.add_items(["i9001"], {"text": ["Blue kettle"], "image": ["new/cover.jpg"]})  # new items
     OnnxRecommender("weights/<run>/export", index="faiss")          # approximate top-k (crossan.export.ann_index)
     OnnxRecommender("weights/<run>/export", variant="int8")         # the int8 graphs (export --quantize int8)
+    OnnxRecommender("weights/<run>/export", threads=4)              # bound onnxruntime's (and FAISS's) threads
 
 Imports only NumPy, onnxruntime, safetensors, faiss, and for new items `tokenizers`, PIL and
 PyAV, never PyTorch, transformers or the model code, so a serving process stays small
@@ -20,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+import faiss
 import numpy as np
+import onnxruntime as ort
 
 from crossan.export.ann_index import HnswParameters, IndexParameters, ann_top_k_rows, open_index, save_index
 from crossan.export.content import ITEM_ENCODER_FILE, ContentEncoder
@@ -55,6 +58,21 @@ def _check_k(k: object) -> None:
         raise TypeError(f"k must be a positive int, got {k!r} ({type(k).__name__})")
     if k < 1:
         raise ValueError(f"k must be a positive int, got {k}")
+
+
+def _session_options(threads: object) -> ort.SessionOptions | None:
+    """The sessions' options for `threads`: None (onnxruntime's defaults) when it is None, else
+    `threads` intra-op threads and one inter-op thread. `threads` must be a positive int (a bool is refused)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be a positive int or None, got {threads!r} ({type(threads).__name__})")
+    if threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    return options
 
 
 def _check_item_ids(item_ids: object, what: str) -> None:
@@ -120,6 +138,13 @@ class OnnxRecommender:
     and in `add_items` `item_encoder.int8.onnx` and `<modality>_backbone.int8.onnx`), written by
     `python -m crossan.export --optimize` / `--quantize int8`, on the CPU provider
     (`crossan.export.variants`); the item table is the float32 export's.
+
+    `threads=N` bounds each onnxruntime session (the user encoder, and those `add_items` opens) to
+    N intra-op threads and one inter-op thread, and, with `index="faiss"`, FAISS's OpenMP threads
+    (`faiss.omp_set_num_threads`, which is process-wide) for building, searching and adding to the
+    index. Results stay the same up to float32 rounding (some onnxruntime kernels split their sums by
+    thread). None (the default) leaves each library its own default (onnxruntime: one thread per
+    core). The exact index's NumPy scan follows OMP_NUM_THREADS.
     """
 
     def __init__(
@@ -129,7 +154,10 @@ class OnnxRecommender:
         index: Literal["exact", "faiss"] = "exact",
         index_parameters: IndexParameters | None = None,
         variant: str = FLOAT32,
+        threads: int | None = None,
     ) -> None:
+        self._session_options = _session_options(threads)
+        self.threads: int | None = None if threads is None else int(threads)
         if index not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(map(repr, INDEX_KINDS))}, got {index!r}")
         if index_parameters is not None and index != "faiss":
@@ -144,7 +172,10 @@ class OnnxRecommender:
         self.user_file = variant_file(USER_ENCODER_FILE, variant)
         check_records(export_dir, read_records(export_dir), [self.user_file])
         self.session, self.spec = open_session(
-            require_variant(export_dir / self.user_file, variant), self._requested_providers, "user_encoder"
+            require_variant(export_dir / self.user_file, variant),
+            self._requested_providers,
+            "user_encoder",
+            self._session_options,
         )
         max_len = self.spec.max_sizes.get("length")
         if not isinstance(max_len, int) or max_len < 1:
@@ -154,9 +185,17 @@ class OnnxRecommender:
         self._check_width()
         self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
         self.index_parameters = index_parameters or HnswParameters()
+        if index == "faiss":
+            self._bound_faiss_threads()
         self.ann_index = (
             open_index(export_dir / TABLE_FILE, self.item_table, self.index_parameters) if index == "faiss" else None
         )
+
+    def _bound_faiss_threads(self) -> None:
+        """Set FAISS's (process-wide) OpenMP threads to `threads`, before each use of the index: another
+        recommender in the process may have set another count. Nothing without `threads`."""
+        if self.threads is not None:
+            faiss.omp_set_num_threads(self.threads)
 
     def _check_width(self) -> None:
         """The table's embeddings must be as wide as the user encoder's input: two files of
@@ -210,7 +249,9 @@ class OnnxRecommender:
                 )
             )
         if self._content is None:
-            self._content = ContentEncoder(self.export_dir, self._requested_providers, self.variant)
+            self._content = ContentEncoder(
+                self.export_dir, self._requested_providers, self.variant, self._session_options
+            )
         lengths = {m: len(sources) for m, sources in content.items()}
         if any(n != len(item_ids) for n in lengths.values()):
             raise ValueError(f"{len(item_ids)} item ids, but content sources per modality {lengths}")
@@ -221,6 +262,7 @@ class OnnxRecommender:
         self.item_ids = [*self.item_ids, *item_ids]
         self._index.update({item: first_row + i + 1 for i, item in enumerate(item_ids)})
         if self.ann_index is not None:
+            self._bound_faiss_threads()
             self.ann_index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
         if save:
             table_path = save_item_table(
@@ -304,5 +346,6 @@ class OnnxRecommender:
         if self.ann_index is None:
             ranked = top_k_rows(user_vectors, self.item_table, indices, k, self.item_ids)
         else:
+            self._bound_faiss_threads()
             ranked = ann_top_k_rows(self.ann_index, user_vectors, self.item_table, indices, k, self.item_ids)
         return np.asarray(user_vectors, dtype=np.float32), ranked

@@ -15,7 +15,9 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -215,6 +217,9 @@ def test_bad_arguments_are_one_error(toy_export: Path, users_file: Path, tmp_pat
     for shard in ("2/2", "1/0", "a/2", "1", "-1/2"):
         assert "--shard" in error_of(arguments(toy_export, users_file, out, f"--shard={shard}"))
     assert error_of(arguments(toy_export, users_file, out, k=0)) == "--k must be a positive integer, got 0"
+    assert error_of(arguments(toy_export, users_file, out, "--threads", "0")) == (
+        "--threads must be a positive integer, got 0"
+    )
     assert error_of(arguments(toy_export, tmp_path / "none.tsv", out)) == f"{tmp_path / 'none.tsv'}: file not found"
     out.write_text("someone else's")
     assert "exists but" in error_of(arguments(toy_export, users_file, out))
@@ -302,6 +307,48 @@ def test_ray_data_shards_write_the_same_rows(
     for user, rows in whole.items():
         assert [row[:2] for row in together[user]] == [row[:2] for row in rows]
         np.testing.assert_allclose([row[2] for row in together[user]], [row[2] for row in rows], rtol=1e-6)
+
+
+@pytest.mark.parametrize("index", ["exact", "faiss"])
+def test_threads_bound_the_sessions_and_change_no_result(
+    toy_export: Path, histories: dict[str, list[str]], tmp_path: Path, index: Literal["exact", "faiss"]
+) -> None:
+    """threads=1: the user encoder's session runs one intra-op and one inter-op thread, FAISS one
+    thread, and every list and score is the unbounded recommender's, bit for bit."""
+    export = toy_export
+    if index == "faiss":  # the index is saved beside the table: not in the shared export
+        export = tmp_path / "export"
+        shutil.copytree(toy_export, export)
+    users = list(histories.values())[: 4 * BATCH]
+    default_faiss_threads = faiss.omp_get_max_threads()
+    free = OnnxRecommender(export, index=index)
+    expected = free.recommend_scored(users, K)
+    try:
+        bounded = OnnxRecommender(export, index=index, threads=1)
+        assert bounded.recommend_scored(users, K) == expected
+        assert bounded.recommend(users, K) == [[item for item, _ in ranked] for ranked in expected]
+        assert faiss.omp_get_max_threads() == (1 if index == "faiss" else default_faiss_threads)
+    finally:
+        faiss.omp_set_num_threads(default_faiss_threads)  # process-wide: leave it to the other tests
+    options = bounded.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert free.session.get_session_options().intra_op_num_threads == 0  # onnxruntime's default: one a core
+
+
+def test_the_command_s_threads_change_no_row(
+    toy_export: Path, users_file: Path, full_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "recs.parquet"
+    assert main(arguments(toy_export, users_file, out, "--threads", "1")) == 0
+    assert pq.read_table(out).equals(pq.read_table(full_run))
+
+
+@pytest.mark.parametrize(("threads", "error"), [(0, ValueError), (-2, ValueError), (True, TypeError)])
+def test_threads_below_one_are_refused_naming_the_argument(
+    toy_export: Path, threads: int, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=rf"^threads must be a positive int or None, got {threads}\b"):
+        OnnxRecommender(toy_export, threads=threads)
 
 
 def test_the_command_offers_the_recommender_s_index_kinds() -> None:

@@ -330,6 +330,7 @@ def test_batch_recommendations_benchmark_times_both_indexes_and_matches_the_reco
     for check in report["sample_check"].values():
         assert check["identical"] == check["sample"] == 200
     assert report["setup"]["items"] == 2000 and report["setup"]["omp_num_threads"] == "1"
+    assert report["setup"]["threads"] == 1  # also passed to the command as its --threads
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "export-2000",
         "users-300-of-2000.tsv",

@@ -236,6 +236,22 @@ def test_add_items_refuses_bad_requests(toy_run: Path, toy_export_with_backbones
     assert "new" not in recommender.item_ids and len(recommender.item_ids) == dataset.num_items
 
 
+@pytest.mark.slow
+def test_threads_bound_the_sessions_add_items_opens(toy_run: Path, toy_export_with_backbones: Path) -> None:
+    """threads=1 reaches the item encoder and the four backbones, opened by `add_items`; the embedding
+    differs only by float32 rounding (some kernels split their sums by thread; measured 7e-8)."""
+    sources = new_item_sources(open_run(toy_run).dataset)
+    free = OnnxRecommender(toy_export_with_backbones)
+    bounded = OnnxRecommender(toy_export_with_backbones, threads=1)
+    np.testing.assert_allclose(bounded.add_items(["new"], sources), free.add_items(["new"], sources), atol=1e-6, rtol=0)
+    assert bounded._content is not None
+    sessions = [bounded._content.item_session, *bounded._content.backbones.values()]
+    threads = [
+        (s.get_session_options().intra_op_num_threads, s.get_session_options().inter_op_num_threads) for s in sessions
+    ]
+    assert threads == [(1, 1)] * (1 + len(MODALITIES))
+
+
 def test_an_export_without_backbones_refuses_new_items_naming_the_option(toy_run: Path, toy_export: Path) -> None:
     with pytest.raises(FileNotFoundError, match="--with-backbones"):
         OnnxRecommender(toy_export).add_items(["new"], new_item_sources(open_run(toy_run).dataset))
