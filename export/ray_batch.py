@@ -32,6 +32,10 @@ from crossan.zoo.core.errors import ConfigError
 __all__ = ["ShardRanker", "shard_path", "run_shards", "main"]
 
 
+ACTOR_CPUS = 1
+"""CPUs Ray reserves for each actor, and the threads its recommender runs on."""
+
+
 def shard_path(out: Path, shard: Shard) -> Path:
     """The Parquet file of `shard` in the output folder `out`."""
     return out / f"shard-{shard.index:05d}-of-{shard.count:05d}.parquet"
@@ -50,7 +54,8 @@ class ShardRanker:
         shards: int,
         batch_size: int,
     ) -> None:
-        self.recommender = OnnxRecommender(export, index=index)
+        # Ray reserves ACTOR_CPUS for the actor: its sessions and FAISS take as many threads, not one per core.
+        self.recommender = OnnxRecommender(export, index=index, threads=ACTOR_CPUS)
         self.users, self.k, self.out, self.shards, self.batch_size = users, k, out, shards, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -111,7 +116,7 @@ def run_shards(
         },
         batch_size=1,
         concurrency=workers,
-        num_cpus=1,
+        num_cpus=ACTOR_CPUS,
     )
     return sorted(ranked.take_all(), key=lambda row: int(row["shard"]))
 
