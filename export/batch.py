@@ -71,6 +71,7 @@ __all__ = [
     "Shard",
     "UserLine",
     "BatchJob",
+    "check_positive_option",
     "OutputFiles",
     "JobProgress",
     "read_users",
@@ -174,9 +175,13 @@ class BatchJob:
 
     def __post_init__(self) -> None:
         for name in ("k", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            check_positive_option(name, getattr(self, name))
+
+
+def check_positive_option(name: str, value: object) -> None:
+    """The command's option `name` (`batch_size` is `--batch-size`) must be a positive integer: one line if not."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)

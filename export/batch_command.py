@@ -48,13 +48,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     from rich.console import Console
 
-    from crossan.export.batch import BatchJob, Shard, run_job, summary
+    from crossan.export.batch import BatchJob, Shard, check_positive_option, run_job, summary
     from crossan.export.serve import OnnxRecommender
-    from crossan.zoo.core.errors import ConfigError
 
     job = BatchJob(args.users, args.k, args.out, Shard.parse(args.shard), args.batch_size)
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
+    if args.threads is not None:
+        check_positive_option("threads", args.threads)
     console = Console()
     progress = run_job(OnnxRecommender(args.export, index=args.index, threads=args.threads), job, console)
     console.print(summary(job, progress), highlight=False, soft_wrap=True)
